@@ -1,0 +1,145 @@
+"""Defaults shared by every experiment config: the published COCO Pix2Seq-D settings.
+
+Each experiment config starts from `get_base_config()` and overrides what differs. Every number the
+model, diffusion, data, optimisation and evaluation code uses lives here, so a run is described by
+its config alone (`--config.a.b=value` overrides any of them on the command line).
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Returns the COCO panoptic stage-1 settings of the paper (SPEC.md)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+  # 'panoptic' for images; 'video_panoptic' conditions on the masks of earlier frames.
+  config.task = 'panoptic'
+
+  # ---------------------------------------------------------------- model
+  config.model = model = ml_collections.ConfigDict()
+  model.image_size = (1024, 1024)  # (H, W) of the padded input image.
+  model.mask_size = (512, 512)  # (Hm, Wm) of the generated mask; must divide image_size.
+  model.num_classes = 134  # semantic ids incl. 0 = void: COCO's 133 classes + 1. At most 256.
+  model.max_instances = 101  # instance ids 0..100, 0 = void. At most 256.
+  # Compute dtype: 'auto' = bfloat16 on GPU / TPU, float32 on CPU. Norms, softmax and the loss
+  # always run in float32; parameters are `param_dtype`.
+  model.dtype = 'auto'
+  model.param_dtype = 'float32'
+  # `jax.nn.dot_product_attention(implementation=...)`: 'xla', 'cudnn', or 'auto' (cudnn on GPU
+  # with a half-precision dtype, xla elsewhere).
+  model.attention_impl = 'auto'
+  model.remat = False  # rematerialise transformer layers and ResBlocks in the backward pass.
+  model.gn_max_groups = 32  # GroupNorm groups = min(channels // 4, gn_max_groups).
+  model.gn_eps = 1e-5
+  model.ln_eps = 1e-6
+  model.zero_init_scale = 1e-10  # variance scale of the near-zero output convolutions.
+
+  model.resnet = ml_collections.ConfigDict()
+  model.resnet.stage_sizes = (3, 4, 6)  # ResNet-50 block groups 1-3 ("C4").
+  model.resnet.width = 64  # stem channels; bottleneck widths 64, 128, 256 (x4 out).
+  model.resnet.bn_momentum = 0.9
+  model.resnet.bn_eps = 1e-5
+
+  model.encoder = ml_collections.ConfigDict()
+  model.encoder.num_layers = 12
+  model.encoder.dim = 512
+  model.encoder.num_heads = 16
+  model.encoder.mlp_dim = 2048
+  model.encoder.dropout = 0.1
+  model.encoder.drop_path = 0.1
+
+  model.fusion = ml_collections.ConfigDict()
+  model.fusion.dim = 256  # channels of the fused features handed to the denoiser.
+
+  model.denoiser = ml_collections.ConfigDict()
+  model.denoiser.dim = 128
+  model.denoiser.dim_mults = (1, 1, 2, 2)
+  model.denoiser.num_res_blocks = 1  # per down level; the up path uses num_res_blocks + 1.
+  model.denoiser.dropout = 0.0
+  model.denoiser.time_scaling = 1000.0  # gamma is embedded as sin/cos of gamma * time_scaling.
+  model.denoiser.time_mlp_mult = 4  # time embedding width = dim * time_mlp_mult.
+  model.denoiser.transformer_layers = 6
+  model.denoiser.transformer_dim = 512
+  model.denoiser.transformer_heads = 8
+  model.denoiser.transformer_mlp_ratio = 4
+  model.denoiser.transformer_dropout = 0.0
+  # Extra input channels concatenated to x_t; the task derives them (video conditioning: 32 bits of
+  # two earlier masks; self-conditioning: 16 bits of the previous x0 estimate).
+  model.denoiser.extra_channels = 0
+
+  # ------------------------------------------------------------ diffusion
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.b_scale = 0.1
+  diffusion.schedule = 'cosine'  # 'cosine', 'sigmoid' or 'linear' gamma(t).
+  diffusion.loss_weight_p = 0.2  # pixel weight (1 / (count + 1)) ** p per instance id.
+  diffusion.self_cond = False
+  diffusion.self_cond_rate = 0.5  # fraction of the batch that gets an x0 estimate when on.
+  diffusion.sampler = 'ddim'  # 'ddim' or 'ddpm'.
+  diffusion.steps = 20
+  diffusion.td = 1.0  # asymmetric time interval.
+  diffusion.x0_clip = True  # clip the x0 estimate to [-b_scale, b_scale].
+  diffusion.frames_dropout = 0.1  # video: chance each conditioning mask is replaced by zeros.
+  diffusion.num_cond_frames = 2  # video: masks of t-2 and t-1 condition frame t.
+
+  # ----------------------------------------------------------------- data
+  config.data = data = ml_collections.ConfigDict()
+  data.name = 'coco/2017_panoptic'  # a TFDS name, 'coco_folder', 'davis', 'shapes', 'shapes_video'.
+  data.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets).
+  data.coco_root = ''  # a folder in the official COCO panoptic layout (name 'coco_folder').
+  data.davis_root = ''  # a folder in the official DAVIS 2017 layout (name 'davis').
+  data.train_split = 'train2017'
+  data.eval_split = 'val2017'
+  data.shuffle_buffer = 10_000
+  data.scale_jitter = (1.0, 3.0)  # s ~ U(min, max); 1.0, 1.0 turns jitter off.
+  data.flip = True
+  data.color_jitter_strength = 1.0  # 0 turns colour jitter off.
+  data.image_pad_value = 0.3
+  data.eval_orig_size = (640, 640)  # original-size eval labels are zero-padded to this (H, W).
+  data.num_parallel_calls = -1  # tf.data.AUTOTUNE
+  data.prefetch = 2
+  data.video_window = 3  # frames per training window (video).
+
+  # ---------------------------------------------------------------- train
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 512  # global.
+  train.num_steps = 185_000  # ≈ 800 epochs of COCO train2017 at batch 512.
+  train.learning_rate = 1e-4
+  train.warmup_steps = 1_150  # ≈ 5 epochs.
+  train.end_lr_factor = 0.1
+  train.lr_schedule = 'linear'  # warm-up then linear decay; 'constant' after warm-up.
+  train.weight_decay = 0.05
+  train.b1 = 0.9
+  train.b2 = 0.999
+  train.eps = 1e-8
+  train.grad_clip_norm = 1.0
+  train.ema_decay = 0.999
+  train.log_every = 100
+  train.image_summary_every = 5_000
+  train.checkpoint_every = 5_000
+  train.keep_checkpoints = 5
+  train.eval_every = 0  # 0 = only at the end of train_and_eval.
+
+  # ----------------------------------------------------------------- eval
+  config.eval = evaluation = ml_collections.ConfigDict()
+  evaluation.batch_size = 8  # global.
+  evaluation.num_examples = 0  # 0 = the whole eval split.
+  evaluation.min_pixels = 40  # instances smaller than this (original size) become void.
+  evaluation.write_predictions = False  # COCO panoptic PNG + JSON under <workdir>/predictions.
+  evaluation.num_image_summaries = 4
+
+  # ----------------------------------------------------------------- mesh
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # -1 fills with the remaining devices.
+  mesh.fsdp = 1
+  mesh.model = 1
+
+  # -------------------------------------------------------------- predict
+  config.predict = ml_collections.ConfigDict()
+  config.predict.input = ''  # an image or a folder of images.
+  config.predict.output = ''  # folder for COCO panoptic PNG + JSON and coloured overlays.
+
+  # ------------------------------------------------------------ init from
+  config.init_from = ml_collections.ConfigDict()
+  config.init_from.path = ''  # a workdir or checkpoint step directory of another run.
+  config.init_from.mode = 'all'  # 'all' or 'encoder'.
+  return config

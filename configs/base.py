@@ -63,9 +63,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.denoiser.transformer_heads = 8
   model.denoiser.transformer_mlp_ratio = 4
   model.denoiser.transformer_dropout = 0.0
-  # Extra input channels concatenated to x_t; the task derives them (video conditioning: 32 bits of
-  # two earlier masks; self-conditioning: 16 bits of the previous x0 estimate).
-  model.denoiser.extra_channels = 0
 
   # ------------------------------------------------------------ diffusion
   config.diffusion = diffusion = ml_collections.ConfigDict()

@@ -1,0 +1,275 @@
+"""Building blocks shared by the Pix2Seq-D modules (Flax NNX).
+
+Every parameter carries logical axis names in its `logical_axes` metadata so that
+`pix2seq_d.sharding` maps them to mesh axes through a rule table without touching model code:
+
+  embed     width of a transformer's residual stream
+  mlp       hidden width of a transformer MLP, or of the time-embedding MLP
+  heads     flattened (num_heads * head_dim) width of attention projections
+  conv_in   input channels of a convolution
+  conv_out  output channels of a convolution
+  norm      scale / bias of a normalisation layer (always replicated)
+
+Mixed precision: parameters are stored in `param_dtype` (float32); matmuls and convolutions run in
+the compute `dtype` (bfloat16 on accelerators); normalisations and softmax run in float32.
+"""
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+  """Numerics shared by all layers of one model.
+
+  Attributes:
+    dtype: compute dtype of matmuls and convolutions.
+    param_dtype: storage dtype of parameters.
+    attention_impl: `implementation` of `jax.nn.dot_product_attention` (None = XLA).
+  """
+
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+
+def variance_scaling(scale: float) -> nnx.Initializer:
+  """Uniform fan-average variance scaling: the TF reference's initialiser for every kernel."""
+  return nnx.initializers.variance_scaling(scale, 'fan_avg', 'uniform')
+
+
+def dense(
+  in_features: int,
+  out_features: int,
+  axes: tuple[str | None, str | None],
+  precision: Precision,
+  *,
+  rngs: nnx.Rngs,
+  init_scale: float = 1.0,
+  use_bias: bool = True,
+) -> nnx.Linear:
+  """A dense layer (in, out) whose kernel and bias carry logical axis names."""
+  return nnx.Linear(
+    in_features,
+    out_features,
+    use_bias=use_bias,
+    dtype=precision.dtype,
+    param_dtype=precision.param_dtype,
+    kernel_init=variance_scaling(init_scale),
+    kernel_metadata={'logical_axes': axes},
+    bias_metadata={'logical_axes': (axes[1],)},
+    rngs=rngs,
+  )
+
+
+def conv(
+  in_features: int,
+  out_features: int,
+  kernel_size: int,
+  precision: Precision,
+  *,
+  rngs: nnx.Rngs,
+  strides: int = 1,
+  use_bias: bool = True,
+  init_scale: float = 1.0,
+  kernel_init: nnx.Initializer | None = None,
+) -> nnx.Conv:
+  """A 2-D SAME convolution on (B, H, W, C) with kernel (k, k, in, out) axes (-, -, conv_in, conv_out)."""
+  return nnx.Conv(
+    in_features,
+    out_features,
+    kernel_size=(kernel_size, kernel_size),
+    strides=(strides, strides),
+    padding='SAME',
+    use_bias=use_bias,
+    dtype=precision.dtype,
+    param_dtype=precision.param_dtype,
+    kernel_init=kernel_init or variance_scaling(init_scale),
+    kernel_metadata={'logical_axes': (None, None, 'conv_in', 'conv_out')},
+    bias_metadata={'logical_axes': ('conv_out',)},
+    rngs=rngs,
+  )
+
+
+class GroupNorm(nnx.Module):
+  """GroupNorm over the channel axis computed in float32; groups = min(C // 4, max_groups)."""
+
+  def __init__(self, num_features: int, max_groups: int, epsilon: float, precision: Precision):
+    self.num_groups = max(1, min(num_features // 4, max_groups))
+    if num_features % self.num_groups:
+      raise ValueError(
+        f'GroupNorm: {num_features} channels do not split into {self.num_groups} groups.'
+      )
+    self.epsilon = epsilon
+    self.scale = nnx.Param(
+      jnp.ones((num_features,), precision.param_dtype), logical_axes=('norm',)
+    )
+    self.bias = nnx.Param(
+      jnp.zeros((num_features,), precision.param_dtype), logical_axes=('norm',)
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, ..., C) -> (B, ..., C) in x's dtype."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    grouped = x.reshape(x.shape[:-1] + (self.num_groups, -1))
+    reduce_axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+    mean = grouped.mean(axis=reduce_axes, keepdims=True)
+    var = jnp.square(grouped - mean).mean(axis=reduce_axes, keepdims=True)
+    grouped = (grouped - mean) * jax.lax.rsqrt(var + self.epsilon)
+    x = grouped.reshape(x.shape) * self.scale.value.astype(jnp.float32)
+    return (x + self.bias.value.astype(jnp.float32)).astype(dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis computed in float32."""
+
+  def __init__(self, num_features: int, epsilon: float, precision: Precision):
+    self.epsilon = epsilon
+    self.scale = nnx.Param(
+      jnp.ones((num_features,), precision.param_dtype), logical_axes=('norm',)
+    )
+    self.bias = nnx.Param(
+      jnp.zeros((num_features,), precision.param_dtype), logical_axes=('norm',)
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(..., C) -> (..., C) in x's dtype."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    x = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    x = x * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+    return x.astype(dtype)
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth: drops a whole residual branch per example with probability `rate`."""
+
+  def __init__(self, rate: float, *, rngs: nnx.Rngs):
+    self.rate = rate
+    self.deterministic = False
+    self.rngs = rngs.fork() if rate > 0 else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, ...) -> (B, ...)."""
+    if self.deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.rngs.dropout(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention through `jax.nn.dot_product_attention`.
+
+  Query / key / value / output projections are dense layers of width num_heads * head_dim
+  (4 * d * d + 4 * d parameters, as the TF reference).
+  """
+
+  def __init__(
+    self,
+    dim: int,
+    num_heads: int,
+    precision: Precision,
+    *,
+    rngs: nnx.Rngs,
+    kv_dim: int | None = None,
+  ):
+    if dim % num_heads:
+      raise ValueError(f'attention width {dim} is not divisible by num_heads={num_heads}.')
+    kv_dim = kv_dim or dim
+    self.num_heads = num_heads
+    self.head_dim = dim // num_heads
+    self.precision = precision
+    self.query = dense(dim, dim, ('embed', 'heads'), precision, rngs=rngs)
+    self.key = dense(kv_dim, dim, ('embed', 'heads'), precision, rngs=rngs)
+    self.value = dense(kv_dim, dim, ('embed', 'heads'), precision, rngs=rngs)
+    self.out = dense(dim, dim, ('heads', 'embed'), precision, rngs=rngs)
+
+  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    """x (B, L, D), context (B, S, Dkv) or None for self-attention -> (B, L, D)."""
+    context = x if context is None else context
+    split = lambda t: t.reshape(t.shape[:2] + (self.num_heads, self.head_dim))
+    query = split(self.query(x))
+    key = split(self.key(context))
+    value = split(self.value(context))
+    # Softmax runs in float32 inside every implementation; inputs stay in the compute dtype.
+    attended = jax.nn.dot_product_attention(
+      query, key, value, implementation=self.precision.attention_impl
+    )
+    return self.out(attended.reshape(x.shape[:2] + (-1,)))
+
+
+class Mlp(nnx.Module):
+  """Transformer MLP: dense -> GELU -> dropout -> dense."""
+
+  def __init__(
+    self, dim: int, hidden_dim: int, dropout: float, precision: Precision, *, rngs: nnx.Rngs
+  ):
+    self.fc1 = dense(dim, hidden_dim, ('embed', 'mlp'), precision, rngs=rngs)
+    self.fc2 = dense(hidden_dim, dim, ('mlp', 'embed'), precision, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, L, D) -> (B, L, D)."""
+    return self.fc2(self.dropout(jax.nn.gelu(self.fc1(x), approximate=False)))
+
+
+def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding, (height * width, dim), row-major tokens.
+
+  The first half of the channels encodes y, the second half x; each half is [sin, cos] of
+  position * temperature ** (-k / (dim / 4)).
+  """
+  if dim % 4:
+    raise ValueError(f'2-D sin-cos position embedding needs a width divisible by 4, got {dim}.')
+  quarter = dim // 4
+  omega = temperature ** (-np.arange(quarter, dtype=np.float64) / quarter)
+
+  def encode(positions):
+    angles = positions[:, None] * omega[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+  y, x = np.meshgrid(np.arange(height), np.arange(width), indexing='ij')
+  emb = np.concatenate([encode(y.reshape(-1)), encode(x.reshape(-1))], axis=1)
+  return emb.astype(np.float32)
+
+
+def scalar_embedding(values: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal embedding of scalars: (B,) -> (B, dim), [sin | cos], frequencies p^(-2k/dim)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) * 2.0 / dim)
+  angles = values.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+  """(B, H, W, C) -> (B, H * factor, W * factor, C) by repetition."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def maybe_remat(fn, enabled: bool):
+  """`nnx.remat(fn)` when enabled: activations of `fn` are recomputed in the backward pass."""
+  return nnx.remat(fn) if enabled else fn
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in the nnx.Param leaves of a module or state (abstract or concrete)."""
+  state = nnx.state(tree, nnx.Param) if isinstance(tree, nnx.Module) else tree
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(state)))
+
+
+def static_tuple(values: Sequence[int]) -> tuple[int, ...]:
+  """Config sequences (lists after a command-line override) as hashable int tuples."""
+  return tuple(int(v) for v in values)

@@ -1,0 +1,99 @@
+"""Panoptic post-processing: from the model's mask-size ids to original-size panoptic maps.
+
+Runs on the host in numpy, one image at a time, because every image has its own original size.
+"""
+
+import numpy as np
+
+
+def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """(H, W, ...) -> (h, w, ...) by nearest neighbour with half-pixel centres (as tf.image)."""
+  in_h, in_w = x.shape[:2]
+  out_h, out_w = int(size[0]), int(size[1])
+  rows = np.minimum(((np.arange(out_h) + 0.5) * in_h / out_h).astype(np.int64), in_h - 1)
+  cols = np.minimum(((np.arange(out_w) + 0.5) * in_w / out_w).astype(np.int64), in_w - 1)
+  return x[rows[:, None], cols[None, :]]
+
+
+def majority_vote(semantic: np.ndarray, instance: np.ndarray, num_classes: int,
+                  max_instances: int, min_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+  """Every instance id takes the most frequent class among its pixels.
+
+  Ids with fewer than `min_pixels` pixels, instance 0, and ids whose majority is void become
+  void (0, 0).
+
+  Args:
+    semantic, instance: (H, W) int maps.
+    num_classes, max_instances: the id ranges (semantic < num_classes, instance < max_instances).
+    min_pixels: the smallest segment kept.
+
+  Returns:
+    (semantic, instance), (H, W) int32 each.
+  """
+  semantic = np.clip(semantic, 0, num_classes - 1).astype(np.int64)
+  instance = np.clip(instance, 0, max_instances - 1).astype(np.int64)
+  joint = np.bincount((instance * num_classes + semantic).ravel(),
+                      minlength=max_instances * num_classes).reshape(max_instances, num_classes)
+  votes = joint.argmax(axis=1)
+  keep = joint.sum(axis=1) >= min_pixels
+  keep[0] = False
+  classes = np.where(keep, votes, 0)
+  new_semantic = classes[instance]
+  new_instance = np.where(new_semantic > 0, instance, 0)
+  return new_semantic.astype(np.int32), new_instance.astype(np.int32)
+
+
+def merge_stuff(semantic: np.ndarray, instance: np.ndarray,
+                is_thing: np.ndarray) -> np.ndarray:
+  """Gives all pixels of each stuff class one instance id (the smallest one it used).
+
+  Args:
+    semantic, instance: (H, W) int maps after `majority_vote`.
+    is_thing: (num_classes,) bool, True where a semantic id is a thing class (index 0 = void).
+
+  Returns:
+    (H, W) int32 instance map in which each stuff class is a single segment.
+  """
+  instance = instance.astype(np.int32).copy()
+  stuff = (~is_thing[semantic]) & (semantic > 0)
+  for cls in np.unique(semantic[stuff]):
+    pixels = stuff & (semantic == cls)
+    instance[pixels] = instance[pixels].min()
+  return instance
+
+
+def postprocess(pred: np.ndarray, padded_size: tuple[int, int], unpadded_size: tuple[int, int],
+                orig_size: tuple[int, int], *, num_classes: int, max_instances: int,
+                min_pixels: int, is_thing: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Mask-size prediction -> original-size (semantic, instance).
+
+  Nearest resize to the padded input size, crop of the padding, nearest resize to the original
+  size, majority vote of the class per instance with the min-pixel rule, and, when `is_thing` is
+  given, one segment per stuff class.
+
+  Args:
+    pred: (Hm, Wm, 2) int [semantic, instance] decoded from bits.
+    padded_size: (H, W) of the model input.
+    unpadded_size: (h, w) of the resized image inside the padded input.
+    orig_size: (Ho, Wo) of the original image.
+    num_classes, max_instances: id ranges.
+    min_pixels: smallest segment kept (at original size).
+    is_thing: (num_classes,) bool per semantic id, or None to keep stuff segments apart.
+
+  Returns:
+    (semantic, instance), each (Ho, Wo) int32.
+  """
+  full = resize_nearest(pred, padded_size)
+  full = full[:int(unpadded_size[0]), :int(unpadded_size[1])]
+  full = resize_nearest(full, orig_size)
+  semantic, instance = majority_vote(full[..., 0], full[..., 1], num_classes, max_instances,
+                                     min_pixels)
+  if is_thing is not None:
+    instance = merge_stuff(semantic, instance, np.asarray(is_thing, bool))
+  return semantic, instance
+
+
+def is_thing_table(categories) -> np.ndarray:
+  """(len(categories) + 1,) bool: entry k + 1 tells whether categories[k] is a thing; 0 = void."""
+  return np.array([False] + [bool(c['isthing']) for c in categories])

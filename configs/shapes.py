@@ -10,7 +10,7 @@ from configs import base
 
 
 def get_config(arg=None):
-  """Returns the shapes config; `arg` is '' (images) or 'video'."""
+  """Returns the shapes config; `arg` is '' (images), 'tiny' (unit-test model) or 'video'."""
   config = base.get_base_config()
   config.seed = 0
 
@@ -61,10 +61,25 @@ def get_config(arg=None):
   config.diffusion.steps = 10
   config.diffusion.td = 1.0
 
-  if arg == 'video':
+  if arg == 'tiny':
+    # A minimal model for unit tests: 32x32 images, 16x16 masks, 2x2 token grid.
+    model.image_size = (32, 32)
+    model.mask_size = (16, 16)
+    model.resnet.width = 8
+    model.encoder.num_layers = 1
+    model.encoder.dim = 32
+    model.encoder.num_heads = 2
+    model.encoder.mlp_dim = 64
+    model.fusion.dim = 16
+    model.denoiser.dim = 16
+    model.denoiser.transformer_layers = 1
+    model.denoiser.transformer_dim = 32
+    model.denoiser.transformer_heads = 2
+    data.eval_orig_size = (32, 32)
+  elif arg == 'video':
     config.task = 'video_panoptic'
     data.name = 'shapes_video'
     model.max_instances = 16
   elif arg:
-    raise ValueError(f"configs/shapes.py: unknown arg {arg!r}; use '' or 'video'.")
+    raise ValueError(f"configs/shapes.py: unknown arg {arg!r}; use '', 'tiny' or 'video'.")
   return config

@@ -126,8 +126,8 @@ class GroupNorm(nnx.Module):
     mean = grouped.mean(axis=reduce_axes, keepdims=True)
     var = jnp.square(grouped - mean).mean(axis=reduce_axes, keepdims=True)
     grouped = (grouped - mean) * jax.lax.rsqrt(var + self.epsilon)
-    x = grouped.reshape(x.shape) * self.scale.value.astype(jnp.float32)
-    return (x + self.bias.value.astype(jnp.float32)).astype(dtype)
+    x = grouped.reshape(x.shape) * self.scale[...].astype(jnp.float32)
+    return (x + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -149,7 +149,7 @@ class LayerNorm(nnx.Module):
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     x = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-    x = x * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+    x = x * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
     return x.astype(dtype)
 
 

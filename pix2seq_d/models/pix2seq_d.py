@@ -123,7 +123,7 @@ class ImageEncoder(nnx.Module):
     """(B, h, w, C) -> tokens (B, h * w, D)."""
     batch, height, width, channels = c4.shape
     x = self.proj_norm(self.proj(self.dropout(c4.reshape(batch, height * width, channels))))
-    x = x + self.pos_emb.value.astype(x.dtype)
+    x = x + self.pos_emb[...].astype(x.dtype)
     return self.norm(transformer.run_layers(self.layers, x, remat=self.remat))
 
 

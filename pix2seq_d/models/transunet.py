@@ -87,7 +87,7 @@ class BottleneckTransformer(nnx.Module):
     """x (B, h, w, Cin), emb (B, E), context (B, S, Dc) -> (B, h, w, dim)."""
     x = self.conv_in(self.norm_in(x))
     batch, height, width, dim = x.shape
-    tokens = x.reshape(batch, height * width, dim) + self.pos_emb.value.astype(x.dtype)
+    tokens = x.reshape(batch, height * width, dim) + self.pos_emb[...].astype(x.dtype)
     tokens = jnp.concatenate([tokens, self.time_proj(emb)[:, None, :]], axis=1)
     tokens = transformer.run_layers(self.layers, tokens, context, remat=self.remat)
     x = tokens[:, :-1].reshape(batch, height, width, dim)

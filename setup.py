@@ -22,6 +22,8 @@ DATA = [
     'tensorflow-datasets>=4.9.6',
     'clu>=0.0.12',
     'tensorboard>=2.16',
+    # TFDS 4.9.10 imports it without declaring it (tensorflow/datasets#11212).
+    'importlib_resources>=6.0',
 ]
 TESTS = [
     'pytest>=8.0',
@@ -36,6 +38,7 @@ setuptools.setup(
     description='Pix2Seq-D: panoptic segmentation of images and videos as mask diffusion, in JAX.',
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['pix2seq_d', 'pix2seq_d.*', 'configs']),
+    package_data={'pix2seq_d.data': ['*.json', 'LICENSE.panopticapi.txt']},
     install_requires=CORE + DATA,
     extras_require={
         'test': TESTS,

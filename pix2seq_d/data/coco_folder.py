@@ -1,0 +1,378 @@
+"""Any folder in the official COCO panoptic layout, through a TFDS builder of the project's own.
+
+  ROOT/annotations/panoptic_<split>.json    images, annotations (segments_info), categories
+  ROOT/annotations/panoptic_<split>/*.png   panoptic PNGs, id = R + 256 G + 256^2 B (0 = void)
+  ROOT/<split>/*.jpg                        the images
+
+Selected by `--config.data.name=coco_folder --config.data.coco_root=ROOT
+--config.data.train_split=NAME --config.data.eval_split=NAME`. The categories, their number and
+thing / stuff flags come from the JSON. The first use prepares the two splits (local files only)
+into config.data.data_dir ('' = TFDS default) under `coco_panoptic_folder/<config>/`, where the
+config name hashes the root path and the JSON files' size and time, so two roots (or edited
+annotations) never share a prepared copy.
+
+Examples keep the encoded JPEG and panoptic PNG bytes with the segment lists; `decode` decodes
+them in tf.data, so shuffle buffers hold compressed bytes. Preparation decodes every image and PNG
+once to check it: a file that cannot be decoded, has the wrong size, or a PNG holding a segment id
+the JSON lacks is recorded in the example's 'error' (naming the file), never a failed preparation.
+A JSON segment whose id is absent from the PNG is fine (area 0).
+"""
+
+import collections
+import concurrent.futures
+import hashlib
+import inspect
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from etils import epath
+
+from pix2seq_d.data import coco, registry
+
+BUILDER_NAME = 'coco_panoptic_folder'
+_LAYOUT = (
+    'Expected the official COCO panoptic layout:\n'
+    '  ROOT/annotations/panoptic_<split>.json\n'
+    '  ROOT/annotations/panoptic_<split>/*.png\n'
+    '  ROOT/<split>/*.jpg\n'
+    'with <split> = --config.data.train_split / --config.data.eval_split '
+    '(e.g. train2017, val2017).'
+)
+# Hex digits of the root hash in the builder config name; 48 bits make collisions negligible.
+_HASH_CHARS = 12
+# Every channel of a colour is drawn below this, to keep generated category colours visible.
+_COLOR_LEVELS = 256
+
+
+def split_paths(root: str, split: str) -> dict[str, str]:
+  """Returns the JSON, PNG folder and image folder paths of one split of a COCO panoptic root."""
+  return {
+      'json': os.path.join(root, 'annotations', f'panoptic_{split}.json'),
+      'png_dir': os.path.join(root, 'annotations', f'panoptic_{split}'),
+      'image_dir': os.path.join(root, split),
+  }
+
+
+def check_layout(root: str, splits: tuple[str, ...]) -> None:
+  """Raises FileNotFoundError naming the first missing path of `root` for `splits`."""
+  if not root:
+    raise FileNotFoundError(
+        'data.name=coco_folder needs --config.data.coco_root=ROOT, a folder in the COCO panoptic '
+        'layout.\n' + _LAYOUT
+    )
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'coco_root {root!r} does not exist or is not a folder.\n{_LAYOUT}')
+  for split in splits:
+    paths = split_paths(root, split)
+    for key, is_present in (
+        ('json', os.path.isfile),
+        ('png_dir', os.path.isdir),
+        ('image_dir', os.path.isdir),
+    ):
+      if not is_present(paths[key]):
+        raise FileNotFoundError(
+            f'COCO panoptic folder {root!r}, split {split!r}: missing {paths[key]}.\n{_LAYOUT}'
+        )
+
+
+def _category_color(category_id: int) -> list[int]:
+  """Returns a fixed pseudo-random colour for a category whose JSON gives none."""
+  rng = np.random.default_rng(category_id)
+  return [int(c) for c in rng.integers(0, _COLOR_LEVELS, size=3)]
+
+
+def categories_from_json(categories: list[dict], json_path: str) -> tuple[dict, ...]:
+  """Returns panopticapi-style categories ('id', 'name', 'isthing', 'color') in the JSON order."""
+  result = []
+  for category in categories:
+    missing = [key for key in ('id', 'name', 'isthing') if key not in category]
+    if missing:
+      raise ValueError(f'{json_path}: category {category} lacks {missing}.')
+    result.append({
+        'id': int(category['id']),
+        'name': str(category['name']),
+        'supercategory': str(category.get('supercategory', '')),
+        'isthing': int(category['isthing']),
+        'color': [int(c) for c in category.get('color', _category_color(category['id']))],
+    })
+  return tuple(result)
+
+
+class CocoFolderConfig(tfds.core.BuilderConfig):
+  """One COCO panoptic root and the splits prepared from it."""
+
+  def __init__(self, *, root: str, splits: tuple[str, ...], **kwargs):
+    super().__init__(**kwargs)
+    self.root = root
+    self.splits = splits
+
+
+def builder_config(root: str, splits: tuple[str, ...]) -> CocoFolderConfig:
+  """Returns the builder config of `root`, named by a hash of the path, splits and JSON stamps."""
+  root = os.path.abspath(root)
+  key = [root]
+  for split in splits:
+    stat = os.stat(split_paths(root, split)['json'])
+    key.append(f'{split}:{stat.st_size}:{stat.st_mtime_ns}')
+  digest = hashlib.sha1('|'.join(key).encode()).hexdigest()[:_HASH_CHARS]
+  return CocoFolderConfig(
+      name=f'root_{digest}',
+      description=f'COCO panoptic folder {root}, splits {", ".join(splits)}',
+      root=root,
+      splits=tuple(splits),
+  )
+
+
+class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
+  """A GeneratorBasedBuilder that reads local files only (no downloads, no checksums file)."""
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """Returns this module's path, found without `importlib_resources`.
+
+    TFDS 4.9.10 looks up the code path of a builder outside its own package through
+    `importlib_resources`, which it does not declare as a dependency
+    (github.com/tensorflow/datasets/issues/11212); the path only locates a checksums file, which
+    a builder of local files does not have.
+    """
+    return epath.Path(inspect.getfile(cls))
+
+
+class CocoPanopticFolder(LocalFilesBuilder):
+  """COCO panoptic annotations read from a local folder in the official layout."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Encoded image and panoptic PNG bytes, segment lists, errors.'}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    """Returns the features; categories are stored in the metadata at preparation."""
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            'image_id': np.int64,
+            'height': np.int64,
+            'width': np.int64,
+            # The image file's bytes as they are, or b'' when it could not be decoded.
+            'image/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
+            'image/filename': tfds.features.Text(),
+            # The panoptic PNG's bytes, or b'' when it could not be decoded.
+            'panoptic/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
+            'panoptic/filename': tfds.features.Text(),
+            'segments': tfds.features.Sequence({
+                'id': np.int64,
+                'category_id': np.int64,
+                'label': np.int64,  # index of category_id in the JSON category list.
+                'is_crowd': np.bool_,
+                'area': np.int64,
+            }),
+            'error': tfds.features.Text(),
+        }),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    """Reads each split's JSON; all splits must share one category list."""
+    del dl_manager  # local files only.
+    root = self.builder_config.root
+    check_layout(root, self.builder_config.splits)
+    generators = {}
+    categories = None
+    for split in self.builder_config.splits:
+      paths = split_paths(root, split)
+      with open(paths['json']) as f:
+        annotation = json.load(f)
+      split_categories = categories_from_json(annotation['categories'], paths['json'])
+      if categories is not None and split_categories != categories:
+        raise ValueError(
+            f'{paths["json"]} lists other categories than the other split; the semantic labels '
+            'of the splits would differ.'
+        )
+      categories = split_categories
+      generators[split] = self._generate_examples(annotation, paths)
+    self.info.metadata['categories'] = list(categories)
+    return generators
+
+  def _generate_examples(self, annotation: dict, paths: dict[str, str]):
+    """Yields (file name, example) for every image of the JSON, checking each file."""
+    label_of = {category['id']: k for k, category in enumerate(annotation['categories'])}
+    annotation_of = collections.defaultdict(list)
+    for image_annotation in annotation['annotations']:
+      annotation_of[image_annotation['image_id']].append(image_annotation)
+    images = sorted(annotation['images'], key=lambda image: image['id'])
+
+    def build(image_info):
+      return _build_example(image_info, annotation_of[image_info['id']], label_of, paths)
+
+    for image_info, example in zip(images, _ordered_parallel_map(build, images), strict=True):
+      yield image_info['file_name'], example
+
+
+def _ordered_parallel_map(fn, items):
+  """Yields fn(item) in order, computing a few ahead in threads (TF's decoders release the GIL).
+
+  Unlike ThreadPoolExecutor.map, at most a few results wait in memory, however long the list.
+  """
+  workers = os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pending = collections.deque()
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) > 2 * workers:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+
+
+def _read_and_decode(path: str, decode_fn) -> tuple[bytes, np.ndarray | None, str]:
+  """Returns (file bytes, decoded array or None, error message or '')."""
+  try:
+    with open(path, 'rb') as f:
+      encoded = f.read()
+  except OSError as e:
+    return b'', None, f'{path}: cannot read the file ({e.strerror or e})'
+  try:
+    return encoded, decode_fn(encoded).numpy(), ''
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+    return b'', None, f'{path}: cannot decode the image ({e.message.splitlines()[0]})'
+
+
+def _build_example(image_info: dict, image_annotations: list[dict], label_of: dict, paths: dict):
+  """Returns one example of the builder, with every problem of its files in 'error'."""
+  errors = []
+  height, width = int(image_info['height']), int(image_info['width'])
+  image_path = os.path.join(paths['image_dir'], image_info['file_name'])
+  image_bytes, image, error = _read_and_decode(
+      image_path, lambda b: tf.io.decode_image(b, channels=3, expand_animations=False)
+  )
+  errors.append(error)
+  if image is not None and image.shape[:2] != (height, width):
+    errors.append(f'{image_path}: image is {image.shape[:2]}, the JSON says {(height, width)}')
+
+  segments = []
+  png_path = ''
+  png_bytes = b''
+  if len(image_annotations) != 1:
+    errors.append(
+        f'{paths["json"]}: image {image_info["id"]} ({image_info["file_name"]}) has '
+        f'{len(image_annotations)} panoptic annotations instead of 1'
+    )
+  else:
+    png_path = os.path.join(paths['png_dir'], image_annotations[0]['file_name'])
+    segments = image_annotations[0]['segments_info']
+    png_bytes, png, error = _read_and_decode(
+        png_path, lambda b: tf.io.decode_png(b, channels=3)
+    )
+    errors.append(error)
+    if png is not None:
+      if png.shape[:2] != (height, width):
+        errors.append(f'{png_path}: PNG is {png.shape[:2]}, the JSON says {(height, width)}')
+      ids = coco.rgb_to_panoptic_id(png).numpy()
+      missing = sorted(set(np.unique(ids).tolist()) - {0} - {s['id'] for s in segments})
+      if missing:
+        errors.append(f'{png_path}: PNG segment ids {missing} are missing from the JSON')
+    unknown = sorted({s['category_id'] for s in segments} - set(label_of))
+    if unknown:
+      errors.append(f'{paths["json"]}: {png_path} uses unknown category ids {unknown}')
+      segments = [s for s in segments if s['category_id'] in label_of]
+  return {
+      'image_id': int(image_info['id']),
+      'height': height,
+      'width': width,
+      'image/encoded': image_bytes,
+      'image/filename': image_path,
+      'panoptic/encoded': png_bytes,
+      'panoptic/filename': png_path,
+      'segments': {
+          'id': [int(s['id']) for s in segments],
+          'category_id': [int(s['category_id']) for s in segments],
+          'label': [label_of[s['category_id']] for s in segments],
+          'is_crowd': [bool(s.get('iscrowd', 0)) for s in segments],
+          'area': [int(s.get('area', 0)) for s in segments],
+      },
+      'error': '; '.join(e for e in errors if e),
+  }
+
+
+def decode_example(example: dict) -> dict:
+  """Maps one `coco_panoptic_folder` example to the canonical image example (tf-traceable).
+
+  Args:
+    example: the builder's features (encoded bytes, segment lists, 'error').
+
+  Returns:
+    {'image' (H, W, 3) uint8, 'semantic', 'instance', 'crowd' (H, W) int32, 'image_id' int64,
+    'error' tf.string}. An example with an error recorded at preparation is all zeros of the
+    JSON's (H, W): its files may be missing or of other sizes, and the pipeline skips or rejects
+    it anyway. A PNG id the JSON lacks is also caught here (those pixels become void).
+  """
+  stored_error = example['error']
+  segments = example['segments']
+
+  def decode_files():
+    image = tf.io.decode_image(example['image/encoded'], channels=3, expand_animations=False)
+    panoptic_rgb = tf.io.decode_png(example['panoptic/encoded'], channels=3)
+    semantic, instance, crowd, error = coco.panoptic_maps(
+        panoptic_rgb,
+        segments['id'],
+        segments['label'],
+        segments['is_crowd'],
+        example['panoptic/filename'],
+    )
+    return image, semantic, instance, crowd, error
+
+  def placeholders():
+    size = tf.cast(tf.stack([example['height'], example['width']]), tf.int32)
+    labels = tf.zeros(size, tf.int32)
+    image = tf.zeros(tf.concat([size, [3]], 0), tf.uint8)
+    return image, labels, labels, labels, stored_error
+
+  image, semantic, instance, crowd, error = tf.cond(
+      tf.equal(stored_error, ''), decode_files, placeholders
+  )
+  return {
+      'image': tf.ensure_shape(image, [None, None, 3]),
+      'semantic': semantic,
+      'instance': instance,
+      'crowd': crowd,
+      'image_id': tf.cast(example['image_id'], tf.int64),
+      'error': error,
+  }
+
+
+def make_builder(config) -> CocoPanopticFolder:
+  """Returns the (not necessarily prepared) builder of config.data.coco_root's two splits."""
+  data = config.data
+  splits = tuple(dict.fromkeys((data.train_split, data.eval_split)))
+  check_layout(data.coco_root, splits)
+  return CocoPanopticFolder(
+      config=builder_config(data.coco_root, splits), data_dir=data.data_dir or None
+  )
+
+
+def make_source(config) -> registry.Source:
+  """Returns the source of config.data.coco_root, preparing it on first use.
+
+  Args:
+    config: the whole experiment config; reads config.data.coco_root, train_split, eval_split and
+      data_dir ('' = TFDS default).
+
+  Raises:
+    FileNotFoundError: the root, a split's JSON, PNG folder or image folder is missing.
+    ValueError: the splits' JSON files disagree on the categories, or a category is malformed.
+  """
+  builder = make_builder(config)
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  categories = tuple(builder.info.metadata['categories'])
+  return registry.Source(
+      name='coco_folder',
+      builder=builder,
+      categories=categories,
+      decode=decode_example,
+      is_video=False,
+  )

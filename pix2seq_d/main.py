@@ -1,0 +1,101 @@
+"""Entry point: `python -m pix2seq_d.main --config=configs/NAME.py[:arg] --workdir=DIR --mode=M`.
+
+Modes: train, eval, train_and_eval (default), predict, summary. Any config field can be overridden
+with `--config.a.b=value`. On a TPU pod, a Slurm GPU cluster or with explicit
+`--coordinator_address/--num_processes/--process_id`, `jax.distributed.initialize` runs before
+anything asks JAX about devices.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+MODES = ('train', 'eval', 'train_and_eval', 'predict', 'summary')
+
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and results go (local or gs://).')
+flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to run.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for multi-process runs.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
+flags.DEFINE_string(
+  'jax_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR',
+                                  os.path.expanduser('~/.cache/pix2seq_d/jax')),
+  'Persistent compilation cache ("" turns it off).')
+FLAGS = flags.FLAGS
+
+# Environment variables set by the launchers on which `jax.distributed.initialize()` can find its
+# coordinator by itself (TPU pods, Slurm, Open MPI).
+_CLUSTER_ENV = ('TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
+
+
+def _initialize_distributed() -> None:
+  """Joins a multi-process run when one is configured; a no-op for a single process."""
+  import jax
+
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    return
+  cluster = [name for name in _CLUSTER_ENV if os.environ.get(name, '1') not in ('', '1')]
+  if cluster:
+    logging.info('Multi-process environment (%s): jax.distributed.initialize().', cluster)
+    jax.distributed.initialize()
+
+
+def _enable_compilation_cache(path: str) -> None:
+  import jax
+
+  if not path:
+    return
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def _check_workdir(workdir: str | None, mode: str) -> str:
+  """Creates the workdir and checks it is writable, with a message naming it otherwise."""
+  from etils import epath
+
+  if not workdir:
+    raise app.UsageError(f'--workdir is required for --mode={mode}.')
+  path = epath.Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_test_{os.getpid()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise app.UsageError(f'--workdir={workdir} cannot be written: {e}') from e
+  return workdir
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = FLAGS.config
+  if config is None:
+    raise app.UsageError('--config=configs/NAME.py is required.')
+  if FLAGS.mode == 'summary':
+    from pix2seq_d import summary
+
+    print(summary.model_summary(config), flush=True)
+    return
+
+  _initialize_distributed()
+  _enable_compilation_cache(FLAGS.jax_cache_dir)
+  workdir = _check_workdir(FLAGS.workdir, FLAGS.mode)
+  if FLAGS.mode == 'predict':
+    from pix2seq_d import predict
+
+    predict.run(config, workdir)
+    return
+  from pix2seq_d import train
+
+  record = train.run(config, workdir, FLAGS.mode)
+  if record is not None:
+    logging.info('Evaluation: %s', {k: v for k, v in record.items() if k != 'per_class'})
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,93 @@
+"""`--mode=summary`: parameter table and forward FLOPs of the configured model.
+
+Nothing is materialised: the model is built under `nnx.eval_shape` and the FLOPs come from XLA's
+cost analysis of the lowered (not compiled) computations on abstract inputs.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pix2seq_d.diffusion import bits
+from pix2seq_d.models import layers
+from pix2seq_d.models import pix2seq_d as p2s
+
+TOP_LEVEL = {
+  'resnet': 'ResNet C4 backbone',
+  'encoder': 'encoder transformer',
+  'fusion': 'pyramid-merge fusion',
+  'denoiser': 'TransUNet denoiser',
+}
+
+
+def parameter_rows(model: p2s.Pix2SeqD, depth: int = 2) -> list[tuple[str, int]]:
+  """(path, count) for each module up to `depth` levels below the top, in definition order."""
+  counts: dict[str, int] = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    size = 1
+    for dim in var.shape:
+      size *= dim
+    for level in range(1, min(depth, len(path) - 1) + 1):
+      key = '/'.join(str(p) for p in path[:level])
+      counts[key] = counts.get(key, 0) + size
+  order = {name: index for index, name in enumerate(TOP_LEVEL)}
+  return sorted(counts.items(), key=lambda item: (order.get(item[0].split('/')[0], len(order)),
+                                                  item[0].count('/') > 0))
+
+
+def _flops(fn, *args) -> float:
+  """XLA's FLOP estimate of `fn(*args)` on abstract inputs."""
+  analysis = jax.jit(fn).lower(*args).cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get('flops', 0.0)) if analysis else 0.0
+
+
+def forward_flops(config, model: p2s.Pix2SeqD) -> dict[str, float]:
+  """Forward FLOPs per image: one encoder pass, one denoiser pass, and a full sampling run."""
+  model.eval()
+  graphdef, state = nnx.split(model)
+  h, w = layers.static_tuple(config.model.image_size)
+  hm, wm = layers.static_tuple(config.model.mask_size)
+  image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+  x_t = jax.ShapeDtypeStruct((1, hm, wm, bits.MASK_BITS), jnp.float32)
+  gamma = jax.ShapeDtypeStruct((1,), jnp.float32)
+  extra = (jax.ShapeDtypeStruct((1, hm, wm, model.extra_channels), jnp.float32)
+           if model.extra_channels else None)
+
+  def encode(state, image):
+    return nnx.merge(graphdef, state).encode(image)
+
+  def denoise(state, image, x_t, gamma, extra):
+    m = nnx.merge(graphdef, state)
+    encoded = jax.eval_shape(m.encode, image)
+    encoded = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), encoded)
+    return m.denoise(x_t, gamma, encoded, extra)
+
+  encoder = _flops(encode, state, image)
+  denoiser = _flops(denoise, state, image, x_t, gamma, extra)
+  steps = config.diffusion.steps
+  return {'encoder': encoder, 'denoiser_step': denoiser,
+          'sampling': encoder + steps * denoiser}
+
+
+def model_summary(config) -> str:
+  """The text `--mode=summary` prints; its last line is `total params: N`."""
+  model = nnx.eval_shape(lambda: p2s.build_model(config, rngs=nnx.Rngs(0)))
+  lines = [f'{"module":<48} {"params":>14}', '-' * 63]
+  for path, count in parameter_rows(model):
+    top = path.split('/')[0]
+    label = f'{path} ({TOP_LEVEL[top]})' if path in TOP_LEVEL else f'  {path}'
+    lines.append(f'{label:<48} {count:>14,}')
+  flops = forward_flops(config, model)
+  steps = config.diffusion.steps
+  lines += [
+    '-' * 63,
+    f'image {tuple(config.model.image_size)}, mask {tuple(config.model.mask_size)}, '
+    f'compute dtype {jnp.dtype(model.dtype).name}',
+    f'forward GFLOPs per image: encoder {flops["encoder"] / 1e9:,.1f}, denoiser step '
+    f'{flops["denoiser_step"] / 1e9:,.1f}, sampling with {steps} steps '
+    f'{flops["sampling"] / 1e9:,.1f}',
+    f'total params: {layers.count_params(model)}',
+  ]
+  return '\n'.join(lines)

@@ -1,0 +1,186 @@
+"""The training loop, in sections that read top to bottom:
+
+mesh -> data -> abstract state -> shardings -> jitted init -> restore -> jitted step -> loop with
+periodic logging, image summaries, checkpoints and evaluation.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import nnx
+
+from pix2seq_d import checkpoints, evaluate, predict, sharding, steps
+from pix2seq_d.data import pipeline
+from pix2seq_d.models import pix2seq_d as p2s
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+def _check_dataset(config, info: pipeline.DatasetInfo) -> None:
+  if info.num_classes != config.model.num_classes:
+    raise ValueError(
+      f'config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} '
+      f'has {len(info.categories)} categories + void = {info.num_classes}; set '
+      f'--config.model.num_classes={info.num_classes}.')
+  if info.is_video != (config.task == 'video_panoptic'):
+    raise ValueError(
+      f'config.task={config.task!r} does not fit dataset {config.data.name!r} '
+      f'({"video" if info.is_video else "images"}).')
+
+
+def _first_non_finite(pending: list[tuple[int, jax.Array]]) -> tuple[list[float], int | None]:
+  """Fetches the pending per-step losses; returns them and the first non-finite step."""
+  losses = [float(v) for v in jax.device_get([loss for _, loss in pending])]
+  for (step, _), loss in zip(pending, losses, strict=True):
+    if not np.isfinite(loss):
+      return losses, step
+  return losses, None
+
+
+def _train_images(batch: dict, config, categories) -> np.ndarray:
+  """[input | ground truth] pictures of the first examples of a training batch."""
+  count = min(config.eval.num_image_summaries, len(batch['image']))
+  return np.stack([
+    evaluate._summary_image(batch['image'][i], batch['label'][i], batch['label'][i],
+                            categories)[:, :2 * batch['image'].shape[2]]
+    for i in range(count)])
+
+
+def build(config, mesh):
+  """Abstract model -> shardings -> state initialised on the mesh.
+
+  Returns:
+    (state, state_shardings, train_graphdef, eval_graphdef, tx).
+  """
+  tx = steps.make_optimizer(config.train)
+
+  def init_fn():
+    model = p2s.build_model(config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    return steps.create_train_state(model, tx)
+
+  abstract_model = nnx.eval_shape(
+    lambda: p2s.build_model(config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1)))
+  abstract_model.train()
+  train_graphdef = nnx.graphdef(abstract_model)
+  abstract_model.eval()
+  eval_graphdef = nnx.graphdef(abstract_model)
+  state, state_shardings = sharding.init_sharded(init_fn, mesh)
+  return state, state_shardings, train_graphdef, eval_graphdef, tx
+
+
+def run(config, workdir: str, mode: str) -> dict | None:
+  """Trains and/or evaluates as `mode` says ('train', 'eval' or 'train_and_eval').
+
+  Returns:
+    The last evaluation record, or None when no evaluation ran.
+  """
+  # ------------------------------------------------------------------ mesh and data
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
+  info = pipeline.dataset_info(config)
+  _check_dataset(config, info)
+  if jax.process_index() == 0:
+    predict.write_categories(workdir, info.categories)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+  # ------------------------------------------------ state, shardings, checkpoints
+  state, state_shardings, train_graphdef, eval_graphdef, tx = build(config, mesh)
+  abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
+  manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
+  restored = manager.restore_latest(abstract_state)
+  if restored is not None:
+    state, start_step = restored
+    logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
+  else:
+    start_step = 0
+    if config.init_from.path:
+      state = checkpoints.restore_for_init(config.init_from.path, state, config.init_from.mode)
+      logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
+
+  predict_fn = evaluate.jit_predict(config, eval_graphdef, state_shardings.ema_params,
+                                    state_shardings.ema_model_state, mesh)
+
+  def run_eval(state, step):
+    return evaluate.evaluate(
+      config, predict_fn=predict_fn, params=state.ema_params,
+      model_state=state.ema_model_state, mesh=mesh, categories=info.categories,
+      eval_iterator=pipeline.make_eval_iterator(config), step=step, workdir=workdir,
+      writer=writer)
+
+  if mode == 'eval':
+    if restored is None:
+      raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
+    record = run_eval(state, start_step)
+    manager.close()
+    writer.close()
+    return record
+
+  # ------------------------------------------------------------------------ loop
+  train_step = sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
+  train_iter = pipeline.make_train_iterator(config)
+  num_steps = config.train.num_steps
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                           every_steps=config.train.log_every)
+  checkpoints.install_preemption_handler()
+  key = jax.random.key(config.seed)
+  pending: list[tuple[int, jax.Array]] = []
+  last_metrics, window_start, window_examples = None, time.time(), 0
+  record = None
+  if start_step == 0 and jax.process_index() == 0:
+    writer.write_hparams({k: str(v) for k, v in config.to_dict().items()
+                          if not isinstance(v, dict)})
+
+  def check_losses(step):
+    """Stops the run at the first non-finite loss; returns the mean of the pending losses."""
+    losses, bad_step = _first_non_finite(pending)
+    pending.clear()
+    if bad_step is not None:
+      raise NonFiniteLossError(
+        f'The loss became non-finite at step {bad_step}; the run stops here. The last good '
+        f'checkpoint in {workdir} is kept (step {manager.latest_step()}).')
+    return float(np.mean(losses)) if losses else float('nan')
+
+  step = start_step
+  for step in range(start_step + 1, num_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      batch = next(train_iter)
+      global_batch = sharding.make_global_batch(batch, mesh)
+      state, metrics = train_step(state, global_batch, jax.random.fold_in(key, step))
+    pending.append((step, metrics['loss']))
+    last_metrics = metrics
+    window_examples += config.train.batch_size
+    report(step)
+
+    preempted = checkpoints.preemption_requested()
+    if step % config.train.log_every == 0 or step == num_steps or preempted:
+      mean_loss = check_losses(step)
+      scalars = {f'train/{k}': float(v) for k, v in jax.device_get(last_metrics).items()}
+      scalars['train/loss'] = mean_loss
+      elapsed = time.time() - window_start
+      scalars['train/examples_per_sec'] = window_examples / max(elapsed, 1e-9)
+      window_start, window_examples = time.time(), 0
+      writer.write_scalars(step, scalars)
+      if hasattr(train_iter, 'skipped') and train_iter.skipped:
+        writer.write_scalars(step, {'train/skipped_examples': train_iter.skipped})
+    if step % config.train.image_summary_every == 0 and jax.process_index() == 0:
+      writer.write_images(step, {'train/input_gt': _train_images(batch, config, info.categories)})
+    if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
+      check_losses(step)
+      manager.save(step, state, force=preempted or step == num_steps)
+    if preempted:
+      logging.warning('Preemption requested: saved step %d, exiting.', step)
+      break
+    if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
+      record = run_eval(state, step)
+  manager.wait_until_finished()
+  if mode == 'train_and_eval' and not checkpoints.preemption_requested():
+    record = run_eval(state, step)
+  manager.close()
+  writer.flush()
+  writer.close()
+  return record

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's test command: installs pix2seq_d with its test extras and runs every test,
+# slow ones included (pass -m "not slow" for the quick subset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q -e '.[test]'
+# The reference PQ implementation; its metadata pins old numpy, so it is installed without deps.
+python -m pip install -q --no-deps 'panopticapi-lite>=0.2'
+python -m pytest -q -n "${PYTEST_WORKERS:-2}" --durations=15 tests "$@"

@@ -84,17 +84,27 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets).
   data.coco_root = ''  # a folder in the official COCO panoptic layout (name 'coco_folder').
   data.davis_root = ''  # a folder in the official DAVIS 2017 layout (name 'davis').
+  data.davis_resolution = '480p'  # DAVIS frame folder: '480p' or 'Full-Resolution'.
+  # DAVIS annotation folder: 'Annotations_unsupervised' or 'Annotations' (semi-supervised).
+  data.davis_annotations = 'Annotations_unsupervised'
+  data.davis_void_id = 255  # DAVIS annotation value of void pixels.
   data.train_split = 'train2017'
   data.eval_split = 'val2017'
   data.shuffle_buffer = 10_000
   data.scale_jitter = (1.0, 3.0)  # s ~ U(min, max); 1.0, 1.0 turns jitter off.
   data.flip = True
   data.color_jitter_strength = 1.0  # 0 turns colour jitter off.
+  data.color_jitter_prob = 0.8  # SimCLR: chance the colour jitter is applied to an image.
+  data.grayscale_prob = 0.2  # SimCLR: chance an image is turned grayscale.
   data.image_pad_value = 0.3
   data.eval_orig_size = (640, 640)  # original-size eval labels are zero-padded to this (H, W).
   data.num_parallel_calls = -1  # tf.data.AUTOTUNE
   data.prefetch = 2
   data.video_window = 3  # frames per training window (video).
+  # Video training windows are drawn round-robin from this many decoded clips (all held in
+  # memory), then shuffled in a buffer of this many decoded windows, so batches mix clips.
+  data.video_clips_interleaved = 8
+  data.video_window_shuffle_buffer = 64
 
   # ---------------------------------------------------------------- train
   config.train = train = ml_collections.ConfigDict()

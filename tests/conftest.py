@@ -1,0 +1,37 @@
+"""Shared pytest markers and fixtures (tiny embedded datasets prepared once per session)."""
+
+import pytest
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: takes over ~20 s; deselect with -m "not slow".')
+
+
+@pytest.fixture(scope='session')
+def shapes_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding 'shapes/tiny' and 'shapes_video/tiny', prepared once."""
+  from pix2seq_d.data import shapes
+
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  for name in ('shapes/tiny', 'shapes_video/tiny'):
+    shapes.make_builder(name, data_dir).download_and_prepare()
+  return data_dir
+
+
+@pytest.fixture
+def shapes_config(shapes_data_dir):
+  """configs/shapes.py on 'shapes/tiny' with small batches (arg 'video': 'shapes_video/tiny')."""
+  from configs import shapes as shapes_configs
+
+  def make(arg: str = ''):
+    config = shapes_configs.get_config(arg)
+    config.data.name = 'shapes_video/tiny' if arg == 'video' else 'shapes/tiny'
+    config.data.data_dir = shapes_data_dir
+    config.data.shuffle_buffer = 16
+    config.data.num_parallel_calls = 1  # the test machines share two cores.
+    config.train.batch_size = 8
+    config.eval.batch_size = 8
+    config.eval.num_examples = 0
+    return config
+
+  return make

@@ -79,7 +79,8 @@ def test_extra_channels_for_video_and_self_conditioning():
   assert p2s.extra_channels(config) == 16 + 32
   model = p2s.build_model(config, rngs=nnx.Rngs(0))
   encoded = model.encode(jnp.zeros((1, 32, 32, 3)))
-  logits = model.denoise(jnp.zeros((1, 16, 16, 16)), jnp.ones(1), encoded, jnp.zeros((1, 16, 16, 48)))
+  extra = jnp.zeros((1, 16, 16, 48))
+  logits = model.denoise(jnp.zeros((1, 16, 16, 16)), jnp.ones(1), encoded, extra)
   assert logits.shape == (1, 16, 16, 2, 256)
   with pytest.raises(ValueError, match='48 extra input channels'):
     model.denoise(jnp.zeros((1, 16, 16, 16)), jnp.ones(1), encoded)

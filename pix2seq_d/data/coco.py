@@ -185,13 +185,16 @@ def make_source(config) -> registry.Source:
         f'{TFDS_NAME} in {builder.data_dir} lists categories {names[:5]}... that differ from '
         f'{CATEGORIES_FILE} {expected[:5]}...; the semantic labels would be wrong.'
     )
-  check_splits(builder, (config.data.train_split, config.data.eval_split))
+  aliases = {'train2017': 'train', 'val2017': 'validation'}
+  check_splits(builder, [aliases.get(s, s) for s in (config.data.train_split,
+                                                     config.data.eval_split)])
   return registry.Source(
       name=TFDS_NAME,
       builder=builder,
       categories=categories,
       decode=decode_tfds_example,
       is_video=False,
+      split_aliases=aliases,
   )
 
 

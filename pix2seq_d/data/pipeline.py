@@ -325,14 +325,14 @@ def dataset_info(config) -> DatasetInfo:
   """Categories, class count and split sizes of config.data (prepares embedded datasets)."""
   source = registry.get_source(config)
   builder = source.builder
-  num_eval = num_split_examples(builder, config.data.eval_split)
+  num_eval = num_split_examples(builder, source.split(config.data.eval_split))
   if config.eval.num_examples > 0:
     num_eval = min(num_eval, config.eval.num_examples)
   return DatasetInfo(
       categories=tuple(source.categories),
       num_classes=len(source.categories) + 1,
       is_video=source.is_video,
-      num_train=num_split_examples(builder, config.data.train_split),
+      num_train=num_split_examples(builder, source.split(config.data.train_split)),
       num_eval=num_eval,
   )
 
@@ -360,7 +360,7 @@ def make_train_iterator(
   source = source or registry.get_source(config)
   _check_config(config, source)
   batch_size = _local_batch_size(config.train.batch_size, process_count, 'config.train.batch_size')
-  split = config.data.train_split
+  split = source.split(config.data.train_split)
   instruction, size = process_read_instruction(source.builder, split, process_index, process_count)
   if instruction is None:
     raise ValueError(f'config.data.train_split {split!r} of {source.name!r} has fewer examples '
@@ -558,7 +558,7 @@ def make_eval_iterator(
   source = source or registry.get_source(config)
   _check_config(config, source, want_video=False)
   batch_size = _local_batch_size(config.eval.batch_size, process_count, 'config.eval.batch_size')
-  split = config.data.eval_split
+  split = source.split(config.data.eval_split)
   total = num_split_examples(source.builder, split)
   if config.eval.num_examples > 0:
     total = min(total, config.eval.num_examples)
@@ -607,7 +607,7 @@ def make_video_eval_iterator(
   process_index, process_count = _processes(process_index, process_count)
   source = source or registry.get_source(config)
   _check_config(config, source, want_video=True)
-  split = config.data.eval_split
+  split = source.split(config.data.eval_split)
   limit = config.eval.num_examples if config.eval.num_examples > 0 else None
   instruction, size = process_read_instruction(
       source.builder, split, process_index, process_count, limit=limit)

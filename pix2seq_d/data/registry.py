@@ -18,7 +18,7 @@ The semantic label of categories[k] is k + 1; 0 is void.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -39,6 +39,8 @@ class Source:
     is_video: whether `decode` yields video examples.
     decoders: optional TFDS `decoders` passed to `as_dataset` (e.g. `tfds.decode.SkipDecoding()`
       on an image feature that `decode` decodes itself); None = TFDS's own decoding.
+    split_aliases: config split names -> the builder's split names, so that the COCO defaults
+      'train2017' / 'val2017' also select TFDS's 'train' / 'validation'.
   """
 
   name: str
@@ -47,6 +49,11 @@ class Source:
   decode: Callable[[dict], dict]
   is_video: bool
   decoders: Any = None
+  split_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def split(self, name: str) -> str:
+    """The builder's name for the config split `name` (a split spec passes through)."""
+    return self.split_aliases.get(name, name)
 
 
 def get_source(config) -> Source:
@@ -60,6 +67,9 @@ def get_source(config) -> Source:
   if not name:
     raise ValueError('config.data.name is empty; use e.g. "shapes" or "coco/2017_panoptic".')
   # Imported lazily: each module pulls in its own builder code and only the chosen one is needed.
+  if config.data.coco_root and name.split('/')[0] not in _SHAPES_NAMES + ('davis',):
+    # A COCO-format folder was given: that is the dataset, whatever TFDS name the config has.
+    name = 'coco_folder'
   if name.split('/')[0] in _SHAPES_NAMES:
     from pix2seq_d.data import shapes
 

@@ -1,0 +1,212 @@
+"""Checkpoint save / resume, keep-N, model mismatch messages, partial init and SIGTERM handling.
+
+States are the tiny model's TrainState structure filled with random numbers (no initialiser is
+compiled, which would take ~20 s on CPU); what is checked is that every array comes back bitwise.
+"""
+
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import shapes
+from pix2seq_d import checkpoints, sharding, steps
+from pix2seq_d.models import pix2seq_d as p2s
+
+_is_variable = lambda x: isinstance(x, nnx.Variable)
+
+
+def _config(**model_overrides):
+  config = shapes.get_config('tiny')
+  for dotted, value in model_overrides.items():
+    section, _, name = dotted.rpartition('__')
+    (config.model[section] if section else config.model)[name] = value
+  return config
+
+
+def _abstract_state(config):
+  tx = steps.make_optimizer(config.train)
+  return jax.eval_shape(
+    lambda: steps.create_train_state(p2s.build_model(config, rngs=nnx.Rngs(0)), tx))
+
+
+def _random_state(abstract, seed, mesh):
+  """A concrete state of `abstract`'s structure with random values, placed with its shardings."""
+  rng = np.random.default_rng(seed)
+
+  def fill(leaf):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      data = jax.eval_shape(jax.random.key_data, leaf)
+      return jax.random.wrap_key_data(
+        rng.integers(0, 2**32, data.shape, dtype=np.uint32), dtype=leaf.dtype)
+    if jnp.issubdtype(leaf.dtype, jnp.integer):
+      return jnp.asarray(rng.integers(0, 1000, leaf.shape), leaf.dtype)
+    return jnp.asarray(rng.standard_normal(leaf.shape), leaf.dtype)
+
+  state = jax.tree.map(fill, abstract)
+  shardings = sharding.state_shardings(abstract, mesh)
+  return jax.device_put(state, shardings), shardings
+
+
+def _flat(state):
+  """{path: numpy value} with PRNG keys as key data."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)[0]:
+    value = leaf.get_value() if _is_variable(leaf) else leaf
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+      value = jax.random.key_data(value)
+    flat[sharding.path_names(path)] = value
+  return flat
+
+
+def _assert_equal(actual, expected, paths=None):
+  actual, expected = _flat(actual), _flat(expected)
+  for path in paths if paths is not None else expected:
+    assert actual[path].dtype == expected[path].dtype, path
+    np.testing.assert_array_equal(np.asarray(actual[path]), np.asarray(expected[path]),
+                                  err_msg='/'.join(path))
+
+
+@pytest.fixture(scope='module')
+def mesh():
+  return sharding.make_mesh(_config().mesh)
+
+
+@pytest.fixture(scope='module')
+def image_abstract():
+  return _abstract_state(_config())
+
+
+def test_round_trip_is_bitwise_keeps_newest_and_resumes_latest(tmp_path, mesh, image_abstract):
+  manager = checkpoints.CheckpointManager(tmp_path, keep=2)
+  assert manager.restore_latest(image_abstract) is None
+  states = {}
+  for step in (10, 20, 30):
+    states[step], shardings = _random_state(image_abstract, step, mesh)
+    assert manager.save(step, states[step])
+  assert not manager.save(30, states[30])  # the same step again is a no-op.
+  manager.wait_until_finished()
+  assert manager.all_steps() == [20, 30]
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['20', '30']
+  manager.close()
+
+  # A new manager (as after a restart) resumes the newest step onto the sharded abstract state.
+  manager = checkpoints.CheckpointManager(tmp_path, keep=2)
+  restored, step = manager.restore_latest(sharding.with_shardings(image_abstract, shardings))
+  assert step == 30
+  assert jax.tree.structure(restored) == jax.tree.structure(states[30])
+  _assert_equal(restored, states[30])
+  kernel = restored.params['denoiser']['conv_in']['kernel']
+  assert isinstance(kernel, nnx.Param) and kernel.get_metadata()['logical_axes'][2] == 'conv_in'
+  expected_sharding = shardings.params['denoiser']['conv_in']['kernel'].get_value()
+  assert kernel.get_value().sharding == expected_sharding
+  rng_key = restored.model_state['encoder']['dropout']['rngs']['key']
+  assert isinstance(rng_key, nnx.RngKey)
+  assert rng_key.get_value().dtype == image_abstract.model_state['encoder']['dropout']['rngs'][
+    'key'].get_value().dtype
+  manager.close()
+
+
+def test_restoring_another_model_size_names_the_parameter_and_shapes(tmp_path, mesh,
+                                                                     image_abstract):
+  manager = checkpoints.CheckpointManager(tmp_path)
+  manager.save(5, _random_state(image_abstract, 0, mesh)[0])
+  manager.wait_until_finished()
+  bigger = _abstract_state(_config(encoder__mlp_dim=128))
+  with pytest.raises(ValueError) as error:
+    manager.restore_latest(bigger)
+  message = str(error.value)
+  assert 'params/encoder/layers/0/mlp/fc1/bias' in message
+  assert '(64,)' in message and '(128,)' in message
+  assert str(tmp_path / 'checkpoints') in message and 'config' in message
+  manager.close()
+
+
+@pytest.fixture
+def image_run(tmp_path, mesh, image_abstract):
+  """A finished image run's workdir (one checkpoint at step 7) and the state it saved."""
+  workdir = tmp_path / 'image_run'
+  manager = checkpoints.CheckpointManager(workdir)
+  state, _ = _random_state(image_abstract, 1, mesh)
+  manager.save(7, state)
+  manager.close()
+  return workdir, state
+
+
+def _paths(state, field, prefixes=None):
+  return [p for p in _flat(state) if p[0] == field and (prefixes is None or p[1] in prefixes)]
+
+
+def test_init_from_encoder_copies_only_the_image_encoder(image_run, mesh):
+  workdir, old = image_run
+  config = _config(denoiser__dim=8)  # another denoiser: 'all' could not copy it.
+  fresh, _ = _random_state(_abstract_state(config), 2, mesh)
+  state = checkpoints.restore_for_init(str(workdir), fresh, mode='encoder')
+  encoder = checkpoints.ENCODER_MODULES
+  _assert_equal(state, old, _paths(fresh, 'params', encoder))
+  batch_stats = [p for p in _paths(fresh, 'model_state', encoder) if p[-1] in ('mean', 'var')]
+  assert batch_stats
+  _assert_equal(state, old, batch_stats)
+  _assert_equal(state, fresh, _paths(fresh, 'params', ('denoiser',)))
+  _assert_equal(state, fresh, _paths(fresh, 'opt_state') + _paths(fresh, 'step'))
+  ema = {('params',) + p[1:]: v for p, v in _flat(state).items() if p[0] == 'ema_params'}
+  for path, value in ema.items():
+    np.testing.assert_array_equal(value, _flat(state)[path])
+  with pytest.raises(ValueError, match=r"params/denoiser/\S+ has shape .*mode='all'"):
+    checkpoints.restore_for_init(str(workdir), fresh, mode='all')
+
+
+def test_init_from_all_grows_the_denoiser_input_conv_for_video(image_run, mesh):
+  workdir, old = image_run
+  config = _config()
+  config.task = 'video_panoptic'  # 2 earlier frames' masks: 32 more denoiser input channels.
+  fresh, _ = _random_state(_abstract_state(config), 3, mesh)
+  step_dir = workdir / 'checkpoints' / '7'
+  state = checkpoints.restore_for_init(step_dir, fresh, mode='all')
+
+  kernel_path = ('params', 'denoiser', 'conv_in', 'kernel')
+  new_kernel = np.asarray(_flat(state)[kernel_path])
+  old_kernel = np.asarray(_flat(old)[kernel_path])
+  cin_old = old_kernel.shape[2]
+  assert new_kernel.shape[2] == cin_old + 32
+  np.testing.assert_array_equal(new_kernel[:, :, :cin_old], old_kernel)
+  assert not new_kernel[:, :, cin_old:].any()  # the new channels start at zero.
+  others = [p for p in _paths(fresh, 'params') if p != kernel_path]
+  _assert_equal(state, old, others)
+  _assert_equal(state, fresh, _paths(fresh, 'opt_state') + _paths(fresh, 'step'))
+  np.testing.assert_array_equal(
+    np.asarray(_flat(state)[('ema_params',) + kernel_path[1:]]), new_kernel)
+  sharded = state.params['denoiser']['conv_in']['kernel'].get_value().sharding
+  assert sharded == fresh.params['denoiser']['conv_in']['kernel'].get_value().sharding
+
+
+def test_init_from_all_rejects_other_mismatches_and_bad_paths(image_run, tmp_path, mesh):
+  workdir, _ = image_run
+  fresh, _ = _random_state(_abstract_state(_config(encoder__mlp_dim=128)), 4, mesh)
+  with pytest.raises(ValueError, match=r'params/encoder/layers/0/mlp/fc1/bias.*\(128,\).*\(64,\)'):
+    checkpoints.restore_for_init(workdir, fresh, mode='all')
+  with pytest.raises(ValueError, match="mode='bogus'"):
+    checkpoints.restore_for_init(workdir, fresh, mode='bogus')
+  with pytest.raises(FileNotFoundError, match='config.init_from.path'):
+    checkpoints.restore_for_init(tmp_path / 'nowhere', fresh)
+
+
+def test_sigterm_sets_the_preemption_flag_and_uninstall_restores_the_handler():
+  previous = signal.getsignal(signal.SIGTERM)
+  assert checkpoints.install_preemption_handler()
+  try:
+    assert not checkpoints.preemption_requested(0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while not checkpoints.preemption_requested(1) and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert checkpoints.preemption_requested(1)
+  finally:
+    checkpoints.uninstall_preemption_handler()
+  assert signal.getsignal(signal.SIGTERM) == previous
+  assert not checkpoints.preemption_requested(2)

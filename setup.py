@@ -14,6 +14,7 @@ CORE = [
     'numpy>=1.26',
     'scipy>=1.11',
     'pillow>=10.0',
+    'etils[epath]>=1.5',
 ]
 # The input pipelines and TensorBoard writers; the model, sampler and benchmark never import these.
 DATA = [

@@ -269,6 +269,18 @@ class CheckpointManager:
 # ------------------------------------------------------------------ init from another run
 
 
+def saved_steps(workdir: str | epath.PathLike) -> list[int]:
+  """The completed checkpoint steps of a workdir, read from the folder alone.
+
+  Unlike `CheckpointManager(workdir).all_steps()` this opens no manager (which would clean up
+  the temporary folders of a run that is writing right now), so other processes can watch a run.
+  """
+  directory = epath.Path(workdir) / CHECKPOINT_SUBDIR
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 def resolve_checkpoint(path: str | epath.PathLike) -> tuple[epath.Path, int]:
   """(checkpoint root, step) for config.init_from.path.
 

@@ -145,7 +145,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
         f'checkpoint in {workdir} is kept (step {manager.latest_step()}).')
     return float(np.mean(losses)) if losses else float('nan')
 
-  step = start_step
+  step, preempted = start_step, False
   for step in range(start_step + 1, num_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = next(train_iter)
@@ -156,7 +156,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
     window_examples += config.train.batch_size
     report(step)
 
-    preempted = checkpoints.preemption_requested()
+    preempted = checkpoints.preemption_requested(step)
     if step % config.train.log_every == 0 or step == num_steps or preempted:
       mean_loss = check_losses(step)
       scalars = {f'train/{k}': float(v) for k, v in jax.device_get(last_metrics).items()}
@@ -178,7 +178,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
     if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
       record = run_eval(state, step)
   manager.wait_until_finished()
-  if mode == 'train_and_eval' and not checkpoints.preemption_requested():
+  if mode == 'train_and_eval' and not preempted:
     record = run_eval(state, step)
   manager.close()
   writer.flush()

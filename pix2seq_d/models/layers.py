@@ -83,7 +83,7 @@ def conv(
   init_scale: float = 1.0,
   kernel_init: nnx.Initializer | None = None,
 ) -> nnx.Conv:
-  """A 2-D SAME convolution on (B, H, W, C) with kernel (k, k, in, out) axes (-, -, conv_in, conv_out)."""
+  """A 2-D SAME conv on (B, H, W, C); kernel (k, k, in, out) axes (-, -, conv_in, conv_out)."""
   return nnx.Conv(
     in_features,
     out_features,

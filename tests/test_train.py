@@ -1,0 +1,179 @@
+"""The program users run: `python -m pix2seq_d.main` end to end on the tiny shapes set.
+
+Every test starts real processes (absl flags, TFDS, tf.data, orbax, clu writers); they share one
+persistent compilation cache so that later runs reuse the first run's compiled steps.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def jax_cache(tmp_path_factory):
+  return os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(tmp_path_factory.mktemp('jax_cache'))
+
+
+def _command(workdir, data_dir, *overrides, mode='train_and_eval', config='configs/shapes.py:tiny'):
+  return [
+    sys.executable, '-m', 'pix2seq_d.main', f'--config={config}', f'--workdir={workdir}',
+    f'--mode={mode}', '--config.data.name=shapes/tiny', f'--config.data.data_dir={data_dir}',
+    '--config.data.shuffle_buffer=16', '--config.data.num_parallel_calls=1',
+    '--config.train.batch_size=4', '--config.eval.batch_size=4', '--config.eval.num_examples=4',
+    '--config.diffusion.steps=2', '--config.train.log_every=2', '--config.train.warmup_steps=2',
+    '--config.train.image_summary_every=4', *overrides]
+
+
+def _env(jax_cache):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env['JAX_COMPILATION_CACHE_DIR'] = jax_cache
+  return env
+
+
+def _run(cmd, jax_cache, timeout=600):
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(jax_cache), capture_output=True, text=True,
+                        timeout=timeout)
+  return proc.returncode, proc.stdout + proc.stderr
+
+
+def _event_tags(workdir):
+  """{tag: sorted steps} of every summary in the workdir's TensorBoard event files."""
+  from tensorboard.backend.event_processing import event_file_loader
+
+  tags = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      if 'tfevents' not in name:
+        continue
+      for event in event_file_loader.EventFileLoader(os.path.join(root, name)).Load():
+        for value in event.summary.value:
+          tags.setdefault(value.tag, []).append(event.step)
+  return {tag: sorted(steps) for tag, steps in tags.items()}
+
+
+def _checkpoint_steps(workdir):
+  from pix2seq_d import checkpoints
+
+  return checkpoints.saved_steps(str(workdir))
+
+
+@pytest.mark.slow
+def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, jax_cache):
+  workdir = tmp_path / 'run'
+  code, log = _run(_command(workdir, shapes_data_dir, '--config.train.num_steps=6',
+                            '--config.train.checkpoint_every=3'), jax_cache)
+  assert code == 0, log[-3000:]
+  results = json.loads((workdir / 'eval_results.json').read_text())
+  assert results['step'] == 6 and results['num_images'] == 4
+  for key in ('PQ', 'SQ', 'RQ', 'PQ_th', 'PQ_st'):
+    assert 0.0 <= results[key] <= 1.0, key
+  tags = _event_tags(workdir)
+  assert tags['train/loss'] == [2, 4, 6]
+  assert 'eval/PQ' in tags and 'eval/input_gt_prediction' in tags and 'train/input_gt' in tags
+  assert _checkpoint_steps(workdir) == [3, 6]
+
+  # The same command with more steps resumes from step 6 and continues the curve.
+  code, log = _run(_command(workdir, shapes_data_dir, '--config.train.num_steps=8',
+                            '--config.train.checkpoint_every=3'), jax_cache)
+  assert code == 0, log[-3000:]
+  assert 'Resumed from the checkpoint of step 6' in log
+  assert _event_tags(workdir)['train/loss'] == [2, 4, 6, 8]
+
+  # Prediction on new images with the run's EMA weights.
+  inputs = tmp_path / 'inputs'
+  inputs.mkdir()
+  rng = np.random.default_rng()
+  for name, size in (('a', (48, 64)), ('b', (70, 50))):
+    Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(inputs / f'{name}.png')
+  out = tmp_path / 'predictions'
+  code, log = _run(_command(workdir, shapes_data_dir, f'--config.predict.input={inputs}',
+                            f'--config.predict.output={out}', mode='predict'), jax_cache)
+  assert code == 0, log[-3000:]
+  predictions = json.loads((out / 'panoptic.json').read_text())
+  assert sorted(a['file_name'] for a in predictions['annotations']) == ['a.png', 'b.png']
+  assert Image.open(out / 'panoptic' / 'b.png').size == (50, 70)
+  assert Image.open(out / 'overlays' / 'a.png').size == (64, 48)
+
+
+def _wait_for_checkpoint(workdir, proc, deadline):
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f'training ended early:\n{proc.stdout.read()[-3000:]}')
+    if _checkpoint_steps(workdir):
+      return
+    time.sleep(1.0)
+  raise AssertionError('no checkpoint appeared in time')
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_cache):
+  workdir = tmp_path / 'run'
+  long_run = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
+                      '--config.train.checkpoint_every=4', mode='train')
+  proc = subprocess.Popen(long_run, cwd=ROOT, env=_env(jax_cache), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    _wait_for_checkpoint(workdir, proc, time.time() + 400)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(60)
+  finally:
+    proc.kill()
+  killed_at = max(_checkpoint_steps(workdir))
+
+  # SIGTERM: the resumed run saves the step it is at before exiting, although it is not a
+  # multiple of checkpoint_every (1000).
+  resumed = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
+                     '--config.train.checkpoint_every=1000', mode='train')
+  proc = subprocess.Popen(resumed, cwd=ROOT, env=_env(jax_cache), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + 400
+    while time.time() < deadline and killed_at + 3 > max(
+        (s for s in _event_tags(workdir).get('train/loss', []) if s > killed_at), default=0):
+      assert proc.poll() is None, proc.stdout.read()[-3000:]
+      time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, out[-3000:]
+  assert f'Resumed from the checkpoint of step {killed_at}' in out
+  saved = max(_checkpoint_steps(workdir))
+  assert saved > killed_at + 2 and saved % 1000 != 0
+  steps = _event_tags(workdir)['train/loss']
+  after = [s for s in steps if s > killed_at]
+  assert after and after == sorted(set(after)) and min(after) <= killed_at + 2
+
+
+def test_unknown_config_field_is_named(tmp_path, shapes_data_dir, jax_cache):
+  code, log = _run(_command(tmp_path, shapes_data_dir, '--config.train.num_stepz=3'), jax_cache)
+  assert code != 0 and 'num_stepz' in log
+
+
+def test_unwritable_workdir_is_named(tmp_path, shapes_data_dir, jax_cache):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a folder')
+  code, log = _run(_command(blocker / 'run', shapes_data_dir), jax_cache)
+  assert code != 0 and f'--workdir={blocker / "run"} cannot be written' in log
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_shape_is_refused(tmp_path, shapes_data_dir, jax_cache):
+  common = ('--config.train.num_steps=2', '--config.train.checkpoint_every=2')
+  code, log = _run(_command(tmp_path, shapes_data_dir, *common, mode='train'), jax_cache)
+  assert code == 0, log[-3000:]
+  code, log = _run(_command(tmp_path, shapes_data_dir, *common,
+                            '--config.model.denoiser.dim=24', mode='train'), jax_cache)
+  assert code != 0
+  assert 'denoiser' in log and 'shape' in log, log[-3000:]

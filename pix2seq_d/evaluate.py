@@ -80,7 +80,7 @@ def write_results(workdir: str, record: dict, per_class: dict) -> None:
   content = dict(record, per_class={str(k): v for k, v in per_class.items()}, history=history)
   tmp = path.parent / f'.{RESULTS_FILE}.tmp-{os.getpid()}'
   tmp.write_text(json.dumps(content, indent=2))
-  tmp.rename(path)  # atomic on POSIX and for gs:// single objects: never a half-written file.
+  tmp.replace(path)  # atomic on POSIX and for gs:// single objects: never a half-written file.
 
 
 def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,

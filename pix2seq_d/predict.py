@@ -30,7 +30,7 @@ def write_categories(workdir: str, categories) -> None:
   path = epath.Path(workdir) / CATEGORIES_FILE
   tmp = path.parent / f'.{CATEGORIES_FILE}.tmp-{os.getpid()}'
   tmp.write_text(json.dumps(list(categories)))
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def read_categories(workdir: str) -> list[dict]:

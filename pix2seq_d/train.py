@@ -84,6 +84,10 @@ def run(config, workdir: str, mode: str) -> dict | None:
   logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
   info = pipeline.dataset_info(config)
   _check_dataset(config, info)
+  if info.is_video and mode != 'train':
+    raise NotImplementedError(
+      f'--mode={mode}: evaluating video models (streaming sampling, DAVIS J&F) is not part of '
+      'pix2seq_d yet; train with --mode=train.')
   if jax.process_index() == 0:
     predict.write_categories(workdir, info.categories)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

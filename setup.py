@@ -44,9 +44,8 @@ setuptools.setup(
     extras_require={
         'test': TESTS,
         'gpu': ['jax[cuda12]>=0.10.0'],
+        'gpu-cuda13': ['jax[cuda13]>=0.10.0'],
         'tpu': ['jax[tpu]>=0.10.0'],
-        # The accelerator image has no TensorFlow: `pip install --no-deps -e .` plus CORE there.
-        'core': [],
     },
     license='Apache-2.0',
 )

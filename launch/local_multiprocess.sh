@@ -4,7 +4,8 @@
 #
 #   launch/local_multiprocess.sh NUM_PROCESSES --config=configs/shapes.py --workdir=/tmp/run [...]
 #
-# On a CPU-only machine each process gets DEVICES_PER_PROCESS simulated devices (default 1).
+# On a CPU-only machine each process gets DEVICES_PER_PROCESS simulated devices (default 1);
+# PYTHON names the interpreter (default: python).
 set -euo pipefail
 num_processes=${1:?usage: $0 NUM_PROCESSES [pix2seq_d.main flags...]}
 shift
@@ -16,7 +17,7 @@ fi
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
 for ((i = 0; i < num_processes; i++)); do
-  python -m pix2seq_d.main "$@" --coordinator_address="localhost:${port}" \
+  "${PYTHON:-python}" -m pix2seq_d.main "$@" --coordinator_address="localhost:${port}" \
     --num_processes="${num_processes}" --process_id="${i}" &
   pids+=($!)
 done

@@ -114,7 +114,7 @@ def test_clips_re_render_with_consistent_track_ids(shapes_data_dir):
 def test_tracks_leave_the_frame():
   config = shapes._VIDEO_CONFIGS[0]
   left = 0
-  for index in range(8):
+  for index in range(config.num_train):
     scene = json.loads(shapes.generate_video_example(config, 'train', index)['scene'])
     for obj in scene['objects']:
       visible = [shapes.shape_mask(obj, config.height, config.width, t).any()

@@ -37,6 +37,7 @@ def _env(jax_cache):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
              PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   env['JAX_COMPILATION_CACHE_DIR'] = jax_cache
+  env['PYTHON'] = sys.executable
   return env
 
 
@@ -177,3 +178,18 @@ def test_checkpoint_of_another_model_shape_is_refused(tmp_path, shapes_data_dir,
                             '--config.model.denoiser.dim=24', mode='train'), jax_cache)
   assert code != 0
   assert 'denoiser' in log and 'shape' in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_evaluate_in_lockstep(tmp_path, shapes_data_dir, jax_cache):
+  """launch/local_multiprocess.sh: 2 processes joined by jax.distributed over localhost."""
+  workdir = tmp_path / 'run'
+  cmd = ['bash', os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), '2',
+         *_command(workdir, shapes_data_dir, '--config.train.num_steps=2',
+                   '--config.train.checkpoint_every=2', '--config.eval.num_examples=6')[3:]]
+  code, log = _run(cmd, jax_cache, timeout=900)
+  assert code == 0, log[-4000:]
+  results = json.loads((workdir / 'eval_results.json').read_text())
+  # 6 examples over 2 processes and global batches of 4: every example counted exactly once.
+  assert results['num_images'] == 6 and results['step'] == 2
+  assert _checkpoint_steps(workdir) == [2]

@@ -181,6 +181,9 @@ def run(config, workdir: str, mode: str) -> dict | None:
       break
     if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
       record = run_eval(state, step)
+  # Stop the endless training input pipeline: its tf.data threads would otherwise keep filling
+  # buffers during evaluation and delay the interpreter's exit.
+  del train_iter
   manager.wait_until_finished()
   if mode == 'train_and_eval' and not preempted:
     record = run_eval(state, step)

@@ -46,7 +46,7 @@ def _local_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
   return np.asarray(local)
 
 
-def _summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
+def summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
                    categories) -> np.ndarray:
   """[input | ground truth | prediction] side by side: (H, 3 W, 3) uint8 at the input size."""
   size = image.shape[:2]
@@ -128,7 +128,7 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
       if config.eval.write_predictions:
         predictions.append((image_id, f'{image_id:012d}', pred_ids, pred_segments))
       if len(pictures) < config.eval.num_image_summaries:
-        pictures.append(_summary_image(batch['image'][i], batch['label'][i], pred[i], categories))
+        pictures.append(summary_image(batch['image'][i], batch['label'][i], pred[i], categories))
 
   state = accumulator.state()
   if jax.process_count() > 1:

@@ -46,7 +46,7 @@ def _train_images(batch: dict, config, categories) -> np.ndarray:
   """[input | ground truth] pictures of the first examples of a training batch."""
   count = min(config.eval.num_image_summaries, len(batch['image']))
   return np.stack([
-    evaluate._summary_image(batch['image'][i], batch['label'][i], batch['label'][i],
+    evaluate.summary_image(batch['image'][i], batch['label'][i], batch['label'][i],
                             categories)[:, :2 * batch['image'].shape[2]]
     for i in range(count)])
 

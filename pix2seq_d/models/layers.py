@@ -100,38 +100,8 @@ def conv(
   )
 
 
-class GroupNorm(nnx.Module):
-  """GroupNorm over the channel axis computed in float32; groups = min(C // 4, max_groups)."""
-
-  def __init__(self, num_features: int, max_groups: int, epsilon: float, precision: Precision):
-    self.num_groups = max(1, min(num_features // 4, max_groups))
-    if num_features % self.num_groups:
-      raise ValueError(
-        f'GroupNorm: {num_features} channels do not split into {self.num_groups} groups.'
-      )
-    self.epsilon = epsilon
-    self.scale = nnx.Param(
-      jnp.ones((num_features,), precision.param_dtype), logical_axes=('norm',)
-    )
-    self.bias = nnx.Param(
-      jnp.zeros((num_features,), precision.param_dtype), logical_axes=('norm',)
-    )
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """(B, ..., C) -> (B, ..., C) in x's dtype."""
-    dtype = x.dtype
-    x = x.astype(jnp.float32)
-    grouped = x.reshape(x.shape[:-1] + (self.num_groups, -1))
-    reduce_axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-    mean = grouped.mean(axis=reduce_axes, keepdims=True)
-    var = jnp.square(grouped - mean).mean(axis=reduce_axes, keepdims=True)
-    grouped = (grouped - mean) * jax.lax.rsqrt(var + self.epsilon)
-    x = grouped.reshape(x.shape) * self.scale[...].astype(jnp.float32)
-    return (x + self.bias[...].astype(jnp.float32)).astype(dtype)
-
-
-class LayerNorm(nnx.Module):
-  """LayerNorm over the last axis computed in float32."""
+class _AffineNorm(nnx.Module):
+  """Scale and bias of a normalisation (logical axis `norm`), applied in float32."""
 
   def __init__(self, num_features: int, epsilon: float, precision: Precision):
     self.epsilon = epsilon
@@ -142,15 +112,45 @@ class LayerNorm(nnx.Module):
       jnp.zeros((num_features,), precision.param_dtype), logical_axes=('norm',)
     )
 
+  def _affine(self, normalized: jax.Array, dtype) -> jax.Array:
+    """float32 (..., C) -> normalized * scale + bias in `dtype`."""
+    scale = self.scale[...].astype(jnp.float32)
+    return (normalized * scale + self.bias[...].astype(jnp.float32)).astype(dtype)
+
+
+class GroupNorm(_AffineNorm):
+  """GroupNorm over the channel axis computed in float32; groups = min(C // 4, max_groups)."""
+
+  def __init__(self, num_features: int, max_groups: int, epsilon: float, precision: Precision):
+    self.num_groups = max(1, min(num_features // 4, max_groups))
+    if num_features % self.num_groups:
+      raise ValueError(
+        f'GroupNorm: {num_features} channels do not split into {self.num_groups} groups.'
+      )
+    super().__init__(num_features, epsilon, precision)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, ..., C) -> (B, ..., C) in x's dtype."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    grouped = x.reshape(x.shape[:-1] + (self.num_groups, -1))
+    reduce_axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+    mean = grouped.mean(axis=reduce_axes, keepdims=True)
+    var = jnp.square(grouped - mean).mean(axis=reduce_axes, keepdims=True)
+    grouped = (grouped - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return self._affine(grouped.reshape(x.shape), dtype)
+
+
+class LayerNorm(_AffineNorm):
+  """LayerNorm over the last axis computed in float32."""
+
   def __call__(self, x: jax.Array) -> jax.Array:
     """(..., C) -> (..., C) in x's dtype."""
     dtype = x.dtype
     x = x.astype(jnp.float32)
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
-    x = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-    x = x * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-    return x.astype(dtype)
+    return self._affine((x - mean) * jax.lax.rsqrt(var + self.epsilon), dtype)
 
 
 class DropPath(nnx.Module):

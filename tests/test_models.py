@@ -61,8 +61,12 @@ def test_transunet_shapes_and_zero_init_output():
   assert float(jnp.abs(logits).max()) < 1e-3
 
 
-def test_top_level_encode_denoise_shapes():
+# (1, 1, 2, 2): the bottleneck meets the encoder's 2x2 token grid, as in the paper; (1,): no
+# downsampling, the transformer runs over all 16x16 mask positions (configs/shapes.py).
+@pytest.mark.parametrize('dim_mults', [(1, 1, 2, 2), (1,)])
+def test_top_level_encode_denoise_shapes(dim_mults):
   config = shapes.get_config('tiny')
+  config.model.denoiser.dim_mults = dim_mults
   model = p2s.build_model(config, rngs=nnx.Rngs(0))
   images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
   encoded = model.encode(images)
@@ -139,7 +143,7 @@ def test_remat_gives_the_same_gradients():
   ('max_instances', 257, 'max_instances=257'),
   ('encoder.num_heads', 3, 'encoder.num_heads=3'),
   ('denoiser.transformer_heads', 5, 'denoiser.transformer_heads=5'),
-  ('denoiser.dim_mults', (1, 2), 'bottleneck grid'),
+  ('denoiser.dim_mults', (1, 2, 2, 2, 2, 2), 'not divisible by 32'),
 ])
 def test_bad_config_names_the_field(field, value, message):
   config = shapes.get_config('tiny')

@@ -91,13 +91,6 @@ def validate_model_config(model_config) -> None:
     raise ValueError(
       f'config.model.mask_size={tuple(m.mask_size)} is not divisible by {down}, the U-Net '
       f'downsampling of config.model.denoiser.dim_mults={tuple(m.denoiser.dim_mults)}.')
-  bottleneck = (mask_h // down, mask_w // down)
-  tokens = (image_h // stride, image_w // stride)
-  if m.denoiser.transformer_layers > 0 and bottleneck != tokens:
-    raise ValueError(
-      f'the denoiser bottleneck grid {bottleneck} (config.model.mask_size={tuple(m.mask_size)} / '
-      f'{down} from config.model.denoiser.dim_mults) does not match the encoder token grid '
-      f'{tokens} (config.model.image_size / {stride}).')
 
 
 class ImageEncoder(nnx.Module):

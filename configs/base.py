@@ -25,10 +25,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   # always run in float32; parameters are `param_dtype`.
   model.dtype = 'auto'
   model.param_dtype = 'float32'
-  # `jax.nn.dot_product_attention(implementation=...)`: 'xla', 'cudnn', or 'auto' (cudnn on GPU
-  # with a half-precision dtype, xla elsewhere).
+  # Attention (pix2seq_d/models/attention.py): 'auto' = cuDNN flash attention (sequences padded to
+  # multiples of 64) on GPU in half precision, Pallas splash attention on TPU, memory-efficient
+  # chunked attention elsewhere; 'xla' is the reference (memory grows with tokens squared);
+  # 'cudnn', 'splash', 'chunked' force one.
   model.attention_impl = 'auto'
-  model.remat = False  # rematerialise transformer layers and ResBlocks in the backward pass.
+  model.attention_block = 512  # token tile of 'splash' and 'chunked' (sequences padded to it).
+  # Rematerialisation policy per part, applied to each ResNet bottleneck block, encoder layer and
+  # TransUNet ResBlock / bottleneck layer: 'none', 'nothing_saveable', 'dots_saveable' or
+  # 'dots_with_no_batch_dims_saveable' (pix2seq_d/models/layers.py says what each keeps).
+  model.remat = ml_collections.ConfigDict()
+  model.remat.resnet = 'none'
+  model.remat.encoder = 'none'
+  model.remat.denoiser = 'none'
   model.gn_max_groups = 32  # GroupNorm groups = min(channels // 4, gn_max_groups).
   model.gn_eps = 1e-5
   model.ln_eps = 1e-6

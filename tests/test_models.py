@@ -119,10 +119,12 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert model.denoise(jnp.zeros((1, 16, 16, 16)), jnp.ones(1), encoded).dtype == jnp.float32
 
 
-def test_remat_gives_the_same_gradients():
-  def grads(remat):
+@pytest.mark.parametrize('policy', ['nothing_saveable', 'dots_saveable',
+                                    'dots_with_no_batch_dims_saveable'])
+def test_remat_gives_the_same_gradients(policy):
+  def grads(policy):
     config = shapes.get_config('tiny')
-    config.model.remat = remat
+    config.model.remat.update(resnet=policy, encoder=policy, denoiser=policy)
     model = p2s.build_model(config, rngs=nnx.Rngs(0))
     images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3))
     x_t = jax.random.normal(jax.random.key(4), (2, 16, 16, 16))
@@ -132,7 +134,7 @@ def test_remat_gives_the_same_gradients():
 
     return nnx.grad(loss)(model)
 
-  a, b = jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))
+  a, b = jax.tree.leaves(grads('none')), jax.tree.leaves(grads(policy))
   for x, y in zip(a, b, strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
@@ -144,6 +146,9 @@ def test_remat_gives_the_same_gradients():
   ('encoder.num_heads', 3, 'encoder.num_heads=3'),
   ('denoiser.transformer_heads', 5, 'denoiser.transformer_heads=5'),
   ('denoiser.dim_mults', (1, 2, 2, 2, 2, 2), 'not divisible by 32'),
+  ('attention_impl', 'flash', "attention_impl='flash'"),
+  ('attention_block', 0, 'attention_block=0'),
+  ('remat.encoder', 'everything', "remat.encoder='everything'"),
 ])
 def test_bad_config_names_the_field(field, value, message):
   config = shapes.get_config('tiny')

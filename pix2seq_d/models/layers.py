@@ -24,7 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pix2seq_d.models import attention
+
 Dtype = Any
+
+# Rematerialisation policies (config.model.remat.*): what a rematerialised block keeps from its
+# forward pass; everything else is recomputed in the backward pass.
+#   none                               no rematerialisation: every activation is kept.
+#   nothing_saveable                   keep only the block's inputs (least memory, most recompute).
+#   dots_saveable                      keep matmul and convolution outputs, recompute the rest
+#                                      (norms, activations, softmax).
+#   dots_with_no_batch_dims_saveable   keep only weight matmuls (not attention's Q K^T or P V).
+REMAT_POLICIES = ('none', 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +45,15 @@ class Precision:
   Attributes:
     dtype: compute dtype of matmuls and convolutions.
     param_dtype: storage dtype of parameters.
-    attention_impl: `implementation` of `jax.nn.dot_product_attention` (None = XLA).
+    attention_impl: a resolved implementation of `models.attention` ('xla', 'cudnn', 'splash',
+      'chunked').
+    attention_block: the token tile of the 'splash' and 'chunked' implementations.
   """
 
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: str | None = None
+  attention_impl: str = 'xla'
+  attention_block: int = 512
 
 
 def variance_scaling(scale: float) -> nnx.Initializer:
@@ -171,7 +185,7 @@ class DropPath(nnx.Module):
 
 
 class Attention(nnx.Module):
-  """Multi-head attention through `jax.nn.dot_product_attention`.
+  """Multi-head attention through `models.attention` (the implementation is `precision`'s).
 
   Query / key / value / output projections are dense layers of width num_heads * head_dim
   (4 * d * d + 4 * d parameters, as the TF reference).
@@ -205,9 +219,8 @@ class Attention(nnx.Module):
     key = split(self.key(context))
     value = split(self.value(context))
     # Softmax runs in float32 inside every implementation; inputs stay in the compute dtype.
-    attended = jax.nn.dot_product_attention(
-      query, key, value, implementation=self.precision.attention_impl
-    )
+    attended = attention.attend(query, key, value, implementation=self.precision.attention_impl,
+                                block=self.precision.attention_block)
     return self.out(attended.reshape(x.shape[:2] + (-1,)))
 
 
@@ -259,9 +272,13 @@ def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
-def maybe_remat(fn, enabled: bool):
-  """`nnx.remat(fn)` when enabled: activations of `fn` are recomputed in the backward pass."""
-  return nnx.remat(fn) if enabled else fn
+def maybe_remat(fn, policy: str):
+  """`fn` rematerialised under the named policy (one of REMAT_POLICIES; 'none' returns `fn`)."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f'remat policy {policy!r}: use one of {", ".join(REMAT_POLICIES)}.')
+  if policy == 'none':
+    return fn
+  return nnx.remat(fn, policy=getattr(jax.checkpoint_policies, policy))
 
 
 def count_params(tree: Any) -> int:

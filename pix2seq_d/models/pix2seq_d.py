@@ -16,7 +16,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pix2seq_d.diffusion import bits
-from pix2seq_d.models import fusion, layers, resnet, transformer, transunet
+from pix2seq_d.models import attention, fusion, layers, resnet, transformer, transunet
+
+# The parts whose blocks can be rematerialised, each under its own config.model.remat.<part>.
+REMAT_PARTS = ('resnet', 'encoder', 'denoiser')
 
 
 @dataclasses.dataclass
@@ -42,14 +45,10 @@ def resolve_dtype(name: str) -> Any:
   return jnp.dtype(name)
 
 
-def resolve_attention_impl(name: str, dtype: Any) -> str | None:
-  """'auto' -> cuDNN flash attention on GPU with a half-precision dtype, XLA elsewhere."""
-  if name == 'auto':
-    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return 'cudnn' if jax.default_backend() == 'gpu' and half else None
-  if name not in ('xla', 'cudnn'):
-    raise ValueError(f"config.model.attention_impl={name!r}: use 'auto', 'xla' or 'cudnn'.")
-  return name
+def resolve_attention_impl(name: str, dtype: Any) -> str:
+  """'auto' -> padded cuDNN flash attention on GPU in half precision, Pallas splash attention on
+  TPU, memory-efficient chunked attention elsewhere (see `models.attention`)."""
+  return attention.resolve(name, dtype)
 
 
 def encoder_stride(model_config) -> int:
@@ -86,6 +85,18 @@ def validate_model_config(model_config) -> None:
       raise ValueError(
         f'config.model.{heads_name}={num_heads} does not divide config.model.{width_name}='
         f'{width}.')
+  attention.resolve(m.attention_impl, jnp.float32)  # raises naming the field when unknown
+  if m.attention_block < 1:
+    raise ValueError(f'config.model.attention_block={m.attention_block} must be positive.')
+  remat_parts = set(m.remat.keys()) if hasattr(m.remat, 'keys') else None
+  if remat_parts != set(REMAT_PARTS):
+    raise ValueError(
+      f'config.model.remat must have one policy per part, {", ".join(REMAT_PARTS)} (each one of '
+      f'{", ".join(layers.REMAT_POLICIES)}); got {m.remat!r}.')
+  for part in REMAT_PARTS:
+    if m.remat[part] not in layers.REMAT_POLICIES:
+      raise ValueError(f'config.model.remat.{part}={m.remat[part]!r}: use one of '
+                       f'{", ".join(layers.REMAT_POLICIES)}.')
   down = 2 ** (len(m.denoiser.dim_mults) - 1)
   if mask_h % down or mask_w % down:
     raise ValueError(
@@ -97,7 +108,7 @@ class ImageEncoder(nnx.Module):
   """C4 features -> dropout -> dense -> LN -> + 2-D sin-cos -> transformer encoder -> LN."""
 
   def __init__(self, in_features: int, grid: tuple[int, int], encoder_config, ln_eps: float,
-               precision: layers.Precision, *, rngs: nnx.Rngs, remat: bool = False):
+               precision: layers.Precision, *, rngs: nnx.Rngs, remat: str = 'none'):
     e = encoder_config
     self.grid = grid
     self.remat = remat
@@ -129,7 +140,8 @@ class Pix2SeqD(nnx.Module):
     self.dtype = resolve_dtype(m.dtype)
     precision = layers.Precision(
       dtype=self.dtype, param_dtype=jnp.dtype(m.param_dtype),
-      attention_impl=resolve_attention_impl(m.attention_impl, self.dtype))
+      attention_impl=resolve_attention_impl(m.attention_impl, self.dtype),
+      attention_block=int(m.attention_block))
     gn = (m.gn_max_groups, m.gn_eps)
     image_size = layers.static_tuple(m.image_size)
     mask_size = layers.static_tuple(m.mask_size)
@@ -139,11 +151,11 @@ class Pix2SeqD(nnx.Module):
 
     self.resnet = resnet.ResNetC4(
       layers.static_tuple(m.resnet.stage_sizes), m.resnet.width, m.resnet.bn_momentum,
-      m.resnet.bn_eps, precision, rngs=rngs, remat=m.remat)
+      m.resnet.bn_eps, precision, rngs=rngs, remat=m.remat.resnet)
     channels = self.resnet.out_channels
     grid = (image_size[0] // stride, image_size[1] // stride)
     self.encoder = ImageEncoder(channels[-1], grid, m.encoder, m.ln_eps, precision, rngs=rngs,
-                                remat=m.remat)
+                                remat=m.remat.encoder)
     # The pyramid: every stage but the last, then the transformer output in its place.
     pyramid_features = list(channels[:-1]) + [m.encoder.dim]
     pyramid_strides = [4 * 2**i for i in range(len(channels))]
@@ -160,7 +172,7 @@ class Pix2SeqD(nnx.Module):
       transformer_dropout=d.transformer_dropout, context_dim=m.encoder.dim,
       num_groups_out=bits.NUM_CHANNELS, logits_per_group=2**bits.BITS_PER_CHANNEL, gn=gn,
       ln_eps=m.ln_eps, zero_init_scale=m.zero_init_scale, precision=precision, rngs=rngs,
-      remat=m.remat)
+      remat=m.remat.denoiser)
 
   def encode(self, images: jax.Array) -> Encoded:
     """images (B, H, W, 3) in [0, 1] -> Encoded(tokens (B, S, D), features (B, Hm, Wm, F))."""

@@ -101,7 +101,7 @@ class ResNetC4(nnx.Module):
     precision: layers.Precision,
     *,
     rngs: nnx.Rngs,
-    remat: bool = False,
+    remat: str = 'none',
   ):
     bn = (bn_momentum, bn_eps)
     he = nnx.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')

@@ -64,8 +64,8 @@ class DecoderLayer(nnx.Module):
     return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
-def run_layers(stack: nnx.List, x: jax.Array, *args, remat: bool = False) -> jax.Array:
-  """Applies the layers of `stack` in order, each rematerialised when `remat`."""
+def run_layers(stack: nnx.List, x: jax.Array, *args, remat: str = 'none') -> jax.Array:
+  """Applies the layers of `stack` in order, each rematerialised under the `remat` policy."""
   step = layers.maybe_remat(lambda layer, h, *a: layer(h, *a), remat)
   for layer in stack:
     x = step(layer, x, *args)

@@ -67,7 +67,7 @@ class BottleneckTransformer(nnx.Module):
   def __init__(
     self, in_features: int, grid: tuple[int, int], dim: int, num_layers: int, num_heads: int,
     mlp_ratio: int, context_dim: int, emb_dim: int, dropout: float, gn: tuple[int, float],
-    ln_eps: float, precision: layers.Precision, *, rngs: nnx.Rngs, remat: bool = False,
+    ln_eps: float, precision: layers.Precision, *, rngs: nnx.Rngs, remat: str = 'none',
   ):
     self.remat = remat
     self.grid = grid
@@ -108,7 +108,7 @@ class TransUNet(nnx.Module):
     transformer_layers: int, transformer_dim: int, transformer_heads: int,
     transformer_mlp_ratio: int, transformer_dropout: float, context_dim: int,
     num_groups_out: int, logits_per_group: int, gn: tuple[int, float], ln_eps: float,
-    zero_init_scale: float, precision: layers.Precision, *, rngs: nnx.Rngs, remat: bool = False,
+    zero_init_scale: float, precision: layers.Precision, *, rngs: nnx.Rngs, remat: str = 'none',
   ):
     self.remat = remat
     self.num_groups_out = num_groups_out

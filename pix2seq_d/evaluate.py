@@ -5,7 +5,6 @@ batches (the pipeline pads the last ones with `valid=False`) so the jitted sampl
 lockstep, and the per-category PQ statistics are summed over processes at the end.
 """
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -15,26 +14,15 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
-from pix2seq_d import sharding, steps
+from pix2seq_d import sharding
 from pix2seq_d.evaluation import coco_format, pq, visualize
 from pix2seq_d.models import layers
 from pix2seq_d.tasks import panoptic
 
 RESULTS_FILE = 'eval_results.json'
-
-
-def jit_predict(config, eval_graphdef: nnx.GraphDef, params_shardings: Any,
-                model_state_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
-  """`steps.predict_label` compiled for `mesh`: (params, model_state, images, key) -> ids."""
-  replicated = NamedSharding(mesh, PartitionSpec())
-  batch = sharding.batch_sharding(mesh)
-  predict = functools.partial(steps.predict_label, eval_graphdef, config=config)
-  return jax.jit(predict, in_shardings=(params_shardings, model_state_shardings, batch,
-                                        replicated), out_shardings=batch)
 
 
 def _local_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
@@ -90,7 +78,7 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
 
   Args:
     config: the experiment config.
-    predict_fn: from `jit_predict`.
+    predict_fn: from `sharding.jit_predict`.
     params, model_state: the (EMA) weights to evaluate.
     mesh: the device mesh.
     categories: the dataset's categories (semantic s is categories[s - 1]).

@@ -16,7 +16,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from pix2seq_d import checkpoints, evaluate, sharding
+from pix2seq_d import checkpoints, sharding
 from pix2seq_d.evaluation import coco_format, pq, visualize
 from pix2seq_d.models import layers
 from pix2seq_d.tasks import panoptic
@@ -77,22 +77,20 @@ def load_image(path: str, image_size: tuple[int, int], pad_value: float):
 
 def run(config, workdir: str) -> str:
   """Predicts every input image; returns the path of the written panoptic JSON."""
-  from pix2seq_d import train
-
   output = config.predict.output
   if not output:
     raise ValueError('--mode=predict needs --config.predict.output=DIR.')
   paths = list_images(config.predict.input)
   categories = read_categories(workdir)
   mesh = sharding.make_mesh(config.mesh)
-  state, state_shardings, _, eval_graphdef, _ = train.build(config, mesh)
+  state, state_shardings, _, eval_graphdef, _ = sharding.build_train_state(config, mesh)
   abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
   manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
   restored = manager.restore_latest(abstract_state)
   if restored is None:
     raise FileNotFoundError(f'--mode=predict: no checkpoint in {workdir}.')
   state, step = restored
-  predict_fn = evaluate.jit_predict(config, eval_graphdef, state_shardings.ema_params,
+  predict_fn = sharding.jit_predict(config, eval_graphdef, state_shardings.ema_params,
                                     state_shardings.ema_model_state, mesh)
   image_size = layers.static_tuple(config.model.image_size)
   is_thing = panoptic.is_thing_table(categories)

@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from pix2seq_d import steps
+from pix2seq_d.models import pix2seq_d as p2s
 
 MESH_AXES = ('data', 'fsdp', 'model')
 # The batch dimension is split over both data-parallel axes.
@@ -292,6 +293,51 @@ def init_sharded(init_fn: Callable[[], Any], mesh: jax.sharding.Mesh,
   return state, shardings
 
 
+def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False):
+  """Abstract model -> shardings -> train state initialised on the mesh.
+
+  Args:
+    config: the experiment config.
+    mesh: the device mesh.
+    abstract: return the state as sharded `jax.ShapeDtypeStruct`s without allocating it (for
+      lowering, cost and memory analysis).
+
+  Returns:
+    (state, state_shardings, train_graphdef, eval_graphdef, tx): the TrainState born sharded,
+    its NamedSharding tree, the model's graphdefs in training and evaluation mode, the optimiser.
+  """
+  tx = steps.make_optimizer(config.train)
+  new_model = lambda: p2s.build_model(
+    config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+  abstract_model = nnx.eval_shape(new_model)
+  abstract_model.train()
+  train_graphdef = nnx.graphdef(abstract_model)
+  abstract_model.eval()
+  eval_graphdef = nnx.graphdef(abstract_model)
+  init_fn = lambda: steps.create_train_state(new_model(), tx)
+  if abstract:
+    abstract_state = jax.eval_shape(init_fn)
+    state_shardings_tree = state_shardings(abstract_state, mesh)
+    state = with_shardings(abstract_state, state_shardings_tree)
+  else:
+    state, state_shardings_tree = init_sharded(init_fn, mesh)
+  return state, state_shardings_tree, train_graphdef, eval_graphdef, tx
+
+
+def jit_predict(config, eval_graphdef: nnx.GraphDef, params_shardings: Any,
+                model_state_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
+  """`steps.predict_label` compiled for `mesh`: (params, model_state, images, key) -> ids.
+
+  Images and the sampled ids are split over ('data', 'fsdp'); the key is replicated.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch = batch_sharding(mesh)
+  predict = functools.partial(steps.predict_label, eval_graphdef, config=config)
+  return under_mesh(
+    jax.jit(predict, in_shardings=(params_shardings, model_state_shardings, batch, replicated),
+            out_shardings=batch), mesh)
+
+
 def jit_train_step(config, tx: optax.GradientTransformation, graphdef: nnx.GraphDef,
                    state_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
   """`steps.train_step` compiled for `mesh`: (state, batch, key) -> (state, metrics).
@@ -309,5 +355,26 @@ def jit_train_step(config, tx: optax.GradientTransformation, graphdef: nnx.Graph
   """
   replicated = NamedSharding(mesh, PartitionSpec())
   step = functools.partial(steps.train_step, graphdef, config=config, tx=tx)
-  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
-                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  return under_mesh(
+    jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
+            out_shardings=(state_shardings, replicated), donate_argnums=(0,)), mesh)
+
+
+def under_mesh(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """`fn` called with `mesh` as the context mesh (`jax.set_mesh`).
+
+  Code that must be written per device, such as the Pallas splash-attention kernel
+  (models/attention.py), reads the mesh while the jitted function is traced. The returned
+  function keeps `fn`'s `lower` for cost and memory analysis.
+  """
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+
+  def lower(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn.lower(*args, **kwargs)
+
+  call.lower = lower
+  return call

@@ -10,11 +10,9 @@ import jax
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax import nnx
 
-from pix2seq_d import checkpoints, evaluate, predict, sharding, steps
+from pix2seq_d import checkpoints, evaluate, predict, sharding
 from pix2seq_d.data import pipeline
-from pix2seq_d.models import pix2seq_d as p2s
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,28 +49,6 @@ def _train_images(batch: dict, config, categories) -> np.ndarray:
     for i in range(count)])
 
 
-def build(config, mesh):
-  """Abstract model -> shardings -> state initialised on the mesh.
-
-  Returns:
-    (state, state_shardings, train_graphdef, eval_graphdef, tx).
-  """
-  tx = steps.make_optimizer(config.train)
-
-  def init_fn():
-    model = p2s.build_model(config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    return steps.create_train_state(model, tx)
-
-  abstract_model = nnx.eval_shape(
-    lambda: p2s.build_model(config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1)))
-  abstract_model.train()
-  train_graphdef = nnx.graphdef(abstract_model)
-  abstract_model.eval()
-  eval_graphdef = nnx.graphdef(abstract_model)
-  state, state_shardings = sharding.init_sharded(init_fn, mesh)
-  return state, state_shardings, train_graphdef, eval_graphdef, tx
-
-
 def run(config, workdir: str, mode: str) -> dict | None:
   """Trains and/or evaluates as `mode` says ('train', 'eval' or 'train_and_eval').
 
@@ -93,7 +69,8 @@ def run(config, workdir: str, mode: str) -> dict | None:
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
   # ------------------------------------------------ state, shardings, checkpoints
-  state, state_shardings, train_graphdef, eval_graphdef, tx = build(config, mesh)
+  state, state_shardings, train_graphdef, eval_graphdef, tx = sharding.build_train_state(
+    config, mesh)
   abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
   manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
   restored = manager.restore_latest(abstract_state)
@@ -106,7 +83,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
       state = checkpoints.restore_for_init(config.init_from.path, state, config.init_from.mode)
       logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
 
-  predict_fn = evaluate.jit_predict(config, eval_graphdef, state_shardings.ema_params,
+  predict_fn = sharding.jit_predict(config, eval_graphdef, state_shardings.ema_params,
                                     state_shardings.ema_model_state, mesh)
 
   def run_eval(state, step):

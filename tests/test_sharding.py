@@ -192,6 +192,16 @@ def test_sharded_training_matches_one_device():
                                rtol=1e-3, err_msg=str(mesh_report['mesh']))
 
 
+@pytest.mark.slow
+def test_splash_attention_runs_per_device_on_a_mesh():
+  """On a (2, 2, 2) mesh the Pallas kernel runs under shard_map and trains as XLA attention."""
+  report = _run_worker('splash', timeout=900)
+  assert report['manual_sharding']
+  np.testing.assert_allclose(report['splash']['losses'], report['xla']['losses'], rtol=1e-5)
+  np.testing.assert_allclose(report['splash']['grad_norms'], report['xla']['grad_norms'],
+                             rtol=1e-4)
+
+
 # ------------------------------------------------------------------- the worker process
 
 
@@ -245,7 +255,21 @@ def _worker(task):
   config = shapes.get_config('tiny')
   tx = steps.make_optimizer(config.train)
   batch = _fixed_batch(config)
-  if task == 'init':
+  if task == 'splash':
+    # The Pallas kernel (interpret mode on CPU) per device under shard_map, batch over data x
+    # fsdp and heads over model, against XLA attention on the same mesh.
+    mesh = sharding.make_mesh(_mesh_config(2, 2, 2))
+    report = {}
+    for impl in ('xla', 'splash'):
+      config.model.attention_impl = impl
+      config.model.attention_block = 128
+      _, losses, grad_norms = _train(config, tx, mesh, batch, num_steps=2)
+      report[impl] = {'losses': losses, 'grad_norms': grad_norms}
+    state, shardings = sharding.init_sharded(_init_fn(config, tx), mesh)
+    step_fn = sharding.jit_train_step(config, tx, _train_graphdef(config), shardings, mesh)
+    lowered = step_fn.lower(state, sharding.make_global_batch(batch, mesh), jax.random.key(0))
+    report['manual_sharding'] = 'manual_computation' in lowered.as_text()
+  elif task == 'init':
     mesh = sharding.make_mesh(_mesh_config(2, 2, 2))
     state, _ = sharding.init_sharded(_init_fn(config, tx), mesh)
     report = _describe(mesh, state, sharding.make_global_batch(batch, mesh))

@@ -28,12 +28,16 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash', 'chunked')
 # cuDNN's fused attention supports training only on sequence lengths that are multiples of 64.
 CUDNN_SEQ_MULTIPLE = 64
 # The splash kernel's tiles are multiples of the TPU vector lane count.
 SPLASH_BLOCK_MULTIPLE = 128
+# The mesh axis that splits attention heads (pix2seq_d.sharding maps the logical 'heads' axis to
+# it); every other mesh axis splits the batch.
+HEADS_MESH_AXIS = 'model'
 
 
 def resolve(name: str, dtype, backend: str | None = None) -> str:
@@ -143,10 +147,32 @@ def splash(query: jax.Array, key: jax.Array, value: jax.Array, *, block: int,
     kv=(jnp.arange(padded_source) >= source).astype(jnp.int32))
   heads_first = lambda x, n: jnp.swapaxes(_pad_tokens(x, n), 1, 2)  # (B, H, n, D)
   scaled = query * jnp.asarray(1.0 / math.sqrt(head_dim), query.dtype)
-  attended = jax.vmap(kernel, in_axes=(0, 0, 0, None))(
+  per_device = lambda q, k, v: jax.vmap(kernel, in_axes=(0, 0, 0, None))(q, k, v, segments)
+  attended = _per_device(per_device, query.shape[0], num_heads)(
     heads_first(scaled, padded_length), heads_first(key, padded_source),
-    heads_first(value, padded_source), segments)
+    heads_first(value, padded_source))
   return jnp.swapaxes(attended, 1, 2)[:, :length].astype(query.dtype)
+
+
+def _per_device(fn, batch: int, num_heads: int):
+  """`fn` on (B, H, n, D) arrays, run per device under `jax.shard_map` when a mesh is set.
+
+  A Pallas kernel is a custom call that XLA's partitioner cannot split, so on a mesh (the context
+  mesh that `jax.set_mesh` sets; pix2seq_d.sharding's jitted steps run under it) each device runs
+  the kernel on its own rows and heads: the batch split over every mesh axis but
+  HEADS_MESH_AXIS, the heads over that one, each only where the sizes divide.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn
+  batch_axes = tuple(a for a in mesh.axis_names if a != HEADS_MESH_AXIS and mesh.shape[a] > 1)
+  if batch % math.prod(mesh.shape[a] for a in batch_axes):
+    batch_axes = ()
+  heads_axis = mesh.shape.get(HEADS_MESH_AXIS, 1)
+  heads = HEADS_MESH_AXIS if heads_axis > 1 and num_heads % heads_axis == 0 else None
+  spec = PartitionSpec(batch_axes or None, heads, None, None)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)
 
 
 # ---------------------------------------------------------------------------------- chunked

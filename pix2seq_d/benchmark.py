@@ -1,0 +1,265 @@
+"""Speed, FLOPs, MFU and memory of the real train step and sampler, on synthetic batches.
+
+  python -m pix2seq_d.benchmark --config=configs/coco.py --config.train.batch_size=16 \
+      --config.eval.batch_size=16 [--output_json=F]
+
+The train step and the sampler are the ones training and evaluation run (`sharding.jit_train_step`
+and `sharding.jit_predict` on the configured mesh); only the batches are synthetic, so this
+imports no TensorFlow, TFDS or clu and runs on a bare accelerator image. Batch sizes are the
+global `config.train.batch_size` and `config.eval.batch_size`.
+
+Reported:
+  compile_s       lowering + XLA compilation of the step (the persistent cache, if set, counts).
+  step_s_median   median wall time of `--train_steps` steps after `--warmup_steps` (and the min).
+  tflop_per_img   model FLOPs per image from XLA's cost analysis of the same step lowered with
+                  XLA attention and no rematerialisation: custom calls (cuDNN, Pallas) report no
+                  FLOPs, and recomputation is not model work.
+  mfu             achieved FLOP/s over the devices' dense bf16 peak (PEAK_TFLOPS).
+  peak_mem_gib    the devices' peak bytes in use (`memory_stats`), or where a backend keeps no
+                  statistics (CPU) the compiled program's arguments + outputs + temporaries.
+"""
+
+import copy
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from pix2seq_d import sharding
+from pix2seq_d.models import layers
+from pix2seq_d.models import pix2seq_d as p2s
+
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON file.')
+flags.DEFINE_integer('train_steps', 20, 'Timed train steps (after the warm-up).')
+flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps after compilation.')
+flags.DEFINE_integer('sample_repeats', 5, 'Timed sampling batches (after one warm-up batch).')
+flags.DEFINE_list('parts', ['train', 'sample'], 'What to measure: train, sample or both.')
+FLAGS = flags.FLAGS
+
+# Dense bf16 peak TFLOP/s per chip (datasheets), by the start of `jax.Device.device_kind`; the
+# longest matching prefix wins.
+PEAK_TFLOPS = {
+  'NVIDIA H100': 989.0,  # SXM; the PCIe card below
+  'NVIDIA H100 PCIe': 756.0,
+  'NVIDIA H200': 989.0,
+  'NVIDIA A100': 312.0,
+  'NVIDIA L4': 121.0,
+  'NVIDIA B200': 2250.0,
+  'TPU v4': 275.0,
+  'TPU v5 lite': 197.0,  # v5e
+  'TPU v5e': 197.0,
+  'TPU v5p': 459.0,
+  'TPU v5': 459.0,
+  'TPU v6 lite': 918.0,  # v6e (Trillium)
+  'TPU v6e': 918.0,
+}
+GIB = 2**30
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  """Dense bf16 peak TFLOP/s of one chip of `device_kind`, or None when unknown (e.g. CPU)."""
+  matches = [kind for kind in PEAK_TFLOPS if device_kind.startswith(kind)]
+  return PEAK_TFLOPS[max(matches, key=len)] if matches else None
+
+
+def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """This process's rows of a random batch shaped as the data pipeline's.
+
+  Returns:
+    'image' (b, H, W, 3) float32 in [0, 1], 'label' (b, Hm, Wm, 2) int32 (semantic, instance),
+    and for video 'cond_label' (b, Hm, Wm, 2 * num_cond_frames); b = batch_size / processes.
+  """
+  rows = batch_size // jax.process_count()
+  rng = np.random.default_rng(seed + jax.process_index())
+  height, width = layers.static_tuple(config.model.image_size)
+  mask_h, mask_w = layers.static_tuple(config.model.mask_size)
+
+  def labels(channels):
+    semantic = rng.integers(0, config.model.num_classes, (rows, mask_h, mask_w, channels))
+    instance = rng.integers(0, config.model.max_instances, (rows, mask_h, mask_w, channels))
+    return np.stack([semantic, instance], axis=-1).reshape(rows, mask_h, mask_w, -1).astype(
+      np.int32)
+
+  batch = {'image': rng.random((rows, height, width, 3), dtype=np.float32), 'label': labels(1)}
+  if config.task == 'video_panoptic':
+    batch['cond_label'] = labels(config.diffusion.num_cond_frames)
+  return batch
+
+
+def model_flops_per_image(config, mesh, batch: dict, key: jax.Array) -> float:
+  """XLA's FLOP count of one train step per image, with XLA attention and no remat."""
+  flops_config = copy.deepcopy(config)
+  with flops_config.unlocked():
+    flops_config.model.attention_impl = 'xla'
+    for part in p2s.REMAT_PARTS:
+      flops_config.model.remat[part] = 'none'
+  state_shape, state_shardings, train_graphdef, _, tx = sharding.build_train_state(
+    flops_config, mesh, abstract=True)
+  step = sharding.jit_train_step(flops_config, tx, train_graphdef, state_shardings, mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+  analysis = step.lower(state_shape, abstract_batch, key).cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis['flops']) / batch['image'].shape[0]
+
+
+def peak_memory_gib(compiled) -> tuple[float, str]:
+  """(GiB, source): the largest per-device peak of `memory_stats`, else the compiled program's."""
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  if all(s and 'peak_bytes_in_use' in s for s in stats):
+    return max(s['peak_bytes_in_use'] for s in stats) / GIB, 'memory_stats'
+  memory = compiled.memory_analysis()
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return total / GIB, 'memory_analysis'
+
+
+def _timed(fn, repeats: int) -> list[float]:
+  """Wall seconds of `repeats` calls of fn() (each result waited for)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def bench_train(config, mesh, *, warmup: int, repeats: int) -> dict:
+  """Compiles and times the train step; returns the 'train' record."""
+  batch_size = config.train.batch_size
+  local = synthetic_batch(config, batch_size)
+  key = jax.random.key(config.seed)
+  flops = model_flops_per_image(config, mesh, local, key)
+
+  state, state_shardings, train_graphdef, _, tx = sharding.build_train_state(config, mesh)
+  batch = sharding.make_global_batch(local, mesh)
+  start = time.perf_counter()
+  compiled = sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh).lower(
+    state, batch, key).compile()
+  compile_s = time.perf_counter() - start
+
+  holder = {'state': state}
+
+  def one_step():
+    holder['state'], metrics = compiled(holder['state'], batch, key)
+    return holder['state'], metrics
+
+  _timed(one_step, warmup)
+  times = _timed(one_step, repeats)
+  loss = float(one_step()[1]['loss'])
+  step_s = statistics.median(times)
+  img_per_s = batch_size / step_s
+  tflop_per_s = flops * img_per_s / 1e12
+  peak = peak_tflops(jax.devices()[0].device_kind)
+  memory, memory_source = peak_memory_gib(compiled)
+  return {
+    'batch': batch_size, 'compile_s': compile_s, 'step_s_median': step_s,
+    'step_s_min': min(times), 'img_per_s': img_per_s, 'tflop_per_img': flops / 1e12,
+    'tflop_per_s': tflop_per_s,
+    'mfu': tflop_per_s / (peak * jax.device_count()) if peak else None,
+    'peak_mem_gib': memory, 'peak_mem_source': memory_source, 'loss': loss,
+  }
+
+
+def bench_sample(config, mesh, *, repeats: int) -> dict:
+  """Compiles and times `config.diffusion.steps`-step sampling; returns the 'sample' record."""
+  batch_size = config.eval.batch_size
+  state, state_shardings, _, eval_graphdef, _ = sharding.build_train_state(config, mesh)
+  predict = sharding.jit_predict(config, eval_graphdef, state_shardings.ema_params,
+                                 state_shardings.ema_model_state, mesh)
+  local = synthetic_batch(config, batch_size, seed=1)
+  images = sharding.make_global_batch({'image': local['image']}, mesh)['image']
+  args = (state.ema_params, state.ema_model_state, images, jax.random.key(0))
+  start = time.perf_counter()
+  compiled = predict.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  run = lambda: compiled(*args)
+  _timed(run, 1)
+  seconds = statistics.median(_timed(run, repeats))
+  return {'batch': batch_size, 'steps': config.diffusion.steps, 'compile_s': compile_s,
+          'img_per_s': batch_size / seconds, 'ms_per_img': 1e3 * seconds / batch_size}
+
+
+def format_report(report: dict) -> str:
+  """The table the command prints."""
+  lines = [f'device: {report["device_kind"]} x {report["device_count"]}, '
+           f'dense bf16 peak {report["peak_tflops_per_device"] or "unknown"} TFLOP/s per device, '
+           f'compute dtype {report["dtype"]}, attention {report["attention"]}']
+  train = report.get('train')
+  if train:
+    mfu = f'{100 * train["mfu"]:.1f}%' if train['mfu'] is not None else 'n/a'
+    lines.append(
+      f'train   batch {train["batch"]}: compile {train["compile_s"]:.1f} s, step median '
+      f'{train["step_s_median"]:.4f} s (min {train["step_s_min"]:.4f}), '
+      f'{train["img_per_s"]:.2f} img/s, {train["tflop_per_img"]:.4g} TFLOP/img, '
+      f'{train["tflop_per_s"]:.4g} TFLOP/s, MFU {mfu}, peak memory '
+      f'{train["peak_mem_gib"]:.2f} GiB ({train["peak_mem_source"]})')
+  sample = report.get('sample')
+  if sample:
+    lines.append(
+      f'sample  batch {sample["batch"]}, {sample["steps"]} steps: compile '
+      f'{sample["compile_s"]:.1f} s, {sample["img_per_s"]:.2f} img/s, '
+      f'{sample["ms_per_img"]:.1f} ms/img')
+  return '\n'.join(lines)
+
+
+def _write(path: str | None, report: dict) -> None:
+  """Writes the report atomically (a partial run still leaves valid JSON)."""
+  if not path or jax.process_index() != 0:
+    return
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(report, f, indent=2)
+  os.replace(tmp, path)
+
+
+def run(config, *, parts, warmup: int, repeats: int, sample_repeats: int,
+        output_json: str | None = None) -> dict:
+  """Measures `parts` ('train', 'sample') and returns the report (also written as it goes)."""
+  unknown = set(parts) - {'train', 'sample'}
+  if unknown or not parts:
+    raise ValueError(f'--parts={",".join(parts)}: use train, sample or both.')
+  if 'sample' in parts and config.task != 'panoptic':
+    raise ValueError(f'--parts=sample: sampling is measured for images (config.task '
+                     f"'panoptic'), not {config.task!r}; use --parts=train.")
+  if repeats < 1 or warmup < 0 or sample_repeats < 1:
+    raise ValueError('--train_steps and --sample_repeats must be >= 1, --warmup_steps >= 0.')
+  mesh = sharding.make_mesh(config.mesh)
+  dtype = p2s.resolve_dtype(config.model.dtype)
+  device_kind = jax.devices()[0].device_kind
+  report = {'device_kind': device_kind, 'device_count': jax.device_count(),
+            'peak_tflops_per_device': peak_tflops(device_kind),
+            'dtype': jnp.dtype(dtype).name,
+            'attention': p2s.resolve_attention_impl(config.model.attention_impl, dtype),
+            'remat': dict(config.model.remat), 'image_size': list(config.model.image_size),
+            'mask_size': list(config.model.mask_size), 'jax': jax.__version__}
+  if 'train' in parts:
+    report['train'] = bench_train(config, mesh, warmup=warmup, repeats=repeats)
+    _write(output_json, report)
+  if 'sample' in parts:
+    report['sample'] = bench_sample(config, mesh, repeats=sample_repeats)
+    _write(output_json, report)
+  return report
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.config is None:
+    raise app.UsageError('--config=configs/NAME.py is required.')
+  report = run(FLAGS.config, parts=FLAGS.parts, warmup=FLAGS.warmup_steps,
+               repeats=FLAGS.train_steps, sample_repeats=FLAGS.sample_repeats,
+               output_json=FLAGS.output_json)
+  if jax.process_index() == 0:
+    print(format_report(report), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

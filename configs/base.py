@@ -31,13 +31,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'cudnn', 'splash', 'chunked' force one.
   model.attention_impl = 'auto'
   model.attention_block = 512  # token tile of 'splash' and 'chunked' (sequences padded to it).
-  # Rematerialisation policy per part, applied to each ResNet bottleneck block, encoder layer and
-  # TransUNet ResBlock / bottleneck layer: 'none', 'nothing_saveable', 'dots_saveable' or
-  # 'dots_with_no_batch_dims_saveable' (pix2seq_d/models/layers.py says what each keeps).
+  # Rematerialisation policy per part, applied to each ResNet bottleneck block, encoder layer,
+  # fusion block and TransUNet stage (stem, ResBlocks, bottleneck layers, up-sampling, head):
+  # 'none', 'nothing_saveable', 'dots_saveable' or 'dots_with_no_batch_dims_saveable'
+  # (pix2seq_d/models/layers.py says what each keeps). Chosen so that a per-device batch of 16
+  # 1024x1024 images trains in 80 GB: the activations kept for the backward pass, bfloat16, per
+  # image (`python -m pix2seq_d.benchmark --parts=memory`, docs/performance.md) are 17.6 GiB with
+  # no remat, 3.7 GiB with these three parts remat'd and the encoder not, 2.0 GiB as set here;
+  # the recomputation adds ~30% to the FLOPs of a step.
   model.remat = ml_collections.ConfigDict()
-  model.remat.resnet = 'none'
-  model.remat.encoder = 'none'
-  model.remat.denoiser = 'none'
+  model.remat.resnet = 'nothing_saveable'
+  model.remat.encoder = 'dots_with_no_batch_dims_saveable'
+  model.remat.fusion = 'nothing_saveable'
+  model.remat.denoiser = 'nothing_saveable'
   model.gn_max_groups = 32  # GroupNorm groups = min(channels // 4, gn_max_groups).
   model.gn_eps = 1e-5
   model.ln_eps = 1e-6

@@ -39,6 +39,9 @@ def get_config(arg=None):
   model.denoiser.transformer_layers = 1
   model.denoiser.transformer_dim = 64
   model.denoiser.transformer_heads = 4
+  # A small model trained on a CPU: memory is plentiful, recomputation would only cost time.
+  for part in model.remat:
+    model.remat[part] = 'none'
 
   data = config.data
   data.name = 'shapes'

@@ -17,10 +17,14 @@ Reported:
   mfu             achieved FLOP/s over the devices' dense bf16 peak (PEAK_TFLOPS).
   peak_mem_gib    the devices' peak bytes in use (`memory_stats`), or where a backend keeps no
                   statistics (CPU) the compiled program's arguments + outputs + temporaries.
+  memory          (--parts=memory) the train state's bytes and the activations the step keeps
+                  for its backward pass, from abstract tracing (no device needed), and the
+                  compiled step's memory analysis: plans a batch size for a device one lacks.
 """
 
 import copy
 import json
+import math
 import os
 import statistics
 import time
@@ -29,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
 
-from pix2seq_d import sharding
+from pix2seq_d import sharding, steps
 from pix2seq_d.models import layers
 from pix2seq_d.models import pix2seq_d as p2s
 
@@ -40,7 +45,11 @@ flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON fi
 flags.DEFINE_integer('train_steps', 20, 'Timed train steps (after the warm-up).')
 flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps after compilation.')
 flags.DEFINE_integer('sample_repeats', 5, 'Timed sampling batches (after one warm-up batch).')
-flags.DEFINE_list('parts', ['train', 'sample'], 'What to measure: train, sample or both.')
+flags.DEFINE_list('parts', ['train', 'sample'],
+                  'What to measure: train, sample, memory (the activations the train step keeps '
+                  'and its compiled memory analysis, without running it: plans batch sizes for '
+                  'devices one does not have).')
+flags.DEFINE_bool('compile_memory', True, 'With --parts=memory, also compile the train step.')
 FLAGS = flags.FLAGS
 
 # Dense bf16 peak TFLOP/s per chip (datasheets), by the start of `jax.Device.device_kind`; the
@@ -119,6 +128,61 @@ def peak_memory_gib(compiled) -> tuple[float, str]:
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
   return total / GIB, 'memory_analysis'
+
+
+def residual_gib(config, batch: dict) -> float:
+  """GiB of activations the train step keeps for its backward pass (all devices together).
+
+  The leaves of the loss's VJP closure, traced abstractly: what the rematerialisation policies
+  and the attention implementation decide, in the compute dtype, independent of any backend's
+  scheduling (XLA:CPU's compiled memory analysis does not show rematerialisation's savings).
+  Parameters used by the backward pass are included.
+  """
+  model = nnx.eval_shape(lambda: p2s.build_model(config, rngs=nnx.Rngs(0)))
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+
+  def backward_closure(params, rest, batch, key):
+    def loss(params):
+      merged = nnx.merge(graphdef, params, rest, copy=True)
+      return steps.diffusion_loss(merged, batch, key, config)[0]
+    return jax.vjp(loss, params)[1]
+
+  closure = jax.eval_shape(backward_closure, params, rest, abstract_batch, jax.random.key(0))
+  return _tree_gib(closure)
+
+
+def _tree_gib(tree) -> float:
+  return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)
+             if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)) / GIB
+
+
+def bench_memory(config, mesh, *, compile_step: bool = True) -> dict:
+  """The train state's size and the activations the step keeps (all devices together, GiB),
+  and unless `compile_step` is False the compiled (never run) step's per-device analysis."""
+  state, state_shardings, train_graphdef, _, tx = sharding.build_train_state(
+    config, mesh, abstract=True)
+  local = synthetic_batch(config, config.train.batch_size)
+  record = {'batch': config.train.batch_size, 'state_gib': _tree_gib(state),
+            'residual_gib': residual_gib(config, local)}
+  if not compile_step:
+    return record
+  batch = {k: jax.ShapeDtypeStruct((config.train.batch_size,) + v.shape[1:], v.dtype,
+                                   sharding=sharding.batch_sharding(mesh))
+           for k, v in local.items()}
+  start = time.perf_counter()
+  compiled = sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh).lower(
+    state, batch, jax.random.key(0)).compile()
+  memory = compiled.memory_analysis()
+  return {
+    **record, 'compile_s': time.perf_counter() - start,
+    'argument_gib': memory.argument_size_in_bytes / GIB,
+    'output_gib': memory.output_size_in_bytes / GIB,
+    'temp_gib': memory.temp_size_in_bytes / GIB,
+    'total_gib': (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                  + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / GIB,
+  }
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -201,6 +265,15 @@ def format_report(report: dict) -> str:
       f'{train["img_per_s"]:.2f} img/s, {train["tflop_per_img"]:.4g} TFLOP/img, '
       f'{train["tflop_per_s"]:.4g} TFLOP/s, MFU {mfu}, peak memory '
       f'{train["peak_mem_gib"]:.2f} GiB ({train["peak_mem_source"]})')
+  memory = report.get('memory')
+  if memory:
+    line = (f'memory  batch {memory["batch"]}: train state {memory["state_gib"]:.2f} GiB, '
+            f'activations kept for the backward pass {memory["residual_gib"]:.2f} GiB')
+    if 'temp_gib' in memory:
+      line += (f'; compiled (not run): temporaries {memory["temp_gib"]:.2f} GiB, arguments '
+               f'{memory["argument_gib"]:.2f} GiB, total {memory["total_gib"]:.2f} GiB '
+               f'(compile {memory["compile_s"]:.1f} s)')
+    lines.append(line)
   sample = report.get('sample')
   if sample:
     lines.append(
@@ -221,11 +294,11 @@ def _write(path: str | None, report: dict) -> None:
 
 
 def run(config, *, parts, warmup: int, repeats: int, sample_repeats: int,
-        output_json: str | None = None) -> dict:
+        output_json: str | None = None, compile_memory: bool = True) -> dict:
   """Measures `parts` ('train', 'sample') and returns the report (also written as it goes)."""
-  unknown = set(parts) - {'train', 'sample'}
+  unknown = set(parts) - {'train', 'sample', 'memory'}
   if unknown or not parts:
-    raise ValueError(f'--parts={",".join(parts)}: use train, sample or both.')
+    raise ValueError(f'--parts={",".join(parts)}: use train, sample and/or memory.')
   if 'sample' in parts and config.task != 'panoptic':
     raise ValueError(f'--parts=sample: sampling is measured for images (config.task '
                      f"'panoptic'), not {config.task!r}; use --parts=train.")
@@ -240,6 +313,9 @@ def run(config, *, parts, warmup: int, repeats: int, sample_repeats: int,
             'attention': p2s.resolve_attention_impl(config.model.attention_impl, dtype),
             'remat': dict(config.model.remat), 'image_size': list(config.model.image_size),
             'mask_size': list(config.model.mask_size), 'jax': jax.__version__}
+  if 'memory' in parts:
+    report['memory'] = bench_memory(config, mesh, compile_step=compile_memory)
+    _write(output_json, report)
   if 'train' in parts:
     report['train'] = bench_train(config, mesh, warmup=warmup, repeats=repeats)
     _write(output_json, report)
@@ -256,7 +332,7 @@ def main(argv) -> None:
     raise app.UsageError('--config=configs/NAME.py is required.')
   report = run(FLAGS.config, parts=FLAGS.parts, warmup=FLAGS.warmup_steps,
                repeats=FLAGS.train_steps, sample_repeats=FLAGS.sample_repeats,
-               output_json=FLAGS.output_json)
+               output_json=FLAGS.output_json, compile_memory=FLAGS.compile_memory)
   if jax.process_index() == 0:
     print(format_report(report), flush=True)
 

@@ -4,6 +4,8 @@ Nothing is materialised: the model is built under `nnx.eval_shape` and the FLOPs
 cost analysis of the lowered (not compiled) computations on abstract inputs.
 """
 
+import copy
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -43,9 +45,23 @@ def _flops(fn, *args) -> float:
   return float(analysis.get('flops', 0.0)) if analysis else 0.0
 
 
-def forward_flops(config, model: p2s.Pix2SeqD) -> dict[str, float]:
-  """Forward FLOPs per image: one encoder pass, one denoiser pass, and a full sampling run."""
+def flops_model(config) -> p2s.Pix2SeqD:
+  """The abstract model of `config` with XLA attention, whose FLOPs XLA can count.
+
+  Cost analysis counts no FLOPs in custom calls (cuDNN, Pallas) and a loop body once, whatever
+  its trip count (the chunked attention's scan); XLA attention does the same math in plain ops.
+  """
+  flops_config = copy.deepcopy(config)
+  with flops_config.unlocked():
+    flops_config.model.attention_impl = 'xla'
+  model = nnx.eval_shape(lambda: p2s.build_model(flops_config, rngs=nnx.Rngs(0)))
   model.eval()
+  return model
+
+
+def forward_flops(config) -> dict[str, float]:
+  """Forward FLOPs per image: one encoder pass, one denoiser pass, and a full sampling run."""
+  model = flops_model(config)
   graphdef, state = nnx.split(model)
   h, w = layers.static_tuple(config.model.image_size)
   hm, wm = layers.static_tuple(config.model.mask_size)
@@ -71,6 +87,50 @@ def forward_flops(config, model: p2s.Pix2SeqD) -> dict[str, float]:
           'sampling': encoder + steps * denoiser}
 
 
+def part_flops(config) -> dict[str, float]:
+  """Forward FLOPs per image of each part, from XLA's cost analysis of the part alone.
+
+  Keys: 'resnet', 'encoder_transformer', 'fusion', 'transunet_convs' (the denoiser step without
+  its bottleneck), 'transunet_transformer' (the bottleneck: projections, attention, MLPs), and
+  'attention_core' (the Q K^T and P V matmuls inside both transformers, counted as 2 FLOPs per
+  multiply-add: 4 L S D per attention layer; the other parts include these).
+  """
+  model = flops_model(config)
+  graphdef, state = nnx.split(model)
+  h, w = layers.static_tuple(config.model.image_size)
+  hm, wm = layers.static_tuple(config.model.mask_size)
+  image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+  stages = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).resnet(x), state, image)
+  c4 = stages[-1]
+  tokens = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).encoder(x), state, c4)
+  grid = model.encoder.grid
+  top = jax.ShapeDtypeStruct((1,) + tuple(grid) + (tokens.shape[-1],), tokens.dtype)
+  resnet_flops = _flops(lambda s, x: nnx.merge(graphdef, s).resnet(x), state, image)
+  encoder_flops = _flops(lambda s, x: nnx.merge(graphdef, s).encoder(x), state, c4)
+  fusion_flops = _flops(lambda s, f: nnx.merge(graphdef, s).fusion(f), state,
+                        list(stages[:-1]) + [top])
+  denoiser_flops = forward_flops(config)['denoiser_step']
+  bottleneck = model.denoiser.bottleneck
+  d = config.model.denoiser
+  bottleneck_flops, core = 0.0, 0.0
+  # Encoder self-attention: L = S = tokens, width D = encoder.dim.
+  core += config.model.encoder.num_layers * 4 * tokens.shape[1] ** 2 * tokens.shape[-1]
+  if bottleneck is not None:
+    scale = 2 ** (len(d.dim_mults) - 1)
+    in_features = bottleneck.norm_in.scale.shape[0]
+    x = jax.ShapeDtypeStruct((1, hm // scale, wm // scale, in_features), jnp.float32)
+    emb = jax.ShapeDtypeStruct((1, model.denoiser.time_emb.fc2.kernel.shape[1]), jnp.float32)
+    bottleneck_flops = _flops(
+      lambda s, x, e, c: nnx.merge(graphdef, s).denoiser.bottleneck(x, e, c), state, x, emb,
+      tokens)
+    length = (hm // scale) * (wm // scale) + 1  # mask tokens + the time token
+    # Per layer: self-attention over L tokens and cross-attention of L queries to the tokens.
+    core += d.transformer_layers * 4 * length * (length + tokens.shape[1]) * d.transformer_dim
+  return {'resnet': resnet_flops, 'encoder_transformer': encoder_flops, 'fusion': fusion_flops,
+          'transunet_convs': denoiser_flops - bottleneck_flops,
+          'transunet_transformer': bottleneck_flops, 'attention_core': float(core)}
+
+
 def model_summary(config) -> str:
   """The text `--mode=summary` prints; its last line is `total params: N`."""
   model = nnx.eval_shape(lambda: p2s.build_model(config, rngs=nnx.Rngs(0)))
@@ -79,7 +139,7 @@ def model_summary(config) -> str:
     top = path.split('/')[0]
     label = f'{path} ({TOP_LEVEL[top]})' if path in TOP_LEVEL else f'  {path}'
     lines.append(f'{label:<48} {count:>14,}')
-  flops = forward_flops(config, model)
+  flops = forward_flops(config)
   steps = config.diffusion.steps
   lines += [
     '-' * 63,
@@ -88,6 +148,8 @@ def model_summary(config) -> str:
     f'forward GFLOPs per image: encoder {flops["encoder"] / 1e9:,.1f}, denoiser step '
     f'{flops["denoiser_step"] / 1e9:,.1f}, sampling with {steps} steps '
     f'{flops["sampling"] / 1e9:,.1f}',
+    'forward GFLOPs per image by part: ' + ', '.join(
+      f'{name} {value / 1e9:,.1f}' for name, value in part_flops(config).items()),
     f'total params: {layers.count_params(model)}',
   ]
   return '\n'.join(lines)

@@ -26,8 +26,13 @@ def instance_pixel_weights(instance: jax.Array, num_ids: int, p: float) -> jax.A
   return weights.reshape(instance.shape)
 
 
+@jax.checkpoint
 def softmax_xent_loss(logits: jax.Array, label: jax.Array, weights: jax.Array) -> jax.Array:
   """Weighted cross-entropy of each channel's 256-way softmax against its integer id.
+
+  Computed in float32. Rematerialised: the backward pass keeps the logits in their own dtype
+  (bfloat16 on accelerators) and recomputes the float32 log-softmax, instead of keeping it (the
+  largest single activation of the COCO model: 512 MiB per 512x512 mask).
 
   Args:
     logits: (B, H, W, G, K) logits, one K-way softmax per channel group.

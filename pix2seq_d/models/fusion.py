@@ -57,7 +57,9 @@ class PyramidMerge(nnx.Module):
     precision: layers.Precision,
     *,
     rngs: nnx.Rngs,
+    remat: str = 'none',
   ):
+    self.remat = remat
     if in_strides[0] % mask_stride:
       raise ValueError(
         f'fusion: the mask stride {mask_stride} must divide the finest feature stride '
@@ -75,7 +77,8 @@ class PyramidMerge(nnx.Module):
 
   def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
     """[(B, H/4, W/4, C2), ..., (B, H/s, W/s, Ctop)] -> (B, Hm, Wm, out_features)."""
+    run_block = layers.maybe_remat(lambda block, lr, hr: block(lr, hr), self.remat)
     x = features[-1]
     for block, x_hr in zip(self.blocks, reversed(features[:-1]), strict=True):
-      x = block(x, x_hr)
-    return self.final(x, None)
+      x = run_block(block, x, x_hr)
+    return run_block(self.final, x, None)

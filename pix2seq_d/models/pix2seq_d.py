@@ -19,7 +19,7 @@ from pix2seq_d.diffusion import bits
 from pix2seq_d.models import attention, fusion, layers, resnet, transformer, transunet
 
 # The parts whose blocks can be rematerialised, each under its own config.model.remat.<part>.
-REMAT_PARTS = ('resnet', 'encoder', 'denoiser')
+REMAT_PARTS = ('resnet', 'encoder', 'fusion', 'denoiser')
 
 
 @dataclasses.dataclass
@@ -161,7 +161,7 @@ class Pix2SeqD(nnx.Module):
     pyramid_strides = [4 * 2**i for i in range(len(channels))]
     self.fusion = fusion.PyramidMerge(
       pyramid_features, pyramid_strides, image_size[0] // mask_size[0], m.fusion.dim, gn,
-      precision, rngs=rngs)
+      precision, rngs=rngs, remat=m.remat.fusion)
     d = m.denoiser
     self.denoiser = transunet.TransUNet(
       in_features=bits.MASK_BITS + m.fusion.dim + extra_channels, mask_size=mask_size,
@@ -184,7 +184,8 @@ class Pix2SeqD(nnx.Module):
 
   def denoise(self, x_t: jax.Array, gamma: jax.Array, encoded: Encoded,
               extra: jax.Array | None = None) -> jax.Array:
-    """x_t (B, Hm, Wm, 16), gamma (B,), extra (B, Hm, Wm, E) -> logits (B, Hm, Wm, 2, 256)."""
+    """x_t (B, Hm, Wm, 16), gamma (B,), extra (B, Hm, Wm, E) -> logits (B, Hm, Wm, 2, 256) in the
+    compute dtype."""
     inputs = [x_t.astype(self.dtype), encoded.features.astype(self.dtype)]
     if self.extra_channels:
       if extra is None or extra.shape[-1] != self.extra_channels:

@@ -159,11 +159,32 @@ class TransUNet(nnx.Module):
     self.conv_out = layers.conv(features, num_groups_out * logits_per_group, 1, precision,
                                 rngs=rngs, init_scale=zero_init_scale)
 
+  def _stem(self, x: jax.Array) -> jax.Array:
+    return self.norm_in(self.conv_in(x))
+
+  def _up_block(self, block: ResBlock, x: jax.Array, skip: jax.Array, emb: jax.Array):
+    # Concatenated inside the (rematerialised) block: x and skip are kept anyway, the
+    # concatenation is not.
+    return block(jnp.concatenate([x, skip], axis=-1), emb)
+
+  def _upsample(self, conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    return conv(layers.upsample_nearest(x, 2))
+
+  def _head(self, x: jax.Array) -> jax.Array:
+    logits = self.conv_out(jax.nn.silu(self.norm_out(x)))
+    return logits.reshape(logits.shape[:-1] + (self.num_groups_out, self.logits_per_group))
+
   def __call__(self, x: jax.Array, gamma: jax.Array, context: jax.Array) -> jax.Array:
-    """x (B, Hm, Wm, Cin), gamma (B,), context (B, S, Dc) -> logits (B, Hm, Wm, G, K) float32."""
+    """x (B, Hm, Wm, Cin), gamma (B,), context (B, S, Dc) -> logits (B, Hm, Wm, G, K).
+
+    The logits stay in the compute dtype (the output convolution's), so a bfloat16 model keeps
+    half the bytes for the loss's backward pass; consumers take the softmax in float32.
+    Every stage (stem, ResBlocks, up-sampling convolutions, head) runs under the `remat` policy.
+    """
     emb = self.time_emb(gamma)
-    run_block = layers.maybe_remat(lambda block, h, e: block(h, e), self.remat)
-    x = self.norm_in(self.conv_in(x))
+    remat = lambda fn: layers.maybe_remat(fn, self.remat)
+    run_block = remat(lambda block, h, e: block(h, e))
+    x = remat(lambda m, h: m._stem(h))(self, x)
     skips = [x]
     for level, blocks in enumerate(self.down):
       for block in blocks:
@@ -174,11 +195,11 @@ class TransUNet(nnx.Module):
         skips.append(x)
     if self.bottleneck is not None:
       x = self.bottleneck(x, emb, context)
+    up_block = remat(lambda m, block, h, skip, e: m._up_block(block, h, skip, e))
+    upsample = remat(lambda m, conv, h: m._upsample(conv, h))
     for index, blocks in enumerate(self.up):
       for block in blocks:
-        x = run_block(block, jnp.concatenate([x, skips.pop()], axis=-1), emb)
+        x = up_block(self, block, x, skips.pop(), emb)
       if index < len(self.upsample):
-        x = self.upsample[index](layers.upsample_nearest(x, 2))
-    logits = self.conv_out(jax.nn.silu(self.norm_out(x)))
-    logits = logits.reshape(logits.shape[:-1] + (self.num_groups_out, self.logits_per_group))
-    return logits.astype(jnp.float32)
+        x = upsample(self, self.upsample[index], x)
+    return remat(lambda m, h: m._head(h))(self, x)

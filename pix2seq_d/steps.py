@@ -152,8 +152,8 @@ def train_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.A
     ema_params=ema(state.ema_params, params),
     ema_model_state=ema(state.ema_model_state, model_state))
   metrics = dict(aux)
-  metrics['grad_norm'] = optax.global_norm(grads)
-  metrics['param_norm'] = optax.global_norm(params)
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  metrics['param_norm'] = optax.tree.norm(params)
   metrics['learning_rate'] = learning_rate_schedule(config.train)(state.step)
   return new_state, metrics
 

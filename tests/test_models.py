@@ -1,5 +1,7 @@
 """Shapes, parameter counts and config validation of the Pix2Seq-D modules."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,23 +122,25 @@ def test_bfloat16_compute_keeps_float32_params():
   assert model.denoise(jnp.zeros((1, 16, 16, 16)), jnp.ones(1), encoded).dtype == jnp.bfloat16
 
 
+@functools.cache
+def _tiny_model_grads(policy):
+  """Parameter gradients of the tiny model with every part under `policy`."""
+  config = shapes.get_config('tiny')
+  config.model.remat.update(resnet=policy, encoder=policy, fusion=policy, denoiser=policy)
+  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3))
+  x_t = jax.random.normal(jax.random.key(4), (2, 16, 16, 16))
+
+  def loss(model):
+    return jnp.mean(model(images, x_t, jnp.array([0.2, 0.8])) ** 2)
+
+  return jax.tree.leaves(nnx.grad(loss)(model))
+
+
 @pytest.mark.parametrize('policy', ['nothing_saveable', 'dots_saveable',
                                     'dots_with_no_batch_dims_saveable'])
 def test_remat_gives_the_same_gradients(policy):
-  def grads(policy):
-    config = shapes.get_config('tiny')
-    config.model.remat.update(resnet=policy, encoder=policy, fusion=policy, denoiser=policy)
-    model = p2s.build_model(config, rngs=nnx.Rngs(0))
-    images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3))
-    x_t = jax.random.normal(jax.random.key(4), (2, 16, 16, 16))
-
-    def loss(model):
-      return jnp.mean(model(images, x_t, jnp.array([0.2, 0.8])) ** 2)
-
-    return nnx.grad(loss)(model)
-
-  a, b = jax.tree.leaves(grads('none')), jax.tree.leaves(grads(policy))
-  for x, y in zip(a, b, strict=True):
+  for x, y in zip(_tiny_model_grads('none'), _tiny_model_grads(policy), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 

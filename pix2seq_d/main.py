@@ -76,6 +76,12 @@ def main(argv) -> None:
   config = FLAGS.config
   if config is None:
     raise app.UsageError('--config=configs/NAME.py is required.')
+  from pix2seq_d import config_checks
+
+  try:
+    config_checks.check_config(config, FLAGS.mode)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   if FLAGS.mode == 'summary':
     from pix2seq_d import summary
 

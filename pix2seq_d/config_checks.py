@@ -1,0 +1,79 @@
+"""One validation pass over an experiment config, before anything is built or compiled.
+
+Every fact that can be checked from the config alone is checked here, and each error names the
+field (`config.a.b=value`) and what to set instead, so a run never fails after minutes of
+compilation or hours of training on something that was wrong from the start.
+
+  check_config(config, mode)   # raises ValueError; main.py calls it first
+"""
+
+from collections.abc import Sequence
+from numbers import Number
+
+from pix2seq_d.models import pix2seq_d as p2s
+
+# config.data.name values that never read config.data.coco_root (any other name does: a set
+# coco_root replaces a TFDS COCO name), and the only name that reads config.data.davis_root.
+_NOT_COCO = ('shapes', 'shapes_video', 'davis')
+
+
+def _fail(field: str, value, why: str) -> None:
+  raise ValueError(f'config.{field}={value!r}: {why}')
+
+
+def _check_pair(config, field: str) -> None:
+  """`field` is a (height, width) pair of positive numbers."""
+  section, name = field.split('.')
+  value = config[section][name]
+  is_pair = (isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+             and len(value) == 2 and all(isinstance(v, Number) and v > 0 for v in value))
+  if not is_pair:
+    _fail(field, value, f'must be a pair of positive numbers (height, width), e.g. '
+          f'--config.{field}="(64, 64)".')
+
+
+def _check_at_least(config, field: str, minimum: float, why: str = '') -> None:
+  section, name = field.split('.')
+  value = config[section][name]
+  if not isinstance(value, Number) or value < minimum:
+    _fail(field, value, f'must be >= {minimum}{why}.')
+
+
+def check_config(config, mode: str) -> None:
+  """Raises ValueError naming the first field of `config` that cannot work in `mode`.
+
+  Args:
+    config: the whole experiment config.
+    mode: main.py's --mode ('train', 'eval', 'train_and_eval', 'predict', 'summary').
+  """
+  for field in ('model.image_size', 'model.mask_size', 'data.eval_orig_size'):
+    _check_pair(config, field)
+  _check_pair(config, 'data.scale_jitter')
+  p2s.validate_model_config(config.model)
+
+  for field in ('train.batch_size', 'eval.batch_size', 'diffusion.steps'):
+    _check_at_least(config, field, 1)
+  if mode in ('train', 'train_and_eval'):
+    _check_at_least(config, 'train.num_steps', 1)
+    for field in ('train.log_every', 'train.checkpoint_every', 'train.image_summary_every'):
+      _check_at_least(config, field, 1, ' (every how many steps)')
+    _check_at_least(config, 'train.keep_checkpoints', 1,
+                    ': the newest N checkpoints are kept and older ones deleted, so 0 would '
+                    'delete every checkpoint of the run')
+    for field in ('train.warmup_steps', 'train.eval_every'):
+      _check_at_least(config, field, 0)
+    if not config.train.learning_rate > 0:
+      _fail('train.learning_rate', config.train.learning_rate, 'must be positive.')
+    if not 0 <= config.train.ema_decay < 1:
+      _fail('train.ema_decay', config.train.ema_decay, 'must be in [0, 1).')
+
+  data = config.data
+  unused = []
+  if data.coco_root and data.name.split('/')[0] in _NOT_COCO:
+    unused.append(('coco_root', 'coco_folder'))
+  if data.davis_root and data.name != 'davis':
+    unused.append(('davis_root', 'davis'))
+  for field, name in unused:
+    _fail(f'data.{field}', data[field],
+          f'is not read with config.data.name={data.name!r}. Set --config.data.name={name} to '
+          f'use that folder, or leave config.data.{field} empty.')

@@ -7,6 +7,7 @@ anything asks JAX about devices.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -91,16 +92,38 @@ def main(argv) -> None:
   _initialize_distributed()
   _enable_compilation_cache(FLAGS.jax_cache_dir)
   workdir = _check_workdir(FLAGS.workdir, FLAGS.mode)
-  if FLAGS.mode == 'predict':
+  try:
+    _run(config, workdir, FLAGS.mode)
+  except Exception:  # every failure ends the process, see _exit_on_failure
+    _exit_on_failure()
+
+
+def _run(config, workdir: str, mode: str) -> None:
+  if mode == 'predict':
     from pix2seq_d import predict
 
     predict.run(config, workdir)
     return
   from pix2seq_d import train
 
-  record = train.run(config, workdir, FLAGS.mode)
+  record = train.run(config, workdir, mode)
   if record is not None:
     logging.info('Evaluation: %s', {k: v for k, v in record.items() if k != 'per_class'})
+
+
+def _exit_on_failure() -> None:
+  """Reports the exception being handled and ends the process with exit status 1 at once.
+
+  A failure can leave library threads that never finish: orbax's checkpoint threads wait forever
+  for the signal of a write that failed (an unwritable checkpoints/ folder), and tf.data keeps
+  its own. A normal interpreter exit joins them and would hang (on Slurm or a TPU pod, holding
+  the allocation), so the process ends here without joining them.
+  """
+  logging.exception('pix2seq_d stopped on an error; exiting with status 1.')
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)
 
 
 if __name__ == '__main__':

@@ -197,3 +197,29 @@ def test_two_processes_train_and_evaluate_in_lockstep(tmp_path, shapes_data_dir,
   # 6 examples over 2 processes and global batches of 4: every example counted exactly once.
   assert results['num_images'] == 6 and results['step'] == 2
   assert _checkpoint_steps(workdir) == [2]
+
+
+@pytest.mark.slow
+def test_failed_checkpoint_write_ends_the_process(tmp_path, shapes_data_dir, jax_cache):
+  """checkpoints/ turned into a file mid-run: orbax's write fails in its background threads,
+  which used to keep the process alive, idle, forever. It must exit non-zero, promptly."""
+  workdir = tmp_path / 'run'
+  cmd = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
+                 '--config.train.checkpoint_every=20', mode='train')
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(jax_cache), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    checkpoints = workdir / 'checkpoints'
+    deadline = time.time() + 300
+    while not checkpoints.is_dir() and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.5)
+    assert checkpoints.is_dir(), 'the run never created its checkpoints folder'
+    subprocess.run(['rm', '-rf', str(checkpoints)], check=True)
+    checkpoints.write_text('not a folder')
+    broken_at = time.time()
+    log, _ = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 1, log[-3000:]
+  assert 'exiting with status 1' in log and 'checkpoints' in log
+  print(f'exited {time.time() - broken_at:.0f} s after checkpoints/ broke')

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from pix2seq_d import checkpoints, evaluate, predict, sharding
+from pix2seq_d import checkpoints, evaluate, predict, sharding, workdir_lock
 from pix2seq_d.data import pipeline
 
 
@@ -52,9 +52,24 @@ def _train_images(batch: dict, config, categories) -> np.ndarray:
 def run(config, workdir: str, mode: str) -> dict | None:
   """Trains and/or evaluates as `mode` says ('train', 'eval' or 'train_and_eval').
 
+  A training run holds the workdir's lock (process 0 takes it), so a second run on the same
+  workdir stops at start instead of interleaving checkpoints with this one.
+
   Returns:
     The last evaluation record, or None when no evaluation ran.
   """
+  lock = None
+  if mode != 'eval' and jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir)
+    lock.acquire()
+  try:
+    return _run(config, workdir, mode)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir: str, mode: str) -> dict | None:
   # ------------------------------------------------------------------ mesh and data
   mesh = sharding.make_mesh(config.mesh)
   logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())

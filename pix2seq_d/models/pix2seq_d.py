@@ -85,7 +85,9 @@ def validate_model_config(model_config) -> None:
       raise ValueError(
         f'config.model.{heads_name}={num_heads} does not divide config.model.{width_name}='
         f'{width}.')
-  attention.resolve(m.attention_impl, jnp.float32)  # raises naming the field when unknown
+  if m.attention_impl not in attention.IMPLEMENTATIONS:
+    raise ValueError(f'config.model.attention_impl={m.attention_impl!r}: use one of '
+                     f'{", ".join(attention.IMPLEMENTATIONS)}.')
   if m.attention_block < 1:
     raise ValueError(f'config.model.attention_block={m.attention_block} must be positive.')
   remat_parts = set(m.remat.keys()) if hasattr(m.remat, 'keys') else None

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from pix2seq_d import checkpoints, evaluate, predict, sharding, workdir_lock
+from pix2seq_d import checkpoints, evaluate, predict, sharding, stream_positions, workdir_lock
 from pix2seq_d.data import pipeline
 
 
@@ -47,6 +47,23 @@ def _train_images(batch: dict, config, categories) -> np.ndarray:
     evaluate.summary_image(batch['image'][i], batch['label'][i], batch['label'][i],
                             categories)[:, :2 * batch['image'].shape[2]]
     for i in range(count)])
+
+
+def _resume_position(config, workdir: str, start_step: int) -> int:
+  """Where this process's training stream continues after `start_step` (0 for a new run).
+
+  The position saved with the checkpoint; without one (a checkpoint of an older version, or a
+  different process count) the position of an uninterrupted stream with no skipped examples.
+  """
+  if start_step == 0:
+    return 0
+  position = stream_positions.load(workdir, start_step, jax.process_index(), jax.process_count())
+  if position is None:
+    position = start_step * (config.train.batch_size // jax.process_count())
+    logging.warning('No stream position saved for step %d of process %d/%d: continuing the '
+                    'training stream at %d (exact unless examples were skipped).', start_step,
+                    jax.process_index(), jax.process_count(), position)
+  return position
 
 
 def run(config, workdir: str, mode: str) -> dict | None:
@@ -118,7 +135,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
 
   # ------------------------------------------------------------------------ loop
   train_step = sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
-  train_iter = pipeline.make_train_iterator(config)
+  train_iter = pipeline.make_train_iterator(
+    config, start_position=_resume_position(config, workdir, start_step))
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.train.log_every)
@@ -168,6 +186,9 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
       check_losses(step)
       manager.save(step, state, force=preempted or step == num_steps)
+      stream_positions.save(workdir, step, jax.process_index(), jax.process_count(),
+                            train_iter.position)
+      stream_positions.prune(workdir, set(manager.all_steps()) | {step})
     if preempted:
       logging.warning('Preemption requested: saved step %d, exiting.', step)
       break

@@ -78,6 +78,34 @@ def test_train_batches_are_reproducible_and_differ_per_process(shapes_config):
     assert not np.array_equal(batch['image'], different['image'])
 
 
+@pytest.mark.parametrize('arg, process_count', [('', 1), ('', 2), ('video', 1)])
+def test_resumed_stream_continues_the_uninterrupted_one(shapes_config, arg, process_count):
+  """A run resumed after k batches gets exactly the batches an uninterrupted run gets next,
+  on every process; the positions it starts from were never handed out before the resume."""
+  config = shapes_config(arg)
+  config.data.scale_jitter = (0.5, 2.0)  # augmentation on: it must continue too
+  config.train.batch_size = 2 * process_count
+  resumed_after = int(np.random.default_rng().integers(1, 6))
+  print(f'resumed after {resumed_after} batches, {process_count} process(es), {arg or "images"}')
+  for process_index in range(process_count):
+    make = lambda start, i=process_index: pipeline.make_train_iterator(
+      config, process_index=i, process_count=process_count, start_position=start)
+    uninterrupted = make(0)
+    before = [next(uninterrupted) for _ in range(resumed_after)]
+    position = uninterrupted.position
+    after = [next(uninterrupted) for _ in range(3)]
+    resumed = make(position)
+    assert resumed.position == position
+    for expected, got in zip(after, (next(resumed) for _ in range(3)), strict=True):
+      assert sorted(got) == sorted(expected)
+      for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert resumed.position == uninterrupted.position > position
+    # No example (with its augmentation) handed out before the resume comes again after it.
+    rows = lambda batches: {row.tobytes() for batch in batches for row in batch['image']}
+    assert not rows(before) & rows(after)
+
+
 def test_instance_permutation_changes_every_epoch(shapes_config):
   config = _no_augmentation(shapes_config())
   config.data.train_split = 'train[:1]'  # every batch holds the same example from 2 epochs.

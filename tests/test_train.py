@@ -84,13 +84,19 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   assert tags['train/loss'] == [2, 4, 6]
   assert 'eval/PQ' in tags and 'eval/input_gt_prediction' in tags and 'train/input_gt' in tags
   assert _checkpoint_steps(workdir) == [3, 6]
+  # Each checkpoint records where the training stream stood: 4 examples a step, none skipped.
+  positions = workdir / 'stream_positions'
+  assert sorted(p.name for p in positions.iterdir()) == ['3', '6']
+  assert json.loads((positions / '6' / '0_of_1.json').read_text()) == {'position': 24}
 
-  # The same command with more steps resumes from step 6 and continues the curve.
+  # The same command with more steps resumes from step 6, continues the curve and the stream.
   code, log = _run(_command(workdir, shapes_data_dir, '--config.train.num_steps=8',
                             '--config.train.checkpoint_every=3'), jax_cache)
   assert code == 0, log[-3000:]
   assert 'Resumed from the checkpoint of step 6' in log
+  assert 'from stream position 24' in log
   assert _event_tags(workdir)['train/loss'] == [2, 4, 6, 8]
+  assert json.loads((positions / '8' / '0_of_1.json').read_text()) == {'position': 32}
 
   # Prediction on new images with the run's EMA weights.
   inputs = tmp_path / 'inputs'

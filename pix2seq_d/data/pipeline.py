@@ -50,6 +50,9 @@ from pix2seq_d.data import augment, registry
 _SHUFFLE_STREAM = 0
 _AUGMENT_STREAM = 1
 _WINDOW_SHUFFLE_STREAM = 2
+# Key of the stream position each training example carries into its batch (popped by the
+# iterator, which keeps the position after its last batch for resuming).
+POSITION_KEY = '_stream_position'
 _PADDING_IMAGE_ID = -1  # image_id of eval padding examples (valid = False).
 
 
@@ -106,14 +109,18 @@ class DataIterator:
     skipped: training examples skipped so far because their 'error' was set.
     dropped_segments: segments made void so far because an example had too many.
     num_batches: batches per pass for evaluation (None for the endless training stream).
+    position: training: the stream position after the last batch handed out (the
+      `start_position` that continues right after it).
   """
 
   def __init__(self, dataset: tf.data.Dataset, stats: PipelineStats, *,
-               check_errors: bool = False, num_batches: int | None = None):
+               check_errors: bool = False, num_batches: int | None = None,
+               start_position: int = 0):
     self._iterator = iter(tfds.as_numpy(dataset))
     self._stats = stats
     self._check_errors = check_errors
     self.num_batches = num_batches
+    self.position = start_position
 
   @property
   def skipped(self) -> int:
@@ -128,6 +135,8 @@ class DataIterator:
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._iterator)
+    if POSITION_KEY in batch:
+      self.position = int(np.max(batch.pop(POSITION_KEY))) + 1
     if 'error' in batch:
       errors = np.atleast_1d(batch.pop('error'))
       valid = np.atleast_1d(batch.get('valid', True))
@@ -343,13 +352,23 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     source: registry.Source | None = None,
+    start_position: int = 0,
 ) -> DataIterator:
-  """Endless training batches for this process.
+  """Endless training batches for this process, resumable at any position of its stream.
+
+  The stream is deterministic given (config.seed, process): a seeded file and buffer shuffle,
+  repeated, then numbered; each element's augmentation seed is folded from its number, so the
+  same number always gives the same example and augmentation. `start_position` continues a
+  stream: the elements before it are skipped before they are decoded (images: read, not
+  decoded; video: windows are cut after decoding, so skipping decodes), and the batches equal
+  those an uninterrupted stream yields from there. `DataIterator.position` is the position after
+  the last batch handed out: save it with a checkpoint and pass it back here on resume.
 
   Args:
     config: the experiment config (data, model, train, diffusion, seed, task).
     process_index, process_count: default jax.process_index() / jax.process_count().
     source: a Source to read instead of registry.get_source(config).
+    start_position: the first element of this process's stream to use (0 = from the start).
 
   Returns:
     A DataIterator of {'image': float32 (B, H, W, 3) in [0, 1], 'label': int32 (B, Hm, Wm, 2)}
@@ -359,14 +378,16 @@ def make_train_iterator(
   process_index, process_count = _processes(process_index, process_count)
   source = source or registry.get_source(config)
   _check_config(config, source)
+  if start_position < 0:
+    raise ValueError(f'start_position={start_position} must be >= 0.')
   batch_size = _local_batch_size(config.train.batch_size, process_count, 'config.train.batch_size')
   split = source.split(config.data.train_split)
   instruction, size = process_read_instruction(source.builder, split, process_index, process_count)
   if instruction is None:
     raise ValueError(f'config.data.train_split {split!r} of {source.name!r} has fewer examples '
                      f'than processes ({process_count}).')
-  logging.info('Process %d/%d reads %d examples of %s %s.', process_index, process_count, size,
-               source.name, split)
+  logging.info('Process %d/%d reads %d examples of %s %s from stream position %d.',
+               process_index, process_count, size, source.name, split, start_position)
   shuffle_seed = int(_derived_seed(config, process_index, _SHUFFLE_STREAM)[0])
   parallel = config.data.num_parallel_calls
   stats = PipelineStats()
@@ -376,25 +397,33 @@ def make_train_iterator(
   dataset = dataset.shuffle(max(config.data.shuffle_buffer, 1), seed=shuffle_seed,
                             reshuffle_each_iteration=True)
   dataset = dataset.repeat()
-  dataset = dataset.map(finish, num_parallel_calls=parallel)
-  dataset = dataset.filter(_skip_errors(stats, id_key))
   if source.is_video:
+    dataset = dataset.map(finish, num_parallel_calls=parallel)
+    dataset = dataset.filter(_skip_errors(stats, id_key))
     window_seed = int(_derived_seed(config, process_index, _WINDOW_SHUFFLE_STREAM)[0])
-    dataset = _video_windows(dataset, config, window_seed)
+    dataset = _video_windows(dataset, config, window_seed).enumerate().skip(start_position)
     preprocess = _video_train_fn(config, stats)
   else:
+    # Numbered before decoding, so that a resume skips raw records without decoding them.
+    dataset = dataset.enumerate().skip(start_position)
+    dataset = dataset.map(lambda position, raw: (position, finish(raw)),
+                          num_parallel_calls=parallel)
+    skip_errors = _skip_errors(stats, id_key)
+    dataset = dataset.filter(lambda position, example: skip_errors(example))
     preprocess = _image_train_fn(config, stats)
 
-  # A stateless seed per example: position in this process's endless stream, folded into a base
-  # seed from (config.seed, process): reproducible, different every epoch and on every process.
+  # A stateless seed per element: its position in this process's endless stream, folded into a
+  # base seed from (config.seed, process): reproducible, different every epoch and on every
+  # process, and the same after a resume.
   base_seed = tf.constant(_derived_seed(config, process_index, _AUGMENT_STREAM, 2), tf.int64)
 
-  def with_seed(index, example):
-    return preprocess(example, tf.random.experimental.stateless_fold_in(base_seed, index))
+  def with_seed(position, example):
+    seed = tf.random.experimental.stateless_fold_in(base_seed, position)
+    return {**preprocess(example, seed), POSITION_KEY: position}
 
-  dataset = dataset.enumerate().map(with_seed, num_parallel_calls=parallel)
+  dataset = dataset.map(with_seed, num_parallel_calls=parallel)
   dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(config.data.prefetch)
-  return DataIterator(dataset, stats)
+  return DataIterator(dataset, stats, start_position=start_position)
 
 
 def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:

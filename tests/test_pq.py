@@ -323,6 +323,23 @@ def test_perfect_prediction_gives_pq_one(tmp_path):
   assert all(c['fp'] == 0 and c['fn'] == 0 for c in results['per_class'].values())
 
 
+def test_workers_never_fork_a_process_running_jax(tmp_path):
+  """The eval loop computes PQ in a process whose JAX threads a fork would copy mid-flight
+  (JAX warns "os.fork() was called"); the workers start from a fork server instead."""
+  import warnings
+
+  import jax.numpy as jnp
+
+  float(jnp.ones(8).sum())  # JAX's backend and its threads are up in this process
+  shutil.copytree(GT_FOLDER, tmp_path / 'pred')
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    results = pq.pq_compute(GT_JSON, GT_JSON, GT_FOLDER, str(tmp_path / 'pred'), num_workers=2)
+  assert results['All']['pq'] == pytest.approx(1.0, abs=1e-12)
+  forks = [str(w.message) for w in caught if 'fork' in str(w.message).lower()]
+  assert not forks, forks
+
+
 def test_merged_state_equals_one_accumulator():
   rng = _fresh_rng()
   gt, predictions = _synthetic_dataset(rng, 10, CATEGORIES)

@@ -467,7 +467,10 @@ def pq_compute(
       (pairs[start:stop], gt_folder, pred_folder, None)
       for start, stop in itertools.pairwise(bounds)
     ]
-    with multiprocessing.Pool(num_workers, _init_worker, (categories,)) as pool:
+    # Workers start from a fork server, never by forking this process: it may have imported JAX
+    # (the eval loop), whose threads make a plain fork prone to deadlock.
+    context = multiprocessing.get_context('forkserver')
+    with context.Pool(num_workers, _init_worker, (categories,)) as pool:
       for state in pool.imap(_evaluate_chunk, chunks):
         accumulator.merge_state(state)
   return accumulator.results()

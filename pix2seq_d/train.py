@@ -96,6 +96,9 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     raise NotImplementedError(
       f'--mode={mode}: evaluating video models (streaming sampling, DAVIS J&F) is not part of '
       'pix2seq_d yet; train with --mode=train.')
+  if mode == 'eval' and not checkpoints.saved_steps(workdir):
+    # Checked before anything is written: an eval of the wrong folder leaves it as it was.
+    raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
   if jax.process_index() == 0:
     predict.write_categories(workdir, info.categories)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -127,7 +130,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
 
   if mode == 'eval':
     if restored is None:
-      raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
+      raise FileNotFoundError(f'--mode=eval: no complete checkpoint in {workdir}; train first.')
     record = run_eval(state, start_step)
     manager.close()
     writer.close()

@@ -229,3 +229,13 @@ def test_failed_checkpoint_write_ends_the_process(tmp_path, shapes_data_dir, jax
   assert proc.returncode == 1, log[-3000:]
   assert 'exiting with status 1' in log and 'checkpoints' in log
   print(f'exited {time.time() - broken_at:.0f} s after checkpoints/ broke')
+
+
+def test_eval_of_an_empty_workdir_names_it_and_writes_nothing(tmp_path, shapes_data_dir,
+                                                             jax_cache):
+  workdir = tmp_path / 'empty'
+  code, log = _run(_command(workdir, shapes_data_dir, mode='eval'), jax_cache)
+  assert code == 1
+  assert f'--mode=eval: no checkpoint in {workdir}; train first.' in log
+  assert log.count('Traceback') <= 1, log[-3000:]
+  assert sorted(os.listdir(workdir)) == []

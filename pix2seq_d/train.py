@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from etils import epath
 
 from pix2seq_d import checkpoints, evaluate, predict, sharding, stream_positions, workdir_lock
 from pix2seq_d.data import pipeline
@@ -47,6 +48,38 @@ def _train_images(batch: dict, config, categories) -> np.ndarray:
     evaluate.summary_image(batch['image'][i], batch['label'][i], batch['label'][i],
                             categories)[:, :2 * batch['image'].shape[2]]
     for i in range(count)])
+
+
+def _last_logged_step(workdir: str) -> int:
+  """The newest step any TensorBoard event file in `workdir` holds a summary for (0 if none)."""
+  from tensorboard.backend.event_processing import event_file_loader
+
+  last = 0
+  for path in epath.Path(workdir).glob('events.out.tfevents.*'):
+    for event in event_file_loader.EventFileLoader(str(path)).Load():
+      if event.HasField('summary'):
+        last = max(last, int(event.step))
+  return last
+
+
+class _SkipLoggedSteps:
+  """A clu MetricWriter that drops summaries of steps up to `until`, which a run before a resume
+  already logged: the resumed run recomputes them exactly (same state, data stream and keys),
+  so TensorBoard shows each step once."""
+
+  _STEPPED = ('write_scalars', 'write_images', 'write_texts', 'write_histograms',
+              'write_videos', 'write_audios', 'write_summaries', 'write_pointcloud')
+
+  def __init__(self, writer, until: int):
+    self._writer = writer
+    self._until = until
+
+  def __getattr__(self, name):
+    method = getattr(self._writer, name)
+    if name not in self._STEPPED:
+      return method
+    return lambda step, *args, **kwargs: (
+      None if step <= self._until else method(step, *args, **kwargs))
 
 
 def _resume_position(config, workdir: str, start_step: int) -> int:
@@ -102,6 +135,10 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   if jax.process_index() == 0:
     predict.write_categories(workdir, info.categories)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if jax.process_index() == 0 and mode != 'eval':
+    logged = _last_logged_step(workdir)
+    if logged:
+      writer = _SkipLoggedSteps(writer, logged)
 
   # ------------------------------------------------ state, shardings, checkpoints
   state, state_shardings, train_graphdef, eval_graphdef, tx = sharding.build_train_state(

@@ -162,9 +162,14 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
   assert f'Resumed from the checkpoint of step {killed_at}' in out
   saved = max(_checkpoint_steps(workdir))
   assert saved > killed_at + 2 and saved % 1000 != 0
-  # The loss curve continues from the checkpoint: the resumed run logs killed_at + 2, + 4, ...
+  # The loss curve continues: the resumed run trains from the checkpoint and logs the steps
+  # after the last one the killed run logged, so every step appears once in TensorBoard.
+  logged_before = _event_tags(workdir, _event_files(workdir) - old_files)['train/loss']
   resumed_steps = _event_tags(workdir, old_files)['train/loss']
-  assert resumed_steps[:2] == [killed_at + 2, killed_at + 4]
+  assert logged_before[-1] >= killed_at
+  assert resumed_steps[:2] == [logged_before[-1] + 2, logged_before[-1] + 4]
+  steps = _event_tags(workdir)['train/loss']  # every file's events, duplicates kept
+  assert len(steps) == len(set(steps)), steps
 
 
 def test_unknown_config_field_is_named(tmp_path, shapes_data_dir, jax_cache):

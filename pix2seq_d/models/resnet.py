@@ -123,9 +123,9 @@ class ResNetC4(nnx.Module):
 
   def __call__(self, images: jax.Array) -> list[jax.Array]:
     """(B, H, W, 3) in [0, 1] -> [C2 (B, H/4, W/4, 4w), C3 (H/8, 8w), ..., C(1+n) (H/2^(n+1))]."""
-    stem = lambda m, h: nnx.max_pool(jax.nn.relu(m.stem_bn(m.stem(h))), window_shape=(3, 3),
-                                      strides=(2, 2), padding='SAME')
-    x = layers.maybe_remat(stem, self.remat)(self, images)
+    stem = lambda conv, bn, h: nnx.max_pool(jax.nn.relu(bn(conv(h))), window_shape=(3, 3),
+                                            strides=(2, 2), padding='SAME')
+    x = layers.maybe_remat(stem, self.remat)(self.stem, self.stem_bn, images)
     outputs, block_index = [], 0
     run_block = layers.maybe_remat(lambda block, h: block(h), self.remat)
     for num_blocks in self.stage_sizes:

@@ -159,21 +159,6 @@ class TransUNet(nnx.Module):
     self.conv_out = layers.conv(features, num_groups_out * logits_per_group, 1, precision,
                                 rngs=rngs, init_scale=zero_init_scale)
 
-  def _stem(self, x: jax.Array) -> jax.Array:
-    return self.norm_in(self.conv_in(x))
-
-  def _up_block(self, block: ResBlock, x: jax.Array, skip: jax.Array, emb: jax.Array):
-    # Concatenated inside the (rematerialised) block: x and skip are kept anyway, the
-    # concatenation is not.
-    return block(jnp.concatenate([x, skip], axis=-1), emb)
-
-  def _upsample(self, conv: nnx.Conv, x: jax.Array) -> jax.Array:
-    return conv(layers.upsample_nearest(x, 2))
-
-  def _head(self, x: jax.Array) -> jax.Array:
-    logits = self.conv_out(jax.nn.silu(self.norm_out(x)))
-    return logits.reshape(logits.shape[:-1] + (self.num_groups_out, self.logits_per_group))
-
   def __call__(self, x: jax.Array, gamma: jax.Array, context: jax.Array) -> jax.Array:
     """x (B, Hm, Wm, Cin), gamma (B,), context (B, S, Dc) -> logits (B, Hm, Wm, G, K).
 
@@ -182,9 +167,10 @@ class TransUNet(nnx.Module):
     Every stage (stem, ResBlocks, up-sampling convolutions, head) runs under the `remat` policy.
     """
     emb = self.time_emb(gamma)
+    # Each stage gets only the modules it uses: a rematerialised stage keeps its inputs.
     remat = lambda fn: layers.maybe_remat(fn, self.remat)
     run_block = remat(lambda block, h, e: block(h, e))
-    x = remat(lambda m, h: m._stem(h))(self, x)
+    x = remat(lambda conv, norm, h: norm(conv(h)))(self.conv_in, self.norm_in, x)
     skips = [x]
     for level, blocks in enumerate(self.down):
       for block in blocks:
@@ -195,11 +181,14 @@ class TransUNet(nnx.Module):
         skips.append(x)
     if self.bottleneck is not None:
       x = self.bottleneck(x, emb, context)
-    up_block = remat(lambda m, block, h, skip, e: m._up_block(block, h, skip, e))
-    upsample = remat(lambda m, conv, h: m._upsample(conv, h))
+    # The concatenation happens inside the rematerialised block: x and the skip are kept anyway.
+    up_block = remat(lambda block, h, skip, e: block(jnp.concatenate([h, skip], axis=-1), e))
+    upsample = remat(lambda conv, h: conv(layers.upsample_nearest(h, 2)))
     for index, blocks in enumerate(self.up):
       for block in blocks:
-        x = up_block(self, block, x, skips.pop(), emb)
+        x = up_block(block, x, skips.pop(), emb)
       if index < len(self.upsample):
-        x = upsample(self, self.upsample[index], x)
-    return remat(lambda m, h: m._head(h))(self, x)
+        x = upsample(self.upsample[index], x)
+    logits = remat(lambda norm, conv, h: conv(jax.nn.silu(norm(h))))(self.norm_out, self.conv_out,
+                                                                      x)
+    return logits.reshape(logits.shape[:-1] + (self.num_groups_out, self.logits_per_group))

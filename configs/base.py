@@ -9,7 +9,7 @@ import ml_collections
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  """Returns the COCO panoptic stage-1 settings of the paper (SPEC.md)."""
+  """Returns the COCO panoptic stage-1 settings of the paper (Chen et al. 2022, Pix2Seq-D)."""
   config = ml_collections.ConfigDict()
   config.seed = 42
   # 'panoptic' for images; 'video_panoptic' conditions on the masks of earlier frames.

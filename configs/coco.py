@@ -14,7 +14,7 @@ def get_config(arg=None):
   """Returns the COCO config; `arg` is '', 'high_res' (stage 2) or 'runlocal'."""
   config = base.get_base_config()
   if arg == 'high_res':
-    # Stage 2: fine-tune at high resolution without jitter (SPEC.md, Optimisation).
+    # Stage 2 of the paper: fine-tune at high resolution without scale or colour jitter.
     config.train.batch_size = 16
     config.train.num_steps = 110_000  # ≈ 15 epochs at batch 16.
     config.train.learning_rate = 1e-5

@@ -87,13 +87,14 @@ def forward_flops(config) -> dict[str, float]:
           'sampling': encoder + steps * denoiser}
 
 
-def part_flops(config) -> dict[str, float]:
+def part_flops(config, forward: dict[str, float] | None = None) -> dict[str, float]:
   """Forward FLOPs per image of each part, from XLA's cost analysis of the part alone.
 
   Keys: 'resnet', 'encoder_transformer', 'fusion', 'transunet_convs' (the denoiser step without
   its bottleneck), 'transunet_transformer' (the bottleneck: projections, attention, MLPs), and
   'attention_core' (the Q K^T and P V matmuls inside both transformers, counted as 2 FLOPs per
   multiply-add: 4 L S D per attention layer; the other parts include these).
+  `forward` is `forward_flops(config)` when the caller already has it.
   """
   model = flops_model(config)
   graphdef, state = nnx.split(model)
@@ -109,7 +110,7 @@ def part_flops(config) -> dict[str, float]:
   encoder_flops = _flops(lambda s, x: nnx.merge(graphdef, s).encoder(x), state, c4)
   fusion_flops = _flops(lambda s, f: nnx.merge(graphdef, s).fusion(f), state,
                         list(stages[:-1]) + [top])
-  denoiser_flops = forward_flops(config)['denoiser_step']
+  denoiser_flops = (forward or forward_flops(config))['denoiser_step']
   bottleneck = model.denoiser.bottleneck
   d = config.model.denoiser
   bottleneck_flops, core = 0.0, 0.0
@@ -149,7 +150,7 @@ def model_summary(config) -> str:
     f'{flops["denoiser_step"] / 1e9:,.1f}, sampling with {steps} steps '
     f'{flops["sampling"] / 1e9:,.1f}',
     'forward GFLOPs per image by part: ' + ', '.join(
-      f'{name} {value / 1e9:,.1f}' for name, value in part_flops(config).items()),
+      f'{name} {value / 1e9:,.1f}' for name, value in part_flops(config, flops).items()),
     f'total params: {layers.count_params(model)}',
   ]
   return '\n'.join(lines)

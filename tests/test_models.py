@@ -93,7 +93,8 @@ def test_extra_channels_for_video_and_self_conditioning():
 
 
 def test_coco_parameter_split_matches_spec():
-  """SPEC.md: 94.5M total; 8.54M ResNet-C4, 38.36M transformer, 4.00M fusion, 43.59M TransUNet."""
+  """The paper's model: 94.5M total; 8.54M ResNet-C4, 38.36M transformer, 4.00M fusion,
+  43.59M TransUNet."""
   model = nnx.eval_shape(lambda: p2s.build_model(coco.get_config(), rngs=nnx.Rngs(0)))
   expected = {'resnet': 8.54e6, 'encoder': 38.36e6, 'fusion': 4.00e6, 'denoiser': 43.59e6}
   for name, count in expected.items():

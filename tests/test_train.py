@@ -114,6 +114,12 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   assert Image.open(out / 'overlays' / 'a.png').size == (64, 48)
 
 
+def _start(cmd, jax_cache):
+  """The command as a background process whose output (stdout and stderr) is kept."""
+  return subprocess.Popen(cmd, cwd=ROOT, env=_env(jax_cache), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
 def _wait_for_checkpoint(workdir, proc, deadline):
   while time.time() < deadline:
     if proc.poll() is not None:
@@ -129,8 +135,7 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
   workdir = tmp_path / 'run'
   long_run = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
                       '--config.train.checkpoint_every=4', mode='train')
-  proc = subprocess.Popen(long_run, cwd=ROOT, env=_env(jax_cache), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = _start(long_run, jax_cache)
   try:
     _wait_for_checkpoint(workdir, proc, time.time() + 400)
     time.sleep(2.0)
@@ -145,8 +150,7 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
   resumed = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
                      '--config.train.checkpoint_every=1000', mode='train')
   old_files = _event_files(workdir)
-  proc = subprocess.Popen(resumed, cwd=ROOT, env=_env(jax_cache), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = _start(resumed, jax_cache)
   try:
     # Wait until the resumed run has logged twice (in its own event file).
     deadline = time.time() + 400
@@ -217,8 +221,7 @@ def test_failed_checkpoint_write_ends_the_process(tmp_path, shapes_data_dir, jax
   workdir = tmp_path / 'run'
   cmd = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
                  '--config.train.checkpoint_every=20', mode='train')
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(jax_cache), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = _start(cmd, jax_cache)
   try:
     checkpoints = workdir / 'checkpoints'
     deadline = time.time() + 300

@@ -12,7 +12,7 @@ GAMMA_MIN = 1e-9  # keeps 1 / sqrt(gamma) and the log-SNR finite at t = 1.
 
 
 def cosine(t: jax.Array, ns: float = 2e-4, ds: float = 2.5e-4) -> jax.Array:
-  """cos^2(((t + ns) / (1 + ds)) * pi / 2), clipped to >= GAMMA_MIN (SPEC.md)."""
+  """The paper's cosine schedule: cos^2(((t + ns) / (1 + ds)) * pi / 2), clipped to >= GAMMA_MIN."""
   gamma = jnp.cos(((t + ns) / (1.0 + ds)) * math.pi / 2.0) ** 2
   return jnp.clip(gamma, GAMMA_MIN, 1.0)
 

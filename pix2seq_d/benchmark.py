@@ -22,7 +22,6 @@ Reported:
                   compiled step's memory analysis: plans a batch size for a device one lacks.
 """
 
-import copy
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from pix2seq_d import sharding, steps
+from pix2seq_d import sharding, steps, summary
 from pix2seq_d.models import layers
 from pix2seq_d.models import pix2seq_d as p2s
 
@@ -104,14 +103,10 @@ def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndar
 
 def model_flops_per_image(config, mesh, batch: dict, key: jax.Array) -> float:
   """XLA's FLOP count of one train step per image, with XLA attention and no remat."""
-  flops_config = copy.deepcopy(config)
-  with flops_config.unlocked():
-    flops_config.model.attention_impl = 'xla'
-    for part in p2s.REMAT_PARTS:
-      flops_config.model.remat[part] = 'none'
+  counted = summary.flops_config(config)
   state_shape, state_shardings, train_graphdef, _, tx = sharding.build_train_state(
-    flops_config, mesh, abstract=True)
-  step = sharding.jit_train_step(flops_config, tx, train_graphdef, state_shardings, mesh)
+    counted, mesh, abstract=True)
+  step = sharding.jit_train_step(counted, tx, train_graphdef, state_shardings, mesh)
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
   analysis = step.lower(state_shape, abstract_batch, key).cost_analysis()
   if isinstance(analysis, (list, tuple)):

@@ -45,16 +45,25 @@ def _flops(fn, *args) -> float:
   return float(analysis.get('flops', 0.0)) if analysis else 0.0
 
 
-def flops_model(config) -> p2s.Pix2SeqD:
-  """The abstract model of `config` with XLA attention, whose FLOPs XLA can count.
+def flops_config(config):
+  """A copy of `config` whose FLOPs XLA can count: XLA attention, no rematerialisation.
 
   Cost analysis counts no FLOPs in custom calls (cuDNN, Pallas) and a loop body once, whatever
   its trip count (the chunked attention's scan); XLA attention does the same math in plain ops.
+  Recomputation is not model work, so remat is off.
   """
-  flops_config = copy.deepcopy(config)
-  with flops_config.unlocked():
-    flops_config.model.attention_impl = 'xla'
-  model = nnx.eval_shape(lambda: p2s.build_model(flops_config, rngs=nnx.Rngs(0)))
+  counted = copy.deepcopy(config)
+  with counted.unlocked():
+    counted.model.attention_impl = 'xla'
+    for part in p2s.REMAT_PARTS:
+      counted.model.remat[part] = 'none'
+  return counted
+
+
+def flops_model(config) -> p2s.Pix2SeqD:
+  """The abstract model of `flops_config(config)`, in evaluation mode."""
+  counted = flops_config(config)
+  model = nnx.eval_shape(lambda: p2s.build_model(counted, rngs=nnx.Rngs(0)))
   model.eval()
   return model
 
@@ -74,11 +83,11 @@ def forward_flops(config) -> dict[str, float]:
   def encode(state, image):
     return nnx.merge(graphdef, state).encode(image)
 
+  encoded_shape = jax.eval_shape(encode, state, image)
+
   def denoise(state, image, x_t, gamma, extra):
-    m = nnx.merge(graphdef, state)
-    encoded = jax.eval_shape(m.encode, image)
-    encoded = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), encoded)
-    return m.denoise(x_t, gamma, encoded, extra)
+    encoded = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), encoded_shape)
+    return nnx.merge(graphdef, state).denoise(x_t, gamma, encoded, extra)
 
   encoder = _flops(encode, state, image)
   denoiser = _flops(denoise, state, image, x_t, gamma, extra)

@@ -19,7 +19,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.image_size = (1024, 1024)  # (H, W) of the padded input image.
   model.mask_size = (512, 512)  # (Hm, Wm) of the generated mask; must divide image_size.
-  model.num_classes = 134  # semantic ids incl. 0 = void: COCO's 133 classes + 1. At most 256.
+  # Semantic ids incl. 0 = void: COCO's 133 classes + 1; at most 256. 0 takes it from the dataset
+  # (its categories + 1), e.g. for a COCO-format folder of one's own.
+  model.num_classes = 134
   model.max_instances = 101  # instance ids 0..100, 0 = void. At most 256.
   # Compute dtype: 'auto' = bfloat16 on GPU / TPU, float32 on CPU. Norms, softmax and the loss
   # always run in float32; parameters are `param_dtype`.
@@ -114,6 +116,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.image_pad_value = 0.3
   data.eval_orig_size = (640, 640)  # original-size eval labels are zero-padded to this (H, W).
   data.num_parallel_calls = -1  # tf.data.AUTOTUNE
+  # Training stops with an error when this many examples in a row are broken (skipped) without a
+  # batch being made: a folder of unreadable files fails at once instead of skipping forever (0 =
+  # no limit).
+  data.max_skips_in_a_row = 1000
   data.prefetch = 2
   data.video_window = 3  # frames per training window (video).
   # Video training windows are drawn round-robin from this many decoded clips (all held in

@@ -5,10 +5,13 @@ field (`config.a.b=value`) and what to set instead, so a run never fails after m
 compilation or hours of training on something that was wrong from the start.
 
   check_config(config, mode)   # raises ValueError; main.py calls it first
+  fit_num_classes(config, categories, where)   # once the dataset (or a run's categories) is known
 """
 
 from collections.abc import Sequence
 from numbers import Number
+
+from absl import logging
 
 from pix2seq_d.models import pix2seq_d as p2s
 
@@ -49,7 +52,10 @@ def check_config(config, mode: str) -> None:
   for field in ('model.image_size', 'model.mask_size', 'data.eval_orig_size'):
     _check_pair(config, field)
   _check_pair(config, 'data.scale_jitter')
-  p2s.validate_model_config(config.model)
+  if config.model.num_classes == 0 and mode == 'summary':
+    _fail('model.num_classes', 0, '--mode=summary does not read the dataset, so it cannot take '
+          'the class count from it; set the number of categories + 1 (void).')
+  p2s.validate_model_config(config.model, num_classes_from_data=True)
 
   for field in ('train.batch_size', 'eval.batch_size', 'diffusion.steps'):
     _check_at_least(config, field, 1)
@@ -60,7 +66,7 @@ def check_config(config, mode: str) -> None:
     _check_at_least(config, 'train.keep_checkpoints', 1,
                     ': the newest N checkpoints are kept and older ones deleted, so 0 would '
                     'delete every checkpoint of the run')
-    for field in ('train.warmup_steps', 'train.eval_every'):
+    for field in ('train.warmup_steps', 'train.eval_every', 'data.max_skips_in_a_row'):
       _check_at_least(config, field, 0)
     if not config.train.learning_rate > 0:
       _fail('train.learning_rate', config.train.learning_rate, 'must be positive.')
@@ -77,3 +83,25 @@ def check_config(config, mode: str) -> None:
     _fail(f'data.{field}', data[field],
           f'is not read with config.data.name={data.name!r}. Set --config.data.name={name} to '
           f'use that folder, or leave config.data.{field} empty.')
+
+
+def fit_num_classes(config, categories, where: str) -> None:
+  """The one rule for config.model.num_classes: len(categories) + 1 (void), or 0 = derive it.
+
+  Args:
+    config: the experiment config; config.model.num_classes is set when it is 0.
+    categories: the dataset's (or a trained run's) category list.
+    where: names the categories' origin in the error message.
+
+  Raises:
+    ValueError: config.model.num_classes is set to another value.
+  """
+  num_classes = len(categories) + 1
+  if config.model.num_classes == 0:
+    config.model.num_classes = num_classes
+    logging.info('config.model.num_classes=0: using %d from %s (%d categories + void).',
+                 num_classes, where, len(categories))
+  elif config.model.num_classes != num_classes:
+    _fail('model.num_classes', config.model.num_classes,
+          f'{where} has {len(categories)} categories + void = {num_classes}; set '
+          f'--config.model.num_classes={num_classes} (or 0 to take it from the data).')

@@ -7,6 +7,7 @@ anything asks JAX about devices.
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -126,5 +127,26 @@ def _exit_on_failure() -> None:
   os._exit(1)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a one-paragraph error for a `--config.a.b` that names no field.
+
+  ml_collections raises AttributeError / KeyError from inside absl's parser for an unknown
+  field, which would otherwise end the process with three chained tracebacks.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:
+    text = str(error).replace('\\', '')
+    name = re.search(r'[A-Za-z_]\w*', text).group(0)
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    culprits = [arg.split('=')[0] for arg in argv[1:]
+                if arg.startswith('--config.') and name in arg.split('=')[0].split('.')]
+    sys.stderr.write(
+      f'error: {" ".join(culprits) or "a --config override"}: the config has no field {name!r}'
+      f'{f"; did you mean {suggestion.group(1)!r}?" if suggestion else "."} Fields are those '
+      'the config file defines (see configs/base.py), e.g. --config.train.num_steps=100.\n')
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

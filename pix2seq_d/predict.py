@@ -4,7 +4,10 @@
       --config.predict.input=IMAGE_OR_FOLDER --config.predict.output=OUT
 
 Writes OUT/panoptic/*.png + OUT/panoptic.json (COCO panoptic format, the categories of the run's
-dataset) and OUT/overlays/*.png (the prediction coloured over the image).
+dataset) and OUT/overlays/*.png (the prediction coloured over the image). Outputs are named by the
+input's stem, so two inputs with one stem (a.png, a.jpg) are refused before anything runs. An
+image that cannot be read is skipped with a warning, and the others are all written; the run
+fails only when no image could be read.
 """
 
 import json
@@ -16,7 +19,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from pix2seq_d import checkpoints, sharding
+from pix2seq_d import checkpoints, config_checks, sharding
 from pix2seq_d.evaluation import coco_format, pq, visualize
 from pix2seq_d.models import layers
 from pix2seq_d.tasks import panoptic
@@ -41,7 +44,12 @@ def read_categories(workdir: str) -> list[dict]:
 
 
 def list_images(input_path: str) -> list[str]:
-  """An image file, or the images of a folder (sorted)."""
+  """An image file, or the images of a folder (sorted).
+
+  Raises:
+    ValueError: two images of the folder share a stem (their outputs would overwrite each other).
+    FileNotFoundError: no such file, or a folder without images.
+  """
   if not input_path:
     raise ValueError('--mode=predict needs --config.predict.input=IMAGE_OR_FOLDER.')
   if os.path.isdir(input_path):
@@ -49,10 +57,22 @@ def list_images(input_path: str) -> list[str]:
                    if name.lower().endswith(IMAGE_SUFFIXES))
     if not paths:
       raise FileNotFoundError(f'config.predict.input={input_path} holds no {IMAGE_SUFFIXES} files.')
+    by_stem = {}
+    for path in paths:
+      by_stem.setdefault(_stem(path), []).append(os.path.basename(path))
+    clashes = {stem: names for stem, names in by_stem.items() if len(names) > 1}
+    if clashes:
+      raise ValueError(
+        f'config.predict.input={input_path}: outputs are named by the file stem, and these '
+        f'images share one: {clashes}. Rename or move all but one of each.')
     return paths
   if not os.path.isfile(input_path):
     raise FileNotFoundError(f'config.predict.input={input_path} does not exist.')
   return [input_path]
+
+
+def _stem(path: str) -> str:
+  return os.path.splitext(os.path.basename(path))[0]
 
 
 def load_image(path: str, image_size: tuple[int, int], pad_value: float):
@@ -64,7 +84,7 @@ def load_image(path: str, image_size: tuple[int, int], pad_value: float):
   try:
     with Image.open(path) as img:
       original = np.asarray(img.convert('RGB'))
-  except OSError as e:
+  except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for corrupt files
     raise ValueError(f'{path}: cannot be read as an image ({e}).') from e
   height, width = original.shape[:2]
   scale = min(image_size[0] / height, image_size[1] / width)
@@ -82,6 +102,7 @@ def run(config, workdir: str) -> str:
     raise ValueError('--mode=predict needs --config.predict.output=DIR.')
   paths = list_images(config.predict.input)
   categories = read_categories(workdir)
+  config_checks.fit_num_classes(config, categories, str(epath.Path(workdir) / CATEGORIES_FILE))
   mesh = sharding.make_mesh(config.mesh)
   state, state_shardings, _, eval_graphdef, _ = sharding.build_train_state(config, mesh)
   abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
@@ -96,27 +117,42 @@ def run(config, workdir: str) -> str:
   is_thing = panoptic.is_thing_table(categories)
   batch_size = mesh.shape['data'] * mesh.shape['fsdp']
   annotations = []
+  skipped = []
   os.makedirs(os.path.join(output, 'overlays'), exist_ok=True)
   for start in range(0, len(paths), batch_size):
-    chunk = paths[start:start + batch_size]
-    loaded = [load_image(p, image_size, config.data.image_pad_value) for p in chunk]
+    chunk, loaded = [], []  # (image id, path) and load_image's result of the readable images
+    for index in range(start, min(start + batch_size, len(paths))):
+      path = paths[index]
+      try:
+        loaded.append(load_image(path, image_size, config.data.image_pad_value))
+        chunk.append((index, path))
+      except ValueError as error:
+        logging.warning('Skipping %s', error)
+        skipped.append(path)
+    if not chunk:
+      continue
     images = np.stack([x[0] for x in loaded] + [loaded[0][0]] * (batch_size - len(chunk)))
     global_images = sharding.make_global_batch({'image': images}, mesh)['image']
     pred = np.asarray(predict_fn(state.ema_params, state.ema_model_state, global_images,
                                  jax.random.key(config.seed + start)))
-    for i, (path, (_, original, unpadded)) in enumerate(zip(chunk, loaded, strict=True)):
+    for i, ((index, path), (_, original, unpadded)) in enumerate(zip(chunk, loaded, strict=True)):
       semantic, instance = panoptic.postprocess(
         pred[i], image_size, unpadded, original.shape[:2], num_classes=config.model.num_classes,
         max_instances=config.model.max_instances, min_pixels=config.eval.min_pixels,
         is_thing=is_thing)
       ids, segments = pq.segments_from_semantic_instance(semantic, instance, categories)
-      stem = os.path.splitext(os.path.basename(path))[0]
-      annotations.append((start + i, stem, ids, segments))
+      annotations.append((index, _stem(path), ids, segments))
       coloured = visualize.colorize_panoptic(semantic, instance, categories)
       Image.fromarray(visualize.overlay(original, coloured)).save(
-        os.path.join(output, 'overlays', stem + '.png'))
-  json_path = coco_format.write_panoptic_predictions(output, annotations, categories)
-  logging.info('Predicted %d images with the EMA weights of step %d: %s', len(paths), step,
-               json_path)
+        os.path.join(output, 'overlays', _stem(path) + '.png'))
   manager.close()
+  if not annotations:
+    raise ValueError(f'config.predict.input={config.predict.input}: none of the {len(paths)} '
+                     'images could be read (see the warnings above).')
+  json_path = coco_format.write_panoptic_predictions(output, annotations, categories)
+  logging.info('Predicted %d images with the EMA weights of step %d: %s', len(annotations), step,
+               json_path)
+  if skipped:
+    logging.warning('%d of %d images could not be read and have no prediction: %s',
+                    len(skipped), len(paths), skipped)
   return json_path

@@ -13,23 +13,11 @@ from clu import metric_writers, periodic_actions
 from etils import epath
 
 from pix2seq_d import checkpoints, evaluate, predict, sharding, stream_positions, workdir_lock
-from pix2seq_d.data import pipeline
+from pix2seq_d.data import pipeline, registry
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the message names the step."""
-
-
-def _check_dataset(config, info: pipeline.DatasetInfo) -> None:
-  if info.num_classes != config.model.num_classes:
-    raise ValueError(
-      f'config.model.num_classes={config.model.num_classes} but dataset {config.data.name!r} '
-      f'has {len(info.categories)} categories + void = {info.num_classes}; set '
-      f'--config.model.num_classes={info.num_classes}.')
-  if info.is_video != (config.task == 'video_panoptic'):
-    raise ValueError(
-      f'config.task={config.task!r} does not fit dataset {config.data.name!r} '
-      f'({"video" if info.is_video else "images"}).')
 
 
 def _first_non_finite(pending: list[tuple[int, jax.Array]]) -> tuple[list[float], int | None]:
@@ -123,8 +111,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   # ------------------------------------------------------------------ mesh and data
   mesh = sharding.make_mesh(config.mesh)
   logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
-  info = pipeline.dataset_info(config)
-  _check_dataset(config, info)
+  source = registry.get_source(config)
+  info = pipeline.dataset_info(config, source)  # also sets config.model.num_classes if it is 0
   if info.is_video and mode != 'train':
     raise NotImplementedError(
       f'--mode={mode}: evaluating video models (streaming sampling, DAVIS J&F) is not part of '
@@ -162,7 +150,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     return evaluate.evaluate(
       config, predict_fn=predict_fn, params=state.ema_params,
       model_state=state.ema_model_state, mesh=mesh, categories=info.categories,
-      eval_iterator=pipeline.make_eval_iterator(config), step=step, workdir=workdir,
+      eval_iterator=pipeline.make_eval_iterator(config, source=source), step=step, workdir=workdir,
       writer=writer)
 
   if mode == 'eval':
@@ -176,7 +164,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   # ------------------------------------------------------------------------ loop
   train_step = sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
   train_iter = pipeline.make_train_iterator(
-    config, start_position=_resume_position(config, workdir, start_step))
+    config, source=source, start_position=_resume_position(config, workdir, start_step))
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.train.log_every)

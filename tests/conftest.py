@@ -1,5 +1,7 @@
 """Shared pytest markers and fixtures (tiny embedded datasets prepared once per session)."""
 
+import os
+
 import pytest
 
 
@@ -16,6 +18,12 @@ def shapes_data_dir(tmp_path_factory) -> str:
   for name in ('shapes/tiny', 'shapes_video/tiny'):
     shapes.make_builder(name, data_dir).download_and_prepare()
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def jax_cache(tmp_path_factory) -> str:
+  """The persistent compilation cache the test processes share (processes.py)."""
+  return os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(tmp_path_factory.mktemp('jax_cache'))
 
 
 @pytest.fixture

@@ -73,3 +73,25 @@ def test_main_refuses_before_building_anything(tmp_path):
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()  # nothing written
   print(f'refused in {time.time() - start:.1f} s')
+
+
+def test_num_classes_zero_is_derived_in_every_mode_that_reads_the_data():
+  config = shapes.get_config()
+  config.model.num_classes = 0
+  for mode in ('train', 'eval', 'train_and_eval', 'predict'):
+    config_checks.check_config(config, mode)
+  with pytest.raises(ValueError, match='config.model.num_classes=0: --mode=summary'):
+    config_checks.check_config(config, 'summary')
+  categories = [{'id': i, 'name': str(i), 'isthing': 1} for i in range(7)]
+  config_checks.fit_num_classes(config, categories, 'my data')
+  assert config.model.num_classes == 8
+  config_checks.fit_num_classes(config, categories, 'my data')  # the same count again: fine
+  with pytest.raises(ValueError, match=r'config.model.num_classes=8: my data has 6 categories'):
+    config_checks.fit_num_classes(config, categories[:6], 'my data')
+
+
+def test_negative_skip_limit_is_named():
+  config = shapes.get_config()
+  config.data.max_skips_in_a_row = -1
+  with pytest.raises(ValueError, match='config.data.max_skips_in_a_row=-1'):
+    config_checks.check_config(config, 'train')

@@ -311,8 +311,21 @@ def test_bad_configs_give_clear_errors(shapes_config):
     pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
   video = shapes_config('video')
   video.task = 'panoptic'
-  with pytest.raises(ValueError, match="config.task = 'panoptic'"):
+  with pytest.raises(ValueError, match="config.task='panoptic'"):
     pipeline.make_train_iterator(video, process_index=0, process_count=1)
-  config.model.num_classes = 4
-  with pytest.raises(ValueError, match='config.model.num_classes = 4'):
-    pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  # One rule for the class count, whichever function meets the config first: exactly the
+  # dataset's categories + void (fewer breaks the labels, more wastes an output per pixel).
+  for wrong in (4, 8):
+    config.model.num_classes = wrong
+    for check in (pipeline.dataset_info,
+                  lambda c: pipeline.make_train_iterator(c, process_index=0, process_count=1),
+                  lambda c: pipeline.make_eval_iterator(c, process_index=0, process_count=1)):
+      with pytest.raises(ValueError, match=f'config.model.num_classes={wrong}.*=6'):
+        check(config)
+
+
+def test_num_classes_zero_is_taken_from_the_dataset(shapes_config):
+  config = shapes_config()
+  config.model.num_classes = 0
+  info = pipeline.dataset_info(config)
+  assert config.model.num_classes == info.num_classes == 6

@@ -494,6 +494,58 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
   assert not os.path.exists(tmp_path / 'results.json')
 
 
+def test_cli_bad_files_give_an_error_line_not_a_traceback(tmp_path, capsys):
+  _, _, (pred_json, pred_folder) = _write_sample_predictions(tmp_path)
+  base = ['--gt_json', GT_JSON, '--gt_folder', GT_FOLDER, '--pred_folder', pred_folder]
+  with open(pred_json) as f:
+    data = json.load(f)
+  path = str(tmp_path / 'edited.json')
+
+  # Invalid JSON: the file and the position are named.
+  with open(path, 'w') as f:
+    f.write(json.dumps(data)[:-7])
+  err = _cli_error(capsys, base + ['--pred_json', path])
+  assert err.startswith('error: ') and path in err and 'not valid JSON' in err and 'line 1' in err
+  assert 'Traceback' not in err
+
+  # A JSON without 'annotations', and an annotation without 'segments_info'.
+  with open(path, 'w') as f:
+    json.dump({'categories': data['categories']}, f)
+  err = _cli_error(capsys, base + ['--pred_json', path])
+  assert path in err and "['annotations']" in err
+  broken = copy.deepcopy(data)
+  del broken['annotations'][1]['segments_info']
+  with open(path, 'w') as f:
+    json.dump(broken, f)
+  err = _cli_error(capsys, base + ['--pred_json', path])
+  assert path in err and "['segments_info']" in err
+
+  # A corrupt PNG (in a worker process too).
+  png = os.path.join(pred_folder, data['annotations'][1]['file_name'])
+  with open(png, 'r+b') as f:
+    f.truncate(100)
+  for workers in ('1', '2'):
+    err = _cli_error(capsys, base + ['--pred_json', pred_json, '--num_workers', workers])
+    assert png in err and 'cannot be decoded' in err and 'Traceback' not in err
+
+
+def test_predictions_for_unknown_images_are_counted_in_a_warning(tmp_path, caplog):
+  _, _, (pred_json, pred_folder) = _write_sample_predictions(tmp_path)
+  with open(pred_json) as f:
+    data = json.load(f)
+  extra = copy.deepcopy(data['annotations'][0])
+  ids = [10**9 + 1, 10**9 + 2]
+  data['annotations'] += [dict(extra, image_id=i) for i in ids]
+  with open(pred_json, 'w') as f:
+    json.dump(data, f)
+  with caplog.at_level('WARNING'):
+    results = pq.pq_compute(GT_JSON, pred_json, GT_FOLDER, pred_folder)
+  assert results['All']['pq'] == pytest.approx(1.0)
+  message = caplog.text
+  assert '2 predictions are for images absent from the ground truth' in message
+  assert all(str(i) in message for i in ids)
+
+
 def test_cli_prints_table_and_writes_results(tmp_path, capsys):
   _, _, (pred_json, pred_folder) = _write_sample_predictions(tmp_path)
   output = str(tmp_path / 'out' / 'results.json')

@@ -6,45 +6,14 @@ persistent compilation cache so that later runs reuse the first run's compiled s
 
 import json
 import os
+import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def jax_cache(tmp_path_factory):
-  return os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(tmp_path_factory.mktemp('jax_cache'))
-
-
-def _command(workdir, data_dir, *overrides, mode='train_and_eval', config='configs/shapes.py:tiny'):
-  return [
-    sys.executable, '-m', 'pix2seq_d.main', f'--config={config}', f'--workdir={workdir}',
-    f'--mode={mode}', '--config.data.name=shapes/tiny', f'--config.data.data_dir={data_dir}',
-    '--config.data.shuffle_buffer=16', '--config.data.num_parallel_calls=1',
-    '--config.train.batch_size=4', '--config.eval.batch_size=4', '--config.eval.num_examples=4',
-    '--config.diffusion.steps=2', '--config.train.log_every=2', '--config.train.warmup_steps=2',
-    '--config.train.image_summary_every=4', *overrides]
-
-
-def _env(jax_cache):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  env['JAX_COMPILATION_CACHE_DIR'] = jax_cache
-  env['PYTHON'] = sys.executable
-  return env
-
-
-def _run(cmd, jax_cache, timeout=600):
-  proc = subprocess.run(cmd, cwd=ROOT, env=_env(jax_cache), capture_output=True, text=True,
-                        timeout=timeout)
-  return proc.returncode, proc.stdout + proc.stderr
+from processes import ROOT, main_command, run, start
 
 
 def _event_files(workdir):
@@ -73,7 +42,7 @@ def _checkpoint_steps(workdir):
 @pytest.mark.slow
 def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, jax_cache):
   workdir = tmp_path / 'run'
-  code, log = _run(_command(workdir, shapes_data_dir, '--config.train.num_steps=6',
+  code, log = run(main_command(workdir, shapes_data_dir, '--config.train.num_steps=6',
                             '--config.train.checkpoint_every=3'), jax_cache)
   assert code == 0, log[-3000:]
   results = json.loads((workdir / 'eval_results.json').read_text())
@@ -90,7 +59,7 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   assert json.loads((positions / '6' / '0_of_1.json').read_text()) == {'position': 24}
 
   # The same command with more steps resumes from step 6, continues the curve and the stream.
-  code, log = _run(_command(workdir, shapes_data_dir, '--config.train.num_steps=8',
+  code, log = run(main_command(workdir, shapes_data_dir, '--config.train.num_steps=8',
                             '--config.train.checkpoint_every=3'), jax_cache)
   assert code == 0, log[-3000:]
   assert 'Resumed from the checkpoint of step 6' in log
@@ -104,20 +73,17 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   rng = np.random.default_rng()
   for name, size in (('a', (48, 64)), ('b', (70, 50))):
     Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(inputs / f'{name}.png')
+  (inputs / 'broken.jpg').write_bytes(b'\xff\xd8 not really a JPEG')
   out = tmp_path / 'predictions'
-  code, log = _run(_command(workdir, shapes_data_dir, f'--config.predict.input={inputs}',
+  code, log = run(main_command(workdir, shapes_data_dir, f'--config.predict.input={inputs}',
                             f'--config.predict.output={out}', mode='predict'), jax_cache)
   assert code == 0, log[-3000:]
+  # One unreadable image is skipped and reported; every readable one is written.
+  assert '1 of 3 images could not be read' in log and str(inputs / 'broken.jpg') in log
   predictions = json.loads((out / 'panoptic.json').read_text())
   assert sorted(a['file_name'] for a in predictions['annotations']) == ['a.png', 'b.png']
   assert Image.open(out / 'panoptic' / 'b.png').size == (50, 70)
   assert Image.open(out / 'overlays' / 'a.png').size == (64, 48)
-
-
-def _start(cmd, jax_cache):
-  """The command as a background process whose output (stdout and stderr) is kept."""
-  return subprocess.Popen(cmd, cwd=ROOT, env=_env(jax_cache), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
 
 
 def _wait_for_checkpoint(workdir, proc, deadline):
@@ -133,9 +99,9 @@ def _wait_for_checkpoint(workdir, proc, deadline):
 @pytest.mark.slow
 def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_cache):
   workdir = tmp_path / 'run'
-  long_run = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
+  long_run = main_command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
                       '--config.train.checkpoint_every=4', mode='train')
-  proc = _start(long_run, jax_cache)
+  proc = start(long_run, jax_cache)
   try:
     _wait_for_checkpoint(workdir, proc, time.time() + 400)
     time.sleep(2.0)
@@ -147,10 +113,10 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
 
   # SIGTERM: the resumed run saves the step it is at before exiting, although it is not a
   # multiple of checkpoint_every (1000).
-  resumed = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
+  resumed = main_command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
                      '--config.train.checkpoint_every=1000', mode='train')
   old_files = _event_files(workdir)
-  proc = _start(resumed, jax_cache)
+  proc = start(resumed, jax_cache)
   try:
     # Wait until the resumed run has logged twice (in its own event file).
     deadline = time.time() + 400
@@ -177,23 +143,27 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
 
 
 def test_unknown_config_field_is_named(tmp_path, shapes_data_dir, jax_cache):
-  code, log = _run(_command(tmp_path, shapes_data_dir, '--config.train.num_stepz=3'), jax_cache)
-  assert code != 0 and 'num_stepz' in log
+  code, log = run(main_command(tmp_path, shapes_data_dir, '--config.train.num_stepz=3'), jax_cache)
+  assert code != 0 and "--config.train.num_stepz: the config has no field 'num_stepz'" in log
+  assert "did you mean 'num_steps'?" in log
+  code, log = run(main_command(tmp_path, shapes_data_dir, '--config.train.bogus=1'), jax_cache)
+  assert code != 0 and "--config.train.bogus: the config has no field 'bogus'." in log
+  assert 'Traceback' not in log and len(log.strip().splitlines()) == 1, log
 
 
 def test_unwritable_workdir_is_named(tmp_path, shapes_data_dir, jax_cache):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a folder')
-  code, log = _run(_command(blocker / 'run', shapes_data_dir), jax_cache)
+  code, log = run(main_command(blocker / 'run', shapes_data_dir), jax_cache)
   assert code != 0 and f'--workdir={blocker / "run"} cannot be written' in log
 
 
 @pytest.mark.slow
 def test_checkpoint_of_another_model_shape_is_refused(tmp_path, shapes_data_dir, jax_cache):
   common = ('--config.train.num_steps=2', '--config.train.checkpoint_every=2')
-  code, log = _run(_command(tmp_path, shapes_data_dir, *common, mode='train'), jax_cache)
+  code, log = run(main_command(tmp_path, shapes_data_dir, *common, mode='train'), jax_cache)
   assert code == 0, log[-3000:]
-  code, log = _run(_command(tmp_path, shapes_data_dir, *common,
+  code, log = run(main_command(tmp_path, shapes_data_dir, *common,
                             '--config.model.denoiser.dim=24', mode='train'), jax_cache)
   assert code != 0
   assert 'denoiser' in log and 'shape' in log, log[-3000:]
@@ -204,9 +174,9 @@ def test_two_processes_train_and_evaluate_in_lockstep(tmp_path, shapes_data_dir,
   """launch/local_multiprocess.sh: 2 processes joined by jax.distributed over localhost."""
   workdir = tmp_path / 'run'
   cmd = ['bash', os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), '2',
-         *_command(workdir, shapes_data_dir, '--config.train.num_steps=2',
+         *main_command(workdir, shapes_data_dir, '--config.train.num_steps=2',
                    '--config.train.checkpoint_every=2', '--config.eval.num_examples=6')[3:]]
-  code, log = _run(cmd, jax_cache, timeout=900)
+  code, log = run(cmd, jax_cache, timeout=900)
   assert code == 0, log[-4000:]
   results = json.loads((workdir / 'eval_results.json').read_text())
   # 6 examples over 2 processes and global batches of 4: every example counted exactly once.
@@ -219,16 +189,16 @@ def test_failed_checkpoint_write_ends_the_process(tmp_path, shapes_data_dir, jax
   """checkpoints/ turned into a file mid-run: orbax's write fails in its background threads,
   which used to keep the process alive, idle, forever. It must exit non-zero, promptly."""
   workdir = tmp_path / 'run'
-  cmd = _command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
+  cmd = main_command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
                  '--config.train.checkpoint_every=20', mode='train')
-  proc = _start(cmd, jax_cache)
+  proc = start(cmd, jax_cache)
   try:
     checkpoints = workdir / 'checkpoints'
     deadline = time.time() + 300
     while not checkpoints.is_dir() and proc.poll() is None and time.time() < deadline:
       time.sleep(0.5)
     assert checkpoints.is_dir(), 'the run never created its checkpoints folder'
-    subprocess.run(['rm', '-rf', str(checkpoints)], check=True)
+    shutil.rmtree(checkpoints)
     checkpoints.write_text('not a folder')
     broken_at = time.time()
     log, _ = proc.communicate(timeout=300)
@@ -242,7 +212,7 @@ def test_failed_checkpoint_write_ends_the_process(tmp_path, shapes_data_dir, jax
 def test_eval_of_an_empty_workdir_names_it_and_writes_nothing(tmp_path, shapes_data_dir,
                                                              jax_cache):
   workdir = tmp_path / 'empty'
-  code, log = _run(_command(workdir, shapes_data_dir, mode='eval'), jax_cache)
+  code, log = run(main_command(workdir, shapes_data_dir, mode='eval'), jax_cache)
   assert code == 1
   assert f'--mode=eval: no checkpoint in {workdir}; train first.' in log
   assert log.count('Traceback') <= 1, log[-3000:]

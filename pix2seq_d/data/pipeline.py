@@ -19,7 +19,9 @@ Training batches ('image' float32 (B, H, W, 3) in [0, 1], 'label' int32 (B, Hm, 
   max_instances - 1, the largest (at mask size, after augmentation) are kept and the rest become
   void (0, 0); the iterator counts them in `dropped_segments` and logs a warning.
 - Examples whose 'error' is not '' are skipped and counted in `skipped` (a warning logs the
-  message each time one is met, so once per epoch); evaluation raises ValueError instead.
+  message each time one is met, so once per epoch); evaluation raises ValueError instead. When
+  config.data.max_skips_in_a_row examples are skipped without a batch being handed out (every
+  example broken, or nearly), the iterator raises TooManyBrokenExamplesError naming the last one.
 - Video (config.task == 'video_panoptic'): windows of config.data.video_window frames, the last is
   the target; 'cond_label' (B, Hm, Wm, 2 * num_cond_frames) = [sem_{t-2}, inst_{t-2}, sem_{t-1},
   inst_{t-1}] share the target's spatial augmentation and instance permutation, and each is
@@ -44,6 +46,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from pix2seq_d import config_checks
 from pix2seq_d.data import augment, registry
 
 # Independent random streams derived from config.seed (the values only tell them apart).
@@ -76,21 +79,52 @@ class DatasetInfo:
   num_eval: int
 
 
-class PipelineStats:
-  """Thread-safe counters the tf.data workers update through tf.py_function."""
+class TooManyBrokenExamplesError(ValueError):
+  """Training met config.data.max_skips_in_a_row broken examples without making a batch."""
 
-  def __init__(self):
+
+class PipelineStats:
+  """Thread-safe counters the tf.data workers update through tf.py_function.
+
+  Args:
+    max_skips_in_a_row: skipped examples allowed between two batches handed out (0 = no limit).
+  """
+
+  def __init__(self, max_skips_in_a_row: int = 0):
     self._lock = threading.Lock()
+    self._max_skips_in_a_row = max_skips_in_a_row
     self.skipped = 0
+    self.skipped_since_batch = 0
     self.dropped_segments = 0
+    self.failure: str | None = None
 
   def record_skip(self, error, example_id) -> np.bool_:
-    """Counts and logs a skipped example; returns False (the filter's verdict)."""
+    """Counts and logs a skipped example; returns False (the filter's verdict).
+
+    Raises:
+      TooManyBrokenExamplesError: (in the tf.data worker; `DataIterator` re-raises it) the
+        limit of skips in a row is reached.
+    """
     message = error.numpy().decode('utf-8', 'replace')
+    example_id = int(example_id.numpy())
+    limit = self._max_skips_in_a_row
     with self._lock:
       self.skipped += 1
-    logging.warning('Skipping training example %d: %s', int(example_id.numpy()), message)
+      self.skipped_since_batch += 1
+      if limit and self.skipped_since_batch >= limit and self.failure is None:
+        self.failure = (
+            f'{limit} training examples in a row are broken (config.data.max_skips_in_a_row='
+            f'{limit}), so the data cannot make batches; fix the data. The last one, example '
+            f'{example_id}: {message}')
+    if self.failure is not None:
+      raise TooManyBrokenExamplesError(self.failure)
+    logging.warning('Skipping training example %d: %s', example_id, message)
     return np.bool_(False)
+
+  def record_batch(self) -> None:
+    """A batch was handed out: the count of skips in a row starts again."""
+    with self._lock:
+      self.skipped_since_batch = 0
 
   def record_dropped(self, count, example_id) -> np.int32:
     """Counts and logs segments made void because max_instances was exceeded; returns count."""
@@ -134,7 +168,13 @@ class DataIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iterator)
+    try:
+      batch = next(self._iterator)
+    except tf.errors.OpError:
+      if self._stats.failure is not None:  # raised in a tf.data worker; say it plainly here.
+        raise TooManyBrokenExamplesError(self._stats.failure) from None
+      raise
+    self._stats.record_batch()
     if POSITION_KEY in batch:
       self.position = int(np.max(batch.pop(POSITION_KEY))) + 1
     if 'error' in batch:
@@ -265,16 +305,36 @@ def _read(
   return dataset, finish
 
 
-def _check_config(config, source: registry.Source, want_video: bool | None = None) -> None:
-  """Raises ValueError when config.model / config.task do not fit the source."""
-  num_classes = len(source.categories) + 1
-  if num_classes > config.model.num_classes:
-    raise ValueError(f'Dataset {source.name!r} has {num_classes} semantic ids (incl. void) but '
-                     f'config.model.num_classes = {config.model.num_classes}.')
+def check_source(config, source: registry.Source) -> None:
+  """Raises ValueError naming the config field that does not fit the dataset.
+
+  The rules, checked before anything is built or trained:
+  - config.model.num_classes == len(categories) + 1; 0 takes it from the dataset (the config is
+    updated; `config_checks.fit_num_classes`);
+  - config.task is 'video_panoptic' exactly for video datasets;
+  - config.data.eval_orig_size holds the largest image of the eval split, where the source knows
+    the sizes (`Source.max_image_size`).
+  """
+  config_checks.fit_num_classes(config, source.categories, f'dataset {source.name!r}')
   is_video_task = config.task == 'video_panoptic'
   if source.is_video != is_video_task:
-    raise ValueError(f'config.task = {config.task!r} does not fit config.data.name = '
+    raise ValueError(f'config.task={config.task!r} does not fit config.data.name='
                      f'{source.name!r} (a {"video" if source.is_video else "image"} dataset).')
+  eval_split = source.split(config.data.eval_split)
+  if eval_split in source.max_image_size:
+    largest = tuple(int(v) for v in source.max_image_size[eval_split])
+    limit = tuple(int(v) for v in config.data.eval_orig_size)
+    if largest[0] > limit[0] or largest[1] > limit[1]:
+      needed = (max(largest[0], limit[0]), max(largest[1], limit[1]))
+      raise ValueError(
+          f'config.data.eval_orig_size={limit} is smaller than the largest image of eval split '
+          f'{eval_split!r} of {source.name!r} ({largest[0]}x{largest[1]}): original-size labels '
+          f'are padded to it for PQ. Set --config.data.eval_orig_size="{needed}".')
+
+
+def _check_config(config, source: registry.Source, want_video: bool | None = None) -> None:
+  """Raises ValueError when the config does not fit the source, or the iterator kind."""
+  check_source(config, source)
   if want_video is not None and want_video != source.is_video:
     other = 'make_video_eval_iterator' if source.is_video else 'make_eval_iterator'
     raise ValueError(f'Dataset {source.name!r} is {"" if source.is_video else "not "}a video '
@@ -330,9 +390,18 @@ def _augment_kwargs(config) -> dict:
 # ------------------------------------------------------------------------------ public API
 
 
-def dataset_info(config) -> DatasetInfo:
-  """Categories, class count and split sizes of config.data (prepares embedded datasets)."""
-  source = registry.get_source(config)
+def dataset_info(config, source: registry.Source | None = None) -> DatasetInfo:
+  """Categories, class count and split sizes of config.data (prepares embedded datasets).
+
+  Args:
+    config: the experiment config.
+    source: the Source to describe instead of registry.get_source(config).
+
+  Raises:
+    ValueError: the config does not fit the dataset (`check_source`).
+  """
+  source = source or registry.get_source(config)
+  check_source(config, source)
   builder = source.builder
   num_eval = num_split_examples(builder, source.split(config.data.eval_split))
   if config.eval.num_examples > 0:
@@ -390,7 +459,7 @@ def make_train_iterator(
                process_index, process_count, size, source.name, split, start_position)
   shuffle_seed = int(_derived_seed(config, process_index, _SHUFFLE_STREAM)[0])
   parallel = config.data.num_parallel_calls
-  stats = PipelineStats()
+  stats = PipelineStats(config.data.max_skips_in_a_row)
   id_key = _id_key(source)
 
   dataset, finish = _read(source, instruction, shuffle_seed)

@@ -41,6 +41,9 @@ class Source:
       on an image feature that `decode` decodes itself); None = TFDS's own decoding.
     split_aliases: config split names -> the builder's split names, so that the COCO defaults
       'train2017' / 'val2017' also select TFDS's 'train' / 'validation'.
+    max_image_size: the builder's split name -> the largest (height, width) of its images, where
+      the source knows it before reading the examples (checked against config.data.eval_orig_size
+      at start); a split absent from it is not checked.
   """
 
   name: str
@@ -50,6 +53,7 @@ class Source:
   is_video: bool
   decoders: Any = None
   split_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  max_image_size: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
   def split(self, name: str) -> str:
     """The builder's name for the config split `name` (a split spec passes through)."""

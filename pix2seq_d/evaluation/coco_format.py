@@ -63,17 +63,72 @@ def id2rgb(ids):
   return [ids & 255, (ids >> 8) & 255, (ids >> 16) & 255]
 
 
+def load_json(path: str, what: str, required: Sequence[str] = ()) -> Any:
+  """Reads a JSON file; errors name the file (and the line and column of a syntax error).
+
+  Args:
+    path: the file.
+    what: what the file is, for messages ('ground truth', 'prediction', ...).
+    required: top-level keys the file must have (it must then be an object).
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    PanopticFormatError: the file is not valid JSON, or lacks a required key.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{what} JSON file {path} does not exist')
+  try:
+    with open(path, encoding='utf-8') as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise PanopticFormatError(
+      f'{what} JSON file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}'
+    ) from None
+  except UnicodeDecodeError as e:
+    raise PanopticFormatError(f'{what} JSON file {path} is not UTF-8 text ({e.reason})') from None
+  if required:
+    if not isinstance(data, dict):
+      raise PanopticFormatError(
+        f'{what} JSON file {path} must hold an object with {list(required)}, '
+        f'not a {type(data).__name__}'
+      )
+    missing = [key for key in required if key not in data]
+    if missing:
+      raise PanopticFormatError(f'{what} JSON file {path} lacks the key(s) {missing}')
+  return data
+
+
+def require_keys(record: Any, keys: Sequence[str], where: str) -> None:
+  """Raises PanopticFormatError naming `where` when `record` is not a dict holding `keys`."""
+  if not isinstance(record, dict):
+    raise PanopticFormatError(f'{where}: expected an object with {list(keys)}, got {record!r:.80}')
+  missing = [key for key in keys if key not in record]
+  if missing:
+    raise PanopticFormatError(f'{where}: {record!r:.120} lacks the key(s) {missing}')
+
+
 def read_panoptic_png(path: str) -> np.ndarray:
-  """Reads a COCO panoptic PNG as an int32 (H, W) map of segment ids."""
+  """Reads a COCO panoptic PNG as an int32 (H, W) map of segment ids.
+
+  Raises:
+    FileNotFoundError: no such file.
+    PanopticFormatError: the file cannot be decoded (corrupt, truncated, not an image) or is not
+      an RGB image; the message names the file.
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'panoptic PNG {path} does not exist')
-  with Image.open(path) as image:
-    if image.mode not in ('RGB', 'RGBA', 'P'):
-      raise PanopticFormatError(
-        f'{path}: a panoptic PNG must be RGB (id = R + 256 G + 256^2 B), got mode {image.mode}'
-      )
-    # RGBA bytes read as little-endian int32 are R + 256 G + 256^2 B + 256^3 A: one C-speed pass.
-    rgba = np.asarray(image.convert('RGBA'))
+  try:
+    with Image.open(path) as image:
+      if image.mode not in ('RGB', 'RGBA', 'P'):
+        raise PanopticFormatError(
+          f'{path}: a panoptic PNG must be RGB (id = R + 256 G + 256^2 B), got mode {image.mode}'
+        )
+      # RGBA bytes read as little-endian int32 are R + 256 G + 256^2 B + 256^3 A: one C pass.
+      rgba = np.asarray(image.convert('RGBA'))
+  except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for corrupt or truncated files.
+    if isinstance(e, PanopticFormatError):
+      raise
+    raise PanopticFormatError(f'{path}: cannot be decoded as a PNG ({e})') from None
   return (rgba.view('<i4')[..., 0] & MAX_SEGMENT_ID).astype(np.int32, copy=False)
 
 
@@ -310,12 +365,12 @@ def load_panoptic(
   Yields:
     (image_id, ids int32 (H, W), segments_info list) per annotation, in the JSON's order.
   """
-  with open(json_path) as f:
-    data = json.load(f)
+  data = load_json(json_path, 'panoptic', required=('annotations',))
   if folder is None:
     folder = json_path[: -len('.json')] if json_path.endswith('.json') else json_path
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'folder {folder} with panoptic PNGs does not exist')
   for annotation in data['annotations']:
+    require_keys(annotation, ('image_id', 'file_name', 'segments_info'), f'{json_path} annotation')
     path = os.path.join(folder, annotation['file_name'])
     yield annotation['image_id'], read_panoptic_png(path), annotation['segments_info']

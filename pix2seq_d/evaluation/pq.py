@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -41,7 +42,9 @@ from pix2seq_d.evaluation.coco_format import (
   MAX_SEGMENT_ID,
   PanopticFormatError,
   check_segment_ids,
+  load_json,
   read_panoptic_png,
+  require_keys,
   segment_index,
 )
 
@@ -52,6 +55,8 @@ OFFSET = 256 * 256 * 256  # panopticapi's key: gt_id * OFFSET + pred_id.
 TP, FP, FN, IOU = 0, 1, 2, 3
 
 _GROUPS = (('All', None), ('Things', True), ('Stuff', False))
+
+_log = logging.getLogger(__name__)
 
 
 class PQAccumulator:
@@ -119,6 +124,9 @@ class PQAccumulator:
       raise PanopticFormatError(
         f'{where} the gt map has shape {gt_ids.shape} and the predicted map {pred_ids.shape}'
       )
+    for segments, what in ((gt_segments, 'gt segment'), (pred_segments, 'predicted segment')):
+      for segment in segments:
+        require_keys(segment, ('id', 'category_id'), f'{where}, {what}')
     num_gt, num_pred = len(gt_segments), len(pred_segments)
     gt_seg_ids = np.array([int(s['id']) for s in gt_segments], np.int64)
     pred_seg_ids = np.array([int(s['id']) for s in pred_segments], np.int64)
@@ -404,13 +412,6 @@ def _evaluate_chunk(args) -> np.ndarray:
   return accumulator.state()
 
 
-def _load_json(path: str, what: str) -> dict:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{what} JSON file {path} does not exist')
-  with open(path) as f:
-    return json.load(f)
-
-
 def pq_compute(
   gt_json_file: str,
   pred_json_file: str,
@@ -423,8 +424,8 @@ def pq_compute(
   Folders default to the JSON path without '.json'. num_workers: processes reading and evaluating
   PNGs; default: up to one per CPU core, one per 32 images at least, 1 = in this process.
   """
-  gt_json = _load_json(gt_json_file, 'ground truth')
-  pred_json = _load_json(pred_json_file, 'prediction')
+  gt_json = load_json(gt_json_file, 'ground truth', required=('annotations', 'categories'))
+  pred_json = load_json(pred_json_file, 'prediction', required=('annotations',))
   if gt_folder is None:
     gt_folder = gt_json_file.replace('.json', '')
   if pred_folder is None:
@@ -435,6 +436,10 @@ def pq_compute(
     raise FileNotFoundError(f"Folder {pred_folder} with predicted segmentations doesn't exist")
   categories = gt_json['categories']
 
+  annotation_keys = ('image_id', 'file_name', 'segments_info')
+  for path, data in ((gt_json_file, gt_json), (pred_json_file, pred_json)):
+    for annotation in data['annotations']:
+      require_keys(annotation, annotation_keys, f'{path} annotation')
   pred_annotations = {a['image_id']: a for a in pred_json['annotations']}
   pairs = []
   for gt_annotation in gt_json['annotations']:
@@ -442,6 +447,13 @@ def pq_compute(
     if image_id not in pred_annotations:
       raise PanopticFormatError(f'no prediction for the image with id: {image_id}')
     pairs.append((gt_annotation, pred_annotations[image_id]))
+  gt_image_ids = {a['image_id'] for a in gt_json['annotations']}
+  extra = sorted((i for i in pred_annotations if i not in gt_image_ids), key=str)
+  if extra:
+    _log.warning(
+      '%s: %d predictions are for images absent from the ground truth %s and are ignored '
+      '(image ids %s%s).', pred_json_file, len(extra), gt_json_file, extra[:5],
+      ', ...' if len(extra) > 5 else '')
   missing = [
     os.path.join(folder, annotation['file_name'])
     for pair in pairs
@@ -535,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = pq_compute(
       args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, args.num_workers
     )
-    categories = _load_json(args.gt_json, 'ground truth')['categories'] if args.per_class else None
+    categories = load_json(args.gt_json, 'ground truth')['categories'] if args.per_class else None
   except (PanopticFormatError, FileNotFoundError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1

@@ -56,8 +56,11 @@ def encoder_stride(model_config) -> int:
   return 4 * 2 ** (len(model_config.resnet.stage_sizes) - 1)
 
 
-def validate_model_config(model_config) -> None:
-  """Raises ValueError naming the config field when the sizes cannot build a model."""
+def validate_model_config(model_config, num_classes_from_data: bool = False) -> None:
+  """Raises ValueError naming the config field when the sizes cannot build a model.
+
+  num_classes_from_data: accept num_classes = 0 (set from the dataset before the model is built).
+  """
   m = model_config
   image_h, image_w = layers.static_tuple(m.image_size)
   mask_h, mask_w = layers.static_tuple(m.mask_size)
@@ -68,6 +71,8 @@ def validate_model_config(model_config) -> None:
   capacity = 2**bits.BITS_PER_CHANNEL
   for field in ('num_classes', 'max_instances'):
     value = m[field]
+    if field == 'num_classes' and num_classes_from_data and value == 0:
+      continue
     if not 1 < value <= capacity:
       raise ValueError(
         f'config.model.{field}={value} does not fit the {bits.BITS_PER_CHANNEL}-bit channel: '

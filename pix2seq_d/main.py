@@ -82,8 +82,9 @@ def main(argv) -> None:
 
   try:
     config_checks.check_config(config, FLAGS.mode)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from None
+  except ValueError as error:  # the message names the field: no usage text, no traceback.
+    sys.stderr.write(f'error: {error}\n')
+    sys.exit(1)
   if FLAGS.mode == 'summary':
     from pix2seq_d import summary
 

@@ -142,22 +142,6 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
   assert len(steps) == len(set(steps)), steps
 
 
-def test_unknown_config_field_is_named(tmp_path, shapes_data_dir, jax_cache):
-  code, log = run(main_command(tmp_path, shapes_data_dir, '--config.train.num_stepz=3'), jax_cache)
-  assert code != 0 and "--config.train.num_stepz: the config has no field 'num_stepz'" in log
-  assert "did you mean 'num_steps'?" in log
-  code, log = run(main_command(tmp_path, shapes_data_dir, '--config.train.bogus=1'), jax_cache)
-  assert code != 0 and "--config.train.bogus: the config has no field 'bogus'." in log
-  assert 'Traceback' not in log and len(log.strip().splitlines()) == 1, log
-
-
-def test_unwritable_workdir_is_named(tmp_path, shapes_data_dir, jax_cache):
-  blocker = tmp_path / 'a_file'
-  blocker.write_text('not a folder')
-  code, log = run(main_command(blocker / 'run', shapes_data_dir), jax_cache)
-  assert code != 0 and f'--workdir={blocker / "run"} cannot be written' in log
-
-
 @pytest.mark.slow
 def test_checkpoint_of_another_model_shape_is_refused(tmp_path, shapes_data_dir, jax_cache):
   common = ('--config.train.num_steps=2', '--config.train.checkpoint_every=2')

@@ -319,7 +319,7 @@ def check_source(config, source: registry.Source) -> None:
   is_video_task = config.task == 'video_panoptic'
   if source.is_video != is_video_task:
     raise ValueError(f'config.task={config.task!r} does not fit config.data.name='
-                     f'{source.name!r} (a {"video" if source.is_video else "image"} dataset).')
+                     f'{source.name!r} ({"a video" if source.is_video else "an image"} dataset).')
   eval_split = source.split(config.data.eval_split)
   if eval_split in source.max_image_size:
     largest = tuple(int(v) for v in source.max_image_size[eval_split])

@@ -82,7 +82,7 @@ def load_json(path: str, what: str, required: Sequence[str] = ()) -> Any:
       data = json.load(f)
   except json.JSONDecodeError as e:
     raise PanopticFormatError(
-      f'{what} JSON file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}'
+      f'{what} JSON file {path} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})'
     ) from None
   except UnicodeDecodeError as e:
     raise PanopticFormatError(f'{what} JSON file {path} is not UTF-8 text ({e.reason})') from None

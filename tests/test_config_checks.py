@@ -1,13 +1,9 @@
 """The config is checked once at start: every error names the field, before anything compiles."""
 
-import os
-
 import pytest
 
 from configs import coco, shapes
 from pix2seq_d import config_checks
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('make', [coco.get_config, lambda: coco.get_config('high_res'),

@@ -80,6 +80,7 @@ def davis_config(root, data_dir):
   config.data.train_split = 'train'
   config.data.eval_split = 'val'
   config.data.data_dir = str(data_dir)
+  config.model.num_classes = 2  # void + DAVIS's one category, 'object'
   return config
 
 

@@ -50,6 +50,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.gn_eps = 1e-5
   model.ln_eps = 1e-6
   model.zero_init_scale = 1e-10  # variance scale of the near-zero output convolutions.
+  # 2-D sin-cos position embeddings (encoder tokens, denoiser bottleneck): row and column indices
+  # are scaled to [0, pos_emb_max] over the grid, as the reference (2 pi, written 6.2831852).
+  model.pos_emb_max = 6.2831852
 
   model.resnet = ml_collections.ConfigDict()
   model.resnet.stage_sizes = (3, 4, 6)  # ResNet-50 block groups 1-3 ("C4").

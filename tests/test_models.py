@@ -54,7 +54,8 @@ def test_transunet_shapes_and_zero_init_output():
     in_features=20, mask_size=(16, 24), dim=8, dim_mults=(1, 2, 2), num_res_blocks=1,
     dropout=0.0, time_scaling=1000.0, time_mlp_mult=4, transformer_layers=1, transformer_dim=16,
     transformer_heads=2, transformer_mlp_ratio=4, transformer_dropout=0.0, context_dim=12,
-    num_groups_out=2, logits_per_group=256, gn=(32, 1e-5), ln_eps=1e-6, zero_init_scale=1e-10,
+    num_groups_out=2, logits_per_group=256, gn=(32, 1e-5), ln_eps=1e-6, pos_emb_max=2 * np.pi,
+    zero_init_scale=1e-10,
     precision=PRECISION, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (3, 16, 24, 20))
   logits = net(x, jnp.array([0.1, 0.5, 0.9]), jnp.ones((3, 6, 12)))
@@ -163,3 +164,72 @@ def test_bad_config_names_the_field(field, value, message):
   target[name] = value
   with pytest.raises(ValueError, match=message):
     p2s.build_model(config, rngs=nnx.Rngs(0))
+
+
+# ------------------------------------------------------------- details of the reference model
+
+
+def _reference_sincos(height, width, dim, max_position):
+  """The reference's definition, written out: per axis, coordinates scaled to [0, max], codes
+  [sin(c * w_k)] + [cos(c * w_k)] with w_k = 10000 ** (-2k / (dim / 2)); rows then columns."""
+  def codes(n, d):
+    c = np.arange(n) / (n - 1) * max_position
+    rates = 1.0 / 10000.0 ** (2 * (np.arange(d) // 2) / d)
+    angles = c[:, None] * rates[None, :]
+    return np.concatenate([np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])], axis=-1)
+  y = np.repeat(codes(height, dim // 2)[:, None], width, axis=1)
+  x = np.repeat(codes(width, dim // 2)[None], height, axis=0)
+  return np.concatenate([y, x], axis=-1).reshape(height * width, dim)
+
+
+def test_sincos_positions_span_the_grid_as_the_reference():
+  emb = layers.sincos_2d(5, 9, 32, 2 * np.pi)
+  np.testing.assert_allclose(emb, _reference_sincos(5, 9, 32, 2 * np.pi), atol=1e-6)
+  # A place in the image has one code whatever the grid: the middle row of a 5-row grid and
+  # of a 9-row grid (stage 1 and stage 2 resolutions differ by 2x in the paper).
+  small, large = layers.sincos_2d(5, 5, 32, 2 * np.pi), layers.sincos_2d(9, 9, 32, 2 * np.pi)
+  np.testing.assert_allclose(small[2 * 5 + 2], large[4 * 9 + 4], atol=1e-6)
+
+
+def test_strided_resnet_conv_is_centred_on_the_shortcut_pixel():
+  """A 3x3/2 conv pads (1, 1) as the reference: output o sees input 2o-1..2o+1, centred on the
+  pixel the 1x1/2 shortcut takes. (SAME pads (0, 1): o sees 2o..2o+2, half a pixel off.)"""
+  conv = resnet.resnet_conv(1, 1, 3, 2, PRECISION, rngs=nnx.Rngs(0))
+  conv.kernel[...] = jnp.ones_like(conv.kernel[...])
+  impulse = jnp.zeros((1, 8, 8, 1)).at[0, 4, 6, 0].set(1.0)
+  out = np.asarray(conv(impulse))[0, ..., 0]
+  assert out.shape == (4, 4)
+  assert list(zip(*np.nonzero(out), strict=True)) == [(2, 3)]
+  stem = resnet.resnet_conv(3, 4, 7, 2, PRECISION, rngs=nnx.Rngs(0))
+  assert stem(jnp.zeros((1, 64, 96, 3))).shape == (1, 32, 48, 4)
+
+
+def test_initialisers_follow_the_reference():
+  rng = nnx.Rngs(int(np.random.SeedSequence().entropy % 2**31))
+  # ResNet: VarianceScaling(1, fan_in, truncated normal): std sqrt(1 / fan_in).
+  conv = resnet.resnet_conv(256, 256, 3, 1, PRECISION, rngs=rng)
+  std = float(jnp.std(conv.kernel[...]))
+  assert std == pytest.approx(np.sqrt(1 / (9 * 256)), rel=0.03)
+  # Attention: Keras glorot over (in, heads, head_dim): limit sqrt(6 / (in * (heads + hd))).
+  attn = layers.Attention(256, 8, PRECISION, rngs=rng)
+  limit = np.sqrt(6 / (256 * (8 + 32)))
+  query = np.asarray(attn.query.kernel[...])
+  assert query.shape == (256, 256) and np.abs(query).max() <= limit
+  assert query.std() == pytest.approx(limit / np.sqrt(3), rel=0.03)
+  out_limit = np.sqrt(6 / (8 * (32 + 256)))  # (heads, head_dim, out)
+  assert np.abs(np.asarray(attn.out.kernel[...])).max() <= out_limit
+  assert np.asarray(attn.out.kernel[...]).std() == pytest.approx(out_limit / np.sqrt(3), rel=0.03)
+
+
+def test_encoder_layer_drops_units_only_inside_the_mlp():
+  """With the MLP's output weights zero, the only stochastic op left would be a dropout on the
+  attention branch: the reference has none, so training and inference outputs agree."""
+  layer = transformer.EncoderLayer(16, 2, 32, 0.5, 0.0, 1e-6, PRECISION, rngs=nnx.Rngs(0))
+  layer.mlp.fc2.kernel[...] = jnp.zeros_like(layer.mlp.fc2.kernel[...])
+  x = jax.random.normal(jax.random.key(1), (4, 10, 16))
+  train = layer(x)
+  layer.eval()
+  np.testing.assert_allclose(np.asarray(train), np.asarray(layer(x)), rtol=1e-6, atol=1e-6)
+  layer.train()
+  layer.mlp.fc2.kernel[...] = jnp.ones_like(layer.mlp.fc2.kernel[...])
+  assert not np.allclose(np.asarray(layer(x)), np.asarray(layer(x)))  # the MLP's dropout acts

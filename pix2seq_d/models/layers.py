@@ -61,6 +61,25 @@ def variance_scaling(scale: float) -> nnx.Initializer:
   return nnx.initializers.variance_scaling(scale, 'fan_avg', 'uniform')
 
 
+def keras_attention_init(shape_3d: tuple[int, int, int]) -> nnx.Initializer:
+  """Glorot-uniform over the 3-D kernel of Keras' MultiHeadAttention, drawn as our 2-D kernel.
+
+  Keras keeps the query / key / value kernels as (in, heads, head_dim) and the output kernel as
+  (heads, head_dim, out), and counts fans over those shapes: fan_in = shape[-2] * r, fan_out =
+  shape[-1] * r with r the product of the leading dimension. The reference was trained from that
+  initialisation (limit sqrt(6 / (in * (heads + head_dim))) for a query kernel, several times
+  smaller than a 2-D glorot's); the draw is reshaped to our (in, heads * head_dim) layout.
+  """
+  keras = nnx.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=-2, out_axis=-1)
+
+  def init(key, shape, dtype=jnp.float32):
+    if math.prod(shape) != math.prod(shape_3d):
+      raise ValueError(f'kernel {shape} does not hold the Keras kernel {shape_3d}.')
+    return keras(key, shape_3d, dtype).reshape(shape)
+
+  return init
+
+
 def dense(
   in_features: int,
   out_features: int,
@@ -70,6 +89,7 @@ def dense(
   rngs: nnx.Rngs,
   init_scale: float = 1.0,
   use_bias: bool = True,
+  kernel_init: nnx.Initializer | None = None,
 ) -> nnx.Linear:
   """A dense layer (in, out) whose kernel and bias carry logical axis names."""
   return nnx.Linear(
@@ -78,7 +98,7 @@ def dense(
     use_bias=use_bias,
     dtype=precision.dtype,
     param_dtype=precision.param_dtype,
-    kernel_init=variance_scaling(init_scale),
+    kernel_init=kernel_init or variance_scaling(init_scale),
     kernel_metadata={'logical_axes': axes},
     bias_metadata={'logical_axes': (axes[1],)},
     rngs=rngs,
@@ -96,14 +116,18 @@ def conv(
   use_bias: bool = True,
   init_scale: float = 1.0,
   kernel_init: nnx.Initializer | None = None,
+  padding: str | Sequence[tuple[int, int]] = 'SAME',
 ) -> nnx.Conv:
-  """A 2-D SAME conv on (B, H, W, C); kernel (k, k, in, out) axes (-, -, conv_in, conv_out)."""
+  """A 2-D conv on (B, H, W, C); kernel (k, k, in, out) axes (-, -, conv_in, conv_out).
+
+  padding: 'SAME', 'VALID' or explicit ((top, bottom), (left, right)) zero padding.
+  """
   return nnx.Conv(
     in_features,
     out_features,
     kernel_size=(kernel_size, kernel_size),
     strides=(strides, strides),
-    padding='SAME',
+    padding=padding,
     use_bias=use_bias,
     dtype=precision.dtype,
     param_dtype=precision.param_dtype,
@@ -188,7 +212,8 @@ class Attention(nnx.Module):
   """Multi-head attention through `models.attention` (the implementation is `precision`'s).
 
   Query / key / value / output projections are dense layers of width num_heads * head_dim
-  (4 * d * d + 4 * d parameters, as the TF reference).
+  (4 * d * d + 4 * d parameters, as the TF reference), initialised as Keras' MultiHeadAttention
+  (`keras_attention_init`).
   """
 
   def __init__(
@@ -206,10 +231,15 @@ class Attention(nnx.Module):
     self.num_heads = num_heads
     self.head_dim = dim // num_heads
     self.precision = precision
-    self.query = dense(dim, dim, ('embed', 'heads'), precision, rngs=rngs)
-    self.key = dense(kv_dim, dim, ('embed', 'heads'), precision, rngs=rngs)
-    self.value = dense(kv_dim, dim, ('embed', 'heads'), precision, rngs=rngs)
-    self.out = dense(dim, dim, ('heads', 'embed'), precision, rngs=rngs)
+    heads = (num_heads, self.head_dim)
+    project = lambda features: dense(
+      features, dim, ('embed', 'heads'), precision, rngs=rngs,
+      kernel_init=keras_attention_init((features, *heads)))
+    self.query = project(dim)
+    self.key = project(kv_dim)
+    self.value = project(kv_dim)
+    self.out = dense(dim, dim, ('heads', 'embed'), precision, rngs=rngs,
+                     kernel_init=keras_attention_init((*heads, dim)))
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
     """x (B, L, D), context (B, S, Dkv) or None for self-attention -> (B, L, D)."""
@@ -239,11 +269,15 @@ class Mlp(nnx.Module):
     return self.fc2(self.dropout(jax.nn.gelu(self.fc1(x), approximate=False)))
 
 
-def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+def sincos_2d(height: int, width: int, dim: int, max_position: float,
+              temperature: float = 10_000.0) -> np.ndarray:
   """Fixed 2-D sin-cos position embedding, (height * width, dim), row-major tokens.
 
-  The first half of the channels encodes y, the second half x; each half is [sin, cos] of
-  position * temperature ** (-k / (dim / 4)).
+  Row and column indices are scaled to [0, max_position] over the grid (index / (n - 1) *
+  max_position; the Pix2Seq-D reference uses 2 pi), so a position means the same place in the
+  image at any grid size and the lowest frequency spans the image once. The first half of the
+  channels encodes y, the second half x; each half is [sin, cos] of
+  position * temperature ** (-k / (dim / 4)), k = 0 .. dim / 4 - 1.
   """
   if dim % 4:
     raise ValueError(f'2-D sin-cos position embedding needs a width divisible by 4, got {dim}.')
@@ -254,7 +288,10 @@ def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) 
     angles = positions[:, None] * omega[None, :]
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
-  y, x = np.meshgrid(np.arange(height), np.arange(width), indexing='ij')
+  def scaled(n):
+    return np.arange(n, dtype=np.float64) / max(n - 1, 1) * max_position
+
+  y, x = np.meshgrid(scaled(height), scaled(width), indexing='ij')
   emb = np.concatenate([encode(y.reshape(-1)), encode(x.reshape(-1))], axis=1)
   return emb.astype(np.float32)
 

@@ -115,14 +115,15 @@ class ImageEncoder(nnx.Module):
   """C4 features -> dropout -> dense -> LN -> + 2-D sin-cos -> transformer encoder -> LN."""
 
   def __init__(self, in_features: int, grid: tuple[int, int], encoder_config, ln_eps: float,
-               precision: layers.Precision, *, rngs: nnx.Rngs, remat: str = 'none'):
+               pos_emb_max: float, precision: layers.Precision, *, rngs: nnx.Rngs,
+               remat: str = 'none'):
     e = encoder_config
     self.grid = grid
     self.remat = remat
     self.dropout = nnx.Dropout(e.dropout, rngs=rngs)
     self.proj = layers.dense(in_features, e.dim, ('conv_in', 'embed'), precision, rngs=rngs)
     self.proj_norm = layers.LayerNorm(e.dim, ln_eps, precision)
-    self.pos_emb = nnx.Variable(jnp.asarray(layers.sincos_2d(*grid, e.dim)))
+    self.pos_emb = nnx.Variable(jnp.asarray(layers.sincos_2d(*grid, e.dim, pos_emb_max)))
     self.layers = nnx.List([
       transformer.EncoderLayer(e.dim, e.num_heads, e.mlp_dim, e.dropout, e.drop_path, ln_eps,
                                precision, rngs=rngs)
@@ -161,8 +162,8 @@ class Pix2SeqD(nnx.Module):
       m.resnet.bn_eps, precision, rngs=rngs, remat=m.remat.resnet)
     channels = self.resnet.out_channels
     grid = (image_size[0] // stride, image_size[1] // stride)
-    self.encoder = ImageEncoder(channels[-1], grid, m.encoder, m.ln_eps, precision, rngs=rngs,
-                                remat=m.remat.encoder)
+    self.encoder = ImageEncoder(channels[-1], grid, m.encoder, m.ln_eps, m.pos_emb_max, precision,
+                                rngs=rngs, remat=m.remat.encoder)
     # The pyramid: every stage but the last, then the transformer output in its place.
     pyramid_features = list(channels[:-1]) + [m.encoder.dim]
     pyramid_strides = [4 * 2**i for i in range(len(channels))]
@@ -178,8 +179,8 @@ class Pix2SeqD(nnx.Module):
       transformer_heads=d.transformer_heads, transformer_mlp_ratio=d.transformer_mlp_ratio,
       transformer_dropout=d.transformer_dropout, context_dim=m.encoder.dim,
       num_groups_out=bits.NUM_CHANNELS, logits_per_group=2**bits.BITS_PER_CHANNEL, gn=gn,
-      ln_eps=m.ln_eps, zero_init_scale=m.zero_init_scale, precision=precision, rngs=rngs,
-      remat=m.remat.denoiser)
+      ln_eps=m.ln_eps, pos_emb_max=m.pos_emb_max, zero_init_scale=m.zero_init_scale,
+      precision=precision, rngs=rngs, remat=m.remat.denoiser)
 
   def encode(self, images: jax.Array) -> Encoded:
     """images (B, H, W, 3) in [0, 1] -> Encoded(tokens (B, S, D), features (B, Hm, Wm, F))."""

@@ -2,6 +2,11 @@
 
 BatchNorm statistics are taken over the global batch: under `jax.jit` with a batch sharded over the
 mesh the mean over axis 0 is a cross-device reduction, so no explicit `axis_name` is needed.
+
+As the reference: every convolution is initialised with VarianceScaling(1.0, fan_in, truncated
+normal) (Keras' default), and a strided convolution pads (k - 1) // 2 zeros before and the rest
+after, then convolves VALID, so a 3x3/2 kernel is centred on the even pixels its shortcut (1x1/2)
+samples. 'SAME' would pad (0, 1) and shift the features half a pixel against the shortcut.
 """
 
 from collections.abc import Sequence
@@ -11,6 +16,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pix2seq_d.models import layers
+
+# Keras' VarianceScaling() default, the reference's initialiser of every ResNet convolution.
+_CONV_INIT = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+def resnet_conv(in_features: int, out_features: int, kernel_size: int, strides: int,
+                precision: layers.Precision, *, rngs: nnx.Rngs) -> nnx.Conv:
+  """A bias-free ResNet convolution: SAME at stride 1, fixed symmetric padding when strided."""
+  if strides == 1:
+    padding = 'SAME'
+  else:
+    before = (kernel_size - 1) // 2
+    padding = ((before, kernel_size - 1 - before),) * 2
+  return layers.conv(in_features, out_features, kernel_size, precision, strides=strides,
+                     use_bias=False, kernel_init=_CONV_INIT, padding=padding, rngs=rngs)
 
 
 class BatchNorm(nnx.Module):
@@ -60,10 +80,7 @@ class Bottleneck(nnx.Module):
     rngs: nnx.Rngs,
   ):
     out_features = 4 * width
-    he = nnx.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
-    conv = lambda i, o, k, s=1: layers.conv(
-      i, o, k, precision, strides=s, use_bias=False, kernel_init=he, rngs=rngs
-    )
+    conv = lambda i, o, k, s=1: resnet_conv(i, o, k, s, precision, rngs=rngs)
     self.conv1 = conv(in_features, width, 1)
     self.bn1 = BatchNorm(width, *bn, precision, rngs=rngs)
     self.conv2 = conv(width, width, 3, strides)
@@ -104,9 +121,7 @@ class ResNetC4(nnx.Module):
     remat: str = 'none',
   ):
     bn = (bn_momentum, bn_eps)
-    he = nnx.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
-    self.stem = layers.conv(3, width, 7, precision, strides=2, use_bias=False, kernel_init=he,
-                            rngs=rngs)
+    self.stem = resnet_conv(3, width, 7, 2, precision, rngs=rngs)
     self.stem_bn = BatchNorm(width, *bn, precision, rngs=rngs)
     self.remat = remat
     blocks, features = [], width

@@ -7,7 +7,11 @@ from pix2seq_d.models import layers
 
 
 class EncoderLayer(nnx.Module):
-  """x + DropPath(SelfAttn(LN(x))); x + DropPath(MLP(LN(x)))."""
+  """x + DropPath(SelfAttn(LN(x))); x + DropPath(MLP(LN(x))).
+
+  As the reference: dropout acts only inside the MLP (after the GELU); the residual branches
+  see drop-path, not dropout.
+  """
 
   def __init__(
     self,
@@ -25,17 +29,19 @@ class EncoderLayer(nnx.Module):
     self.attn = layers.Attention(dim, num_heads, precision, rngs=rngs)
     self.mlp_norm = layers.LayerNorm(dim, ln_eps, precision)
     self.mlp = layers.Mlp(dim, mlp_dim, dropout, precision, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(B, L, D) -> (B, L, D)."""
-    x = x + self.drop_path(self.dropout(self.attn(self.attn_norm(x))))
-    return x + self.drop_path(self.dropout(self.mlp(self.mlp_norm(x))))
+    x = x + self.drop_path(self.attn(self.attn_norm(x)))
+    return x + self.drop_path(self.mlp(self.mlp_norm(x)))
 
 
 class DecoderLayer(nnx.Module):
-  """Self-attention, cross-attention to `context`, then MLP; each pre-LN and residual."""
+  """Self-attention, cross-attention to `context`, then MLP; each pre-LN and residual.
+
+  Dropout acts only inside the MLP, as in the reference (whose drop-path is 0 in the denoiser).
+  """
 
   def __init__(
     self,
@@ -55,13 +61,12 @@ class DecoderLayer(nnx.Module):
     self.cross_attn = layers.Attention(dim, num_heads, precision, rngs=rngs, kv_dim=context_dim)
     self.mlp_norm = layers.LayerNorm(dim, ln_eps, precision)
     self.mlp = layers.Mlp(dim, mlp_dim, dropout, precision, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     """x (B, L, D), context (B, S, Dc) -> (B, L, D)."""
-    x = x + self.dropout(self.self_attn(self.self_norm(x)))
-    x = x + self.dropout(self.cross_attn(self.cross_norm(x), context))
-    return x + self.dropout(self.mlp(self.mlp_norm(x)))
+    x = x + self.self_attn(self.self_norm(x))
+    x = x + self.cross_attn(self.cross_norm(x), context)
+    return x + self.mlp(self.mlp_norm(x))
 
 
 def run_layers(stack: nnx.List, x: jax.Array, *args, remat: str = 'none') -> jax.Array:

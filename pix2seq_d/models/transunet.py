@@ -67,13 +67,14 @@ class BottleneckTransformer(nnx.Module):
   def __init__(
     self, in_features: int, grid: tuple[int, int], dim: int, num_layers: int, num_heads: int,
     mlp_ratio: int, context_dim: int, emb_dim: int, dropout: float, gn: tuple[int, float],
-    ln_eps: float, precision: layers.Precision, *, rngs: nnx.Rngs, remat: str = 'none',
+    ln_eps: float, pos_emb_max: float, precision: layers.Precision, *, rngs: nnx.Rngs,
+    remat: str = 'none',
   ):
     self.remat = remat
     self.grid = grid
     self.norm_in = layers.GroupNorm(in_features, *gn, precision)
     self.conv_in = layers.conv(in_features, dim, 1, precision, rngs=rngs)
-    self.pos_emb = nnx.Variable(jnp.asarray(layers.sincos_2d(*grid, dim)))
+    self.pos_emb = nnx.Variable(jnp.asarray(layers.sincos_2d(*grid, dim, pos_emb_max)))
     self.time_proj = layers.dense(emb_dim, dim, ('mlp', 'embed'), precision, rngs=rngs)
     self.layers = nnx.List([
       transformer.DecoderLayer(dim, num_heads, dim * mlp_ratio, context_dim, dropout, ln_eps,
@@ -108,7 +109,8 @@ class TransUNet(nnx.Module):
     transformer_layers: int, transformer_dim: int, transformer_heads: int,
     transformer_mlp_ratio: int, transformer_dropout: float, context_dim: int,
     num_groups_out: int, logits_per_group: int, gn: tuple[int, float], ln_eps: float,
-    zero_init_scale: float, precision: layers.Precision, *, rngs: nnx.Rngs, remat: str = 'none',
+    pos_emb_max: float, zero_init_scale: float, precision: layers.Precision, *, rngs: nnx.Rngs,
+    remat: str = 'none',
   ):
     self.remat = remat
     self.num_groups_out = num_groups_out
@@ -139,8 +141,8 @@ class TransUNet(nnx.Module):
     grid = (mask_size[0] // scale, mask_size[1] // scale)
     self.bottleneck = BottleneckTransformer(
       features, grid, transformer_dim, transformer_layers, transformer_heads,
-      transformer_mlp_ratio, context_dim, emb_dim, transformer_dropout, gn, ln_eps, precision,
-      rngs=rngs, remat=remat) if transformer_layers > 0 else None
+      transformer_mlp_ratio, context_dim, emb_dim, transformer_dropout, gn, ln_eps, pos_emb_max,
+      precision, rngs=rngs, remat=remat) if transformer_layers > 0 else None
     if self.bottleneck is not None:
       features = transformer_dim
 

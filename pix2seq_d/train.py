@@ -20,6 +20,19 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the message names the step."""
 
 
+def flat_hparams(tree: dict, prefix: str = '') -> dict[str, bool | int | float | str]:
+  """The whole config as TensorBoard hparams: {'model.encoder.dim': 512, ...}; values that are
+  not a bool, int, float or str (tuples, None) are written as their str()."""
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(flat_hparams(value, f'{name}.'))
+    else:
+      flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+  return flat
+
+
 def _first_non_finite(pending: list[tuple[int, jax.Array]]) -> tuple[list[float], int | None]:
   """Fetches the pending per-step losses; returns them and the first non-finite step."""
   losses = [float(v) for v in jax.device_get([loss for _, loss in pending])]
@@ -174,10 +187,9 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   last_metrics, window_start, window_examples = None, time.time(), 0
   record = None
   if start_step == 0 and jax.process_index() == 0:
-    writer.write_hparams({k: str(v) for k, v in config.to_dict().items()
-                          if not isinstance(v, dict)})
+    writer.write_hparams(flat_hparams(config.to_dict()))
 
-  def check_losses(step):
+  def check_losses():
     """Stops the run at the first non-finite loss; returns the mean of the pending losses."""
     losses, bad_step = _first_non_finite(pending)
     pending.clear()
@@ -200,7 +212,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
 
     preempted = checkpoints.preemption_requested(step)
     if step % config.train.log_every == 0 or step == num_steps or preempted:
-      mean_loss = check_losses(step)
+      mean_loss = check_losses()
       scalars = {f'train/{k}': float(v) for k, v in jax.device_get(last_metrics).items()}
       scalars['train/loss'] = mean_loss
       elapsed = time.time() - window_start
@@ -212,7 +224,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     if step % config.train.image_summary_every == 0 and jax.process_index() == 0:
       writer.write_images(step, {'train/input_gt': _train_images(batch, config, info.categories)})
     if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
-      check_losses(step)
+      check_losses()
       manager.save(step, state, force=preempted or step == num_steps)
       stream_positions.save(workdir, step, jax.process_index(), jax.process_count(),
                             train_iter.position)

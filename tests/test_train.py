@@ -52,6 +52,10 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   tags = _event_tags(workdir)
   assert tags['train/loss'] == [2, 4, 6]
   assert 'eval/PQ' in tags and 'eval/input_gt_prediction' in tags and 'train/input_gt' in tags
+  # The whole config is in the hparams, nested fields included.
+  events = b''.join(open(path, "rb").read() for path in _event_files(workdir))
+  for field in (b'model.encoder.num_layers', b'diffusion.b_scale', b'data.scale_jitter'):
+    assert field in events, field
   assert _checkpoint_steps(workdir) == [3, 6]
   # Each checkpoint records where the training stream stood: 4 examples a step, none skipped.
   positions = workdir / 'stream_positions'

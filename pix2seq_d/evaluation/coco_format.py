@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import threading
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -351,26 +351,3 @@ def write_panoptic_predictions(
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return json_path
-
-
-def load_panoptic(
-  json_path: str, folder: str | None = None
-) -> Iterator[tuple[Any, np.ndarray, list]]:
-  """Reads a COCO panoptic JSON + PNG folder.
-
-  Args:
-    json_path: the panoptic JSON.
-    folder: the PNG folder; default: json_path without '.json' (panopticapi's convention).
-
-  Yields:
-    (image_id, ids int32 (H, W), segments_info list) per annotation, in the JSON's order.
-  """
-  data = load_json(json_path, 'panoptic', required=('annotations',))
-  if folder is None:
-    folder = json_path[: -len('.json')] if json_path.endswith('.json') else json_path
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f'folder {folder} with panoptic PNGs does not exist')
-  for annotation in data['annotations']:
-    require_keys(annotation, ('image_id', 'file_name', 'segments_info'), f'{json_path} annotation')
-    path = os.path.join(folder, annotation['file_name'])
-    yield annotation['image_id'], read_panoptic_png(path), annotation['segments_info']

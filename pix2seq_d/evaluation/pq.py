@@ -75,10 +75,6 @@ class PQAccumulator:
       self._row[category_id] = row
     self._state = np.zeros((len(self.categories), 4), np.float64)
 
-  def reset(self) -> None:
-    """Forgets all images seen so far."""
-    self._state[:] = 0
-
   def state(self) -> np.ndarray:
     """(num_categories, 4) float64 [tp, fp, fn, iou_sum] per category, in `categories` order.
 

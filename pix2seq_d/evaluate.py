@@ -5,8 +5,6 @@ batches (the pipeline pads the last ones with `valid=False`) so the jitted sampl
 lockstep, and the per-category PQ statistics are summed over processes at the end.
 """
 
-import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +15,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from pix2seq_d import sharding
+from pix2seq_d import sharding, workdir_files
 from pix2seq_d.evaluation import coco_format, pq, visualize
 from pix2seq_d.models import layers
 from pix2seq_d.tasks import panoptic
-
-RESULTS_FILE = 'eval_results.json'
 
 
 def _local_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
@@ -34,17 +30,6 @@ def _local_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
   return np.asarray(local)
 
 
-def summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
-                   categories) -> np.ndarray:
-  """[input | ground truth | prediction] side by side: (H, 3 W, 3) uint8 at the input size."""
-  size = image.shape[:2]
-  colour = lambda label: visualize.colorize_panoptic(
-    panoptic.resize_nearest(label[..., 0], size), panoptic.resize_nearest(label[..., 1], size),
-    categories)
-  picture = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-  return np.concatenate([picture, colour(gt), colour(pred)], axis=1)
-
-
 def summarise(results: dict, step: int) -> dict[str, Any]:
   """The flat record written to eval_results.json and TensorBoard."""
   record = {'step': int(step)}
@@ -53,22 +38,6 @@ def summarise(results: dict, step: int) -> dict[str, Any]:
       record[f'{metric.upper()}{suffix}'] = float(results[group][metric])
     record[f'num_categories{suffix}'] = int(results[group]['n'])
   return record
-
-
-def write_results(workdir: str, record: dict, per_class: dict) -> None:
-  """Adds `record` to <workdir>/eval_results.json atomically (latest on top, history below)."""
-  path = epath.Path(workdir) / RESULTS_FILE
-  history = []
-  if path.exists():
-    try:
-      history = json.loads(path.read_text()).get('history', [])
-    except (json.JSONDecodeError, AttributeError):
-      logging.warning('%s was unreadable; starting a new history.', path)
-  history = [h for h in history if h.get('step') != record['step']] + [record]
-  content = dict(record, per_class={str(k): v for k, v in per_class.items()}, history=history)
-  tmp = path.parent / f'.{RESULTS_FILE}.tmp-{os.getpid()}'
-  tmp.write_text(json.dumps(content, indent=2))
-  tmp.replace(path)  # atomic on POSIX and for gs:// single objects: never a half-written file.
 
 
 def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
@@ -116,7 +85,8 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
       if config.eval.write_predictions:
         predictions.append((image_id, f'{image_id:012d}', pred_ids, pred_segments))
       if len(pictures) < config.eval.num_image_summaries:
-        pictures.append(summary_image(batch['image'][i], batch['label'][i], pred[i], categories))
+        pictures.append(visualize.summary_image(batch['image'][i], batch['label'][i], pred[i],
+                                                categories))
 
   state = accumulator.state()
   if jax.process_count() > 1:
@@ -135,7 +105,7 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
       out = out / f'process_{jax.process_index()}'
     coco_format.write_panoptic_predictions(str(out), predictions, categories)
   if jax.process_index() == 0:
-    write_results(workdir, record, results['per_class'])
+    workdir_files.write_results(workdir, record, results['per_class'])
     if writer is not None:
       writer.write_scalars(step, {f'eval/{k}': v for k, v in record.items() if k != 'step'})
       if pictures:

@@ -10,7 +10,6 @@ image that cannot be read is skipped with a warning, and the others are all writ
 fails only when no image could be read.
 """
 
-import json
 import os
 
 import jax
@@ -19,28 +18,12 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from pix2seq_d import checkpoints, config_checks, sharding
+from pix2seq_d import checkpoints, config_checks, sharding, workdir_files
 from pix2seq_d.evaluation import coco_format, pq, visualize
 from pix2seq_d.models import layers
 from pix2seq_d.tasks import panoptic
 
-CATEGORIES_FILE = 'categories.json'
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
-
-
-def write_categories(workdir: str, categories) -> None:
-  """Stores the run's categories next to its checkpoints, for prediction without the dataset."""
-  path = epath.Path(workdir) / CATEGORIES_FILE
-  tmp = path.parent / f'.{CATEGORIES_FILE}.tmp-{os.getpid()}'
-  tmp.write_text(json.dumps(list(categories)))
-  tmp.replace(path)
-
-
-def read_categories(workdir: str) -> list[dict]:
-  path = epath.Path(workdir) / CATEGORIES_FILE
-  if not path.exists():
-    raise FileNotFoundError(f'{path} is missing: is {workdir} the workdir of a training run?')
-  return json.loads(path.read_text())
 
 
 def list_images(input_path: str) -> list[str]:
@@ -101,8 +84,9 @@ def run(config, workdir: str) -> str:
   if not output:
     raise ValueError('--mode=predict needs --config.predict.output=DIR.')
   paths = list_images(config.predict.input)
-  categories = read_categories(workdir)
-  config_checks.fit_num_classes(config, categories, str(epath.Path(workdir) / CATEGORIES_FILE))
+  categories = workdir_files.read_categories(workdir)
+  config_checks.fit_num_classes(
+    config, categories, str(epath.Path(workdir) / workdir_files.CATEGORIES_FILE))
   mesh = sharding.make_mesh(config.mesh)
   state, state_shardings, _, eval_graphdef, _ = sharding.build_train_state(config, mesh)
   abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)

@@ -12,8 +12,18 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from pix2seq_d import checkpoints, evaluate, predict, sharding, stream_positions, workdir_lock
+from pix2seq_d import (
+  checkpoints,
+  evaluate,
+  init_from,
+  preemption,
+  sharding,
+  stream_positions,
+  workdir_files,
+  workdir_lock,
+)
 from pix2seq_d.data import pipeline, registry
+from pix2seq_d.evaluation import visualize
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,7 +56,7 @@ def _train_images(batch: dict, config, categories) -> np.ndarray:
   """[input | ground truth] pictures of the first examples of a training batch."""
   count = min(config.eval.num_image_summaries, len(batch['image']))
   return np.stack([
-    evaluate.summary_image(batch['image'][i], batch['label'][i], batch['label'][i],
+    visualize.summary_image(batch['image'][i], batch['label'][i], batch['label'][i],
                             categories)[:, :2 * batch['image'].shape[2]]
     for i in range(count)])
 
@@ -134,7 +144,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     # Checked before anything is written: an eval of the wrong folder leaves it as it was.
     raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
   if jax.process_index() == 0:
-    predict.write_categories(workdir, info.categories)
+    workdir_files.write_categories(workdir, info.categories)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if jax.process_index() == 0 and mode != 'eval':
     logged = _last_logged_step(workdir)
@@ -153,7 +163,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   else:
     start_step = 0
     if config.init_from.path:
-      state = checkpoints.restore_for_init(config.init_from.path, state, config.init_from.mode)
+      state = init_from.restore_for_init(config.init_from.path, state, config.init_from.mode)
       logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
 
   predict_fn = sharding.jit_predict(config, eval_graphdef, state_shardings.ema_params,
@@ -181,7 +191,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.train.log_every)
-  checkpoints.install_preemption_handler()
+  preemption.install_preemption_handler()
   key = jax.random.key(config.seed)
   pending: list[tuple[int, jax.Array]] = []
   last_metrics, window_start, window_examples = None, time.time(), 0
@@ -210,7 +220,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     window_examples += config.train.batch_size
     report(step)
 
-    preempted = checkpoints.preemption_requested(step)
+    preempted = preemption.preemption_requested(step)
     if step % config.train.log_every == 0 or step == num_steps or preempted:
       mean_loss = check_losses()
       scalars = {f'train/{k}': float(v) for k, v in jax.device_get(last_metrics).items()}

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from configs import shapes
-from pix2seq_d import checkpoints, sharding, steps
+from pix2seq_d import checkpoints, init_from, preemption, sharding, steps
 from pix2seq_d.models import pix2seq_d as p2s
 
 _is_variable = lambda x: isinstance(x, nnx.Variable)
@@ -146,8 +146,8 @@ def test_init_from_encoder_copies_only_the_image_encoder(image_run, mesh):
   workdir, old = image_run
   config = _config(denoiser__dim=8)  # another denoiser: 'all' could not copy it.
   fresh, _ = _random_state(_abstract_state(config), 2, mesh)
-  state = checkpoints.restore_for_init(str(workdir), fresh, mode='encoder')
-  encoder = checkpoints.ENCODER_MODULES
+  state = init_from.restore_for_init(str(workdir), fresh, mode='encoder')
+  encoder = init_from.ENCODER_MODULES
   _assert_equal(state, old, _paths(fresh, 'params', encoder))
   batch_stats = [p for p in _paths(fresh, 'model_state', encoder) if p[-1] in ('mean', 'var')]
   assert batch_stats
@@ -158,7 +158,7 @@ def test_init_from_encoder_copies_only_the_image_encoder(image_run, mesh):
   for path, value in ema.items():
     np.testing.assert_array_equal(value, _flat(state)[path])
   with pytest.raises(ValueError, match=r"params/denoiser/\S+ has shape .*mode='all'"):
-    checkpoints.restore_for_init(str(workdir), fresh, mode='all')
+    init_from.restore_for_init(str(workdir), fresh, mode='all')
 
 
 def test_init_from_all_grows_the_denoiser_input_conv_for_video(image_run, mesh):
@@ -167,7 +167,7 @@ def test_init_from_all_grows_the_denoiser_input_conv_for_video(image_run, mesh):
   config.task = 'video_panoptic'  # 2 earlier frames' masks: 32 more denoiser input channels.
   fresh, _ = _random_state(_abstract_state(config), 3, mesh)
   step_dir = workdir / 'checkpoints' / '7'
-  state = checkpoints.restore_for_init(step_dir, fresh, mode='all')
+  state = init_from.restore_for_init(step_dir, fresh, mode='all')
 
   kernel_path = ('params', 'denoiser', 'conv_in', 'kernel')
   new_kernel = np.asarray(_flat(state)[kernel_path])
@@ -189,24 +189,24 @@ def test_init_from_all_rejects_other_mismatches_and_bad_paths(image_run, tmp_pat
   workdir, _ = image_run
   fresh, _ = _random_state(_abstract_state(_config(encoder__mlp_dim=128)), 4, mesh)
   with pytest.raises(ValueError, match=r'params/encoder/layers/0/mlp/fc1/bias.*\(128,\).*\(64,\)'):
-    checkpoints.restore_for_init(workdir, fresh, mode='all')
+    init_from.restore_for_init(workdir, fresh, mode='all')
   with pytest.raises(ValueError, match="mode='bogus'"):
-    checkpoints.restore_for_init(workdir, fresh, mode='bogus')
+    init_from.restore_for_init(workdir, fresh, mode='bogus')
   with pytest.raises(FileNotFoundError, match='config.init_from.path'):
-    checkpoints.restore_for_init(tmp_path / 'nowhere', fresh)
+    init_from.restore_for_init(tmp_path / 'nowhere', fresh)
 
 
 def test_sigterm_sets_the_preemption_flag_and_uninstall_restores_the_handler():
   previous = signal.getsignal(signal.SIGTERM)
-  assert checkpoints.install_preemption_handler()
+  assert preemption.install_preemption_handler()
   try:
-    assert not checkpoints.preemption_requested(0)
+    assert not preemption.preemption_requested(0)
     os.kill(os.getpid(), signal.SIGTERM)
     deadline = time.monotonic() + 5
-    while not checkpoints.preemption_requested(1) and time.monotonic() < deadline:
+    while not preemption.preemption_requested(1) and time.monotonic() < deadline:
       time.sleep(0.01)
-    assert checkpoints.preemption_requested(1)
+    assert preemption.preemption_requested(1)
   finally:
-    checkpoints.uninstall_preemption_handler()
+    preemption.uninstall_preemption_handler()
   assert signal.getsignal(signal.SIGTERM) == previous
-  assert not checkpoints.preemption_requested(2)
+  assert not preemption.preemption_requested(2)

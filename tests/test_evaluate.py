@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pix2seq_d import evaluate, sharding
+from pix2seq_d import evaluate, sharding, workdir_files
 from pix2seq_d.data import pipeline
 
 
@@ -44,7 +44,7 @@ def test_ground_truth_masks_score_full_recognition(shapes_config, tmp_path):
   # The mask-size label, resized back to the original size, finds the segments.
   assert record['RQ'] > 0.95  # only slivers thinner than a mask pixel can be lost.
   assert record['PQ'] > 0.8
-  saved = json.loads((tmp_path / evaluate.RESULTS_FILE).read_text())
+  saved = json.loads((tmp_path / workdir_files.RESULTS_FILE).read_text())
   assert saved['PQ'] == record['PQ'] and saved['history'][-1]['step'] == 7
   assert set(saved['per_class']) == {str(c['id']) for c in info.categories}
 
@@ -62,6 +62,6 @@ def test_random_masks_score_low_and_results_history_grows(shapes_config, tmp_pat
   first, _ = _run(config, tmp_path, noise)
   assert first['PQ'] < 0.2
   second, _ = _run(config, tmp_path, noise)
-  history = json.loads((tmp_path / evaluate.RESULTS_FILE).read_text())['history']
+  history = json.loads((tmp_path / workdir_files.RESULTS_FILE).read_text())['history']
   assert [h['step'] for h in history] == [7]  # the same step is replaced, not duplicated.
   assert second['num_images'] == 8

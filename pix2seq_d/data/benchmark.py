@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pix2seq_d.data import pipeline, registry
+from pix2seq_d.data.source import Source
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config (configs/coco.py).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Batches timed after the warm-up.')
@@ -41,7 +42,7 @@ def num_cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
-def time_decode(source: registry.Source, split: str, num_examples: int) -> float:
+def time_decode(source: Source, split: str, num_examples: int) -> float:
   """Returns the seconds taken to read and decode `num_examples` examples (after one warm-up)."""
   dataset = source.builder.as_dataset(split=split, decoders=source.decoders).repeat()
   dataset = dataset.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)

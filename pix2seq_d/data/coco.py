@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from pix2seq_d.data import registry
+from pix2seq_d.data.source import Source, check_splits
 
 TFDS_NAME = 'coco/2017_panoptic'
 CATEGORIES_FILE = os.path.join(os.path.dirname(__file__), 'panoptic_coco_categories.json')
@@ -163,7 +163,7 @@ def _not_prepared_message(builder: tfds.core.DatasetBuilder, data_dir: str) -> s
   )
 
 
-def make_source(config) -> registry.Source:
+def make_source(config) -> Source:
   """Returns the `coco/2017_panoptic` source prepared in config.data.data_dir.
 
   Args:
@@ -188,7 +188,7 @@ def make_source(config) -> registry.Source:
   aliases = {'train2017': 'train', 'val2017': 'validation'}
   check_splits(builder, [aliases.get(s, s) for s in (config.data.train_split,
                                                      config.data.eval_split)])
-  return registry.Source(
+  return Source(
       name=TFDS_NAME,
       builder=builder,
       categories=categories,
@@ -196,18 +196,6 @@ def make_source(config) -> registry.Source:
       is_video=False,
       split_aliases=aliases,
   )
-
-
-def check_splits(builder: tfds.core.DatasetBuilder, splits) -> None:
-  """Raises ValueError when a prepared builder lacks one of `splits`, listing the ones it has."""
-  available = sorted(builder.info.splits.keys())
-  for split in splits:
-    if split not in available:
-      raise ValueError(
-          f'{builder.name}/{builder.builder_config.name if builder.builder_config else ""} in '
-          f'{builder.data_dir} has no split {split!r}; its splits are {available} '
-          '(set --config.data.train_split / --config.data.eval_split).'
-      )
 
 
 def main(argv):

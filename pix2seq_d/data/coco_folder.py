@@ -26,7 +26,6 @@ record.
 import collections
 import concurrent.futures
 import hashlib
-import inspect
 import os
 import shutil
 
@@ -35,7 +34,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from pix2seq_d.data import coco, registry
+from pix2seq_d.data import coco
+from pix2seq_d.data.source import LocalFilesBuilder, Source
 from pix2seq_d.evaluation import coco_format
 
 BUILDER_NAME = 'coco_panoptic_folder'
@@ -147,22 +147,6 @@ def builder_config(root: str, splits: tuple[str, ...]) -> CocoFolderConfig:
       root=root,
       splits=tuple(splits),
   )
-
-
-class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
-  """A GeneratorBasedBuilder that reads local files only (no downloads, no checksums file)."""
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    """Returns this module's path, found without `importlib_resources`.
-
-    TFDS 4.9.10 looks up the code path of a builder outside its own package through
-    `importlib_resources`, which it does not declare as a dependency
-    (github.com/tensorflow/datasets/issues/11212); the path only locates a checksums file, which
-    a builder of local files does not have.
-    """
-    return epath.Path(inspect.getfile(cls))
 
 
 class CocoPanopticFolder(LocalFilesBuilder):
@@ -409,7 +393,7 @@ def make_builder(config) -> CocoPanopticFolder:
   )
 
 
-def make_source(config) -> registry.Source:
+def make_source(config) -> Source:
   """Returns the source of config.data.coco_root, preparing it on first use.
 
   Args:
@@ -424,7 +408,7 @@ def make_source(config) -> registry.Source:
   if not builder.is_prepared():
     _prepare(builder)
   metadata = builder.info.metadata
-  return registry.Source(
+  return Source(
       name='coco_folder',
       builder=builder,
       categories=tuple(metadata['categories']),

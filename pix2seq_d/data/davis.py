@@ -32,7 +32,7 @@ import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pix2seq_d.data import coco, coco_folder, registry
+from pix2seq_d.data.source import LocalFilesBuilder, Source, check_splits
 
 BUILDER_NAME = 'davis_folder'
 TFDS_NAME = 'davis'
@@ -115,7 +115,7 @@ def builder_config(root: str, resolution: str, annotations: str,
   )
 
 
-class DavisFolder(coco_folder.LocalFilesBuilder):
+class DavisFolder(LocalFilesBuilder):
   """DAVIS 2017 videos read from a local folder in the official layout."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -311,7 +311,7 @@ def decode_tfds_example(example: dict, void_id: int) -> dict:
   }
 
 
-def _tfds_source(config) -> registry.Source:
+def _tfds_source(config) -> Source:
   data = config.data
   if data.davis_resolution not in _TFDS_CONFIG_OF_RESOLUTION:
     raise ValueError(
@@ -331,8 +331,8 @@ def _tfds_source(config) -> registry.Source:
         f'or prepare TFDS davis (downloads the semi-supervised release) with\n'
         f'  tfds build {name} --data_dir={data.data_dir or root}'
     )
-  coco.check_splits(builder, (data.train_split, data.eval_split))
-  return registry.Source(
+  check_splits(builder, (data.train_split, data.eval_split))
+  return Source(
       name=TFDS_NAME,
       builder=builder,
       categories=CATEGORIES,
@@ -350,7 +350,7 @@ def make_builder(config) -> DavisFolder:
   return DavisFolder(config=cfg, data_dir=data.data_dir or None)
 
 
-def make_source(config) -> registry.Source:
+def make_source(config) -> Source:
   """Returns the DAVIS source: config.data.davis_root if set (prepared on first use), else TFDS.
 
   Args:
@@ -367,7 +367,7 @@ def make_source(config) -> registry.Source:
   builder = make_builder(config)
   if not builder.is_prepared():
     builder.download_and_prepare()
-  return registry.Source(
+  return Source(
       name=TFDS_NAME,
       builder=builder,
       categories=CATEGORIES,

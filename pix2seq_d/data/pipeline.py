@@ -7,7 +7,7 @@ first processes, so the union is the whole split), like clu.deterministic_data w
 RemainderOptions.BALANCE_ON_PROCESSES. Training shuffles files and examples with seeds derived from
 (config.seed, process index), so runs repeat exactly and processes differ. Images stay encoded in
 the shuffle buffer: TFDS image features are decoded after shuffling, then the source's `decode`
-makes the canonical example (registry.py).
+makes the canonical example (source.py).
 
 Training batches ('image' float32 (B, H, W, 3) in [0, 1], 'label' int32 (B, Hm, Wm, 2) =
 [semantic, instance]; video adds 'cond_label'):
@@ -48,6 +48,7 @@ from absl import logging
 
 from pix2seq_d import config_checks
 from pix2seq_d.data import augment, registry
+from pix2seq_d.data.source import Source
 
 # Independent random streams derived from config.seed (the values only tell them apart).
 _SHUFFLE_STREAM = 0
@@ -264,7 +265,7 @@ def process_read_instruction(
   return instruction, last - first
 
 
-def _deferred_image_features(source: registry.Source) -> dict:
+def _deferred_image_features(source: Source) -> dict:
   """Top-level image (or sequence of images) features to decode after shuffling."""
   if source.decoders is not None and not isinstance(source.decoders, dict):
     return {}  # a custom decoding scheme: leave all decoding to TFDS and the source.
@@ -278,7 +279,7 @@ def _deferred_image_features(source: registry.Source) -> dict:
 
 
 def _read(
-    source: registry.Source, instruction, shuffle_seed: int | None
+    source: Source, instruction, shuffle_seed: int | None
 ) -> tuple[tf.data.Dataset, Callable[[dict], dict]]:
   """Raw examples of `instruction` with images still encoded, and the function finishing them.
 
@@ -305,7 +306,7 @@ def _read(
   return dataset, finish
 
 
-def check_source(config, source: registry.Source) -> None:
+def check_source(config, source: Source) -> None:
   """Raises ValueError naming the config field that does not fit the dataset.
 
   The rules, checked before anything is built or trained:
@@ -332,7 +333,7 @@ def check_source(config, source: registry.Source) -> None:
           f'are padded to it for PQ. Set --config.data.eval_orig_size="{needed}".')
 
 
-def _check_config(config, source: registry.Source, want_video: bool | None = None) -> None:
+def _check_config(config, source: Source, want_video: bool | None = None) -> None:
   """Raises ValueError when the config does not fit the source, or the iterator kind."""
   check_source(config, source)
   if want_video is not None and want_video != source.is_video:
@@ -341,7 +342,7 @@ def _check_config(config, source: registry.Source, want_video: bool | None = Non
                      f'dataset; use {other}.')
 
 
-def _id_key(source: registry.Source) -> str:
+def _id_key(source: Source) -> str:
   return 'video_id' if source.is_video else 'image_id'
 
 
@@ -390,7 +391,7 @@ def _augment_kwargs(config) -> dict:
 # ------------------------------------------------------------------------------ public API
 
 
-def dataset_info(config, source: registry.Source | None = None) -> DatasetInfo:
+def dataset_info(config, source: Source | None = None) -> DatasetInfo:
   """Categories, class count and split sizes of config.data (prepares embedded datasets).
 
   Args:
@@ -420,7 +421,7 @@ def make_train_iterator(
     *,
     process_index: int | None = None,
     process_count: int | None = None,
-    source: registry.Source | None = None,
+    source: Source | None = None,
     start_position: int = 0,
 ) -> DataIterator:
   """Endless training batches for this process, resumable at any position of its stream.
@@ -636,7 +637,7 @@ def make_eval_iterator(
     *,
     process_index: int | None = None,
     process_count: int | None = None,
-    source: registry.Source | None = None,
+    source: Source | None = None,
 ) -> DataIterator:
   """One pass of evaluation batches for this process, in lockstep with the other processes.
 
@@ -689,7 +690,7 @@ def make_video_eval_iterator(
     *,
     process_index: int | None = None,
     process_count: int | None = None,
-    source: registry.Source | None = None,
+    source: Source | None = None,
 ) -> DataIterator:
   """This process's evaluation clips, one at a time (clips differ in length, so no batching).
 

@@ -1,63 +1,14 @@
-"""Dataset sources: a prepared TFDS builder plus the function that makes canonical examples.
+"""config.data.name -> the dataset module's `make_source(config)` (a `source.Source`).
 
-Every dataset module (shapes.py, coco.py, coco_folder.py, davis.py) exposes
-`make_source(config) -> Source`; `get_source` picks one from config.data.name. The input pipeline
-(pipeline.py) only ever sees canonical examples:
-
-Image example (tf tensors): 'image' uint8 (H, W, 3); 'semantic' int32 (H, W) = category index + 1,
-0 void; 'instance' int32 (H, W) = 1..S, one distinct id per segment (things, stuff and crowd), 0
-void; 'crowd' int32 (H, W), 1 on crowd segments; 'image_id' int64 (); 'error' string () = '' when
-the example is fine, else a message naming the offending file.
-
-Video example: 'frames' uint8 (T, H, W, 3); 'semantic', 'instance', 'crowd' int32 (T, H, W) with
-instance ids consistent over time; 'video_id' int64 (); 'error' string ().
-
-The semantic label of categories[k] is k + 1; 0 is void.
+The dataset modules are imported lazily: each pulls in its own builder code, and only the chosen
+one is needed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any
-
-import tensorflow_datasets as tfds
+from pix2seq_d.data.source import Source
 
 _SHAPES_NAMES = ('shapes', 'shapes_video')
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """A prepared dataset and how to read it.
-
-  Attributes:
-    name: config.data.name that selected it.
-    builder: a prepared TFDS builder (download_and_prepare done or checked).
-    categories: panopticapi-style dicts {'id', 'name', 'isthing', 'color'}; the semantic label of
-      categories[k] is k + 1.
-    decode: tf-traceable; one example as `builder.as_dataset` yields it -> canonical example.
-    is_video: whether `decode` yields video examples.
-    decoders: optional TFDS `decoders` passed to `as_dataset` (e.g. `tfds.decode.SkipDecoding()`
-      on an image feature that `decode` decodes itself); None = TFDS's own decoding.
-    split_aliases: config split names -> the builder's split names, so that the COCO defaults
-      'train2017' / 'val2017' also select TFDS's 'train' / 'validation'.
-    max_image_size: the builder's split name -> the largest (height, width) of its images, where
-      the source knows it before reading the examples (checked against config.data.eval_orig_size
-      at start); a split absent from it is not checked.
-  """
-
-  name: str
-  builder: tfds.core.DatasetBuilder
-  categories: tuple[dict, ...]
-  decode: Callable[[dict], dict]
-  is_video: bool
-  decoders: Any = None
-  split_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  max_image_size: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
-
-  def split(self, name: str) -> str:
-    """The builder's name for the config split `name` (a split spec passes through)."""
-    return self.split_aliases.get(name, name)
 
 
 def get_source(config) -> Source:

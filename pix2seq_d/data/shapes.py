@@ -19,7 +19,7 @@ Stored features: 'image' PNG (H, W, 3) ('frames' (T, H, W, 3) for video); 'seman
 = category index + 1 (0 never occurs: every pixel is sky, ground or an object); 'instance' PNG
 (H, W, 1): images number their visible segments 1..S in painting order (sky, ground, objects);
 clips use 1 = sky, 2 = ground, 3 + k = object k. `make_source` prepares into config.data.data_dir
-and returns a `registry.Source` whose decode gives the canonical example (no crowd).
+and returns a `Source` whose decode gives the canonical example (no crowd).
 
 Builder configs: 'default' (64x64), 'tiny' (64x64, a few dozen examples, for tests) and '128px'.
 Select one with config.data.name = 'shapes/tiny', 'shapes_video/tiny', ...
@@ -36,7 +36,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from pix2seq_d.data import registry
+from pix2seq_d.data.source import Source
 
 # panopticapi-style categories; semantic label of CATEGORIES[k] is k + 1 (0 = void).
 CATEGORIES = (
@@ -394,7 +394,7 @@ def make_builder(name: str, data_dir: str = '') -> tfds.core.DatasetBuilder:
   return cls(config=config_name, data_dir=data_dir or None)
 
 
-def make_source(config) -> registry.Source:
+def make_source(config) -> Source:
   """Prepares (if needed) and returns the shapes / shapes_video source named by config.data.name."""
   builder = make_builder(config.data.name, config.data.data_dir)
   try:
@@ -406,7 +406,7 @@ def make_source(config) -> registry.Source:
     if not builder.is_prepared():
       raise
   is_video = isinstance(builder, ShapesVideo)
-  return registry.Source(
+  return Source(
       name=config.data.name,
       builder=builder,
       categories=CATEGORIES,

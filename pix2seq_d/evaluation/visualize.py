@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pix2seq_d.tasks import panoptic
+
 _GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 
 
@@ -146,3 +148,14 @@ def overlay(image: np.ndarray, colored: np.ndarray, alpha: float = 0.5) -> np.nd
     raise ValueError(f'image {image.shape} and colored {colored.shape} must have one (H, W, 3)')
   blended = (1.0 - alpha) * image + alpha * colored
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
+                   categories) -> np.ndarray:
+  """[input | ground truth | prediction] side by side: (H, 3 W, 3) uint8 at the input size."""
+  size = image.shape[:2]
+  colour = lambda label: colorize_panoptic(
+    panoptic.resize_nearest(label[..., 0], size), panoptic.resize_nearest(label[..., 1], size),
+    categories)
+  picture = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+  return np.concatenate([picture, colour(gt), colour(pred)], axis=1)

@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
 from pix2seq_d import sharding, workdir_files
-from pix2seq_d.evaluation import coco_format, pq, visualize
+from pix2seq_d.evaluation import coco_format, pq_accumulator, visualize
 from pix2seq_d.models import layers
 from pix2seq_d.tasks import panoptic
 
@@ -60,7 +60,7 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
     The flat results record (step, PQ, SQ, RQ, PQ_th, ..., num_images).
   """
   m = config.model
-  accumulator = pq.PQAccumulator(categories)
+  accumulator = pq_accumulator.PQAccumulator(categories)
   is_thing = panoptic.is_thing_table(categories)
   image_size = layers.static_tuple(m.image_size)
   key = jax.random.key(config.seed + 1)
@@ -76,9 +76,10 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
         num_classes=m.num_classes, max_instances=m.max_instances,
         min_pixels=config.eval.min_pixels, is_thing=is_thing)
       gt = batch['orig_label'][i, :orig_h, :orig_w]
-      gt_ids, gt_segments = pq.segments_from_semantic_instance(
+      gt_ids, gt_segments = coco_format.segments_from_semantic_instance(
         gt[..., 0], gt[..., 1], categories, crowd=gt[..., 2] > 0)
-      pred_ids, pred_segments = pq.segments_from_semantic_instance(semantic, instance, categories)
+      pred_ids, pred_segments = coco_format.segments_from_semantic_instance(
+        semantic, instance, categories)
       image_id = int(batch['image_id'][i])
       accumulator.update(gt_ids, gt_segments, pred_ids, pred_segments, image_id=image_id)
       num_images += 1
@@ -92,12 +93,12 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
   if jax.process_count() > 1:
     state = np.asarray(multihost_utils.process_allgather(state)).sum(axis=0)
     num_images = int(np.asarray(multihost_utils.process_allgather(np.int64(num_images))).sum())
-  totals = pq.PQAccumulator(categories)
+  totals = pq_accumulator.PQAccumulator(categories)
   totals.merge_state(state)
   results = totals.results()
   record = dict(summarise(results, step), num_images=num_images)
   logging.info('Step %d evaluation on %d images:\n%s', step, num_images,
-               pq.format_table(results, categories))
+               pq_accumulator.format_table(results, categories))
 
   if config.eval.write_predictions and predictions:
     out = epath.Path(workdir) / 'predictions' / f'step_{step}'

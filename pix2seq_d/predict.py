@@ -19,7 +19,7 @@ from etils import epath
 from PIL import Image
 
 from pix2seq_d import checkpoints, config_checks, sharding, workdir_files
-from pix2seq_d.evaluation import coco_format, pq, visualize
+from pix2seq_d.evaluation import coco_format, visualize
 from pix2seq_d.models import layers
 from pix2seq_d.tasks import panoptic
 
@@ -124,7 +124,7 @@ def run(config, workdir: str) -> str:
         pred[i], image_size, unpadded, original.shape[:2], num_classes=config.model.num_classes,
         max_instances=config.model.max_instances, min_pixels=config.eval.min_pixels,
         is_thing=is_thing)
-      ids, segments = pq.segments_from_semantic_instance(semantic, instance, categories)
+      ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, categories)
       annotations.append((index, _stem(path), ids, segments))
       coloured = visualize.colorize_panoptic(semantic, instance, categories)
       Image.fromarray(visualize.overlay(original, coloured)).save(

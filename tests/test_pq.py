@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pix2seq_d.evaluation import coco_format, pq
+from pix2seq_d.evaluation import coco_format, pq, pq_accumulator
 
 SAMPLE = os.path.join(os.path.dirname(__file__), 'data', 'coco_panoptic_sample')
 GT_JSON = os.path.join(SAMPLE, 'annotations', 'panoptic_val2017.json')
@@ -158,7 +158,7 @@ def _our_results_three_ways(
   with open(output) as f:
     cli = json.load(f)
   parallel = pq.pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2)
-  accumulator = pq.PQAccumulator(categories)
+  accumulator = pq_accumulator.PQAccumulator(categories)
   for (image_id, _, ids, segments), (_, _, pred_ids, pred_segments) in zip(
     gt_annotations, predictions, strict=True
   ):
@@ -297,7 +297,7 @@ def test_gt_ids_missing_from_json_are_not_void():
   categories = [{'id': 1, 'isthing': 1}]
   gt = np.array([[6, 6, 6, 5]], np.int32)  # 6 is not listed: not void, so 7 is no longer ignored
   pred = np.array([[7, 7, 7, 0]], np.int32)
-  accumulator = pq.PQAccumulator(categories)
+  accumulator = pq_accumulator.PQAccumulator(categories)
   accumulator.update(gt, [{'id': 5, 'category_id': 1}], pred, [{'id': 7, 'category_id': 1}])
   np.testing.assert_array_equal(accumulator.state()[0, :3], [0, 1, 1])
 
@@ -309,9 +309,9 @@ def test_only_the_last_crowd_segment_of_a_category_ignores_predictions():
   crowds = [{'id': 3, 'category_id': 1, 'iscrowd': 1}, {'id': 4, 'category_id': 1, 'iscrowd': 1}]
   pred = np.array([[7, 7, 7, 0, 0, 0]], np.int32)
   for gt_segments, expected_fp in ((crowds, 1), (crowds[::-1], 0)):
-    accumulator = pq.PQAccumulator(categories)
+    accumulator = pq_accumulator.PQAccumulator(categories)
     accumulator.update(gt, gt_segments, pred, [{'id': 7, 'category_id': 1}])
-    assert accumulator.state()[0, pq.FP] == expected_fp
+    assert accumulator.state()[0, pq_accumulator.FP] == expected_fp
 
 
 def test_perfect_prediction_gives_pq_one(tmp_path):
@@ -343,19 +343,19 @@ def test_workers_never_fork_a_process_running_jax(tmp_path):
 def test_merged_state_equals_one_accumulator():
   rng = _fresh_rng()
   gt, predictions = _synthetic_dataset(rng, 10, CATEGORIES)
-  single, first, second = (pq.PQAccumulator(CATEGORIES) for _ in range(3))
+  single, first, second = (pq_accumulator.PQAccumulator(CATEGORIES) for _ in range(3))
   split = int(rng.integers(1, len(gt)))
   for k, ((image_id, _, ids, segments), (_, _, pred_ids, pred_segments)) in enumerate(
     zip(gt, predictions, strict=True)
   ):
     single.update(ids, segments, pred_ids, pred_segments, image_id)
     (first if k < split else second).update(ids, segments, pred_ids, pred_segments, image_id)
-  merged = pq.PQAccumulator(CATEGORIES)
+  merged = pq_accumulator.PQAccumulator(CATEGORIES)
   merged.merge_state(first.state() + second.state())
   np.testing.assert_array_equal(merged.state()[:, :3], single.state()[:, :3])
   np.testing.assert_allclose(merged.state()[:, 3], single.state()[:, 3], rtol=0, atol=1e-12)
   assert _max_diff(merged.results(), single.results()) < 1e-12
-  assert single.state()[:, pq.TP].sum() > 0
+  assert single.state()[:, pq_accumulator.TP].sum() > 0
   with pytest.raises(ValueError, match='shape'):
     merged.merge_state(np.zeros((2, 4)))
 
@@ -365,7 +365,7 @@ def test_iou_exactly_one_half_is_not_a_match():
   gt = np.array([[5, 5, 5, 5]], np.int32)
   for pred_row, expected in (([9, 9, 9, 0], [1, 0, 0]), ([9, 9, 0, 0], [0, 1, 1])):
     # IoU 3/4 matches; IoU 2/4 = 0.5 exactly does not.
-    accumulator = pq.PQAccumulator(categories)
+    accumulator = pq_accumulator.PQAccumulator(categories)
     accumulator.update(
       gt,
       [{'id': 5, 'category_id': 1}],
@@ -373,7 +373,7 @@ def test_iou_exactly_one_half_is_not_a_match():
       [{'id': 9, 'category_id': 1}],
     )
     np.testing.assert_array_equal(accumulator.state()[0, :3], expected)
-    assert accumulator.state()[0, pq.IOU] == (0.75 if expected[0] else 0.0)
+    assert accumulator.state()[0, pq_accumulator.IOU] == (0.75 if expected[0] else 0.0)
 
 
 def test_prediction_mostly_in_void_and_crowd_is_ignored():
@@ -382,14 +382,14 @@ def test_prediction_mostly_in_void_and_crowd_is_ignored():
   gt_segments = [{'id': 3, 'category_id': 1, 'iscrowd': 1}, {'id': 4, 'category_id': 2}]
   pred = np.array([[7, 7, 7, 8, 8, 8]], np.int32)
   for category_of_8, expected_fp in ((1, [0, 0]), (2, [0, 1])):
-    accumulator = pq.PQAccumulator(categories)
+    accumulator = pq_accumulator.PQAccumulator(categories)
     pred_segments = [{'id': 7, 'category_id': 1}, {'id': 8, 'category_id': category_of_8}]
     accumulator.update(gt, gt_segments, pred, pred_segments)
     # 7: 2 of 3 pixels void -> ignored. 8 (category 1): 2 of 3 in the crowd -> ignored;
     # 8 (category 2): IoU with 4 = 1/3 -> no match, 2 of 3 pixels in another category's crowd
     # -> a false positive.
-    np.testing.assert_array_equal(accumulator.state()[:, pq.FP], expected_fp)
-  np.testing.assert_array_equal(accumulator.state()[:, pq.FN], [0, 1])
+    np.testing.assert_array_equal(accumulator.state()[:, pq_accumulator.FP], expected_fp)
+  np.testing.assert_array_equal(accumulator.state()[:, pq_accumulator.FN], [0, 1])
 
 
 def test_segments_from_semantic_instance_round_trip():
@@ -399,7 +399,7 @@ def test_segments_from_semantic_instance_round_trip():
   semantic = rng.integers(0, len(categories) + 1, size=shape)
   instance = rng.integers(0, 6, size=shape)
   crowd = rng.random(shape) < 0.1
-  ids, segments = pq.segments_from_semantic_instance(semantic, instance, categories, crowd)
+  ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, categories, crowd)
   assert ids.dtype == np.int32 and ids.shape == shape
   void = (semantic == 0) | (instance == 0)
   np.testing.assert_array_equal(ids == 0, void)
@@ -418,15 +418,15 @@ def test_segments_from_semantic_instance_round_trip():
   for segment in segments:
     assert segment['area'] == int((ids == segment['id']).sum())
   # Without crowd flags every pair is one non-crowd segment.
-  ids, segments = pq.segments_from_semantic_instance(semantic, instance, categories)
+  ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, categories)
   pairs = {(s, i) for s, i in zip(semantic[~void], instance[~void], strict=True)}
   assert len(segments) == len(pairs) and all(s['iscrowd'] == 0 for s in segments)
   # The maps score PQ 1 against themselves.
-  accumulator = pq.PQAccumulator(categories)
+  accumulator = pq_accumulator.PQAccumulator(categories)
   accumulator.update(ids, segments, ids, segments)
   assert accumulator.results()['All']['pq'] == pytest.approx(1.0, abs=1e-12)
   with pytest.raises(ValueError, match='semantic values'):
-    pq.segments_from_semantic_instance(semantic + len(categories), instance, categories)
+    coco_format.segments_from_semantic_instance(semantic + len(categories), instance, categories)
 
 
 def _write_sample_predictions(tmp_path):
@@ -577,7 +577,7 @@ def test_cli_prints_table_and_writes_results(tmp_path, capsys):
 
 def test_accumulator_input_checks():
   categories = [{'id': 1, 'isthing': 1}]
-  accumulator = pq.PQAccumulator(categories)
+  accumulator = pq_accumulator.PQAccumulator(categories)
   ids = np.ones((3, 3), np.int32)
   with pytest.raises(coco_format.PanopticFormatError, match='shape'):
     accumulator.update(ids, [{'id': 1, 'category_id': 1}], ids[:2], [{'id': 1, 'category_id': 1}])
@@ -591,7 +591,7 @@ def test_accumulator_input_checks():
   with pytest.raises(coco_format.PanopticFormatError, match='unknown category_id 5'):
     accumulator.update(ids, [{'id': 1, 'category_id': 5}], ids, [{'id': 1, 'category_id': 1}])
   with pytest.raises(ValueError, match='isthing'):
-    pq.PQAccumulator([{'id': 1}])
+    pq_accumulator.PQAccumulator([{'id': 1}])
   assert accumulator.state().sum() == 0  # Failed updates add nothing.
-  empty = pq.PQAccumulator(categories).results()
+  empty = pq_accumulator.PQAccumulator(categories).results()
   assert empty['All'] == {'pq': 0.0, 'sq': 0.0, 'rq': 0.0, 'n': 0}

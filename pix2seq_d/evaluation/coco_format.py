@@ -351,3 +351,62 @@ def write_panoptic_predictions(
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return json_path
+
+
+def segments_from_semantic_instance(
+  semantic: np.ndarray,
+  instance: np.ndarray,
+  categories: Sequence[dict],
+  crowd: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[dict]]:
+  """(semantic, instance) label maps -> a panoptic id map and its segments.
+
+  Our label convention: semantic = category index + 1 (0 void), instance ids with 0 void. Every
+  distinct (semantic > 0, instance > 0) pair becomes one segment with a fresh id 1..S (in the
+  order of (semantic, instance)); pixels with semantic 0 or instance 0 are void. Crowd pixels make
+  iscrowd = 1 segments; a pair whose pixels are partly crowd is split into a crowd and a non-crowd
+  segment.
+
+  Args:
+    semantic: integer (H, W), category index + 1.
+    instance: integer (H, W), instance ids.
+    categories: the categories; semantic s is categories[s - 1].
+    crowd: optional bool (H, W) crowd flags.
+
+  Returns:
+    ids: int32 (H, W) segment ids (0 void).
+    segments: [{'id', 'category_id', 'iscrowd', 'area'}] for ids 1..S.
+  """
+  semantic = np.asarray(semantic).astype(np.int64)
+  instance = np.asarray(instance).astype(np.int64)
+  if semantic.shape != instance.shape or semantic.ndim != 2:
+    raise ValueError(f'semantic {semantic.shape} and instance {instance.shape} must be one (H, W)')
+  if semantic.size and (semantic.min() < 0 or semantic.max() > len(categories)):
+    raise ValueError(
+      f'semantic values must lie in [0, {len(categories)}] (category index + 1), got '
+      f'[{semantic.min()}, {semantic.max()}]'
+    )
+  if instance.size and instance.min() < 0:
+    raise ValueError('instance ids must be >= 0')
+  is_crowd = np.zeros(semantic.shape, bool) if crowd is None else np.asarray(crowd, bool)
+  if is_crowd.shape != semantic.shape:
+    raise ValueError(f'crowd {is_crowd.shape} must have the shape of semantic {semantic.shape}')
+  valid = (semantic > 0) & (instance > 0)
+  instance_span = int(instance.max()) + 1 if instance.size else 1
+  key = (semantic[valid] * instance_span + instance[valid]) * 2 + is_crowd[valid]
+  keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+  if keys.size > MAX_SEGMENT_ID:
+    raise ValueError(f'{keys.size} segments do not fit 24-bit segment ids')
+  ids = np.zeros(semantic.shape, np.int32)
+  ids[valid] = inverse.reshape(-1) + 1
+  category_ids = [int(category['id']) for category in categories]
+  segments = [
+    {
+      'id': k + 1,
+      'category_id': category_ids[int(k_key // 2 // instance_span) - 1],
+      'iscrowd': int(k_key % 2),
+      'area': int(count),
+    }
+    for k, (k_key, count) in enumerate(zip(keys, counts, strict=True))
+  ]
+  return ids, segments

@@ -51,7 +51,7 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
     params, model_state: the (EMA) weights to evaluate.
     mesh: the device mesh.
     categories: the dataset's categories (semantic s is categories[s - 1]).
-    eval_iterator: the finite eval iterator of `pipeline.make_eval_iterator`.
+    eval_iterator: the finite eval iterator of `eval_pipeline.make_eval_iterator`.
     step: the training step being evaluated (for the results and summaries).
     workdir: where eval_results.json (and predictions) are written.
     writer: a clu metric writer, or None.

@@ -22,7 +22,7 @@ from pix2seq_d import (
   workdir_files,
   workdir_lock,
 )
-from pix2seq_d.data import pipeline, registry
+from pix2seq_d.data import eval_pipeline, pipeline, registry
 from pix2seq_d.evaluation import visualize
 
 
@@ -173,8 +173,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     return evaluate.evaluate(
       config, predict_fn=predict_fn, params=state.ema_params,
       model_state=state.ema_model_state, mesh=mesh, categories=info.categories,
-      eval_iterator=pipeline.make_eval_iterator(config, source=source), step=step, workdir=workdir,
-      writer=writer)
+      eval_iterator=eval_pipeline.make_eval_iterator(config, source=source), step=step,
+      workdir=workdir, writer=writer)
 
   if mode == 'eval':
     if restored is None:

@@ -17,7 +17,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import coco as coco_configs
-from pix2seq_d.data import coco, coco_folder, pipeline
+from pix2seq_d.data import coco, coco_folder, eval_pipeline, pipeline
+from pix2seq_d.data.iterator import TooManyBrokenExamplesError
 
 SAMPLE_ROOT = os.path.join(os.path.dirname(__file__), 'data', 'coco_panoptic_sample')
 SPLIT = 'val2017'
@@ -287,7 +288,7 @@ def small_folder_config(root, data_dir):
 
 def test_eval_batches_keep_the_original_maps_untouched(tmp_path, sample_examples):
   config = small_folder_config(SAMPLE_ROOT, tmp_path / 'tfds')
-  iterator = pipeline.make_eval_iterator(config, process_index=0, process_count=1)
+  iterator = eval_pipeline.make_eval_iterator(config, process_index=0, process_count=1)
   batches = list(iterator)
   assert len(batches) == iterator.num_batches == 1
   (batch,) = batches
@@ -315,7 +316,7 @@ def test_corrupt_example_is_skipped_in_training_and_raises_in_eval(tmp_path):
     assert batch['image'].shape == (2, 128, 128, 3) and batch['label'].shape == (2, 64, 64, 2)
   assert train.skipped >= 1
 
-  evaluation = pipeline.make_eval_iterator(config, process_index=0, process_count=1)
+  evaluation = eval_pipeline.make_eval_iterator(config, process_index=0, process_count=1)
   with pytest.raises(ValueError, match=str(jpeg_path)):
     list(evaluation)
 
@@ -382,7 +383,7 @@ def test_every_example_broken_stops_training_with_a_clear_error(tmp_path):
   thread.join(timeout=120)
   assert not thread.is_alive(), 'the iterator still skips broken examples after 120 s'
   (error,) = outcome
-  assert isinstance(error, pipeline.TooManyBrokenExamplesError), error
+  assert isinstance(error, TooManyBrokenExamplesError), error
   assert '7 training examples in a row are broken' in str(error)
   assert 'max_skips_in_a_row' in str(error) and 'cannot decode' in str(error)
   assert train.skipped >= 7  # tf.data may have run a few more before the error reached it

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import base
-from pix2seq_d.data import davis, pipeline
+from pix2seq_d.data import davis, eval_pipeline
 
 RESOLUTION = '480p'
 ANNOTATIONS = 'Annotations_unsupervised'
@@ -202,7 +202,7 @@ def test_video_eval_clips_keep_the_original_maps(tmp_path, davis_root):
   config.model.image_size = (32, 64)
   config.model.mask_size = (16, 32)
   config.data.num_parallel_calls = 1  # the test machines share two cores.
-  iterator = pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
+  iterator = eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
   (clip,) = list(iterator)
   video, objects = list(VIDEOS.items())[1]
   assert clip['video_id'] == sorted(VIDEOS).index(video)
@@ -227,4 +227,4 @@ def test_frames_of_another_size_are_recorded_and_rejected_in_eval(tmp_path, davi
   config.task = 'video_panoptic'
   config.data.num_parallel_calls = 1
   with pytest.raises(ValueError, match='different sizes'):
-    list(pipeline.make_video_eval_iterator(config, process_index=0, process_count=1))
+    list(eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pix2seq_d.data import pipeline, registry, shapes
+from pix2seq_d.data import eval_pipeline, pipeline, registry, shapes, splits
 
 SKY = shapes.SKY_LABEL
 
@@ -46,14 +46,14 @@ def test_processes_read_disjoint_shares_covering_the_split(shapes_data_dir, spli
   builder = shapes.make_builder('shapes/tiny', shapes_data_dir)
   shares = []
   for index in range(count):
-    instruction, size = pipeline.process_read_instruction(builder, split, index, count)
+    instruction, size = splits.process_read_instruction(builder, split, index, count)
     shares.append(_image_ids(builder, instruction))
     assert len(shares[-1]) == size
   sizes = [len(share) for share in shares]
   assert max(sizes) - min(sizes) <= 1
   everything = sum(shares, [])
   assert sorted(everything) == sorted(_image_ids(builder, split))
-  assert len(everything) == pipeline.num_split_examples(builder, split)
+  assert len(everything) == splits.num_split_examples(builder, split)
   if split == 'train':  # image ids are unique within one split: the shares are disjoint.
     assert len(set(everything)) == len(everything)
 
@@ -166,7 +166,7 @@ def test_crowd_is_void_for_training_and_kept_in_orig_label(shapes_config):
   assert ((batch['label'][..., 0] == 0) == (batch['label'][..., 1] == 0)).all()
 
   raw = _raw_by_id(base.builder, 'test')
-  evaluation = next(pipeline.make_eval_iterator(
+  evaluation = next(eval_pipeline.make_eval_iterator(
       config, process_index=0, process_count=1, source=source))
   for label, orig, image_id in zip(
       evaluation['label'], evaluation['orig_label'], evaluation['image_id'], strict=True):
@@ -184,7 +184,7 @@ def test_eval_batches_pad_and_stay_in_lockstep(shapes_config, shapes_data_dir):
   raw = _raw_by_id(builder, 'test')
   per_process = []
   for index in range(2):
-    iterator = pipeline.make_eval_iterator(config, process_index=index, process_count=2)
+    iterator = eval_pipeline.make_eval_iterator(config, process_index=index, process_count=2)
     batches = list(iterator)
     assert len(batches) == iterator.num_batches == 2  # ceil(10 / 8) on every process.
     valid_ids = []
@@ -215,7 +215,7 @@ def test_eval_rejects_images_larger_than_eval_orig_size(shapes_config):
   config = shapes_config()
   config.data.eval_orig_size = (32, 48)
   with pytest.raises(ValueError, match=r'Image \d+: original size 64x64 exceeds .*32x48'):
-    next(pipeline.make_eval_iterator(config, process_index=0, process_count=1))
+    next(eval_pipeline.make_eval_iterator(config, process_index=0, process_count=1))
 
 
 def test_error_examples_are_skipped_in_training_and_raise_in_eval(shapes_config):
@@ -239,15 +239,16 @@ def test_error_examples_are_skipped_in_training_and_raise_in_eval(shapes_config)
     assert not (batch['image'] == 1.0).all(axis=(1, 2, 3)).any()
   assert iterator.skipped > 0
   with pytest.raises(ValueError, match=r'corrupt image: img_\d+\.png'):
-    for _ in pipeline.make_eval_iterator(config, process_index=0, process_count=1, source=source):
+    for _ in eval_pipeline.make_eval_iterator(config, process_index=0, process_count=1,
+                                              source=source):
       pass
 
 
 def test_deferred_decoding_equals_tfds_decoding(shapes_config):
   for arg in ('', 'video'):
     source = registry.get_source(shapes_config(arg))
-    instruction, _ = pipeline.process_read_instruction(source.builder, 'test', 0, 1)
-    deferred, finish = pipeline._read(source, instruction, None)
+    instruction, _ = splits.process_read_instruction(source.builder, 'test', 0, 1)
+    deferred, finish = pipeline.read(source, instruction, None)
     full = source.builder.as_dataset(split=instruction).map(source.decode)
     pairs = zip(tfds.as_numpy(deferred.map(finish)), tfds.as_numpy(full), strict=True)
     for ours, theirs in pairs:
@@ -290,7 +291,8 @@ def test_video_eval_yields_whole_clips_per_process(shapes_config, shapes_data_di
   raw = {int(e['video_id']): e for e in tfds.as_numpy(builder.as_dataset(split='test'))}
   seen = []
   for index in range(2):
-    for clip in pipeline.make_video_eval_iterator(config, process_index=index, process_count=2):
+    clips = eval_pipeline.make_video_eval_iterator(config, process_index=index, process_count=2)
+    for clip in clips:
       assert clip['frames'].shape == (8, 64, 64, 3) and clip['frames'].dtype == np.float32
       expected = raw[int(clip['video_id'])]
       np.testing.assert_array_equal(clip['orig_label'][..., 0], expected['semantic'][..., 0])
@@ -306,9 +308,9 @@ def test_bad_configs_give_clear_errors(shapes_config):
   with pytest.raises(ValueError, match='config.train.batch_size = 8'):
     pipeline.make_train_iterator(config, process_index=0, process_count=3)
   with pytest.raises(ValueError, match='config.eval.batch_size'):
-    pipeline.make_eval_iterator(config, process_index=0, process_count=3)
+    eval_pipeline.make_eval_iterator(config, process_index=0, process_count=3)
   with pytest.raises(ValueError, match='video'):
-    pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
+    eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
   video = shapes_config('video')
   video.task = 'panoptic'
   with pytest.raises(ValueError, match="config.task='panoptic'"):
@@ -319,7 +321,7 @@ def test_bad_configs_give_clear_errors(shapes_config):
     config.model.num_classes = wrong
     for check in (pipeline.dataset_info,
                   lambda c: pipeline.make_train_iterator(c, process_index=0, process_count=1),
-                  lambda c: pipeline.make_eval_iterator(c, process_index=0, process_count=1)):
+                  lambda c: eval_pipeline.make_eval_iterator(c, process_index=0, process_count=1)):
       with pytest.raises(ValueError, match=f'config.model.num_classes={wrong}.*=6'):
         check(config)
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pix2seq_d import evaluate, sharding, workdir_files
-from pix2seq_d.data import pipeline
+from pix2seq_d.data import eval_pipeline, pipeline
 
 
 class _Recorder:
@@ -26,7 +26,7 @@ class _Recorder:
 def _run(config, tmp_path, predict):
   mesh = sharding.make_mesh(config.mesh)
   info = pipeline.dataset_info(config)
-  recorder = _Recorder(pipeline.make_eval_iterator(config))
+  recorder = _Recorder(eval_pipeline.make_eval_iterator(config))
   record = evaluate.evaluate(
     config, predict_fn=lambda params, state, images, key: predict(recorder.batch, key),
     params=None, model_state=None, mesh=mesh, categories=info.categories,

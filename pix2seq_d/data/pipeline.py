@@ -1,4 +1,4 @@
-"""Per-host tf.data input pipelines: TFDS source -> canonical examples -> numpy batches.
+"""Per-host tf.data training pipelines: TFDS source -> canonical examples -> numpy batches.
 
 TensorFlow never takes the accelerator: importing pix2seq_d.data hides GPUs and TPUs from it.
 
@@ -27,18 +27,13 @@ Training batches ('image' float32 (B, H, W, 3) in [0, 1], 'label' int32 (B, Hm, 
   inst_{t-1}] share the target's spatial augmentation and instance permutation, and each is
   replaced by zeros with probability config.diffusion.frames_dropout.
 
-Evaluation batches add 'orig_label' int32 (B, Ho, Wo, 3) = [semantic, instance, crowd] at the
-original size zero-padded to config.data.eval_orig_size, 'orig_size' and 'unpadded_size' int32
-(B, 2), 'image_id' int64 (B,) and 'valid' bool (B,). Every process yields the same number of
-batches, ceil(examples / global batch); the tail is padding with valid = False so hosts stay in
-lockstep.
+Evaluation batches: eval_pipeline.py. Per-process shares of a split: splits.py. The iterator and
+its counters: iterator.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -47,17 +42,14 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from pix2seq_d import config_checks
-from pix2seq_d.data import augment, registry
+from pix2seq_d.data import augment, registry, splits
+from pix2seq_d.data.iterator import POSITION_KEY, DataIterator, PipelineStats
 from pix2seq_d.data.source import Source
 
 # Independent random streams derived from config.seed (the values only tell them apart).
 _SHUFFLE_STREAM = 0
 _AUGMENT_STREAM = 1
 _WINDOW_SHUFFLE_STREAM = 2
-# Key of the stream position each training example carries into its batch (popped by the
-# iterator, which keeps the position after its last batch for resuming).
-POSITION_KEY = '_stream_position'
-_PADDING_IMAGE_ID = -1  # image_id of eval padding examples (valid = False).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,189 +72,9 @@ class DatasetInfo:
   num_eval: int
 
 
-class TooManyBrokenExamplesError(ValueError):
-  """Training met config.data.max_skips_in_a_row broken examples without making a batch."""
-
-
-class PipelineStats:
-  """Thread-safe counters the tf.data workers update through tf.py_function.
-
-  Args:
-    max_skips_in_a_row: skipped examples allowed between two batches handed out (0 = no limit).
-  """
-
-  def __init__(self, max_skips_in_a_row: int = 0):
-    self._lock = threading.Lock()
-    self._max_skips_in_a_row = max_skips_in_a_row
-    self.skipped = 0
-    self.skipped_since_batch = 0
-    self.dropped_segments = 0
-    self.failure: str | None = None
-
-  def record_skip(self, error, example_id) -> np.bool_:
-    """Counts and logs a skipped example; returns False (the filter's verdict).
-
-    Raises:
-      TooManyBrokenExamplesError: (in the tf.data worker; `DataIterator` re-raises it) the
-        limit of skips in a row is reached.
-    """
-    message = error.numpy().decode('utf-8', 'replace')
-    example_id = int(example_id.numpy())
-    limit = self._max_skips_in_a_row
-    with self._lock:
-      self.skipped += 1
-      self.skipped_since_batch += 1
-      if limit and self.skipped_since_batch >= limit and self.failure is None:
-        self.failure = (
-            f'{limit} training examples in a row are broken (config.data.max_skips_in_a_row='
-            f'{limit}), so the data cannot make batches; fix the data. The last one, example '
-            f'{example_id}: {message}')
-    if self.failure is not None:
-      raise TooManyBrokenExamplesError(self.failure)
-    logging.warning('Skipping training example %d: %s', example_id, message)
-    return np.bool_(False)
-
-  def record_batch(self) -> None:
-    """A batch was handed out: the count of skips in a row starts again."""
-    with self._lock:
-      self.skipped_since_batch = 0
-
-  def record_dropped(self, count, example_id) -> np.int32:
-    """Counts and logs segments made void because max_instances was exceeded; returns count."""
-    count = int(count.numpy())
-    with self._lock:
-      self.dropped_segments += count
-    logging.warning('Example %d: %d segments beyond config.model.max_instances - 1 became void.',
-                    int(example_id.numpy()), count)
-    return np.int32(count)
-
-
-class DataIterator:
-  """Iterator of dicts of numpy arrays with the pipeline's counters.
-
-  Attributes:
-    skipped: training examples skipped so far because their 'error' was set.
-    dropped_segments: segments made void so far because an example had too many.
-    num_batches: batches per pass for evaluation (None for the endless training stream).
-    position: training: the stream position after the last batch handed out (the
-      `start_position` that continues right after it).
-  """
-
-  def __init__(self, dataset: tf.data.Dataset, stats: PipelineStats, *,
-               check_errors: bool = False, num_batches: int | None = None,
-               start_position: int = 0):
-    self._iterator = iter(tfds.as_numpy(dataset))
-    self._stats = stats
-    self._check_errors = check_errors
-    self.num_batches = num_batches
-    self.position = start_position
-
-  @property
-  def skipped(self) -> int:
-    return self._stats.skipped
-
-  @property
-  def dropped_segments(self) -> int:
-    return self._stats.dropped_segments
-
-  def __iter__(self) -> DataIterator:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    try:
-      batch = next(self._iterator)
-    except tf.errors.OpError:
-      if self._stats.failure is not None:  # raised in a tf.data worker; say it plainly here.
-        raise TooManyBrokenExamplesError(self._stats.failure) from None
-      raise
-    self._stats.record_batch()
-    if POSITION_KEY in batch:
-      self.position = int(np.max(batch.pop(POSITION_KEY))) + 1
-    if 'error' in batch:
-      errors = np.atleast_1d(batch.pop('error'))
-      valid = np.atleast_1d(batch.get('valid', True))
-      if self._check_errors:
-        for error, is_valid in zip(errors, valid, strict=True):
-          if is_valid and error:
-            raise ValueError(error.decode('utf-8', 'replace'))
-    return batch
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax  # only for the defaults, so the pipeline itself stays usable without it.
-
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} must be in [0, process_count '
-                     f'{process_count}).')
-  return process_index, process_count
-
-
-def _local_batch_size(global_batch: int, process_count: int, field: str) -> int:
-  if global_batch <= 0 or global_batch % process_count:
-    raise ValueError(f'{field} = {global_batch} must be a positive multiple of the process count '
-                     f'{process_count}.')
-  return global_batch // process_count
-
-
 def _derived_seed(config, process_index: int, stream: int, words: int = 1) -> np.ndarray:
   """uint32 words from (config.seed, process, stream): independent per process and use."""
   return np.random.SeedSequence([config.seed, process_index, stream]).generate_state(words)
-
-
-def _split_ranges(builder, split: str) -> list[tuple[str, int, int]]:
-  """(split name, start, end) absolute example ranges of a split spec such as 'train[:10%]'."""
-  instruction = tfds.core.ReadInstruction.from_spec(split)
-  splits = builder.info.splits
-  ranges = []
-  for part in instruction.to_absolute(splits):
-    if part.splitname not in splits:
-      raise ValueError(f'Split {split!r} of dataset {builder.name!r} does not exist; available: '
-                       f'{list(splits)}.')
-    end = part.to if part.to is not None else splits[part.splitname].num_examples
-    ranges.append((part.splitname, part.from_ or 0, end))
-  return ranges
-
-
-def num_split_examples(builder, split: str) -> int:
-  """Number of examples of a split spec such as 'train' or 'train[:10%]+test'."""
-  return sum(end - start for _, start, end in _split_ranges(builder, split))
-
-
-def process_read_instruction(
-    builder, split: str, process_index: int, process_count: int, limit: int | None = None
-) -> tuple[tfds.core.ReadInstruction | None, int]:
-  """This process's disjoint contiguous share of `split` (first `limit` examples when given).
-
-  Shares differ by at most one example (the remainder goes to the first processes) and together
-  cover the split exactly. Returns (read instruction or None when the share is empty, its size).
-  """
-  ranges = _split_ranges(builder, split)
-  total = sum(end - start for _, start, end in ranges)
-  if limit is not None:
-    total = min(total, limit)
-  per_process, remainder = divmod(total, process_count)
-  first = per_process * process_index + min(process_index, remainder)
-  last = first + per_process + (1 if process_index < remainder else 0)
-  parts = []
-  offset = 0  # position of the current range in the concatenated split.
-  for name, start, end in ranges:
-    lo = max(first, offset) - offset + start
-    hi = min(last, offset + end - start) - offset + start
-    if lo < hi:
-      parts.append(tfds.core.ReadInstruction(name, from_=lo, to=hi, unit='abs'))
-    offset += end - start
-  if not parts:
-    return None, 0
-  instruction = parts[0]
-  for part in parts[1:]:
-    instruction = instruction + part
-  return instruction, last - first
 
 
 def _deferred_image_features(source: Source) -> dict:
@@ -278,7 +90,7 @@ def _deferred_image_features(source: Source) -> dict:
   return deferred
 
 
-def _read(
+def read(
     source: Source, instruction, shuffle_seed: int | None
 ) -> tuple[tf.data.Dataset, Callable[[dict], dict]]:
   """Raw examples of `instruction` with images still encoded, and the function finishing them.
@@ -333,7 +145,7 @@ def check_source(config, source: Source) -> None:
           f'are padded to it for PQ. Set --config.data.eval_orig_size="{needed}".')
 
 
-def _check_config(config, source: Source, want_video: bool | None = None) -> None:
+def check_kind(config, source: Source, want_video: bool | None = None) -> None:
   """Raises ValueError when the config does not fit the source, or the iterator kind."""
   check_source(config, source)
   if want_video is not None and want_video != source.is_video:
@@ -368,13 +180,13 @@ def _count_dropped(stats: PipelineStats, dropped: tf.Tensor, example_id: tf.Tens
   return tf.cond(dropped > 0, record, lambda: dropped)
 
 
-def _training_label(semantic: tf.Tensor, instance: tf.Tensor, crowd: tf.Tensor) -> tf.Tensor:
+def training_label(semantic: tf.Tensor, instance: tf.Tensor, crowd: tf.Tensor) -> tf.Tensor:
   """[semantic, instance] (..., 2) with crowd pixels void (the crowd rule)."""
   not_crowd = tf.cast(tf.equal(crowd, 0), tf.int32)
   return tf.stack([semantic * not_crowd, instance * not_crowd], axis=-1)
 
 
-def _augment_kwargs(config) -> dict:
+def augment_kwargs(config) -> dict:
   data = config.data
   return {
       'image_size': tuple(config.model.image_size),
@@ -404,14 +216,14 @@ def dataset_info(config, source: Source | None = None) -> DatasetInfo:
   source = source or registry.get_source(config)
   check_source(config, source)
   builder = source.builder
-  num_eval = num_split_examples(builder, source.split(config.data.eval_split))
+  num_eval = splits.num_split_examples(builder, source.split(config.data.eval_split))
   if config.eval.num_examples > 0:
     num_eval = min(num_eval, config.eval.num_examples)
   return DatasetInfo(
       categories=tuple(source.categories),
       num_classes=len(source.categories) + 1,
       is_video=source.is_video,
-      num_train=num_split_examples(builder, source.split(config.data.train_split)),
+      num_train=splits.num_split_examples(builder, source.split(config.data.train_split)),
       num_eval=num_eval,
   )
 
@@ -445,14 +257,16 @@ def make_train_iterator(
     with B = config.train.batch_size // process_count; video adds 'cond_label' int32
     (B, Hm, Wm, 2 * config.diffusion.num_cond_frames).
   """
-  process_index, process_count = _processes(process_index, process_count)
+  process_index, process_count = splits.processes(process_index, process_count)
   source = source or registry.get_source(config)
-  _check_config(config, source)
+  check_kind(config, source)
   if start_position < 0:
     raise ValueError(f'start_position={start_position} must be >= 0.')
-  batch_size = _local_batch_size(config.train.batch_size, process_count, 'config.train.batch_size')
+  batch_size = splits.local_batch_size(config.train.batch_size, process_count,
+                                       'config.train.batch_size')
   split = source.split(config.data.train_split)
-  instruction, size = process_read_instruction(source.builder, split, process_index, process_count)
+  instruction, size = splits.process_read_instruction(source.builder, split, process_index,
+                                                      process_count)
   if instruction is None:
     raise ValueError(f'config.data.train_split {split!r} of {source.name!r} has fewer examples '
                      f'than processes ({process_count}).')
@@ -463,7 +277,7 @@ def make_train_iterator(
   stats = PipelineStats(config.data.max_skips_in_a_row)
   id_key = _id_key(source)
 
-  dataset, finish = _read(source, instruction, shuffle_seed)
+  dataset, finish = read(source, instruction, shuffle_seed)
   dataset = dataset.shuffle(max(config.data.shuffle_buffer, 1), seed=shuffle_seed,
                             reshuffle_each_iteration=True)
   dataset = dataset.repeat()
@@ -497,12 +311,12 @@ def make_train_iterator(
 
 
 def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:
-  kwargs = _augment_kwargs(config)
+  kwargs = augment_kwargs(config)
   max_instances = config.model.max_instances
 
   def preprocess(example, seed):
     augment_seed, id_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    label = _training_label(example['semantic'], example['instance'], example['crowd'])
+    label = training_label(example['semantic'], example['instance'], example['crowd'])
     images, labels, _ = augment.train_augment(
         example['image'][None], label[None], augment_seed, **kwargs)
     labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed)
@@ -546,7 +360,7 @@ def _video_windows(dataset: tf.data.Dataset, config, shuffle_seed: int) -> tf.da
 
 
 def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:
-  kwargs = _augment_kwargs(config)
+  kwargs = augment_kwargs(config)
   max_instances = config.model.max_instances
   num_cond = config.diffusion.num_cond_frames
   frames_dropout = float(config.diffusion.frames_dropout)
@@ -555,7 +369,7 @@ def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
   def preprocess(window, seed):
     augment_seed, id_seed, dropout_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 3))
-    labels = _training_label(window['semantic'], window['instance'], window['crowd'])
+    labels = training_label(window['semantic'], window['instance'], window['crowd'])
     # One geometry for the window; the encoder only sees the target (last) frame.
     images, labels, _ = augment.train_augment(
         window['frames'][-1:], labels, augment_seed, **kwargs)
@@ -573,167 +387,3 @@ def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
   return preprocess
 
 
-def _fit_original(orig: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-  """(H, W, C) -> (Ho, Wo, C): zero-pad bottom / right (cropping only an image already in error)."""
-  height, width = size
-  orig = orig[:height, :width]
-  shape = tf.shape(orig)
-  padded = tf.pad(orig, [[0, height - shape[0]], [0, width - shape[1]], [0, 0]])
-  return tf.ensure_shape(padded, [height, width, orig.shape[-1]])
-
-
-def _eval_image_fn(config) -> Callable[[dict], dict]:
-  kwargs = _augment_kwargs(config)
-  orig_h, orig_w = (int(v) for v in config.data.eval_orig_size)
-  max_instances = config.model.max_instances
-
-  def preprocess(example):
-    fine = tf.equal(example['error'], '')
-    # A broken example carries placeholder pixels; swap in a 1x1 image so resizing cannot fail
-    # before the iterator raises its error.
-    parts = ('image', 'semantic', 'instance', 'crowd')
-    image, semantic, instance, crowd = tf.cond(
-        fine,
-        lambda: tuple(example[key] for key in parts),
-        lambda: (tf.zeros([1, 1, 3], tf.uint8),) + (tf.zeros([1, 1], tf.int32),) * 3,
-    )
-    label = _training_label(semantic, instance, crowd)
-    images, labels, unpadded = augment.eval_resize(
-        image[None], label[None], image_size=kwargs['image_size'], mask_size=kwargs['mask_size'],
-        pad_value=kwargs['pad_value'])
-    labels, _ = augment.assign_instance_ids(labels, max_instances, seed=None)
-    orig = tf.stack([semantic, instance, crowd], axis=-1)
-    orig_size = tf.shape(orig)[:2]
-    fits = (orig_size[0] <= orig_h) & (orig_size[1] <= orig_w)
-    too_large = tf.strings.format(
-        'Image {}: original size {}x{} exceeds config.data.eval_orig_size {}x{}.',
-        [example['image_id'], orig_size[0], orig_size[1], orig_h, orig_w])
-    error = tf.where(fine, tf.where(fits, tf.constant(''), too_large), example['error'])
-    return {
-        'image': images[0],
-        'label': labels[0],
-        'orig_label': _fit_original(orig, (orig_h, orig_w)),
-        'orig_size': orig_size,
-        'unpadded_size': unpadded,
-        'image_id': tf.cast(example['image_id'], tf.int64),
-        'valid': tf.constant(True),
-        'error': error,
-    }
-
-  return preprocess
-
-
-def _eval_padding(element_spec: dict, pad_value: float) -> tf.data.Dataset:
-  """Endless invalid examples matching `element_spec` (image = pad value, labels 0)."""
-  example = {key: tf.zeros(spec.shape, spec.dtype) for key, spec in element_spec.items()}
-  example['image'] = tf.fill(element_spec['image'].shape, tf.constant(pad_value, tf.float32))
-  example['image_id'] = tf.constant(_PADDING_IMAGE_ID, tf.int64)
-  example['error'] = tf.constant('')
-  return tf.data.Dataset.from_tensors(example).repeat()
-
-
-def make_eval_iterator(
-    config,
-    *,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    source: Source | None = None,
-) -> DataIterator:
-  """One pass of evaluation batches for this process, in lockstep with the other processes.
-
-  Args:
-    config: the experiment config.
-    process_index, process_count: default jax.process_index() / jax.process_count().
-    source: a Source to read instead of registry.get_source(config).
-
-  Returns:
-    A DataIterator (with `num_batches`) of {'image' float32 (B, H, W, 3), 'label' int32
-    (B, Hm, Wm, 2), 'orig_label' int32 (B, Ho, Wo, 3), 'orig_size' int32 (B, 2),
-    'unpadded_size' int32 (B, 2), 'image_id' int64 (B,), 'valid' bool (B,)} with
-    B = config.eval.batch_size // process_count. Iterating raises ValueError for an example whose
-    'error' is set or whose original size exceeds config.data.eval_orig_size.
-  """
-  process_index, process_count = _processes(process_index, process_count)
-  source = source or registry.get_source(config)
-  _check_config(config, source, want_video=False)
-  batch_size = _local_batch_size(config.eval.batch_size, process_count, 'config.eval.batch_size')
-  split = source.split(config.data.eval_split)
-  total = num_split_examples(source.builder, split)
-  if config.eval.num_examples > 0:
-    total = min(total, config.eval.num_examples)
-  if total == 0:
-    raise ValueError(f'config.data.eval_split {split!r} of {source.name!r} is empty.')
-  num_batches = math.ceil(total / config.eval.batch_size)
-  instruction, size = process_read_instruction(
-      source.builder, split, process_index, process_count, limit=total)
-  logging.info('Process %d/%d evaluates %d examples of %s %s in %d batches.', process_index,
-               process_count, size, source.name, split, num_batches)
-
-  preprocess = _eval_image_fn(config)
-  if instruction is None:
-    # An empty share still needs the element structure for its padding batches: trace a dummy.
-    probe, finish = _read(source, process_read_instruction(source.builder, split, 0, 1, 1)[0],
-                          None)
-    dataset = probe.map(finish).map(preprocess).take(0)
-  else:
-    dataset, finish = _read(source, instruction, None)
-    dataset = dataset.map(finish, num_parallel_calls=config.data.num_parallel_calls)
-    dataset = dataset.map(preprocess, num_parallel_calls=config.data.num_parallel_calls)
-  padding = _eval_padding(dataset.element_spec, config.data.image_pad_value)
-  dataset = dataset.concatenate(padding).take(num_batches * batch_size)
-  dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(config.data.prefetch)
-  return DataIterator(dataset, PipelineStats(), check_errors=True, num_batches=num_batches)
-
-
-def make_video_eval_iterator(
-    config,
-    *,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    source: Source | None = None,
-) -> DataIterator:
-  """This process's evaluation clips, one at a time (clips differ in length, so no batching).
-
-  Each process gets a disjoint share of the clips (their union is the split, limited to
-  config.eval.num_examples clips when > 0); processes are not in lockstep.
-
-  Returns:
-    A DataIterator of {'frames' float32 (T, H, W, 3) resized to fit and padded like eval images,
-    'orig_label' int32 (T, Ho, Wo, 3) = [semantic, instance, crowd] at the original size
-    (unpadded: Ho, Wo = 'orig_size'), 'orig_size' int32 (2,), 'unpadded_size' int32 (2,),
-    'video_id' int64 ()}. Iterating raises ValueError for a clip whose 'error' is set.
-  """
-  process_index, process_count = _processes(process_index, process_count)
-  source = source or registry.get_source(config)
-  _check_config(config, source, want_video=True)
-  split = source.split(config.data.eval_split)
-  limit = config.eval.num_examples if config.eval.num_examples > 0 else None
-  instruction, size = process_read_instruction(
-      source.builder, split, process_index, process_count, limit=limit)
-  logging.info('Process %d/%d evaluates %d clips of %s %s.', process_index, process_count, size,
-               source.name, split)
-  if instruction is None:
-    return DataIterator(tf.data.Dataset.from_tensors({}).take(0), PipelineStats(),
-                        check_errors=True, num_batches=0)
-  image_size = tuple(config.model.image_size)
-  pad_value = float(config.data.image_pad_value)
-
-  def preprocess(clip):
-    # A broken clip carries placeholder pixels; swap in one 1x1 frame so resizing cannot fail
-    # before the iterator raises its error.
-    frames = tf.cond(tf.equal(clip['error'], ''), lambda: clip['frames'],
-                     lambda: tf.zeros([1, 1, 1, 3], tf.uint8))
-    geometry = augment.eval_geometry(tf.shape(frames)[1:3], image_size)
-    orig = tf.stack([clip['semantic'], clip['instance'], clip['crowd']], axis=-1)
-    return {
-        'frames': augment.resample_images(frames, geometry, image_size, pad_value),
-        'orig_label': orig,
-        'orig_size': tf.shape(orig)[1:3],
-        'unpadded_size': geometry['crop_size'],
-        'video_id': tf.cast(clip['video_id'], tf.int64),
-        'error': clip['error'],
-    }
-
-  dataset, finish = _read(source, instruction, None)
-  dataset = dataset.map(finish).map(preprocess).prefetch(config.data.prefetch)
-  return DataIterator(dataset, PipelineStats(), check_errors=True, num_batches=size)

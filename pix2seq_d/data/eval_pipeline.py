@@ -1,0 +1,191 @@
+"""Evaluation batches: one pass over the eval split per process, in lockstep across processes.
+
+Evaluation batches hold 'image' float32 (B, H, W, 3), the mask-size 'label' int32 (B, Hm, Wm, 2)
+(crowd pixels void), 'orig_label' int32 (B, Ho, Wo, 3) = [semantic, instance, crowd] at the
+original size zero-padded to config.data.eval_orig_size, 'orig_size' and 'unpadded_size' int32
+(B, 2), 'image_id' int64 (B,) and 'valid' bool (B,). Every process yields the same number of
+batches, ceil(examples / global batch); the tail is padding with valid = False so hosts stay in
+lockstep. An example whose 'error' is set stops the evaluation with its message (the iterator
+raises ValueError).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import tensorflow as tf
+from absl import logging
+
+from pix2seq_d.data import augment, pipeline, registry, splits
+from pix2seq_d.data.iterator import DataIterator, PipelineStats
+from pix2seq_d.data.source import Source
+
+_PADDING_IMAGE_ID = -1  # image_id of eval padding examples (valid = False).
+
+
+def _fit_original(orig: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+  """(H, W, C) -> (Ho, Wo, C): zero-pad bottom / right (cropping only an image already in error)."""
+  height, width = size
+  orig = orig[:height, :width]
+  shape = tf.shape(orig)
+  padded = tf.pad(orig, [[0, height - shape[0]], [0, width - shape[1]], [0, 0]])
+  return tf.ensure_shape(padded, [height, width, orig.shape[-1]])
+
+
+def _eval_image_fn(config) -> Callable[[dict], dict]:
+  kwargs = pipeline.augment_kwargs(config)
+  orig_h, orig_w = (int(v) for v in config.data.eval_orig_size)
+  max_instances = config.model.max_instances
+
+  def preprocess(example):
+    fine = tf.equal(example['error'], '')
+    # A broken example carries placeholder pixels; swap in a 1x1 image so resizing cannot fail
+    # before the iterator raises its error.
+    parts = ('image', 'semantic', 'instance', 'crowd')
+    image, semantic, instance, crowd = tf.cond(
+        fine,
+        lambda: tuple(example[key] for key in parts),
+        lambda: (tf.zeros([1, 1, 3], tf.uint8),) + (tf.zeros([1, 1], tf.int32),) * 3,
+    )
+    label = pipeline.training_label(semantic, instance, crowd)
+    images, labels, unpadded = augment.eval_resize(
+        image[None], label[None], image_size=kwargs['image_size'], mask_size=kwargs['mask_size'],
+        pad_value=kwargs['pad_value'])
+    labels, _ = augment.assign_instance_ids(labels, max_instances, seed=None)
+    orig = tf.stack([semantic, instance, crowd], axis=-1)
+    orig_size = tf.shape(orig)[:2]
+    fits = (orig_size[0] <= orig_h) & (orig_size[1] <= orig_w)
+    too_large = tf.strings.format(
+        'Image {}: original size {}x{} exceeds config.data.eval_orig_size {}x{}.',
+        [example['image_id'], orig_size[0], orig_size[1], orig_h, orig_w])
+    error = tf.where(fine, tf.where(fits, tf.constant(''), too_large), example['error'])
+    return {
+        'image': images[0],
+        'label': labels[0],
+        'orig_label': _fit_original(orig, (orig_h, orig_w)),
+        'orig_size': orig_size,
+        'unpadded_size': unpadded,
+        'image_id': tf.cast(example['image_id'], tf.int64),
+        'valid': tf.constant(True),
+        'error': error,
+    }
+
+  return preprocess
+
+
+def _eval_padding(element_spec: dict, pad_value: float) -> tf.data.Dataset:
+  """Endless invalid examples matching `element_spec` (image = pad value, labels 0)."""
+  example = {key: tf.zeros(spec.shape, spec.dtype) for key, spec in element_spec.items()}
+  example['image'] = tf.fill(element_spec['image'].shape, tf.constant(pad_value, tf.float32))
+  example['image_id'] = tf.constant(_PADDING_IMAGE_ID, tf.int64)
+  example['error'] = tf.constant('')
+  return tf.data.Dataset.from_tensors(example).repeat()
+
+
+def make_eval_iterator(
+    config,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    source: Source | None = None,
+) -> DataIterator:
+  """One pass of evaluation batches for this process, in lockstep with the other processes.
+
+  Args:
+    config: the experiment config.
+    process_index, process_count: default jax.process_index() / jax.process_count().
+    source: a Source to read instead of registry.get_source(config).
+
+  Returns:
+    A DataIterator (with `num_batches`) of {'image' float32 (B, H, W, 3), 'label' int32
+    (B, Hm, Wm, 2), 'orig_label' int32 (B, Ho, Wo, 3), 'orig_size' int32 (B, 2),
+    'unpadded_size' int32 (B, 2), 'image_id' int64 (B,), 'valid' bool (B,)} with
+    B = config.eval.batch_size // process_count. Iterating raises ValueError for an example whose
+    'error' is set or whose original size exceeds config.data.eval_orig_size.
+  """
+  process_index, process_count = splits.processes(process_index, process_count)
+  source = source or registry.get_source(config)
+  pipeline.check_kind(config, source, want_video=False)
+  batch_size = splits.local_batch_size(config.eval.batch_size, process_count,
+                                       'config.eval.batch_size')
+  split = source.split(config.data.eval_split)
+  total = splits.num_split_examples(source.builder, split)
+  if config.eval.num_examples > 0:
+    total = min(total, config.eval.num_examples)
+  if total == 0:
+    raise ValueError(f'config.data.eval_split {split!r} of {source.name!r} is empty.')
+  num_batches = math.ceil(total / config.eval.batch_size)
+  instruction, size = splits.process_read_instruction(
+      source.builder, split, process_index, process_count, limit=total)
+  logging.info('Process %d/%d evaluates %d examples of %s %s in %d batches.', process_index,
+               process_count, size, source.name, split, num_batches)
+
+  preprocess = _eval_image_fn(config)
+  if instruction is None:
+    # An empty share still needs the element structure for its padding batches: trace a dummy.
+    whole, _ = splits.process_read_instruction(source.builder, split, 0, 1, 1)
+    probe, finish = pipeline.read(source, whole, None)
+    dataset = probe.map(finish).map(preprocess).take(0)
+  else:
+    dataset, finish = pipeline.read(source, instruction, None)
+    dataset = dataset.map(finish, num_parallel_calls=config.data.num_parallel_calls)
+    dataset = dataset.map(preprocess, num_parallel_calls=config.data.num_parallel_calls)
+  padding = _eval_padding(dataset.element_spec, config.data.image_pad_value)
+  dataset = dataset.concatenate(padding).take(num_batches * batch_size)
+  dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(config.data.prefetch)
+  return DataIterator(dataset, PipelineStats(), check_errors=True, num_batches=num_batches)
+
+
+def make_video_eval_iterator(
+    config,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    source: Source | None = None,
+) -> DataIterator:
+  """This process's evaluation clips, one at a time (clips differ in length, so no batching).
+
+  Each process gets a disjoint share of the clips (their union is the split, limited to
+  config.eval.num_examples clips when > 0); processes are not in lockstep.
+
+  Returns:
+    A DataIterator of {'frames' float32 (T, H, W, 3) resized to fit and padded like eval images,
+    'orig_label' int32 (T, Ho, Wo, 3) = [semantic, instance, crowd] at the original size
+    (unpadded: Ho, Wo = 'orig_size'), 'orig_size' int32 (2,), 'unpadded_size' int32 (2,),
+    'video_id' int64 ()}. Iterating raises ValueError for a clip whose 'error' is set.
+  """
+  process_index, process_count = splits.processes(process_index, process_count)
+  source = source or registry.get_source(config)
+  pipeline.check_kind(config, source, want_video=True)
+  split = source.split(config.data.eval_split)
+  limit = config.eval.num_examples if config.eval.num_examples > 0 else None
+  instruction, size = splits.process_read_instruction(
+      source.builder, split, process_index, process_count, limit=limit)
+  logging.info('Process %d/%d evaluates %d clips of %s %s.', process_index, process_count, size,
+               source.name, split)
+  if instruction is None:
+    return DataIterator(tf.data.Dataset.from_tensors({}).take(0), PipelineStats(),
+                        check_errors=True, num_batches=0)
+  image_size = tuple(config.model.image_size)
+  pad_value = float(config.data.image_pad_value)
+
+  def preprocess(clip):
+    # A broken clip carries placeholder pixels; swap in one 1x1 frame so resizing cannot fail
+    # before the iterator raises its error.
+    frames = tf.cond(tf.equal(clip['error'], ''), lambda: clip['frames'],
+                     lambda: tf.zeros([1, 1, 1, 3], tf.uint8))
+    geometry = augment.eval_geometry(tf.shape(frames)[1:3], image_size)
+    orig = tf.stack([clip['semantic'], clip['instance'], clip['crowd']], axis=-1)
+    return {
+        'frames': augment.resample_images(frames, geometry, image_size, pad_value),
+        'orig_label': orig,
+        'orig_size': tf.shape(orig)[1:3],
+        'unpadded_size': geometry['crop_size'],
+        'video_id': tf.cast(clip['video_id'], tf.int64),
+        'error': clip['error'],
+    }
+
+  dataset, finish = pipeline.read(source, instruction, None)
+  dataset = dataset.map(finish).map(preprocess).prefetch(config.data.prefetch)
+  return DataIterator(dataset, PipelineStats(), check_errors=True, num_batches=size)

@@ -44,10 +44,13 @@ flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON fi
 flags.DEFINE_integer('train_steps', 20, 'Timed train steps (after the warm-up).')
 flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps after compilation.')
 flags.DEFINE_integer('sample_repeats', 5, 'Timed sampling batches (after one warm-up batch).')
-flags.DEFINE_list('parts', ['train', 'sample'],
-                  'What to measure: train, sample, memory (the activations the train step keeps '
-                  'and its compiled memory analysis, without running it: plans batch sizes for '
-                  'devices one does not have).')
+flags.DEFINE_list(
+  'parts',
+  ['train', 'sample'],
+  'What to measure: train, sample, memory (the activations the train step keeps '
+  'and its compiled memory analysis, without running it: plans batch sizes for '
+  'devices one does not have).',
+)
 flags.DEFINE_bool('compile_memory', True, 'With --parts=memory, also compile the train step.')
 FLAGS = flags.FLAGS
 
@@ -92,8 +95,9 @@ def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndar
   def labels(channels):
     semantic = rng.integers(0, config.model.num_classes, (rows, mask_h, mask_w, channels))
     instance = rng.integers(0, config.model.max_instances, (rows, mask_h, mask_w, channels))
-    return np.stack([semantic, instance], axis=-1).reshape(rows, mask_h, mask_w, -1).astype(
-      np.int32)
+    return (
+      np.stack([semantic, instance], axis=-1).reshape(rows, mask_h, mask_w, -1).astype(np.int32)
+    )
 
   batch = {'image': rng.random((rows, height, width, 3), dtype=np.float32), 'label': labels(1)}
   if config.task == 'video_panoptic':
@@ -105,7 +109,8 @@ def model_flops_per_image(config, mesh, batch: dict, key: jax.Array) -> float:
   """XLA's FLOP count of one train step per image, with XLA attention and no remat."""
   counted = summary.flops_config(config)
   state_shape, state_shardings, train_graphdef, _, tx = sharding.build_train_state(
-    counted, mesh, abstract=True)
+    counted, mesh, abstract=True
+  )
   step = sharding.jit_train_step(counted, tx, train_graphdef, state_shardings, mesh)
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
   analysis = step.lower(state_shape, abstract_batch, key).cost_analysis()
@@ -120,8 +125,12 @@ def peak_memory_gib(compiled) -> tuple[float, str]:
   if all(s and 'peak_bytes_in_use' in s for s in stats):
     return max(s['peak_bytes_in_use'] for s in stats) / GIB, 'memory_stats'
   memory = compiled.memory_analysis()
-  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  total = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    + memory.temp_size_in_bytes
+    - memory.alias_size_in_bytes
+  )
   return total / GIB, 'memory_analysis'
 
 
@@ -142,6 +151,7 @@ def residual_gib(config, batch: dict) -> float:
     def loss(params):
       merged = nnx.merge(graphdef, params, rest, copy=True)
       return steps.diffusion_loss(merged, batch, key, config)[0]
+
     return jax.vjp(loss, params)[1]
 
   closure = jax.eval_shape(backward_closure, params, rest, abstract_batch, jax.random.key(0))
@@ -149,34 +159,56 @@ def residual_gib(config, batch: dict) -> float:
 
 
 def _tree_gib(tree) -> float:
-  return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)
-             if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)) / GIB
+  return (
+    sum(
+      math.prod(leaf.shape) * leaf.dtype.itemsize
+      for leaf in jax.tree.leaves(tree)
+      if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    )
+    / GIB
+  )
 
 
 def bench_memory(config, mesh, *, compile_step: bool = True) -> dict:
   """The train state's size and the activations the step keeps (all devices together, GiB),
   and unless `compile_step` is False the compiled (never run) step's per-device analysis."""
   state, state_shardings, train_graphdef, _, tx = sharding.build_train_state(
-    config, mesh, abstract=True)
+    config, mesh, abstract=True
+  )
   local = synthetic_batch(config, config.train.batch_size)
-  record = {'batch': config.train.batch_size, 'state_gib': _tree_gib(state),
-            'residual_gib': residual_gib(config, local)}
+  record = {
+    'batch': config.train.batch_size,
+    'state_gib': _tree_gib(state),
+    'residual_gib': residual_gib(config, local),
+  }
   if not compile_step:
     return record
-  batch = {k: jax.ShapeDtypeStruct((config.train.batch_size,) + v.shape[1:], v.dtype,
-                                   sharding=sharding.batch_sharding(mesh))
-           for k, v in local.items()}
+  batch = {
+    k: jax.ShapeDtypeStruct(
+      (config.train.batch_size,) + v.shape[1:], v.dtype, sharding=sharding.batch_sharding(mesh)
+    )
+    for k, v in local.items()
+  }
   start = time.perf_counter()
-  compiled = sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh).lower(
-    state, batch, jax.random.key(0)).compile()
+  compiled = (
+    sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
+    .lower(state, batch, jax.random.key(0))
+    .compile()
+  )
   memory = compiled.memory_analysis()
   return {
-    **record, 'compile_s': time.perf_counter() - start,
+    **record,
+    'compile_s': time.perf_counter() - start,
     'argument_gib': memory.argument_size_in_bytes / GIB,
     'output_gib': memory.output_size_in_bytes / GIB,
     'temp_gib': memory.temp_size_in_bytes / GIB,
-    'total_gib': (memory.argument_size_in_bytes + memory.output_size_in_bytes
-                  + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / GIB,
+    'total_gib': (
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      + memory.temp_size_in_bytes
+      - memory.alias_size_in_bytes
+    )
+    / GIB,
   }
 
 
@@ -200,8 +232,11 @@ def bench_train(config, mesh, *, warmup: int, repeats: int) -> dict:
   state, state_shardings, train_graphdef, _, tx = sharding.build_train_state(config, mesh)
   batch = sharding.make_global_batch(local, mesh)
   start = time.perf_counter()
-  compiled = sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh).lower(
-    state, batch, key).compile()
+  compiled = (
+    sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
+    .lower(state, batch, key)
+    .compile()
+  )
   compile_s = time.perf_counter() - start
 
   holder = {'state': state}
@@ -219,11 +254,17 @@ def bench_train(config, mesh, *, warmup: int, repeats: int) -> dict:
   peak = peak_tflops(jax.devices()[0].device_kind)
   memory, memory_source = peak_memory_gib(compiled)
   return {
-    'batch': batch_size, 'compile_s': compile_s, 'step_s_median': step_s,
-    'step_s_min': min(times), 'img_per_s': img_per_s, 'tflop_per_img': flops / 1e12,
+    'batch': batch_size,
+    'compile_s': compile_s,
+    'step_s_median': step_s,
+    'step_s_min': min(times),
+    'img_per_s': img_per_s,
+    'tflop_per_img': flops / 1e12,
     'tflop_per_s': tflop_per_s,
     'mfu': tflop_per_s / (peak * jax.device_count()) if peak else None,
-    'peak_mem_gib': memory, 'peak_mem_source': memory_source, 'loss': loss,
+    'peak_mem_gib': memory,
+    'peak_mem_source': memory_source,
+    'loss': loss,
   }
 
 
@@ -231,8 +272,9 @@ def bench_sample(config, mesh, *, repeats: int) -> dict:
   """Compiles and times `config.diffusion.steps`-step sampling; returns the 'sample' record."""
   batch_size = config.eval.batch_size
   state, state_shardings, _, eval_graphdef, _ = sharding.build_train_state(config, mesh)
-  predict = sharding.jit_predict(config, eval_graphdef, state_shardings.ema_params,
-                                 state_shardings.ema_model_state, mesh)
+  predict = sharding.jit_predict(
+    config, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
+  )
   local = synthetic_batch(config, batch_size, seed=1)
   images = sharding.make_global_batch({'image': local['image']}, mesh)['image']
   args = (state.ema_params, state.ema_model_state, images, jax.random.key(0))
@@ -242,15 +284,22 @@ def bench_sample(config, mesh, *, repeats: int) -> dict:
   run = lambda: compiled(*args)
   _timed(run, 1)
   seconds = statistics.median(_timed(run, repeats))
-  return {'batch': batch_size, 'steps': config.diffusion.steps, 'compile_s': compile_s,
-          'img_per_s': batch_size / seconds, 'ms_per_img': 1e3 * seconds / batch_size}
+  return {
+    'batch': batch_size,
+    'steps': config.diffusion.steps,
+    'compile_s': compile_s,
+    'img_per_s': batch_size / seconds,
+    'ms_per_img': 1e3 * seconds / batch_size,
+  }
 
 
 def format_report(report: dict) -> str:
   """The table the command prints."""
-  lines = [f'device: {report["device_kind"]} x {report["device_count"]}, '
-           f'dense bf16 peak {report["peak_tflops_per_device"] or "unknown"} TFLOP/s per device, '
-           f'compute dtype {report["dtype"]}, attention {report["attention"]}']
+  lines = [
+    f'device: {report["device_kind"]} x {report["device_count"]}, '
+    f'dense bf16 peak {report["peak_tflops_per_device"] or "unknown"} TFLOP/s per device, '
+    f'compute dtype {report["dtype"]}, attention {report["attention"]}'
+  ]
   train = report.get('train')
   if train:
     mfu = f'{100 * train["mfu"]:.1f}%' if train['mfu'] is not None else 'n/a'
@@ -259,22 +308,28 @@ def format_report(report: dict) -> str:
       f'{train["step_s_median"]:.4f} s (min {train["step_s_min"]:.4f}), '
       f'{train["img_per_s"]:.2f} img/s, {train["tflop_per_img"]:.4g} TFLOP/img, '
       f'{train["tflop_per_s"]:.4g} TFLOP/s, MFU {mfu}, peak memory '
-      f'{train["peak_mem_gib"]:.2f} GiB ({train["peak_mem_source"]})')
+      f'{train["peak_mem_gib"]:.2f} GiB ({train["peak_mem_source"]})'
+    )
   memory = report.get('memory')
   if memory:
-    line = (f'memory  batch {memory["batch"]}: train state {memory["state_gib"]:.2f} GiB, '
-            f'activations kept for the backward pass {memory["residual_gib"]:.2f} GiB')
+    line = (
+      f'memory  batch {memory["batch"]}: train state {memory["state_gib"]:.2f} GiB, '
+      f'activations kept for the backward pass {memory["residual_gib"]:.2f} GiB'
+    )
     if 'temp_gib' in memory:
-      line += (f'; compiled (not run): temporaries {memory["temp_gib"]:.2f} GiB, arguments '
-               f'{memory["argument_gib"]:.2f} GiB, total {memory["total_gib"]:.2f} GiB '
-               f'(compile {memory["compile_s"]:.1f} s)')
+      line += (
+        f'; compiled (not run): temporaries {memory["temp_gib"]:.2f} GiB, arguments '
+        f'{memory["argument_gib"]:.2f} GiB, total {memory["total_gib"]:.2f} GiB '
+        f'(compile {memory["compile_s"]:.1f} s)'
+      )
     lines.append(line)
   sample = report.get('sample')
   if sample:
     lines.append(
       f'sample  batch {sample["batch"]}, {sample["steps"]} steps: compile '
       f'{sample["compile_s"]:.1f} s, {sample["img_per_s"]:.2f} img/s, '
-      f'{sample["ms_per_img"]:.1f} ms/img')
+      f'{sample["ms_per_img"]:.1f} ms/img'
+    )
   return '\n'.join(lines)
 
 
@@ -288,26 +343,41 @@ def _write(path: str | None, report: dict) -> None:
   os.replace(tmp, path)
 
 
-def run(config, *, parts, warmup: int, repeats: int, sample_repeats: int,
-        output_json: str | None = None, compile_memory: bool = True) -> dict:
+def run(
+  config,
+  *,
+  parts,
+  warmup: int,
+  repeats: int,
+  sample_repeats: int,
+  output_json: str | None = None,
+  compile_memory: bool = True,
+) -> dict:
   """Measures `parts` ('train', 'sample') and returns the report (also written as it goes)."""
   unknown = set(parts) - {'train', 'sample', 'memory'}
   if unknown or not parts:
     raise ValueError(f'--parts={",".join(parts)}: use train, sample and/or memory.')
   if 'sample' in parts and config.task != 'panoptic':
-    raise ValueError(f'--parts=sample: sampling is measured for images (config.task '
-                     f"'panoptic'), not {config.task!r}; use --parts=train.")
+    raise ValueError(
+      f'--parts=sample: sampling is measured for images (config.task '
+      f"'panoptic'), not {config.task!r}; use --parts=train."
+    )
   if repeats < 1 or warmup < 0 or sample_repeats < 1:
     raise ValueError('--train_steps and --sample_repeats must be >= 1, --warmup_steps >= 0.')
   mesh = sharding.make_mesh(config.mesh)
   dtype = p2s.resolve_dtype(config.model.dtype)
   device_kind = jax.devices()[0].device_kind
-  report = {'device_kind': device_kind, 'device_count': jax.device_count(),
-            'peak_tflops_per_device': peak_tflops(device_kind),
-            'dtype': jnp.dtype(dtype).name,
-            'attention': p2s.resolve_attention_impl(config.model.attention_impl, dtype),
-            'remat': dict(config.model.remat), 'image_size': list(config.model.image_size),
-            'mask_size': list(config.model.mask_size), 'jax': jax.__version__}
+  report = {
+    'device_kind': device_kind,
+    'device_count': jax.device_count(),
+    'peak_tflops_per_device': peak_tflops(device_kind),
+    'dtype': jnp.dtype(dtype).name,
+    'attention': p2s.resolve_attention_impl(config.model.attention_impl, dtype),
+    'remat': dict(config.model.remat),
+    'image_size': list(config.model.image_size),
+    'mask_size': list(config.model.mask_size),
+    'jax': jax.__version__,
+  }
   if 'memory' in parts:
     report['memory'] = bench_memory(config, mesh, compile_step=compile_memory)
     _write(output_json, report)
@@ -325,9 +395,15 @@ def main(argv) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.config is None:
     raise app.UsageError('--config=configs/NAME.py is required.')
-  report = run(FLAGS.config, parts=FLAGS.parts, warmup=FLAGS.warmup_steps,
-               repeats=FLAGS.train_steps, sample_repeats=FLAGS.sample_repeats,
-               output_json=FLAGS.output_json, compile_memory=FLAGS.compile_memory)
+  report = run(
+    FLAGS.config,
+    parts=FLAGS.parts,
+    warmup=FLAGS.warmup_steps,
+    repeats=FLAGS.train_steps,
+    sample_repeats=FLAGS.sample_repeats,
+    output_json=FLAGS.output_json,
+    compile_memory=FLAGS.compile_memory,
+  )
   if jax.process_index() == 0:
     print(format_report(report), flush=True)
 

@@ -98,8 +98,9 @@ def shapes_in_checkpoint(manager: ocp.CheckpointManager, step: int) -> dict[Path
   metadata = manager.item_metadata(step)
   item = metadata[ITEM] if metadata is not None else None
   if item is None:
-    raise ValueError(f'{manager.directory}/{step} holds no {ITEM!r} item; is it a pix2seq_d '
-                     f'checkpoint?')
+    raise ValueError(
+      f'{manager.directory}/{step} holds no {ITEM!r} item; is it a pix2seq_d checkpoint?'
+    )
   tree = getattr(item, 'tree', item)
   return {path: tuple(meta.shape) for path, meta in _unnest(tree).items()}
 
@@ -108,8 +109,13 @@ def describe_path(path: Path) -> str:
   return '/'.join(path)
 
 
-def new_manager(directory: epath.Path, *, keep: int | None = None, async_save: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+def new_manager(
+  directory: epath.Path,
+  *,
+  keep: int | None = None,
+  async_save: bool = True,
+  read_only: bool = False,
+) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
     max_to_keep=None if read_only else keep,
     enable_async_checkpointing=async_save,
@@ -118,17 +124,30 @@ def new_manager(directory: epath.Path, *, keep: int | None = None, async_save: b
     # Leftovers of a save that crashed midway are never restored; deleting them saves space.
     cleanup_tmp_directories=not read_only,
   )
-  return ocp.CheckpointManager(directory, options=options,
-                               item_handlers={ITEM: ocp.PyTreeCheckpointHandler()})
+  return ocp.CheckpointManager(
+    directory, options=options, item_handlers={ITEM: ocp.PyTreeCheckpointHandler()}
+  )
 
 
-def restore_items(manager: ocp.CheckpointManager, step: int,
-                   targets: dict[Path, jax.ShapeDtypeStruct], partial: bool) -> dict[Path, Any]:
+def restore_items(
+  manager: ocp.CheckpointManager,
+  step: int,
+  targets: dict[Path, jax.ShapeDtypeStruct],
+  partial: bool,
+) -> dict[Path, Any]:
   """Restores the arrays at `targets` (paths -> abstract arrays with shardings) from `step`."""
   target = _nest(targets)
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-  restored = manager.restore(step, args=ocp.args.Composite(**{ITEM: ocp.args.PyTreeRestore(
-    item=target, restore_args=restore_args, partial_restore=partial)}))
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      **{
+        ITEM: ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=partial
+        )
+      }
+    ),
+  )
   return _unnest(restored[ITEM])
 
 
@@ -149,8 +168,9 @@ class CheckpointManager:
     manager.wait_until_finished()
   """
 
-  def __init__(self, workdir: str | epath.PathLike, *, keep: int | None = 5,
-               async_save: bool = True):
+  def __init__(
+    self, workdir: str | epath.PathLike, *, keep: int | None = 5, async_save: bool = True
+  ):
     """Opens (and creates) `<workdir>/checkpoints`.
 
     Args:
@@ -184,7 +204,8 @@ class CheckpointManager:
       return False
     tree = _nest({path: _storable(leaf_value(leaf)) for path, leaf in flat_state(state)})
     return self._manager.save(
-      step, args=ocp.args.Composite(**{ITEM: ocp.args.PyTreeSave(tree)}), force=force)
+      step, args=ocp.args.Composite(**{ITEM: ocp.args.PyTreeSave(tree)}), force=force
+    )
 
   def check_compatible(self, step: int, abstract_state: Any) -> None:
     """Raises ValueError if the checkpoint at `step` has other arrays or shapes than the state.
@@ -192,23 +213,31 @@ class CheckpointManager:
     The message names the first mismatching path with both shapes and the checkpoint directory.
     """
     saved = shapes_in_checkpoint(self._manager, step)
-    expected = {path: storable_abstract(leaf_value(leaf)).shape
-                for path, leaf in flat_state(abstract_state)}
-    hint = (f'The checkpoint in {self.directory} was written by a run with a different model '
-            f'(config.model, config.task or config.diffusion.self_cond differ). Resume it with '
-            f'the config that run used, use a new --workdir, or start from it with '
-            f'config.init_from.path={str(self.workdir)!r}.')
+    expected = {
+      path: storable_abstract(leaf_value(leaf)).shape for path, leaf in flat_state(abstract_state)
+    }
+    hint = (
+      f'The checkpoint in {self.directory} was written by a run with a different model '
+      f'(config.model, config.task or config.diffusion.self_cond differ). Resume it with '
+      f'the config that run used, use a new --workdir, or start from it with '
+      f'config.init_from.path={str(self.workdir)!r}.'
+    )
     for path, shape in expected.items():
       if path not in saved:
-        raise ValueError(f'{describe_path(path)} {shape} of the model is not in checkpoint step '
-                         f'{step}. {hint}')
+        raise ValueError(
+          f'{describe_path(path)} {shape} of the model is not in checkpoint step {step}. {hint}'
+        )
       if tuple(saved[path]) != tuple(shape):
-        raise ValueError(f'{describe_path(path)} has shape {tuple(saved[path])} in checkpoint step '
-                         f'{step} but {tuple(shape)} in the model. {hint}')
+        raise ValueError(
+          f'{describe_path(path)} has shape {tuple(saved[path])} in checkpoint step '
+          f'{step} but {tuple(shape)} in the model. {hint}'
+        )
     extra = sorted(set(saved) - set(expected))
     if extra:
-      raise ValueError(f'checkpoint step {step} holds {describe_path(extra[0])} {saved[extra[0]]}, '
-                       f'which the model does not have. {hint}')
+      raise ValueError(
+        f'checkpoint step {step} holds {describe_path(extra[0])} {saved[extra[0]]}, '
+        f'which the model does not have. {hint}'
+      )
 
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores `step` onto `abstract_state`'s structure, dtypes and shardings.

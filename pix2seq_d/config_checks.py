@@ -28,11 +28,18 @@ def _check_pair(config, field: str) -> None:
   """`field` is a (height, width) pair of positive numbers."""
   section, name = field.split('.')
   value = config[section][name]
-  is_pair = (isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-             and len(value) == 2 and all(isinstance(v, Number) and v > 0 for v in value))
+  is_pair = (
+    isinstance(value, Sequence)
+    and not isinstance(value, (str, bytes))
+    and len(value) == 2
+    and all(isinstance(v, Number) and v > 0 for v in value)
+  )
   if not is_pair:
-    _fail(field, value, f'must be a pair of positive numbers (height, width), e.g. '
-          f'--config.{field}="(64, 64)".')
+    _fail(
+      field,
+      value,
+      f'must be a pair of positive numbers (height, width), e.g. --config.{field}="(64, 64)".',
+    )
 
 
 def _check_at_least(config, field: str, minimum: float, why: str = '') -> None:
@@ -53,8 +60,12 @@ def check_config(config, mode: str) -> None:
     _check_pair(config, field)
   _check_pair(config, 'data.scale_jitter')
   if config.model.num_classes == 0 and mode == 'summary':
-    _fail('model.num_classes', 0, '--mode=summary does not read the dataset, so it cannot take '
-          'the class count from it; set the number of categories + 1 (void).')
+    _fail(
+      'model.num_classes',
+      0,
+      '--mode=summary does not read the dataset, so it cannot take '
+      'the class count from it; set the number of categories + 1 (void).',
+    )
   p2s.validate_model_config(config.model, num_classes_from_data=True)
 
   for field in ('train.batch_size', 'eval.batch_size', 'diffusion.steps'):
@@ -63,9 +74,13 @@ def check_config(config, mode: str) -> None:
     _check_at_least(config, 'train.num_steps', 1)
     for field in ('train.log_every', 'train.checkpoint_every', 'train.image_summary_every'):
       _check_at_least(config, field, 1, ' (every how many steps)')
-    _check_at_least(config, 'train.keep_checkpoints', 1,
-                    ': the newest N checkpoints are kept and older ones deleted, so 0 would '
-                    'delete every checkpoint of the run')
+    _check_at_least(
+      config,
+      'train.keep_checkpoints',
+      1,
+      ': the newest N checkpoints are kept and older ones deleted, so 0 would '
+      'delete every checkpoint of the run',
+    )
     for field in ('train.warmup_steps', 'train.eval_every', 'data.max_skips_in_a_row'):
       _check_at_least(config, field, 0)
     if not config.train.learning_rate > 0:
@@ -80,9 +95,12 @@ def check_config(config, mode: str) -> None:
   if data.davis_root and data.name != 'davis':
     unused.append(('davis_root', 'davis'))
   for field, name in unused:
-    _fail(f'data.{field}', data[field],
-          f'is not read with config.data.name={data.name!r}. Set --config.data.name={name} to '
-          f'use that folder, or leave config.data.{field} empty.')
+    _fail(
+      f'data.{field}',
+      data[field],
+      f'is not read with config.data.name={data.name!r}. Set --config.data.name={name} to '
+      f'use that folder, or leave config.data.{field} empty.',
+    )
 
 
 def fit_num_classes(config, categories, where: str) -> None:
@@ -99,9 +117,16 @@ def fit_num_classes(config, categories, where: str) -> None:
   num_classes = len(categories) + 1
   if config.model.num_classes == 0:
     config.model.num_classes = num_classes
-    logging.info('config.model.num_classes=0: using %d from %s (%d categories + void).',
-                 num_classes, where, len(categories))
+    logging.info(
+      'config.model.num_classes=0: using %d from %s (%d categories + void).',
+      num_classes,
+      where,
+      len(categories),
+    )
   elif config.model.num_classes != num_classes:
-    _fail('model.num_classes', config.model.num_classes,
-          f'{where} has {len(categories)} categories + void = {num_classes}; set '
-          f'--config.model.num_classes={num_classes} (or 0 to take it from the data).')
+    _fail(
+      'model.num_classes',
+      config.model.num_classes,
+      f'{where} has {len(categories)} categories + void = {num_classes}; set '
+      f'--config.model.num_classes={num_classes} (or 0 to take it from the data).',
+    )

@@ -26,7 +26,8 @@ def _local_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(array)
   local = multihost_utils.global_array_to_host_local_array(
-    array, mesh, PartitionSpec(sharding.BATCH_AXES))
+    array, mesh, PartitionSpec(sharding.BATCH_AXES)
+  )
   return np.asarray(local)
 
 
@@ -40,9 +41,19 @@ def summarise(results: dict, step: int) -> dict[str, Any]:
   return record
 
 
-def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
-             mesh: jax.sharding.Mesh, categories, eval_iterator, step: int, workdir: str,
-             writer=None) -> dict[str, Any]:
+def evaluate(
+  config,
+  *,
+  predict_fn: Callable,
+  params: Any,
+  model_state: Any,
+  mesh: jax.sharding.Mesh,
+  categories,
+  eval_iterator,
+  step: int,
+  workdir: str,
+  writer=None,
+) -> dict[str, Any]:
   """Runs the sampler over the eval split and returns the PQ record.
 
   Args:
@@ -67,27 +78,37 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
   predictions, pictures, num_images = [], [], 0
   for batch_index, batch in enumerate(eval_iterator):
     images = sharding.make_global_batch({'image': batch['image']}, mesh)['image']
-    pred = _local_rows(predict_fn(params, model_state, images,
-                                  jax.random.fold_in(key, batch_index)), mesh)
+    pred = _local_rows(
+      predict_fn(params, model_state, images, jax.random.fold_in(key, batch_index)), mesh
+    )
     for i in np.flatnonzero(batch['valid']):
       orig_h, orig_w = (int(v) for v in batch['orig_size'][i])
       semantic, instance = panoptic.postprocess(
-        pred[i], image_size, batch['unpadded_size'][i], (orig_h, orig_w),
-        num_classes=m.num_classes, max_instances=m.max_instances,
-        min_pixels=config.eval.min_pixels, is_thing=is_thing)
+        pred[i],
+        image_size,
+        batch['unpadded_size'][i],
+        (orig_h, orig_w),
+        num_classes=m.num_classes,
+        max_instances=m.max_instances,
+        min_pixels=config.eval.min_pixels,
+        is_thing=is_thing,
+      )
       gt = batch['orig_label'][i, :orig_h, :orig_w]
       gt_ids, gt_segments = coco_format.segments_from_semantic_instance(
-        gt[..., 0], gt[..., 1], categories, crowd=gt[..., 2] > 0)
+        gt[..., 0], gt[..., 1], categories, crowd=gt[..., 2] > 0
+      )
       pred_ids, pred_segments = coco_format.segments_from_semantic_instance(
-        semantic, instance, categories)
+        semantic, instance, categories
+      )
       image_id = int(batch['image_id'][i])
       accumulator.update(gt_ids, gt_segments, pred_ids, pred_segments, image_id=image_id)
       num_images += 1
       if config.eval.write_predictions:
         predictions.append((image_id, f'{image_id:012d}', pred_ids, pred_segments))
       if len(pictures) < config.eval.num_image_summaries:
-        pictures.append(visualize.summary_image(batch['image'][i], batch['label'][i], pred[i],
-                                                categories))
+        pictures.append(
+          visualize.summary_image(batch['image'][i], batch['label'][i], pred[i], categories)
+        )
 
   state = accumulator.state()
   if jax.process_count() > 1:
@@ -97,8 +118,12 @@ def evaluate(config, *, predict_fn: Callable, params: Any, model_state: Any,
   totals.merge_state(state)
   results = totals.results()
   record = dict(summarise(results, step), num_images=num_images)
-  logging.info('Step %d evaluation on %d images:\n%s', step, num_images,
-               pq_accumulator.format_table(results, categories))
+  logging.info(
+    'Step %d evaluation on %d images:\n%s',
+    step,
+    num_images,
+    pq_accumulator.format_table(results, categories),
+  )
 
   if config.eval.write_predictions and predictions:
     out = epath.Path(workdir) / 'predictions' / f'step_{step}'

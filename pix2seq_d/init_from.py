@@ -45,12 +45,14 @@ def resolve_checkpoint(path: str | epath.PathLike) -> tuple[epath.Path, int]:
   if step is None:
     raise FileNotFoundError(
       f'config.init_from.path={str(path)!r} is neither a workdir with checkpoints, a checkpoints '
-      f'directory nor a checkpoint step directory.')
+      f'directory nor a checkpoint step directory.'
+    )
   return root, step
 
 
-def _copy_plan(state: Any, saved: dict[Path, tuple], mode: str, source: str,
-               where: str) -> tuple[dict[Path, Path], dict[Path, Path]]:
+def _copy_plan(
+  state: Any, saved: dict[Path, tuple], mode: str, source: str, where: str
+) -> tuple[dict[Path, Path], dict[Path, Path]]:
   """Which fresh-state paths take which checkpoint paths: (same shape, grown conv)."""
   copy, grow = {}, {}
   for path, leaf in checkpoints.flat_state(state):
@@ -66,26 +68,36 @@ def _copy_plan(state: Any, saved: dict[Path, tuple], mode: str, source: str,
     shape = tuple(checkpoints.leaf_value(leaf).shape)
     if src not in saved:
       if mode == 'encoder':
-        raise ValueError(f'{checkpoints.describe_path(src)} {shape} is not in {where}; '
-                         "config.init_from.mode='encoder' needs a checkpoint of a model with the "
-                         'same encoder.')
+        raise ValueError(
+          f'{checkpoints.describe_path(src)} {shape} is not in {where}; '
+          "config.init_from.mode='encoder' needs a checkpoint of a model with the "
+          'same encoder.'
+        )
       continue  # a module the old model did not have keeps its fresh init.
     old = tuple(saved[src])
     if old == shape:
       copy[path] = src
-    elif (mode == 'all' and rest == GROWABLE_KERNEL and len(old) == 4 and old[:2] == shape[:2]
-          and old[3] == shape[3] and old[2] < shape[2]):
+    elif (
+      mode == 'all'
+      and rest == GROWABLE_KERNEL
+      and len(old) == 4
+      and old[:2] == shape[:2]
+      and old[3] == shape[3]
+      and old[2] < shape[2]
+    ):
       grow[path] = src
     else:
       raise ValueError(
         f'{checkpoints.describe_path(path)} has shape {shape} in the model but {old} in {where} '
         f"(config.init_from.mode={mode!r}). Only the denoiser's input conv may grow (more "
-        f"input channels); use mode 'encoder' to copy just the image encoder.")
+        f"input channels); use mode 'encoder' to copy just the image encoder."
+      )
   return copy, grow
 
 
-def restore_for_init(path: str | epath.PathLike, state: Any, mode: str = 'all',
-                     from_ema: bool = False) -> Any:
+def restore_for_init(
+  path: str | epath.PathLike, state: Any, mode: str = 'all', from_ema: bool = False
+) -> Any:
   """Starts a new run from another run's weights (config.init_from).
 
   Args:
@@ -129,8 +141,7 @@ def restore_for_init(path: str | epath.PathLike, state: Any, mode: str = 'all',
     # A small 1x1 kernel: read it replicated; the grown one gets the fresh sharding below.
     grown_sharding = value.sharding
     if isinstance(grown_sharding, jax.sharding.NamedSharding):
-      grown_sharding = jax.sharding.NamedSharding(grown_sharding.mesh,
-                                                  jax.sharding.PartitionSpec())
+      grown_sharding = jax.sharding.NamedSharding(grown_sharding.mesh, jax.sharding.PartitionSpec())
     targets[src] = jax.ShapeDtypeStruct(saved[src], value.dtype, sharding=grown_sharding)
   restored = checkpoints.restore_items(manager, step, targets, partial=True)
   manager.close()
@@ -139,11 +150,16 @@ def restore_for_init(path: str | epath.PathLike, state: Any, mode: str = 'all',
   for dst, src in grow.items():
     value = checkpoints.leaf_value(fresh[dst])
     old = restored[src]
-    kernel = jnp.zeros(value.shape, value.dtype).at[:, :, :old.shape[2], :].set(old)
+    kernel = jnp.zeros(value.shape, value.dtype).at[:, :, : old.shape[2], :].set(old)
     updates[dst] = jax.device_put(kernel, value.sharding)
-  logging.info('init_from %s (mode %s): copied %d arrays, grew %s, kept %d fresh.', where, mode,
-               len(copy), [checkpoints.describe_path(p) for p in grow],
-               sum(1 for p in fresh if p[0] == 'params') - len(copy) - len(grow))
+  logging.info(
+    'init_from %s (mode %s): copied %d arrays, grew %s, kept %d fresh.',
+    where,
+    mode,
+    len(copy),
+    [checkpoints.describe_path(p) for p in grow],
+    sum(1 for p in fresh if p[0] == 'params') - len(copy) - len(grow),
+  )
 
   def replace(path, leaf):
     new = updates.get(sharding.path_names(path))
@@ -154,5 +170,7 @@ def restore_for_init(path: str | epath.PathLike, state: Any, mode: str = 'all',
   state = jax.tree_util.tree_map_with_path(replace, state, is_leaf=checkpoints.is_variable)
   # Copies, not aliases: the train step donates the whole state, and a buffer donated twice fails.
   return dataclasses.replace(
-    state, ema_params=jax.tree.map(jnp.copy, state.params),
-    ema_model_state=jax.tree.map(jnp.copy, state.model_state))
+    state,
+    ema_params=jax.tree.map(jnp.copy, state.params),
+    ema_model_state=jax.tree.map(jnp.copy, state.model_state),
+  )

@@ -22,9 +22,10 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for mul
 flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
 flags.DEFINE_string(
-  'jax_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR',
-                                  os.path.expanduser('~/.cache/pix2seq_d/jax')),
-  'Persistent compilation cache ("" turns it off).')
+  'jax_cache_dir',
+  os.environ.get('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/pix2seq_d/jax')),
+  'Persistent compilation cache ("" turns it off).',
+)
 FLAGS = flags.FLAGS
 
 # Environment variables set by the launchers on which `jax.distributed.initialize()` can find its
@@ -140,12 +141,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
     text = str(error).replace('\\', '')
     name = re.search(r'[A-Za-z_]\w*', text).group(0)
     suggestion = re.search(r'Did you mean "(\w+)"', text)
-    culprits = [arg.split('=')[0] for arg in argv[1:]
-                if arg.startswith('--config.') and name in arg.split('=')[0].split('.')]
+    culprits = [
+      arg.split('=')[0]
+      for arg in argv[1:]
+      if arg.startswith('--config.') and name in arg.split('=')[0].split('.')
+    ]
     sys.stderr.write(
       f'error: {" ".join(culprits) or "a --config override"}: the config has no field {name!r}'
       f'{f"; did you mean {suggestion.group(1)!r}?" if suggestion else "."} Fields are those '
-      'the config file defines (see configs/base.py), e.g. --config.train.num_steps=100.\n')
+      'the config file defines (see configs/base.py), e.g. --config.train.num_steps=100.\n'
+    )
     sys.exit(2)
 
 

@@ -36,8 +36,11 @@ def list_images(input_path: str) -> list[str]:
   if not input_path:
     raise ValueError('--mode=predict needs --config.predict.input=IMAGE_OR_FOLDER.')
   if os.path.isdir(input_path):
-    paths = sorted(os.path.join(input_path, name) for name in os.listdir(input_path)
-                   if name.lower().endswith(IMAGE_SUFFIXES))
+    paths = sorted(
+      os.path.join(input_path, name)
+      for name in os.listdir(input_path)
+      if name.lower().endswith(IMAGE_SUFFIXES)
+    )
     if not paths:
       raise FileNotFoundError(f'config.predict.input={input_path} holds no {IMAGE_SUFFIXES} files.')
     by_stem = {}
@@ -47,7 +50,8 @@ def list_images(input_path: str) -> list[str]:
     if clashes:
       raise ValueError(
         f'config.predict.input={input_path}: outputs are named by the file stem, and these '
-        f'images share one: {clashes}. Rename or move all but one of each.')
+        f'images share one: {clashes}. Rename or move all but one of each.'
+      )
     return paths
   if not os.path.isfile(input_path):
     raise FileNotFoundError(f'config.predict.input={input_path} does not exist.')
@@ -74,7 +78,7 @@ def load_image(path: str, image_size: tuple[int, int], pad_value: float):
   size = (max(1, round(height * scale)), max(1, round(width * scale)))
   resized = Image.fromarray(original).resize((size[1], size[0]), Image.BILINEAR)
   padded = np.full(image_size + (3,), pad_value, np.float32)
-  padded[:size[0], :size[1]] = np.asarray(resized, np.float32) / 255.0
+  padded[: size[0], : size[1]] = np.asarray(resized, np.float32) / 255.0
   return padded, original, size
 
 
@@ -86,7 +90,8 @@ def run(config, workdir: str) -> str:
   paths = list_images(config.predict.input)
   categories = workdir_files.read_categories(workdir)
   config_checks.fit_num_classes(
-    config, categories, str(epath.Path(workdir) / workdir_files.CATEGORIES_FILE))
+    config, categories, str(epath.Path(workdir) / workdir_files.CATEGORIES_FILE)
+  )
   mesh = sharding.make_mesh(config.mesh)
   state, state_shardings, _, eval_graphdef, _ = sharding.build_train_state(config, mesh)
   abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
@@ -95,8 +100,9 @@ def run(config, workdir: str) -> str:
   if restored is None:
     raise FileNotFoundError(f'--mode=predict: no checkpoint in {workdir}.')
   state, step = restored
-  predict_fn = sharding.jit_predict(config, eval_graphdef, state_shardings.ema_params,
-                                    state_shardings.ema_model_state, mesh)
+  predict_fn = sharding.jit_predict(
+    config, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
+  )
   image_size = layers.static_tuple(config.model.image_size)
   is_thing = panoptic.is_thing_table(categories)
   batch_size = mesh.shape['data'] * mesh.shape['fsdp']
@@ -117,26 +123,43 @@ def run(config, workdir: str) -> str:
       continue
     images = np.stack([x[0] for x in loaded] + [loaded[0][0]] * (batch_size - len(chunk)))
     global_images = sharding.make_global_batch({'image': images}, mesh)['image']
-    pred = np.asarray(predict_fn(state.ema_params, state.ema_model_state, global_images,
-                                 jax.random.key(config.seed + start)))
+    pred = np.asarray(
+      predict_fn(
+        state.ema_params, state.ema_model_state, global_images, jax.random.key(config.seed + start)
+      )
+    )
     for i, ((index, path), (_, original, unpadded)) in enumerate(zip(chunk, loaded, strict=True)):
       semantic, instance = panoptic.postprocess(
-        pred[i], image_size, unpadded, original.shape[:2], num_classes=config.model.num_classes,
-        max_instances=config.model.max_instances, min_pixels=config.eval.min_pixels,
-        is_thing=is_thing)
+        pred[i],
+        image_size,
+        unpadded,
+        original.shape[:2],
+        num_classes=config.model.num_classes,
+        max_instances=config.model.max_instances,
+        min_pixels=config.eval.min_pixels,
+        is_thing=is_thing,
+      )
       ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, categories)
       annotations.append((index, _stem(path), ids, segments))
       coloured = visualize.colorize_panoptic(semantic, instance, categories)
       Image.fromarray(visualize.overlay(original, coloured)).save(
-        os.path.join(output, 'overlays', _stem(path) + '.png'))
+        os.path.join(output, 'overlays', _stem(path) + '.png')
+      )
   manager.close()
   if not annotations:
-    raise ValueError(f'config.predict.input={config.predict.input}: none of the {len(paths)} '
-                     'images could be read (see the warnings above).')
+    raise ValueError(
+      f'config.predict.input={config.predict.input}: none of the {len(paths)} '
+      'images could be read (see the warnings above).'
+    )
   json_path = coco_format.write_panoptic_predictions(output, annotations, categories)
-  logging.info('Predicted %d images with the EMA weights of step %d: %s', len(annotations), step,
-               json_path)
+  logging.info(
+    'Predicted %d images with the EMA weights of step %d: %s', len(annotations), step, json_path
+  )
   if skipped:
-    logging.warning('%d of %d images could not be read and have no prediction: %s',
-                    len(skipped), len(paths), skipped)
+    logging.warning(
+      '%d of %d images could not be read and have no prediction: %s',
+      len(skipped),
+      len(paths),
+      skipped,
+    )
   return json_path

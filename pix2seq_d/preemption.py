@@ -55,8 +55,9 @@ def uninstall_preemption_handler() -> None:
   """Restores the SIGTERM handler that was there before and clears the flag."""
   global _previous_handler, _installed
   if _installed:
-    signal.signal(signal.SIGTERM,
-                  _previous_handler if _previous_handler is not None else signal.SIG_DFL)
+    signal.signal(
+      signal.SIGTERM, _previous_handler if _previous_handler is not None else signal.SIG_DFL
+    )
     _installed = False
     _previous_handler = None
   _preemption_flag.clear()
@@ -77,4 +78,3 @@ def preemption_requested(step: int) -> bool:
     except RuntimeError:  # jax_enable_preemption_service is off: no preemption notices.
       return False
   return False
-

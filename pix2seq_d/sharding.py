@@ -43,14 +43,16 @@ BATCH_AXES = ('data', 'fsdp')
 # embed / conv_in go to fsdp: the "input" side of every matmul is the FSDP-sharded one, so a
 # dense kernel (embed, heads) is split fsdp x model. Norm scales and BatchNorm statistics are tiny
 # and read by every device: replicated.
-DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = types.MappingProxyType({
-  'embed': 'fsdp',
-  'mlp': 'model',
-  'heads': 'model',
-  'conv_in': 'fsdp',
-  'conv_out': 'model',
-  'norm': None,
-})
+DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = types.MappingProxyType(
+  {
+    'embed': 'fsdp',
+    'mlp': 'model',
+    'heads': 'model',
+    'conv_in': 'fsdp',
+    'conv_out': 'model',
+    'norm': None,
+  }
+)
 
 Rules = Mapping[str, str | tuple[str, ...] | None]
 
@@ -77,25 +79,33 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> jax.s
   fill = [axis for axis, size in sizes.items() if size == -1]
   if len(fill) > 1 or any(size == 0 or size < -1 for size in sizes.values()):
     raise ValueError(
-      f'{described}: each must be a positive size, and at most one may be -1 (fill).')
+      f'{described}: each must be a positive size, and at most one may be -1 (fill).'
+    )
   known = math.prod(size for size in sizes.values() if size != -1)
   if fill:
     if num_devices % known:
       raise ValueError(
         f'{described}: the fixed axes use {known} devices, which does not divide the '
-        f'{num_devices} devices available.')
+        f'{num_devices} devices available.'
+      )
     sizes[fill[0]] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
     raise ValueError(
       f'{described}: the mesh needs {math.prod(sizes.values())} devices but {num_devices} are '
-      f'available; make the product equal the device count or set one axis to -1.')
+      f'available; make the product equal the device count or set one axis to -1.'
+    )
   shape = tuple(sizes[axis] for axis in MESH_AXES)
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  return jax.make_mesh(
+    shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
-                    mesh: jax.sharding.Mesh, rules: Rules | None = None) -> PartitionSpec:
+def logical_to_spec(
+  logical_axes: Sequence[str | None],
+  shape: Sequence[int],
+  mesh: jax.sharding.Mesh,
+  rules: Rules | None = None,
+) -> PartitionSpec:
   """Maps one array's logical axis names to a PartitionSpec on `mesh`.
 
   Args:
@@ -167,8 +177,9 @@ def _logical_axes(leaf: Any) -> tuple[str | None, ...] | None:
   return tuple(axes)
 
 
-def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
-                    rules: Rules | None = None) -> Any:
+def state_shardings(
+  abstract_state: Any, mesh: jax.sharding.Mesh, rules: Rules | None = None
+) -> Any:
   """NamedShardings for every array of a train state.
 
   Args:
@@ -197,7 +208,9 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
     if axes is not None:
       value = _value(leaf)
       by_param_path[path_names(path)[1:]] = (
-        tuple(value.shape), logical_to_spec(axes, value.shape, mesh, rules))
+        tuple(value.shape),
+        logical_to_spec(axes, value.shape, mesh, rules),
+      )
 
   def spec_of(path, leaf) -> PartitionSpec:
     value = _value(leaf)
@@ -229,7 +242,9 @@ def with_shardings(abstract_state: Any, shardings: Any) -> Any:
   """
   return jax.tree.map(
     lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-    abstract_state, shardings)
+    abstract_state,
+    shardings,
+  )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -237,8 +252,9 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def make_global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
-                      ) -> dict[str, jax.Array]:
+def make_global_batch(
+  batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
   """Assembles global arrays from this process's part of the batch.
 
   Args:
@@ -262,13 +278,15 @@ def make_global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
       raise ValueError(
         f'batch[{name!r}] has {global_rows} rows over all processes, which do not split over '
         f'the {parallel} data-parallel devices (config.mesh.data * config.mesh.fsdp); make '
-        f'config.train.batch_size / config.eval.batch_size a multiple of {parallel}.')
+        f'config.train.batch_size / config.eval.batch_size a multiple of {parallel}.'
+      )
     result[name] = jax.make_array_from_process_local_data(sharding, local)
   return result
 
 
-def init_sharded(init_fn: Callable[[], Any], mesh: jax.sharding.Mesh,
-                 rules: Rules | None = None) -> tuple[Any, Any]:
+def init_sharded(
+  init_fn: Callable[[], Any], mesh: jax.sharding.Mesh, rules: Rules | None = None
+) -> tuple[Any, Any]:
   """Initialises a train state directly into its shardings.
 
   `jax.eval_shape(init_fn)` traces the initialiser without allocating anything; the shardings
@@ -308,7 +326,8 @@ def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False
   """
   tx = steps.make_optimizer(config.train)
   new_model = lambda: p2s.build_model(
-    config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  )
   abstract_model = nnx.eval_shape(new_model)
   abstract_model.train()
   train_graphdef = nnx.graphdef(abstract_model)
@@ -324,8 +343,13 @@ def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False
   return state, state_shardings_tree, train_graphdef, eval_graphdef, tx
 
 
-def jit_predict(config, eval_graphdef: nnx.GraphDef, params_shardings: Any,
-                model_state_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
+def jit_predict(
+  config,
+  eval_graphdef: nnx.GraphDef,
+  params_shardings: Any,
+  model_state_shardings: Any,
+  mesh: jax.sharding.Mesh,
+) -> Callable:
   """`steps.predict_label` compiled for `mesh`: (params, model_state, images, key) -> ids.
 
   Images and the sampled ids are split over ('data', 'fsdp'); the key is replicated.
@@ -334,12 +358,22 @@ def jit_predict(config, eval_graphdef: nnx.GraphDef, params_shardings: Any,
   batch = batch_sharding(mesh)
   predict = functools.partial(steps.predict_label, eval_graphdef, config=config)
   return under_mesh(
-    jax.jit(predict, in_shardings=(params_shardings, model_state_shardings, batch, replicated),
-            out_shardings=batch), mesh)
+    jax.jit(
+      predict,
+      in_shardings=(params_shardings, model_state_shardings, batch, replicated),
+      out_shardings=batch,
+    ),
+    mesh,
+  )
 
 
-def jit_train_step(config, tx: optax.GradientTransformation, graphdef: nnx.GraphDef,
-                   state_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
+def jit_train_step(
+  config,
+  tx: optax.GradientTransformation,
+  graphdef: nnx.GraphDef,
+  state_shardings: Any,
+  mesh: jax.sharding.Mesh,
+) -> Callable:
   """`steps.train_step` compiled for `mesh`: (state, batch, key) -> (state, metrics).
 
   The state keeps its shardings in and out and its buffers are donated (updated in place);
@@ -356,8 +390,14 @@ def jit_train_step(config, tx: optax.GradientTransformation, graphdef: nnx.Graph
   replicated = NamedSharding(mesh, PartitionSpec())
   step = functools.partial(steps.train_step, graphdef, config=config, tx=tx)
   return under_mesh(
-    jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
-            out_shardings=(state_shardings, replicated), donate_argnums=(0,)), mesh)
+    jax.jit(
+      step,
+      in_shardings=(state_shardings, batch_sharding(mesh), replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
+    ),
+    mesh,
+  )
 
 
 def under_mesh(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
@@ -367,6 +407,7 @@ def under_mesh(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
   (models/attention.py), reads the mesh while the jitted function is traced. The returned
   function keeps `fn`'s `lower` for cost and memory analysis.
   """
+
   @functools.wraps(fn)
   def call(*args, **kwargs):
     with jax.set_mesh(mesh):

@@ -59,8 +59,9 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   t = train_config
   return optax.chain(
     optax.clip_by_global_norm(t.grad_clip_norm),
-    optax.adamw(learning_rate_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps,
-                weight_decay=t.weight_decay),
+    optax.adamw(
+      learning_rate_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay
+    ),
   )
 
 
@@ -68,17 +69,22 @@ def create_train_state(model: p2s.Pix2SeqD, tx: optax.GradientTransformation) ->
   """The initial state: optimiser state from the weights and the EMA equal to the weights."""
   _, params, model_state = nnx.split(model, nnx.Param, ...)
   return TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-    opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params),
-    ema_model_state=jax.tree.map(jnp.copy, model_state))
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    model_state=model_state,
+    opt_state=tx.init(params),
+    ema_params=jax.tree.map(jnp.copy, params),
+    ema_model_state=jax.tree.map(jnp.copy, model_state),
+  )
 
 
 def _slice_batch(tree, size):
   return jax.tree.map(lambda x: x[:size], tree)
 
 
-def diffusion_loss(model: p2s.Pix2SeqD, batch: dict[str, jax.Array], key: jax.Array,
-                   config) -> tuple[jax.Array, dict[str, jax.Array]]:
+def diffusion_loss(
+  model: p2s.Pix2SeqD, batch: dict[str, jax.Array], key: jax.Array, config
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The Pix2Seq-D loss of one batch.
 
   Args:
@@ -111,27 +117,37 @@ def diffusion_loss(model: p2s.Pix2SeqD, batch: dict[str, jax.Array], key: jax.Ar
     estimate = zeros
     if num_sc:
       sc_extra = [e[:num_sc] for e in extra] + [zeros[:num_sc]]
-      logits = model.denoise(x_t[:num_sc], gamma[:num_sc], _slice_batch(encoded, num_sc),
-                             jnp.concatenate(sc_extra, axis=-1))
-      estimate = jnp.concatenate(
-        [bits.logits_to_analog(logits, d.b_scale), zeros[num_sc:]], axis=0)
+      logits = model.denoise(
+        x_t[:num_sc],
+        gamma[:num_sc],
+        _slice_batch(encoded, num_sc),
+        jnp.concatenate(sc_extra, axis=-1),
+      )
+      estimate = jnp.concatenate([bits.logits_to_analog(logits, d.b_scale), zeros[num_sc:]], axis=0)
     extra.append(jax.lax.stop_gradient(estimate))
-  logits = model.denoise(x_t, gamma, encoded,
-                         jnp.concatenate(extra, axis=-1) if extra else None)
-  weights = losses.instance_pixel_weights(label[..., 1], config.model.max_instances,
-                                          d.loss_weight_p)
+  logits = model.denoise(x_t, gamma, encoded, jnp.concatenate(extra, axis=-1) if extra else None)
+  weights = losses.instance_pixel_weights(
+    label[..., 1], config.model.max_instances, d.loss_weight_p
+  )
   loss = losses.softmax_xent_loss(logits, label, weights)
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == label)
   return loss, {'loss': loss, 'id_accuracy': accuracy}
 
 
-def train_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.Array],
-               key: jax.Array, *, config, tx: optax.GradientTransformation
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  graphdef: nnx.GraphDef,
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  key: jax.Array,
+  *,
+  config,
+  tx: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser update and EMA update; returns the new state and scalar metrics.
 
   `graphdef` must come from the model in training mode (`model.train()`).
   """
+
   def loss_fn(params, model_state):
     # The model is merged inside the differentiated function so that BatchNorm statistics and
     # RNG counters are updated at this trace level.
@@ -140,17 +156,28 @@ def train_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.A
     return loss, (aux, nnx.state(model, nnx.Not(nnx.Param)))
 
   (_, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, state.model_state)
+    state.params, state.model_state
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = config.train.ema_decay
   ema = lambda old, new: jax.tree.map(
-    lambda o, n: (decay * o + (1.0 - decay) * n).astype(o.dtype)
-    if jnp.issubdtype(o.dtype, jnp.floating) else n, old, new)
+    lambda o, n: (
+      (decay * o + (1.0 - decay) * n).astype(o.dtype)
+      if jnp.issubdtype(o.dtype, jnp.floating)
+      else n
+    ),
+    old,
+    new,
+  )
   new_state = TrainState(
-    step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
+    step=state.step + 1,
+    params=params,
+    model_state=model_state,
+    opt_state=opt_state,
     ema_params=ema(state.ema_params, params),
-    ema_model_state=ema(state.ema_model_state, model_state))
+    ema_model_state=ema(state.ema_model_state, model_state),
+  )
   metrics = dict(aux)
   metrics['grad_norm'] = optax.tree.norm(grads)
   metrics['param_norm'] = optax.tree.norm(params)
@@ -158,8 +185,14 @@ def train_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.A
   return new_state, metrics
 
 
-def sample_bits(model: p2s.Pix2SeqD, images: jax.Array, key: jax.Array, config,
-                cond_label: jax.Array | None = None, steps: int | None = None) -> jax.Array:
+def sample_bits(
+  model: p2s.Pix2SeqD,
+  images: jax.Array,
+  key: jax.Array,
+  config,
+  cond_label: jax.Array | None = None,
+  steps: int | None = None,
+) -> jax.Array:
   """Samples analog mask bits for `images` with the encoder run once.
 
   Args:
@@ -175,26 +208,40 @@ def sample_bits(model: p2s.Pix2SeqD, images: jax.Array, key: jax.Array, config,
   """
   d = config.diffusion
   encoded = model.encode(images)
-  cond = None if cond_label is None else bits.label_to_bits(cond_label.astype(jnp.int32),
-                                                            d.b_scale)
+  cond = None if cond_label is None else bits.label_to_bits(cond_label.astype(jnp.int32), d.b_scale)
 
   def predict_x0(x_t, gamma, x0_prev):
     extra = [] if cond is None else [cond]
     if d.self_cond:
       extra.append(x0_prev)
-    logits = model.denoise(x_t, gamma, encoded,
-                           jnp.concatenate(extra, axis=-1) if extra else None)
+    logits = model.denoise(x_t, gamma, encoded, jnp.concatenate(extra, axis=-1) if extra else None)
     return bits.logits_to_analog(logits, d.b_scale)
 
   shape = (images.shape[0],) + tuple(model.mask_size) + (bits.MASK_BITS,)
-  return sampler.sample(predict_x0, shape, key, steps=steps or d.steps, td=d.td,
-                        schedule=d.schedule, sampler=d.sampler, b_scale=d.b_scale,
-                        x0_clip=d.x0_clip)
+  return sampler.sample(
+    predict_x0,
+    shape,
+    key,
+    steps=steps or d.steps,
+    td=d.td,
+    schedule=d.schedule,
+    sampler=d.sampler,
+    b_scale=d.b_scale,
+    x0_clip=d.x0_clip,
+  )
 
 
-def predict_label(graphdef: nnx.GraphDef, params, model_state, images: jax.Array,
-                  key: jax.Array, *, config, cond_label: jax.Array | None = None,
-                  steps: int | None = None) -> jax.Array:
+def predict_label(
+  graphdef: nnx.GraphDef,
+  params,
+  model_state,
+  images: jax.Array,
+  key: jax.Array,
+  *,
+  config,
+  cond_label: jax.Array | None = None,
+  steps: int | None = None,
+) -> jax.Array:
   """Samples and decodes masks: images (B, H, W, 3) -> (B, Hm, Wm, 2) int32 ids.
 
   `graphdef` must come from the model in evaluation mode (`model.eval()`).

@@ -18,8 +18,7 @@ FOLDER = 'stream_positions'
 
 
 def _path(workdir, step: int, process_index: int, process_count: int) -> epath.Path:
-  return (epath.Path(workdir) / FOLDER / str(step)
-          / f'{process_index}_of_{process_count}.json')
+  return epath.Path(workdir) / FOLDER / str(step) / f'{process_index}_of_{process_count}.json'
 
 
 def save(workdir, step: int, process_index: int, process_count: int, position: int) -> None:

@@ -33,8 +33,10 @@ def parameter_rows(model: p2s.Pix2SeqD, depth: int = 2) -> list[tuple[str, int]]
       key = '/'.join(str(p) for p in path[:level])
       counts[key] = counts.get(key, 0) + size
   order = {name: index for index, name in enumerate(TOP_LEVEL)}
-  return sorted(counts.items(), key=lambda item: (order.get(item[0].split('/')[0], len(order)),
-                                                  item[0].count('/') > 0))
+  return sorted(
+    counts.items(),
+    key=lambda item: (order.get(item[0].split('/')[0], len(order)), item[0].count('/') > 0),
+  )
 
 
 def _flops(fn, *args) -> float:
@@ -77,8 +79,11 @@ def forward_flops(config) -> dict[str, float]:
   image = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
   x_t = jax.ShapeDtypeStruct((1, hm, wm, bits.MASK_BITS), jnp.float32)
   gamma = jax.ShapeDtypeStruct((1,), jnp.float32)
-  extra = (jax.ShapeDtypeStruct((1, hm, wm, model.extra_channels), jnp.float32)
-           if model.extra_channels else None)
+  extra = (
+    jax.ShapeDtypeStruct((1, hm, wm, model.extra_channels), jnp.float32)
+    if model.extra_channels
+    else None
+  )
 
   def encode(state, image):
     return nnx.merge(graphdef, state).encode(image)
@@ -92,8 +97,7 @@ def forward_flops(config) -> dict[str, float]:
   encoder = _flops(encode, state, image)
   denoiser = _flops(denoise, state, image, x_t, gamma, extra)
   steps = config.diffusion.steps
-  return {'encoder': encoder, 'denoiser_step': denoiser,
-          'sampling': encoder + steps * denoiser}
+  return {'encoder': encoder, 'denoiser_step': denoiser, 'sampling': encoder + steps * denoiser}
 
 
 def part_flops(config, forward: dict[str, float] | None = None) -> dict[str, float]:
@@ -117,8 +121,9 @@ def part_flops(config, forward: dict[str, float] | None = None) -> dict[str, flo
   top = jax.ShapeDtypeStruct((1,) + tuple(grid) + (tokens.shape[-1],), tokens.dtype)
   resnet_flops = _flops(lambda s, x: nnx.merge(graphdef, s).resnet(x), state, image)
   encoder_flops = _flops(lambda s, x: nnx.merge(graphdef, s).encoder(x), state, c4)
-  fusion_flops = _flops(lambda s, f: nnx.merge(graphdef, s).fusion(f), state,
-                        list(stages[:-1]) + [top])
+  fusion_flops = _flops(
+    lambda s, f: nnx.merge(graphdef, s).fusion(f), state, list(stages[:-1]) + [top]
+  )
   denoiser_flops = (forward or forward_flops(config))['denoiser_step']
   bottleneck = model.denoiser.bottleneck
   d = config.model.denoiser
@@ -131,14 +136,19 @@ def part_flops(config, forward: dict[str, float] | None = None) -> dict[str, flo
     x = jax.ShapeDtypeStruct((1, hm // scale, wm // scale, in_features), jnp.float32)
     emb = jax.ShapeDtypeStruct((1, model.denoiser.time_emb.fc2.kernel.shape[1]), jnp.float32)
     bottleneck_flops = _flops(
-      lambda s, x, e, c: nnx.merge(graphdef, s).denoiser.bottleneck(x, e, c), state, x, emb,
-      tokens)
+      lambda s, x, e, c: nnx.merge(graphdef, s).denoiser.bottleneck(x, e, c), state, x, emb, tokens
+    )
     length = (hm // scale) * (wm // scale) + 1  # mask tokens + the time token
     # Per layer: self-attention over L tokens and cross-attention of L queries to the tokens.
     core += d.transformer_layers * 4 * length * (length + tokens.shape[1]) * d.transformer_dim
-  return {'resnet': resnet_flops, 'encoder_transformer': encoder_flops, 'fusion': fusion_flops,
-          'transunet_convs': denoiser_flops - bottleneck_flops,
-          'transunet_transformer': bottleneck_flops, 'attention_core': float(core)}
+  return {
+    'resnet': resnet_flops,
+    'encoder_transformer': encoder_flops,
+    'fusion': fusion_flops,
+    'transunet_convs': denoiser_flops - bottleneck_flops,
+    'transunet_transformer': bottleneck_flops,
+    'attention_core': float(core),
+  }
 
 
 def model_summary(config) -> str:
@@ -158,8 +168,8 @@ def model_summary(config) -> str:
     f'forward GFLOPs per image: encoder {flops["encoder"] / 1e9:,.1f}, denoiser step '
     f'{flops["denoiser_step"] / 1e9:,.1f}, sampling with {steps} steps '
     f'{flops["sampling"] / 1e9:,.1f}',
-    'forward GFLOPs per image by part: ' + ', '.join(
-      f'{name} {value / 1e9:,.1f}' for name, value in part_flops(config, flops).items()),
+    'forward GFLOPs per image by part: '
+    + ', '.join(f'{name} {value / 1e9:,.1f}' for name, value in part_flops(config, flops).items()),
     f'total params: {layers.count_params(model)}',
   ]
   return '\n'.join(lines)

@@ -55,10 +55,14 @@ def _first_non_finite(pending: list[tuple[int, jax.Array]]) -> tuple[list[float]
 def _train_images(batch: dict, config, categories) -> np.ndarray:
   """[input | ground truth] pictures of the first examples of a training batch."""
   count = min(config.eval.num_image_summaries, len(batch['image']))
-  return np.stack([
-    visualize.summary_image(batch['image'][i], batch['label'][i], batch['label'][i],
-                            categories)[:, :2 * batch['image'].shape[2]]
-    for i in range(count)])
+  return np.stack(
+    [
+      visualize.summary_image(batch['image'][i], batch['label'][i], batch['label'][i], categories)[
+        :, : 2 * batch['image'].shape[2]
+      ]
+      for i in range(count)
+    ]
+  )
 
 
 def _last_logged_step(workdir: str) -> int:
@@ -78,8 +82,16 @@ class _SkipLoggedSteps:
   already logged: the resumed run recomputes them exactly (same state, data stream and keys),
   so TensorBoard shows each step once."""
 
-  _STEPPED = ('write_scalars', 'write_images', 'write_texts', 'write_histograms',
-              'write_videos', 'write_audios', 'write_summaries', 'write_pointcloud')
+  _STEPPED = (
+    'write_scalars',
+    'write_images',
+    'write_texts',
+    'write_histograms',
+    'write_videos',
+    'write_audios',
+    'write_summaries',
+    'write_pointcloud',
+  )
 
   def __init__(self, writer, until: int):
     self._writer = writer
@@ -90,7 +102,8 @@ class _SkipLoggedSteps:
     if name not in self._STEPPED:
       return method
     return lambda step, *args, **kwargs: (
-      None if step <= self._until else method(step, *args, **kwargs))
+      None if step <= self._until else method(step, *args, **kwargs)
+    )
 
 
 def _resume_position(config, workdir: str, start_step: int) -> int:
@@ -104,9 +117,14 @@ def _resume_position(config, workdir: str, start_step: int) -> int:
   position = stream_positions.load(workdir, start_step, jax.process_index(), jax.process_count())
   if position is None:
     position = start_step * (config.train.batch_size // jax.process_count())
-    logging.warning('No stream position saved for step %d of process %d/%d: continuing the '
-                    'training stream at %d (exact unless examples were skipped).', start_step,
-                    jax.process_index(), jax.process_count(), position)
+    logging.warning(
+      'No stream position saved for step %d of process %d/%d: continuing the '
+      'training stream at %d (exact unless examples were skipped).',
+      start_step,
+      jax.process_index(),
+      jax.process_count(),
+      position,
+    )
   return position
 
 
@@ -139,7 +157,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   if info.is_video and mode != 'train':
     raise NotImplementedError(
       f'--mode={mode}: evaluating video models (streaming sampling, DAVIS J&F) is not part of '
-      'pix2seq_d yet; train with --mode=train.')
+      'pix2seq_d yet; train with --mode=train.'
+    )
   if mode == 'eval' and not checkpoints.saved_steps(workdir):
     # Checked before anything is written: an eval of the wrong folder leaves it as it was.
     raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
@@ -153,7 +172,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
 
   # ------------------------------------------------ state, shardings, checkpoints
   state, state_shardings, train_graphdef, eval_graphdef, tx = sharding.build_train_state(
-    config, mesh)
+    config, mesh
+  )
   abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
   manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
   restored = manager.restore_latest(abstract_state)
@@ -166,15 +186,23 @@ def _run(config, workdir: str, mode: str) -> dict | None:
       state = init_from.restore_for_init(config.init_from.path, state, config.init_from.mode)
       logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
 
-  predict_fn = sharding.jit_predict(config, eval_graphdef, state_shardings.ema_params,
-                                    state_shardings.ema_model_state, mesh)
+  predict_fn = sharding.jit_predict(
+    config, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
+  )
 
   def run_eval(state, step):
     return evaluate.evaluate(
-      config, predict_fn=predict_fn, params=state.ema_params,
-      model_state=state.ema_model_state, mesh=mesh, categories=info.categories,
-      eval_iterator=eval_pipeline.make_eval_iterator(config, source=source), step=step,
-      workdir=workdir, writer=writer)
+      config,
+      predict_fn=predict_fn,
+      params=state.ema_params,
+      model_state=state.ema_model_state,
+      mesh=mesh,
+      categories=info.categories,
+      eval_iterator=eval_pipeline.make_eval_iterator(config, source=source),
+      step=step,
+      workdir=workdir,
+      writer=writer,
+    )
 
   if mode == 'eval':
     if restored is None:
@@ -187,10 +215,12 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   # ------------------------------------------------------------------------ loop
   train_step = sharding.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
   train_iter = pipeline.make_train_iterator(
-    config, source=source, start_position=_resume_position(config, workdir, start_step))
+    config, source=source, start_position=_resume_position(config, workdir, start_step)
+  )
   num_steps = config.train.num_steps
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.train.log_every)
+  report = periodic_actions.ReportProgress(
+    num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every
+  )
   preemption.install_preemption_handler()
   key = jax.random.key(config.seed)
   pending: list[tuple[int, jax.Array]] = []
@@ -206,7 +236,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     if bad_step is not None:
       raise NonFiniteLossError(
         f'The loss became non-finite at step {bad_step}; the run stops here. The last good '
-        f'checkpoint in {workdir} is kept (step {manager.latest_step()}).')
+        f'checkpoint in {workdir} is kept (step {manager.latest_step()}).'
+      )
     return float(np.mean(losses)) if losses else float('nan')
 
   step, preempted = start_step, False
@@ -236,8 +267,9 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
       check_losses()
       manager.save(step, state, force=preempted or step == num_steps)
-      stream_positions.save(workdir, step, jax.process_index(), jax.process_count(),
-                            train_iter.position)
+      stream_positions.save(
+        workdir, step, jax.process_index(), jax.process_count(), train_iter.position
+      )
       stream_positions.prune(workdir, set(manager.all_steps()) | {step})
     if preempted:
       logging.warning('Preemption requested: saved step %d, exiting.', step)

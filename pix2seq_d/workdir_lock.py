@@ -46,13 +46,23 @@ def _pid_alive(pid: int) -> bool:
 class WorkdirLock:
   """The lock of one workdir (local or gs://); see the module docstring."""
 
-  def __init__(self, workdir: str | epath.PathLike, *, heartbeat_s: float = HEARTBEAT_S,
-               stale_after_s: float = STALE_AFTER_S):
+  def __init__(
+    self,
+    workdir: str | epath.PathLike,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
+    stale_after_s: float = STALE_AFTER_S,
+  ):
     self.path = epath.Path(workdir) / LOCK_FILE
     self.heartbeat_s = heartbeat_s
     self.stale_after_s = stale_after_s
-    self.record = {'host': socket.gethostname(), 'pid': os.getpid(), 'token': uuid.uuid4().hex,
-                   'started': time.time(), 'heartbeat': time.time()}
+    self.record = {
+      'host': socket.gethostname(),
+      'pid': os.getpid(),
+      'token': uuid.uuid4().hex,
+      'started': time.time(),
+      'heartbeat': time.time(),
+    }
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
 
@@ -90,13 +100,16 @@ class WorkdirLock:
           f'{holder.get("pid")}, started {started}, alive '
           f'{time.time() - float(holder.get("heartbeat", 0)):.0f} s ago. Stop that run or use '
           f'another --workdir. (If it is dead, its lock counts as stale '
-          f'{self.stale_after_s:.0f} s after its last heartbeat; {self.path} can be deleted.)')
+          f'{self.stale_after_s:.0f} s after its last heartbeat; {self.path} can be deleted.)'
+        )
     self._write()
     # Two runs starting together both wrote: the last rename wins, the other one stops here.
     time.sleep(min(1.0, self.heartbeat_s / 10))
     if (self.holder() or {}).get('token') != self.record['token']:
-      raise WorkdirLockedError(f'{self.path.parent} was taken by another run starting at the '
-                               'same time; use another --workdir.')
+      raise WorkdirLockedError(
+        f'{self.path.parent} was taken by another run starting at the '
+        'same time; use another --workdir.'
+      )
     self._thread = threading.Thread(target=self._beat, name='workdir-lock', daemon=True)
     self._thread.start()
 

@@ -11,22 +11,40 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main_command(workdir, data_dir, *overrides, mode='train_and_eval',
-                 config='configs/shapes.py:tiny') -> list[str]:
+def main_command(
+  workdir, data_dir, *overrides, mode='train_and_eval', config='configs/shapes.py:tiny'
+) -> list[str]:
   """The main command on the tiny shapes set with small batches and few sampling steps."""
   return [
-    sys.executable, '-m', 'pix2seq_d.main', f'--config={config}', f'--workdir={workdir}',
-    f'--mode={mode}', '--config.data.name=shapes/tiny', f'--config.data.data_dir={data_dir}',
-    '--config.data.shuffle_buffer=16', '--config.data.num_parallel_calls=1',
-    '--config.train.batch_size=4', '--config.eval.batch_size=4', '--config.eval.num_examples=4',
-    '--config.diffusion.steps=2', '--config.train.log_every=2', '--config.train.warmup_steps=2',
-    '--config.train.image_summary_every=4', *overrides]
+    sys.executable,
+    '-m',
+    'pix2seq_d.main',
+    f'--config={config}',
+    f'--workdir={workdir}',
+    f'--mode={mode}',
+    '--config.data.name=shapes/tiny',
+    f'--config.data.data_dir={data_dir}',
+    '--config.data.shuffle_buffer=16',
+    '--config.data.num_parallel_calls=1',
+    '--config.train.batch_size=4',
+    '--config.eval.batch_size=4',
+    '--config.eval.num_examples=4',
+    '--config.diffusion.steps=2',
+    '--config.train.log_every=2',
+    '--config.train.warmup_steps=2',
+    '--config.train.image_summary_every=4',
+    *overrides,
+  ]
 
 
 def process_env(jax_cache: str) -> dict[str, str]:
   """The environment of a test process: CPU JAX, the shared cache, this checkout importable."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    TF_CPP_MIN_LOG_LEVEL='2',
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
   env['JAX_COMPILATION_CACHE_DIR'] = jax_cache
   env['PYTHON'] = sys.executable
   return env
@@ -34,12 +52,19 @@ def process_env(jax_cache: str) -> dict[str, str]:
 
 def run(cmd, jax_cache: str, timeout: float = 600) -> tuple[int, str]:
   """Runs `cmd` from the repository root; returns (exit status, stdout + stderr)."""
-  proc = subprocess.run(cmd, cwd=ROOT, env=process_env(jax_cache), capture_output=True,
-                        text=True, timeout=timeout)
+  proc = subprocess.run(
+    cmd, cwd=ROOT, env=process_env(jax_cache), capture_output=True, text=True, timeout=timeout
+  )
   return proc.returncode, proc.stdout + proc.stderr
 
 
 def start(cmd, jax_cache: str) -> subprocess.Popen:
   """The command as a background process whose output (stdout and stderr) is kept."""
-  return subprocess.Popen(cmd, cwd=ROOT, env=process_env(jax_cache), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    cmd,
+    cwd=ROOT,
+    env=process_env(jax_cache),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The README's test command: installs pix2seq_d with its test extras, runs ruff, then every test,
-# slow ones included (pass -m "not slow" for the quick subset).
+# The README's test command: installs pix2seq_d with its test extras, runs ruff (lint, then the
+# format check), then every test, slow ones included (pass -m "not slow" for the quick subset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e '.[test]'
 # The reference PQ implementation; its metadata pins old numpy, so it is installed without deps.
 python -m pip install -q --no-deps 'panopticapi-lite>=0.2'
 python -m ruff check .
+python -m ruff format --check .
 # Compiled XLA programs persist between runs (and are shared by the test subprocesses).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/pix2seq_d/jax-tests}
 python -m pytest -q -n "${PYTEST_WORKERS:-2}" --durations=15 tests "$@"

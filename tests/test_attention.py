@@ -39,7 +39,8 @@ def _value_and_grads(fn, query, key, value, cotangent):
     return jnp.sum(out.astype(jnp.float32) * cotangent.astype(jnp.float32)), out
 
   (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
-    query, key, value)
+    query, key, value
+  )
   return out, grads
 
 
@@ -54,14 +55,12 @@ def test_implementation_equals_xla_reference(name, length, source):
   assert out.shape == ref_out.shape and out.dtype == ref_out.dtype
   np.testing.assert_allclose(out, ref_out, atol=2e-5, rtol=2e-5, err_msg=f'seed {seed}')
   for label, grad, ref in zip('qkv', grads, ref_grads, strict=True):
-    np.testing.assert_allclose(grad, ref, atol=5e-5, rtol=5e-5,
-                               err_msg=f'd{label}, seed {seed}')
+    np.testing.assert_allclose(grad, ref, atol=5e-5, rtol=5e-5, err_msg=f'd{label}, seed {seed}')
 
 
 def test_chunked_in_bfloat16_stays_close_to_float32_reference():
   inputs = _inputs(SEED, 200, 200, dtype=jnp.bfloat16)
-  ref_out, ref_grads = _value_and_grads(
-    attention.xla, *[x.astype(jnp.float32) for x in inputs])
+  ref_out, ref_grads = _value_and_grads(attention.xla, *[x.astype(jnp.float32) for x in inputs])
   out, grads = _value_and_grads(IMPLEMENTATIONS['chunked'], *inputs)
   assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
   # bfloat16 keeps 8 bits of mantissa: compare at that precision, relative to the scale.
@@ -93,14 +92,17 @@ def test_chunked_memory_grows_linearly_with_tokens():
   assert large < ref_large / 4
 
 
-@pytest.mark.parametrize('backend, dtype, expected', [
-  ('gpu', jnp.bfloat16, 'cudnn'),
-  ('gpu', jnp.float16, 'cudnn'),
-  ('gpu', jnp.float32, 'chunked'),
-  ('tpu', jnp.bfloat16, 'splash'),
-  ('tpu', jnp.float32, 'splash'),
-  ('cpu', jnp.float32, 'chunked'),
-])
+@pytest.mark.parametrize(
+  'backend, dtype, expected',
+  [
+    ('gpu', jnp.bfloat16, 'cudnn'),
+    ('gpu', jnp.float16, 'cudnn'),
+    ('gpu', jnp.float32, 'chunked'),
+    ('tpu', jnp.bfloat16, 'splash'),
+    ('tpu', jnp.float32, 'splash'),
+    ('cpu', jnp.float32, 'chunked'),
+  ],
+)
 def test_auto_picks_the_implementation_per_backend(backend, dtype, expected):
   assert attention.resolve('auto', dtype, backend) == expected
   assert attention.resolve('xla', dtype, backend) == 'xla'

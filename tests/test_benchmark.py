@@ -13,7 +13,7 @@ from pix2seq_d import benchmark, summary
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Installed on the path of the benchmark's process: importing any of these fails, as on the lent
 # GPU image where none of them exists.
-BLOCKER = '''
+BLOCKER = """
 import importlib.abc, sys
 BLOCKED = ('tensorflow', 'tensorflow_datasets', 'clu')
 class _Block(importlib.abc.MetaPathFinder):
@@ -22,9 +22,17 @@ class _Block(importlib.abc.MetaPathFinder):
       raise ImportError(f'{name} is not installed here (blocked by the benchmark test)')
     return None
 sys.meta_path.insert(0, _Block())
-'''
-TRAIN_KEYS = {'batch', 'compile_s', 'step_s_median', 'img_per_s', 'tflop_per_img', 'tflop_per_s',
-              'mfu', 'peak_mem_gib'}
+"""
+TRAIN_KEYS = {
+  'batch',
+  'compile_s',
+  'step_s_median',
+  'img_per_s',
+  'tflop_per_img',
+  'tflop_per_s',
+  'mfu',
+  'peak_mem_gib',
+}
 SAMPLE_KEYS = {'batch', 'steps', 'compile_s', 'img_per_s', 'ms_per_img'}
 
 
@@ -32,13 +40,30 @@ SAMPLE_KEYS = {'batch', 'steps', 'compile_s', 'img_per_s', 'ms_per_img'}
 def test_benchmark_runs_on_cpu_without_tensorflow(tmp_path):
   (tmp_path / 'sitecustomize.py').write_text(BLOCKER)
   output = tmp_path / 'bench.json'
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             PYTHONPATH=os.pathsep.join([str(tmp_path), REPO, os.environ.get('PYTHONPATH', '')]))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=os.pathsep.join([str(tmp_path), REPO, os.environ.get('PYTHONPATH', '')]),
+  )
   result = subprocess.run(
-    [sys.executable, '-m', 'pix2seq_d.benchmark', '--config=configs/shapes.py:tiny',
-     '--config.train.batch_size=2', '--config.eval.batch_size=2', '--train_steps=3',
-     '--warmup_steps=1', '--sample_repeats=1', f'--output_json={output}'],
-    cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      '-m',
+      'pix2seq_d.benchmark',
+      '--config=configs/shapes.py:tiny',
+      '--config.train.batch_size=2',
+      '--config.eval.batch_size=2',
+      '--train_steps=3',
+      '--warmup_steps=1',
+      '--sample_repeats=1',
+      f'--output_json={output}',
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   assert 'train   batch 2' in result.stdout and 'sample  batch 2, 20 steps' in result.stdout
 
@@ -48,8 +73,14 @@ def test_benchmark_runs_on_cpu_without_tensorflow(tmp_path):
   train, sample = report['train'], report['sample']
   assert train['batch'] == 2 and sample['batch'] == 2 and sample['steps'] == 20
   assert train['mfu'] is None  # no bf16 peak is known for a CPU
-  for value in (train['compile_s'], train['step_s_median'], train['img_per_s'],
-                train['peak_mem_gib'], sample['img_per_s'], sample['ms_per_img']):
+  for value in (
+    train['compile_s'],
+    train['step_s_median'],
+    train['img_per_s'],
+    train['peak_mem_gib'],
+    sample['img_per_s'],
+    sample['ms_per_img'],
+  ):
     assert value > 0
   assert train['step_s_min'] <= train['step_s_median']
   assert abs(train['img_per_s'] * train['step_s_median'] - 2) < 1e-6
@@ -62,15 +93,22 @@ def test_benchmark_runs_on_cpu_without_tensorflow(tmp_path):
   assert 2.0 < ratio < 4.5, ratio
 
 
-@pytest.mark.parametrize('kind, peak', [
-  ('NVIDIA H100 80GB HBM3', 989.0), ('NVIDIA H100 PCIe', 756.0), ('NVIDIA H200', 989.0),
-  ('TPU v5 lite', 197.0), ('TPU v5p', 459.0), ('TPU v4', 275.0), ('cpu', None),
-])
+@pytest.mark.parametrize(
+  'kind, peak',
+  [
+    ('NVIDIA H100 80GB HBM3', 989.0),
+    ('NVIDIA H100 PCIe', 756.0),
+    ('NVIDIA H200', 989.0),
+    ('TPU v5 lite', 197.0),
+    ('TPU v5p', 459.0),
+    ('TPU v4', 275.0),
+    ('cpu', None),
+  ],
+)
 def test_peak_table_matches_device_kinds(kind, peak):
   assert benchmark.peak_tflops(kind) == peak
 
 
 def test_bad_parts_are_refused():
   with pytest.raises(ValueError, match='--parts=eval'):
-    benchmark.run(shapes.get_config('tiny'), parts=['eval'], warmup=1, repeats=1,
-                  sample_repeats=1)
+    benchmark.run(shapes.get_config('tiny'), parts=['eval'], warmup=1, repeats=1, sample_repeats=1)

@@ -32,7 +32,8 @@ def _config(**model_overrides):
 def _abstract_state(config):
   tx = steps.make_optimizer(config.train)
   return jax.eval_shape(
-    lambda: steps.create_train_state(p2s.build_model(config, rngs=nnx.Rngs(0)), tx))
+    lambda: steps.create_train_state(p2s.build_model(config, rngs=nnx.Rngs(0)), tx)
+  )
 
 
 def _random_state(abstract, seed, mesh):
@@ -43,7 +44,8 @@ def _random_state(abstract, seed, mesh):
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       data = jax.eval_shape(jax.random.key_data, leaf)
       return jax.random.wrap_key_data(
-        rng.integers(0, 2**32, data.shape, dtype=np.uint32), dtype=leaf.dtype)
+        rng.integers(0, 2**32, data.shape, dtype=np.uint32), dtype=leaf.dtype
+      )
     if jnp.issubdtype(leaf.dtype, jnp.integer):
       return jnp.asarray(rng.integers(0, 1000, leaf.shape), leaf.dtype)
     return jnp.asarray(rng.standard_normal(leaf.shape), leaf.dtype)
@@ -68,8 +70,9 @@ def _assert_equal(actual, expected, paths=None):
   actual, expected = _flat(actual), _flat(expected)
   for path in paths if paths is not None else expected:
     assert actual[path].dtype == expected[path].dtype, path
-    np.testing.assert_array_equal(np.asarray(actual[path]), np.asarray(expected[path]),
-                                  err_msg='/'.join(path))
+    np.testing.assert_array_equal(
+      np.asarray(actual[path]), np.asarray(expected[path]), err_msg='/'.join(path)
+    )
 
 
 @pytest.fixture(scope='module')
@@ -107,13 +110,16 @@ def test_round_trip_is_bitwise_keeps_newest_and_resumes_latest(tmp_path, mesh, i
   assert kernel.get_value().sharding == expected_sharding
   rng_key = restored.model_state['encoder']['dropout']['rngs']['key']
   assert isinstance(rng_key, nnx.RngKey)
-  assert rng_key.get_value().dtype == image_abstract.model_state['encoder']['dropout']['rngs'][
-    'key'].get_value().dtype
+  assert (
+    rng_key.get_value().dtype
+    == image_abstract.model_state['encoder']['dropout']['rngs']['key'].get_value().dtype
+  )
   manager.close()
 
 
-def test_restoring_another_model_size_names_the_parameter_and_shapes(tmp_path, mesh,
-                                                                     image_abstract):
+def test_restoring_another_model_size_names_the_parameter_and_shapes(
+  tmp_path, mesh, image_abstract
+):
   manager = checkpoints.CheckpointManager(tmp_path)
   manager.save(5, _random_state(image_abstract, 0, mesh)[0])
   manager.wait_until_finished()
@@ -180,7 +186,8 @@ def test_init_from_all_grows_the_denoiser_input_conv_for_video(image_run, mesh):
   _assert_equal(state, old, others)
   _assert_equal(state, fresh, _paths(fresh, 'opt_state') + _paths(fresh, 'step'))
   np.testing.assert_array_equal(
-    np.asarray(_flat(state)[('ema_params',) + kernel_path[1:]]), new_kernel)
+    np.asarray(_flat(state)[('ema_params',) + kernel_path[1:]]), new_kernel
+  )
   sharded = state.params['denoiser']['conv_in']['kernel'].get_value().sharding
   assert sharded == fresh.params['denoiser']['conv_in']['kernel'].get_value().sharding
 

@@ -52,8 +52,14 @@ def _read_panoptic(json_path, folder):
   """[(image_id, ids (H, W) int32, segments_info)] of a written prediction JSON + PNG folder."""
   with open(json_path) as f:
     annotations = json.load(f)['annotations']
-  return [(a['image_id'], coco_format.read_panoptic_png(os.path.join(folder, a['file_name'])),
-           a['segments_info']) for a in annotations]
+  return [
+    (
+      a['image_id'],
+      coco_format.read_panoptic_png(os.path.join(folder, a['file_name'])),
+      a['segments_info'],
+    )
+    for a in annotations
+  ]
 
 
 def test_write_read_round_trip(tmp_path, rng):

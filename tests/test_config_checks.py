@@ -6,32 +6,42 @@ from configs import coco, shapes
 from pix2seq_d import config_checks
 
 
-@pytest.mark.parametrize('make', [coco.get_config, lambda: coco.get_config('high_res'),
-                                  lambda: coco.get_config('runlocal'), shapes.get_config,
-                                  lambda: shapes.get_config('tiny'),
-                                  lambda: shapes.get_config('video')])
+@pytest.mark.parametrize(
+  'make',
+  [
+    coco.get_config,
+    lambda: coco.get_config('high_res'),
+    lambda: coco.get_config('runlocal'),
+    shapes.get_config,
+    lambda: shapes.get_config('tiny'),
+    lambda: shapes.get_config('video'),
+  ],
+)
 @pytest.mark.parametrize('mode', ['train', 'eval', 'train_and_eval', 'predict', 'summary'])
 def test_shipped_configs_pass(make, mode):
   config_checks.check_config(make(), mode)
 
 
-@pytest.mark.parametrize('field, value, message', [
-  ('train.keep_checkpoints', 0, 'would delete every checkpoint'),
-  ('train.checkpoint_every', 0, 'config.train.checkpoint_every=0: must be >= 1'),
-  ('train.log_every', 0, 'config.train.log_every=0: must be >= 1'),
-  ('train.image_summary_every', -1, 'config.train.image_summary_every=-1'),
-  ('train.num_steps', 0, 'config.train.num_steps=0'),
-  ('train.batch_size', 0, 'config.train.batch_size=0'),
-  ('train.learning_rate', 0.0, 'config.train.learning_rate=0.0: must be positive'),
-  ('train.ema_decay', 1.0, 'config.train.ema_decay=1.0'),
-  ('diffusion.steps', 0, 'config.diffusion.steps=0'),
-  ('model.image_size', 64, 'config.model.image_size=64: must be a pair'),
-  ('model.mask_size', (16, 0), 'config.model.mask_size=(16, 0): must be a pair'),
-  ('data.eval_orig_size', (64, 64, 3), 'config.data.eval_orig_size'),
-  ('model.num_classes', 300, 'config.model.num_classes=300'),
-  ('data.coco_root', '/data/coco', '--config.data.name=coco_folder'),
-  ('data.davis_root', '/data/davis', '--config.data.name=davis'),
-])
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
+    ('train.keep_checkpoints', 0, 'would delete every checkpoint'),
+    ('train.checkpoint_every', 0, 'config.train.checkpoint_every=0: must be >= 1'),
+    ('train.log_every', 0, 'config.train.log_every=0: must be >= 1'),
+    ('train.image_summary_every', -1, 'config.train.image_summary_every=-1'),
+    ('train.num_steps', 0, 'config.train.num_steps=0'),
+    ('train.batch_size', 0, 'config.train.batch_size=0'),
+    ('train.learning_rate', 0.0, 'config.train.learning_rate=0.0: must be positive'),
+    ('train.ema_decay', 1.0, 'config.train.ema_decay=1.0'),
+    ('diffusion.steps', 0, 'config.diffusion.steps=0'),
+    ('model.image_size', 64, 'config.model.image_size=64: must be a pair'),
+    ('model.mask_size', (16, 0), 'config.model.mask_size=(16, 0): must be a pair'),
+    ('data.eval_orig_size', (64, 64, 3), 'config.data.eval_orig_size'),
+    ('model.num_classes', 300, 'config.model.num_classes=300'),
+    ('data.coco_root', '/data/coco', '--config.data.name=coco_folder'),
+    ('data.davis_root', '/data/davis', '--config.data.name=davis'),
+  ],
+)
 def test_bad_field_is_named(field, value, message):
   config = shapes.get_config()
   section, name = field.split('.')

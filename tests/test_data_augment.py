@@ -35,10 +35,18 @@ def _mask_inside(unpadded):
 
 def _augment(image, label, seed, scale_range, flip=True, strength=0.0):
   images, labels, unpadded = augment.train_augment(
-      tf.constant(image[None]), tf.constant(np.stack([label, label], -1)[None], tf.int32),
-      tf.constant(seed, tf.int64), image_size=IMAGE_SIZE, mask_size=MASK_SIZE,
-      scale_range=scale_range, flip=flip, color_jitter_strength=strength,
-      color_jitter_prob=1.0, grayscale_prob=0.0, pad_value=PAD_VALUE)
+    tf.constant(image[None]),
+    tf.constant(np.stack([label, label], -1)[None], tf.int32),
+    tf.constant(seed, tf.int64),
+    image_size=IMAGE_SIZE,
+    mask_size=MASK_SIZE,
+    scale_range=scale_range,
+    flip=flip,
+    color_jitter_strength=strength,
+    color_jitter_prob=1.0,
+    grayscale_prob=0.0,
+    pad_value=PAD_VALUE,
+  )
   return images.numpy()[0], labels.numpy()[0], unpadded.numpy()
 
 
@@ -53,7 +61,7 @@ def test_train_augment_keeps_label_on_image(source_size):
     msg = f'entropy {entropy}, trial {trial}, seed {seed}, unpadded {unpadded}'
     assert out_label.shape == MASK_SIZE + (2,) and out.shape == IMAGE_SIZE + (3,)
     # The image pixel that each mask pixel samples (nearest, canvas -> mask).
-    sampled = out[factor // 2::factor, factor // 2::factor] * 255.0
+    sampled = out[factor // 2 :: factor, factor // 2 :: factor] * 255.0
     distance = np.abs(sampled[:, :, None, :] - palette[None, None].astype(np.float64)).max(-1)
     pure = distance.min(-1) < 0.5  # not blended with a neighbouring block by the resize.
     inside = _mask_inside(unpadded)
@@ -64,7 +72,7 @@ def test_train_augment_keeps_label_on_image(source_size):
     # Padding: label (0, 0), image exactly the pad value, bottom / right only.
     assert (out_label[~inside] == 0).all() and (out_label[inside] > 0).all(), msg
     canvas = np.zeros(IMAGE_SIZE, bool)
-    canvas[:unpadded[0], :unpadded[1]] = True
+    canvas[: unpadded[0], : unpadded[1]] = True
     np.testing.assert_array_equal(out[~canvas], np.float32(PAD_VALUE), msg)
     assert 0.0 <= out.min() and out.max() <= 1.0
 
@@ -102,8 +110,9 @@ def test_color_jitter_changes_colours_but_never_the_padding():
 def test_grayscale_gives_equal_channels():
   rng, _ = _fresh_rng()
   image = tf.constant(rng.random((2, 8, 8, 3)), tf.float32)
-  gray = augment.color_jitter(image, 1.0, tf.constant([3, 4]), jitter_prob=0.0,
-                              grayscale_prob=1.0).numpy()
+  gray = augment.color_jitter(
+    image, 1.0, tf.constant([3, 4]), jitter_prob=0.0, grayscale_prob=1.0
+  ).numpy()
   np.testing.assert_allclose(gray[..., 0], gray[..., 1])
   np.testing.assert_allclose(gray[..., 0], tf.image.rgb_to_grayscale(image).numpy()[..., 0])
 
@@ -112,8 +121,12 @@ def test_eval_resize_fits_keeping_aspect_and_pads():
   rng, entropy = _fresh_rng()
   palette, image, label = _block_scene(rng, 30, 50, block=(3, 5))
   images, labels, unpadded = augment.eval_resize(
-      tf.constant(image[None]), tf.constant(label[None, ..., None], tf.int32),
-      image_size=IMAGE_SIZE, mask_size=MASK_SIZE, pad_value=PAD_VALUE)
+    tf.constant(image[None]),
+    tf.constant(label[None, ..., None], tf.int32),
+    image_size=IMAGE_SIZE,
+    mask_size=MASK_SIZE,
+    pad_value=PAD_VALUE,
+  )
   images, labels, unpadded = images.numpy()[0], labels.numpy()[0, ..., 0], unpadded.numpy()
   assert tuple(unpadded) == (38, 64)  # 30 * 64 / 50 = 38.4.
   expected = tf.image.resize(image[None] / 255.0, unpadded, antialias=True).numpy()[0]
@@ -127,7 +140,7 @@ def test_eval_resize_fits_keeping_aspect_and_pads():
 def _random_segments(rng, shape, num_segments):
   """A label (H, W, 2) with `num_segments` instance ids scattered over it, some void pixels."""
   instance = rng.integers(0, num_segments + 1, size=shape)
-  instance.reshape(-1)[:num_segments + 1] = np.arange(num_segments + 1)  # every id occurs.
+  instance.reshape(-1)[: num_segments + 1] = np.arange(num_segments + 1)  # every id occurs.
   semantic = np.where(instance > 0, rng.integers(1, 6, size=num_segments + 1)[instance], 0)
   return np.stack([semantic, instance], -1).astype(np.int32)
 
@@ -139,7 +152,8 @@ def test_instance_ids_are_a_fresh_permutation():
   mappings = set()
   for _ in range(5):
     out, dropped = augment.assign_instance_ids(
-        tf.constant(label), max_instances, tf.constant(rng.integers(0, 2**31, size=2)))
+      tf.constant(label), max_instances, tf.constant(rng.integers(0, 2**31, size=2))
+    )
     out = out.numpy()
     assert int(dropped) == 0
     np.testing.assert_array_equal(out[..., 0], label[..., 0])
@@ -160,10 +174,11 @@ def test_too_many_segments_keeps_the_largest():
   instance = np.concatenate([np.full(size, k + 1) for k, size in enumerate(sizes)] + [[0] * 7])
   instance = rng.permutation(instance)
   label = np.stack([instance % 3 + (instance > 0), instance], -1).astype(np.int32)[None]
-  largest = set((np.argsort(-sizes)[:max_instances - 1] + 1).tolist())
+  largest = set((np.argsort(-sizes)[: max_instances - 1] + 1).tolist())
   for seed in (rng.integers(0, 2**31, size=2), None):
     out, dropped = augment.assign_instance_ids(
-        tf.constant(label), max_instances, None if seed is None else tf.constant(seed))
+      tf.constant(label), max_instances, None if seed is None else tf.constant(seed)
+    )
     out = out.numpy()[0]
     assert int(dropped) == num_segments - (max_instances - 1), f'entropy {entropy}'
     kept = np.isin(instance, list(largest))
@@ -172,8 +187,7 @@ def test_too_many_segments_keeps_the_largest():
     assert len(np.unique(out[kept, 1])) == max_instances - 1
     if seed is None:  # kept segments numbered 1..K in their original order.
       order = sorted(largest)
-      np.testing.assert_array_equal(
-          out[kept, 1], np.searchsorted(order, instance[kept]) + 1)
+      np.testing.assert_array_equal(out[kept, 1], np.searchsorted(order, instance[kept]) + 1)
 
 
 def test_instance_ids_without_seed_keep_small_ids():

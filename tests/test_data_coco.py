@@ -73,7 +73,7 @@ def test_segments_match_the_json(sample_source, sample_examples):
   category_ids = [c['id'] for c in annotation['categories']]
   assert [c['id'] for c in sample_source.categories] == category_ids
   assert [c['isthing'] for c in sample_source.categories] == [
-      c['isthing'] for c in annotation['categories']
+    c['isthing'] for c in annotation['categories']
   ]
   assert sorted(sample_examples) == sorted(image['id'] for image in annotation['images'])
   num_crowd = 0
@@ -105,7 +105,7 @@ def test_segments_match_the_json(sample_source, sample_examples):
 def _first_pixel(example, segment) -> tuple[int, int]:
   """Returns a pixel of `segment`, found from the panoptic PNG id via the sample's own PNG."""
   png_path = os.path.join(
-      SAMPLE_ROOT, 'annotations', f'panoptic_{SPLIT}', f'{example["image_id"]:012d}.png'
+    SAMPLE_ROOT, 'annotations', f'panoptic_{SPLIT}', f'{example["image_id"]:012d}.png'
   )
   panoptic = coco.rgb_to_panoptic_id(np.asarray(_read_png(png_path))).numpy()
   ys, xs = np.nonzero(panoptic == segment['id'])
@@ -163,25 +163,27 @@ def test_tfds_coco_decode_on_the_builders_own_features(tmp_path):
   assert [c['name'] for c in coco.load_coco_categories()] == list(name_of.values())
   for image_annotation in annotation['annotations']:
     image_info = next(i for i in annotation['images'] if i['id'] == image_annotation['image_id'])
-    serialized = features.serialize_example({
+    serialized = features.serialize_example(
+      {
         'image': os.path.join(SAMPLE_ROOT, SPLIT, image_info['file_name']),
         'image/filename': image_info['file_name'],
         'image/id': image_info['id'],
         'panoptic_image': os.path.join(
-            SAMPLE_ROOT, 'annotations', f'panoptic_{SPLIT}', image_annotation['file_name']
+          SAMPLE_ROOT, 'annotations', f'panoptic_{SPLIT}', image_annotation['file_name']
         ),
         'panoptic_image/filename': image_annotation['file_name'],
         'panoptic_objects': [
-            {
-                'id': s['id'],
-                'area': s['area'],
-                'bbox': tfds.features.BBox(0.0, 0.0, 1.0, 1.0),
-                'label': name_of[s['category_id']],
-                'is_crowd': bool(s['iscrowd']),
-            }
-            for s in image_annotation['segments_info']
+          {
+            'id': s['id'],
+            'area': s['area'],
+            'bbox': tfds.features.BBox(0.0, 0.0, 1.0, 1.0),
+            'label': name_of[s['category_id']],
+            'is_crowd': bool(s['iscrowd']),
+          }
+          for s in image_annotation['segments_info']
         ],
-    })
+      }
+    )
     example = tfds.as_numpy(coco.decode_tfds_example(features.deserialize_example(serialized)))
     assert example['error'] == b'' and example['image_id'] == image_info['id']
     category_ids = list(name_of)
@@ -205,8 +207,8 @@ def test_empty_coco_root_says_which_flag(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'relative_path',
-    [f'annotations/panoptic_{SPLIT}.json', f'annotations/panoptic_{SPLIT}', SPLIT],
+  'relative_path',
+  [f'annotations/panoptic_{SPLIT}.json', f'annotations/panoptic_{SPLIT}', SPLIT],
 )
 def test_missing_json_or_folder_names_it(tmp_path, relative_path):
   root = copy_sample(tmp_path)
@@ -251,14 +253,14 @@ def test_json_segment_absent_from_png_is_fine(tmp_path, sample_examples):
   image_annotation = annotation['annotations'][0]
   unused_id = 1 + max(s['id'] for a in annotation['annotations'] for s in a['segments_info'])
   image_annotation['segments_info'].append(
-      {'id': unused_id, 'category_id': 1, 'iscrowd': 0, 'area': 0, 'bbox': [0, 0, 0, 0]}
+    {'id': unused_id, 'category_id': 1, 'iscrowd': 0, 'area': 0, 'bbox': [0, 0, 0, 0]}
   )
   write_json(root, annotation)
   examples = decoded_examples(coco_folder.make_source(folder_config(root, tmp_path / 'tfds')))
   example = examples[image_annotation['image_id']]
   assert example['error'] == b''
   np.testing.assert_array_equal(
-      example['semantic'], sample_examples[image_annotation['image_id']]['semantic']
+    example['semantic'], sample_examples[image_annotation['image_id']]['semantic']
   )
 
 
@@ -267,7 +269,7 @@ def test_panoptic_maps_reports_unknown_ids_without_a_stored_error():
   ids = np.array([[0, 5], [7, 9]], np.int64)
   rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256**2], axis=-1).astype(np.uint8)
   semantic, instance, crowd, error = tfds.as_numpy(
-      coco.panoptic_maps(rgb, np.array([5, 7]), np.array([3, 0]), np.array([False, True]), 'x.png')
+    coco.panoptic_maps(rgb, np.array([5, 7]), np.array([3, 0]), np.array([False, True]), 'x.png')
   )
   np.testing.assert_array_equal(semantic, [[0, 4], [1, 0]])
   np.testing.assert_array_equal(instance, [[0, 1], [2, 0]])
@@ -329,8 +331,10 @@ def test_fixed_image_is_read_again_after_the_error_named_it(tmp_path):
   good = jpeg_path.read_bytes()
   jpeg_path.write_bytes(b'not a JPEG at all')
   config = folder_config(root, tmp_path / 'tfds')
-  assert str(jpeg_path) in decoded_examples(coco_folder.make_source(config))[broken['id']][
-      'error'].decode()
+  assert (
+    str(jpeg_path)
+    in decoded_examples(coco_folder.make_source(config))[broken['id']]['error'].decode()
+  )
   jpeg_path.write_bytes(good)  # the user fixes the file the error named
   assert decoded_examples(coco_folder.make_source(config))[broken['id']]['error'] == b''
 
@@ -391,8 +395,10 @@ def test_every_example_broken_stops_training_with_a_clear_error(tmp_path):
 
 def test_images_larger_than_eval_orig_size_stop_at_start(tmp_path):
   config = small_folder_config(SAMPLE_ROOT, tmp_path / 'tfds')
-  largest = (max(i['height'] for i in read_json(SAMPLE_ROOT)['images']),
-             max(i['width'] for i in read_json(SAMPLE_ROOT)['images']))
+  largest = (
+    max(i['height'] for i in read_json(SAMPLE_ROOT)['images']),
+    max(i['width'] for i in read_json(SAMPLE_ROOT)['images']),
+  )
   config.data.eval_orig_size = (64, 64)
   with pytest.raises(ValueError) as error:
     pipeline.dataset_info(config)

@@ -126,8 +126,8 @@ def test_missing_root_names_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'relative_path',
-    [f'JPEGImages/{RESOLUTION}', f'{ANNOTATIONS}/{RESOLUTION}', 'ImageSets/2017/val.txt'],
+  'relative_path',
+  [f'JPEGImages/{RESOLUTION}', f'{ANNOTATIONS}/{RESOLUTION}', 'ImageSets/2017/val.txt'],
 )
 def test_missing_folder_or_split_file_names_it(tmp_path, davis_root, relative_path):
   path = davis_root / relative_path
@@ -138,7 +138,7 @@ def test_missing_folder_or_split_file_names_it(tmp_path, davis_root, relative_pa
   with pytest.raises(FileNotFoundError) as error:
     davis.make_source(davis_config(davis_root, tmp_path / 'tfds'))
   assert f'missing {path}' in str(error.value) or f'missing the split file {path}' in str(
-      error.value
+    error.value
   )
   assert 'ImageSets/2017/<split>.txt' in str(error.value)
 
@@ -173,19 +173,21 @@ def test_tfds_davis_decode_on_the_builders_own_features(tmp_path, davis_root):
   features = tfds.builder('davis/480p', data_dir=str(tmp_path)).info.features
   video, objects = list(VIDEOS.items())[1]
   ids = np.stack([object_ids(objects, frame) for frame in range(NUM_FRAMES)])
-  serialized = features.serialize_example({
+  serialized = features.serialize_example(
+    {
       'video': {
-          'frames': [
-              str(davis_root / 'JPEGImages' / RESOLUTION / video / f'{frame:05d}.jpg')
-              for frame in range(NUM_FRAMES)
-          ],
-          # As TFDS davis stores them: the palette indices, (H, W, 1).
-          'segmentations': list(ids[..., None]),
+        'frames': [
+          str(davis_root / 'JPEGImages' / RESOLUTION / video / f'{frame:05d}.jpg')
+          for frame in range(NUM_FRAMES)
+        ],
+        # As TFDS davis stores them: the palette indices, (H, W, 1).
+        'segmentations': list(ids[..., None]),
       },
       'metadata': {'num_frames': NUM_FRAMES, 'video_name': video},
-  })
+    }
+  )
   example = tfds.as_numpy(
-      davis.decode_tfds_example(features.deserialize_example(serialized), void_id=VOID_ID)
+    davis.decode_tfds_example(features.deserialize_example(serialized), void_id=VOID_ID)
   )
   ids = ids.astype(np.int32)
   is_object = (ids > 0) & (ids != VOID_ID)
@@ -210,8 +212,8 @@ def test_video_eval_clips_keep_the_original_maps(tmp_path, davis_root):
   ids = np.stack([object_ids(objects, frame) for frame in range(NUM_FRAMES)]).astype(np.int32)
   is_object = (ids > 0) & (ids != VOID_ID)
   expected = np.stack(
-      [is_object.astype(np.int32), np.where(is_object, ids, 0), (ids == VOID_ID).astype(np.int32)],
-      axis=-1,
+    [is_object.astype(np.int32), np.where(is_object, ids, 0), (ids == VOID_ID).astype(np.int32)],
+    axis=-1,
   )
   np.testing.assert_array_equal(clip['orig_label'], expected)
 

@@ -89,7 +89,8 @@ def test_resumed_stream_continues_the_uninterrupted_one(shapes_config, arg, proc
   print(f'resumed after {resumed_after} batches, {process_count} process(es), {arg or "images"}')
   for process_index in range(process_count):
     make = lambda start, i=process_index: pipeline.make_train_iterator(
-      config, process_index=i, process_count=process_count, start_position=start)
+      config, process_index=i, process_count=process_count, start_position=start
+    )
     uninterrupted = make(0)
     before = [next(uninterrupted) for _ in range(resumed_after)]
     position = uninterrupted.position
@@ -159,17 +160,20 @@ def test_crowd_is_void_for_training_and_kept_in_orig_label(shapes_config):
     return {**example, 'crowd': tf.cast(tf.equal(example['semantic'], SKY), tf.int32)}
 
   source = _with_decode(base, sky_is_crowd)
-  batch = next(pipeline.make_train_iterator(
-      config, process_index=0, process_count=1, source=source))
+  batch = next(
+    pipeline.make_train_iterator(config, process_index=0, process_count=1, source=source)
+  )
   assert not (batch['label'][..., 0] == SKY).any()
   assert (batch['label'][..., 0] == 0).any()
   assert ((batch['label'][..., 0] == 0) == (batch['label'][..., 1] == 0)).all()
 
   raw = _raw_by_id(base.builder, 'test')
-  evaluation = next(eval_pipeline.make_eval_iterator(
-      config, process_index=0, process_count=1, source=source))
+  evaluation = next(
+    eval_pipeline.make_eval_iterator(config, process_index=0, process_count=1, source=source)
+  )
   for label, orig, image_id in zip(
-      evaluation['label'], evaluation['orig_label'], evaluation['image_id'], strict=True):
+    evaluation['label'], evaluation['orig_label'], evaluation['image_id'], strict=True
+  ):
     expected = raw[int(image_id)]
     np.testing.assert_array_equal(orig[..., 0], expected['semantic'][..., 0])
     np.testing.assert_array_equal(orig[..., 1], expected['instance'][..., 0])
@@ -198,8 +202,9 @@ def test_eval_batches_pad_and_stay_in_lockstep(shapes_config, shapes_data_dir):
           continue
         valid_ids.append(int(batch['image_id'][k]))
         expected = raw[int(batch['image_id'][k])]
-        orig = np.stack([expected['semantic'][..., 0], expected['instance'][..., 0],
-                         np.zeros((64, 64))], -1)
+        orig = np.stack(
+          [expected['semantic'][..., 0], expected['instance'][..., 0], np.zeros((64, 64))], -1
+        )
         np.testing.assert_array_equal(batch['orig_label'][k], orig)
         np.testing.assert_array_equal(batch['label'][k], orig[1::2, 1::2, :2])
         np.testing.assert_array_equal(batch['orig_size'][k], [64, 64])
@@ -226,11 +231,12 @@ def test_error_examples_are_skipped_in_training_and_raise_in_eval(shapes_config)
     broken = tf.equal(raw['image_id'] % 4, 1)
     message = tf.strings.format('corrupt image: img_{}.png', raw['image_id'])
     return {
-        **example,
-        'error': tf.where(broken, message, ''),
-        # Broken examples carry white pixels so a test can see they never reach a batch.
-        'image': tf.where(broken, tf.fill(tf.shape(example['image']), tf.constant(255, tf.uint8)),
-                          example['image']),
+      **example,
+      'error': tf.where(broken, message, ''),
+      # Broken examples carry white pixels so a test can see they never reach a batch.
+      'image': tf.where(
+        broken, tf.fill(tf.shape(example['image']), tf.constant(255, tf.uint8)), example['image']
+      ),
     }
 
   source = _with_decode(base, break_some)
@@ -239,8 +245,9 @@ def test_error_examples_are_skipped_in_training_and_raise_in_eval(shapes_config)
     assert not (batch['image'] == 1.0).all(axis=(1, 2, 3)).any()
   assert iterator.skipped > 0
   with pytest.raises(ValueError, match=r'corrupt image: img_\d+\.png'):
-    for _ in eval_pipeline.make_eval_iterator(config, process_index=0, process_count=1,
-                                              source=source):
+    for _ in eval_pipeline.make_eval_iterator(
+      config, process_index=0, process_count=1, source=source
+    ):
       pass
 
 
@@ -261,8 +268,9 @@ def test_video_train_batches_condition_on_earlier_frames(shapes_config):
   config = _no_augmentation(shapes_config('video'))
   config.train.batch_size = 8
   config.diffusion.frames_dropout = 0.0
-  batches = list(itertools.islice(
-      pipeline.make_train_iterator(config, process_index=0, process_count=1), 2))
+  batches = list(
+    itertools.islice(pipeline.make_train_iterator(config, process_index=0, process_count=1), 2)
+  )
   for batch in batches:
     assert batch['cond_label'].shape == (8, 32, 32, 4) and batch['cond_label'].dtype == np.int32
     assert batch['label'].shape == (8, 32, 32, 2) and batch['image'].shape == (8, 64, 64, 3)
@@ -273,7 +281,8 @@ def test_video_train_batches_condition_on_earlier_frames(shapes_config):
       for previous in (cond[..., 0:2], cond[..., 2:4]):
         for track in np.intersect1d(np.unique(label[..., 1]), np.unique(previous[..., 1])):
           assert set(np.unique(label[label[..., 1] == track, 0])) == set(
-              np.unique(previous[previous[..., 1] == track, 0]))
+            np.unique(previous[previous[..., 1] == track, 0])
+          )
 
   for dropout, expect in ((1.0, 'all'), (0.5, 'some')):
     config.diffusion.frames_dropout = dropout
@@ -319,9 +328,11 @@ def test_bad_configs_give_clear_errors(shapes_config):
   # dataset's categories + void (fewer breaks the labels, more wastes an output per pixel).
   for wrong in (4, 8):
     config.model.num_classes = wrong
-    for check in (pipeline.dataset_info,
-                  lambda c: pipeline.make_train_iterator(c, process_index=0, process_count=1),
-                  lambda c: eval_pipeline.make_eval_iterator(c, process_index=0, process_count=1)):
+    for check in (
+      pipeline.dataset_info,
+      lambda c: pipeline.make_train_iterator(c, process_index=0, process_count=1),
+      lambda c: eval_pipeline.make_eval_iterator(c, process_index=0, process_count=1),
+    ):
       with pytest.raises(ValueError, match=f'config.model.num_classes={wrong}.*=6'):
         check(config)
 

@@ -63,19 +63,26 @@ def test_images_re_render_exactly(shapes_data_dir):
 
 def test_shape_masks_have_the_right_area():
   size = 40
-  areas = {'circle': math.pi * (size / 2)**2, 'square': size**2,
-           'triangle': math.sqrt(3) / 4 * size**2}
+  areas = {
+    'circle': math.pi * (size / 2) ** 2,
+    'square': size**2,
+    'triangle': math.sqrt(3) / 4 * size**2,
+  }
   for name, area in areas.items():
-    obj = {'shape': name, 'center': [50.3, 49.7], 'size': float(size), 'angle': 0.7,
-           'velocity': [0.0, 0.0]}
+    obj = {
+      'shape': name,
+      'center': [50.3, 49.7],
+      'size': float(size),
+      'angle': 0.7,
+      'velocity': [0.0, 0.0],
+    }
     mask = shapes.shape_mask(obj, 100, 100)
     assert abs(mask.sum() - area) < 0.03 * area, (name, mask.sum(), area)
 
 
 def test_decode_gives_the_canonical_example(shapes_data_dir):
   source = registry.get_source(_config('shapes/tiny', shapes_data_dir))
-  assert [c['name'] for c in source.categories] == [
-      'circle', 'square', 'triangle', 'sky', 'ground']
+  assert [c['name'] for c in source.categories] == ['circle', 'square', 'triangle', 'sky', 'ground']
   assert [c['isthing'] for c in source.categories] == [1, 1, 1, 0, 0]
   assert not source.is_video
   example = next(iter(source.builder.as_dataset(split='train').map(source.decode)))
@@ -93,7 +100,8 @@ def test_clips_re_render_with_consistent_track_ids(shapes_data_dir):
     for clip in _all_examples(builder, split):
       scene = json.loads(clip['scene'])
       frames, semantic, instance = shapes.render_clip(
-          scene, config.height, config.width, config.num_frames)
+        scene, config.height, config.width, config.num_frames
+      )
       np.testing.assert_array_equal(clip['frames'], frames)
       np.testing.assert_array_equal(clip['semantic'][..., 0], semantic)
       np.testing.assert_array_equal(clip['instance'][..., 0], instance)
@@ -117,8 +125,10 @@ def test_tracks_leave_the_frame():
   for index in range(config.num_train):
     scene = json.loads(shapes.generate_video_example(config, 'train', index)['scene'])
     for obj in scene['objects']:
-      visible = [shapes.shape_mask(obj, config.height, config.width, t).any()
-                 for t in range(config.num_frames)]
+      visible = [
+        shapes.shape_mask(obj, config.height, config.width, t).any()
+        for t in range(config.num_frames)
+      ]
       left += visible[0] and not visible[-1]
   assert left > 0
 

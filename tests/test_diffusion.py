@@ -37,16 +37,18 @@ def test_panoptic_bits_round_trip(seed):
 
 def test_bits_to_panoptic_clamps_to_the_valid_ranges():
   label = jnp.array([[200, 250], [3, 4]])
-  decoded = bits.bits_to_panoptic(bits.label_to_bits(label, 0.1), num_classes=134,
-                                  max_instances=101)
+  decoded = bits.bits_to_panoptic(
+    bits.label_to_bits(label, 0.1), num_classes=134, max_instances=101
+  )
   np.testing.assert_array_equal(decoded, [[133, 100], [3, 4]])
 
 
 def test_logits_to_analog_is_the_expected_bits():
   ids = jnp.array([[5, 200]])
   confident = 50.0 * jax.nn.one_hot(ids, 256)  # (1, 2, 256)
-  np.testing.assert_allclose(bits.logits_to_analog(confident, 0.1),
-                             bits.label_to_bits(ids, 0.1), atol=1e-6)
+  np.testing.assert_allclose(
+    bits.logits_to_analog(confident, 0.1), bits.label_to_bits(ids, 0.1), atol=1e-6
+  )
   uniform = bits.logits_to_analog(jnp.zeros((1, 2, 256)), 0.1)
   np.testing.assert_allclose(uniform, 0.0, atol=1e-7)
 
@@ -96,8 +98,9 @@ def test_softmax_xent_loss_is_weighted_mean():
   logits = jnp.asarray(rng.normal(size=(2, 4, 4, 2, 256)), jnp.float32)
   label = jnp.asarray(rng.integers(0, 256, (2, 4, 4, 2)))
   weights = jnp.asarray(rng.uniform(0.5, 1.5, (2, 4, 4)), jnp.float32)
-  nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
-                            np.asarray(label)[..., None], -1)[..., 0]
+  nll = -np.take_along_axis(
+    np.asarray(jax.nn.log_softmax(logits)), np.asarray(label)[..., None], -1
+  )[..., 0]
   expected = np.mean(nll * np.asarray(weights)[..., None])
   assert float(losses.softmax_xent_loss(logits, label, weights)) == pytest.approx(expected, 1e-5)
 
@@ -118,8 +121,16 @@ def _oracle(x0):
 def test_sampler_with_perfect_oracle_returns_x0(name):
   label = _random_label(11, (2, 6, 5))
   x0 = bits.label_to_bits(label, 0.1)
-  out = sampler.sample(_oracle(x0), x0.shape, jax.random.key(0), steps=8, td=1.0,
-                       schedule='cosine', sampler=name, b_scale=0.1)
+  out = sampler.sample(
+    _oracle(x0),
+    x0.shape,
+    jax.random.key(0),
+    steps=8,
+    td=1.0,
+    schedule='cosine',
+    sampler=name,
+    b_scale=0.1,
+  )
   np.testing.assert_allclose(out, x0, atol=1e-7)
   np.testing.assert_array_equal(bits.bits_to_label(out), label)
 
@@ -141,7 +152,8 @@ def test_sampler_shape_determinism_and_self_conditioning_input():
     return jnp.tanh(x_t + x0_prev) * 0.1
 
   run = lambda key, name='ddim': sampler.sample(
-    predict, (2, 4, 6, 16), key, steps=4, td=1.0, schedule='cosine', sampler=name, b_scale=0.1)
+    predict, (2, 4, 6, 16), key, steps=4, td=1.0, schedule='cosine', sampler=name, b_scale=0.1
+  )
   a, b, c = run(jax.random.key(0)), run(jax.random.key(0)), run(jax.random.key(1))
   assert a.shape == (2, 4, 6, 16) and seen[0] == (2, 4, 6, 16)
   np.testing.assert_array_equal(a, b)

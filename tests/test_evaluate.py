@@ -28,9 +28,17 @@ def _run(config, tmp_path, predict):
   info = pipeline.dataset_info(config)
   recorder = _Recorder(eval_pipeline.make_eval_iterator(config))
   record = evaluate.evaluate(
-    config, predict_fn=lambda params, state, images, key: predict(recorder.batch, key),
-    params=None, model_state=None, mesh=mesh, categories=info.categories,
-    eval_iterator=recorder, step=7, workdir=str(tmp_path), writer=None)
+    config,
+    predict_fn=lambda params, state, images, key: predict(recorder.batch, key),
+    params=None,
+    model_state=None,
+    mesh=mesh,
+    categories=info.categories,
+    eval_iterator=recorder,
+    step=7,
+    workdir=str(tmp_path),
+    writer=None,
+  )
   return record, info
 
 
@@ -57,7 +65,8 @@ def test_random_masks_score_low_and_results_history_grows(shapes_config, tmp_pat
   def noise(batch, key):
     shape = batch['label'].shape
     return jax.random.randint(key, shape, 0, config.model.max_instances) % np.array(
-      [config.model.num_classes, config.model.max_instances])
+      [config.model.num_classes, config.model.max_instances]
+    )
 
   first, _ = _run(config, tmp_path, noise)
   assert first['PQ'] < 0.2

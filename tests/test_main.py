@@ -41,10 +41,14 @@ def _folder_args(root, eval_orig_size=(640, 640), num_classes=0):
   (A tuple field given twice on the command line is concatenated by ml_collections, so each
   override appears once.)
   """
-  return ['--config.data.name=coco_folder', f'--config.data.coco_root={root}',
-          '--config.data.train_split=val2017', '--config.data.eval_split=val2017',
-          f'--config.model.num_classes={num_classes}',
-          f'--config.data.eval_orig_size={eval_orig_size}']
+  return [
+    '--config.data.name=coco_folder',
+    f'--config.data.coco_root={root}',
+    '--config.data.train_split=val2017',
+    '--config.data.eval_split=val2017',
+    f'--config.model.num_classes={num_classes}',
+    f'--config.data.eval_orig_size={eval_orig_size}',
+  ]
 
 
 def _break_images(root, annotation):
@@ -67,8 +71,17 @@ def _pq_args(tmp_path, damage):
   pred_json = tmp_path / 'pred.json'
   shutil.copy(SAMPLE_JSON, pred_json)
   damage(pred_json, folder)
-  return [sys.executable, '-m', 'pix2seq_d.evaluation.pq', '--gt_json', SAMPLE_JSON,
-          '--pred_json', str(pred_json), '--pred_folder', str(folder)]
+  return [
+    sys.executable,
+    '-m',
+    'pix2seq_d.evaluation.pq',
+    '--gt_json',
+    SAMPLE_JSON,
+    '--pred_json',
+    str(pred_json),
+    '--pred_folder',
+    str(folder),
+  ]
 
 
 def _a_file(tmp_path):
@@ -86,116 +99,187 @@ CASES = {
   # The config, checked before anything is built.
   'keep_checkpoints=0': (
     lambda t, d: main_command(t / 'run', d, '--config.train.keep_checkpoints=0'),
-    'config.train.keep_checkpoints=0: must be >= 1'),
+    'config.train.keep_checkpoints=0: must be >= 1',
+  ),
   'checkpoint_every=0': (
     lambda t, d: main_command(t / 'run', d, '--config.train.checkpoint_every=0'),
-    'config.train.checkpoint_every=0: must be >= 1'),
+    'config.train.checkpoint_every=0: must be >= 1',
+  ),
   'log_every=0': (
     lambda t, d: main_command(t / 'run', d, '--config.train.log_every=0'),
-    'config.train.log_every=0: must be >= 1'),
+    'config.train.log_every=0: must be >= 1',
+  ),
   'scalar image_size': (
     lambda t, d: main_command(t / 'run', d, '--config.model.image_size=64'),
-    'config.model.image_size=(64,): must be a pair'),
+    'config.model.image_size=(64,): must be a pair',
+  ),
   'mask_size not dividing image_size': (
     lambda t, d: main_command(t / 'run', d, '--config.model.mask_size=(48, 48)'),
-    'must divide config.model.image_size'),
+    'must divide config.model.image_size',
+  ),
   'num_classes=300': (
     lambda t, d: main_command(t / 'run', d, '--config.model.num_classes=300'),
-    'config.model.num_classes=300 does not fit'),
+    'config.model.num_classes=300 does not fit',
+  ),
   'negative learning rate': (
     lambda t, d: main_command(t / 'run', d, '--config.train.learning_rate=-1.0'),
-    'config.train.learning_rate=-1.0: must be positive'),
+    'config.train.learning_rate=-1.0: must be positive',
+  ),
   'unknown field': (
     lambda t, d: main_command(t / 'run', d, '--config.train.bogus=1'),
-    "--config.train.bogus: the config has no field 'bogus'"),
+    "--config.train.bogus: the config has no field 'bogus'",
+  ),
   'misspelt field': (
     lambda t, d: main_command(t / 'run', d, '--config.trian.num_steps=1'),
-    "did you mean 'train'?"),
+    "did you mean 'train'?",
+  ),
   'coco_root with data.name=shapes': (
-    lambda t, d: main_command(t / 'run', d, '--config.data.coco_root=/data/coco',
-                              '--config.data.name=shapes'),
-    'Set --config.data.name=coco_folder'),
+    lambda t, d: main_command(
+      t / 'run', d, '--config.data.coco_root=/data/coco', '--config.data.name=shapes'
+    ),
+    'Set --config.data.name=coco_folder',
+  ),
   'summary with num_classes=0': (
     lambda t, d: main_command(t / 'run', d, '--config.model.num_classes=0', mode='summary'),
-    '--mode=summary does not read the dataset'),
+    '--mode=summary does not read the dataset',
+  ),
   'no --config': (
     lambda t, d: [sys.executable, '-m', 'pix2seq_d.main', f'--workdir={t}'],
-    '--config=configs/NAME.py is required'),
-  'workdir is a file': (
-    lambda t, d: main_command(_a_file(t) / 'run', d),
-    'cannot be written'),
+    '--config=configs/NAME.py is required',
+  ),
+  'workdir is a file': (lambda t, d: main_command(_a_file(t) / 'run', d), 'cannot be written'),
   'video task on image data': (
     lambda t, d: main_command(t / 'run', d, '--config.task=video_panoptic'),
-    "config.task='video_panoptic' does not fit"),
+    "config.task='video_panoptic' does not fit",
+  ),
   # The data, checked at start.
   'missing coco_root': (
     lambda t, d: main_command(t / 'run', d, *_folder_args(t / 'nowhere')),
-    'does not exist or is not a folder'),
+    'does not exist or is not a folder',
+  ),
   'coco_root without the JSON': (
-    lambda t, d: main_command(t / 'run', d, *_folder_args(_coco_root(
-        t, lambda r, a: os.remove(r / 'annotations' / 'panoptic_val2017.json')))),
-    'annotations/panoptic_val2017.json'),
+    lambda t, d: main_command(
+      t / 'run',
+      d,
+      *_folder_args(
+        _coco_root(t, lambda r, a: os.remove(r / 'annotations' / 'panoptic_val2017.json'))
+      ),
+    ),
+    'annotations/panoptic_val2017.json',
+  ),
   'invalid JSON': (
-    lambda t, d: main_command(t / 'run', d, *_folder_args(_coco_root(
-        t, lambda r, a: (r / 'annotations' / 'panoptic_val2017.json').write_text('{"images": [')))),
-    'is not valid JSON: Expecting value (line 1, column 13)'),
+    lambda t, d: main_command(
+      t / 'run',
+      d,
+      *_folder_args(
+        _coco_root(
+          t, lambda r, a: (r / 'annotations' / 'panoptic_val2017.json').write_text('{"images": [')
+        )
+      ),
+    ),
+    'is not valid JSON: Expecting value (line 1, column 13)',
+  ),
   'JSON without segments_info': (
-    lambda t, d: main_command(t / 'run', d, *_folder_args(_coco_root(
-        t, lambda r, a: {**a, 'annotations': [{'image_id': 1, 'file_name': 'x.png'}]}))),
-    "lacks the key(s) ['segments_info']"),
+    lambda t, d: main_command(
+      t / 'run',
+      d,
+      *_folder_args(
+        _coco_root(t, lambda r, a: {**a, 'annotations': [{'image_id': 1, 'file_name': 'x.png'}]})
+      ),
+    ),
+    "lacks the key(s) ['segments_info']",
+  ),
   'images larger than eval_orig_size': (
     lambda t, d: main_command(t / 'run', d, *_folder_args(SAMPLE_ROOT, (64, 64))),
-    'Set --config.data.eval_orig_size="(427, 640)"'),
+    'Set --config.data.eval_orig_size="(427, 640)"',
+  ),
   'num_classes of another dataset': (
     lambda t, d: main_command(t / 'run', d, *_folder_args(SAMPLE_ROOT, num_classes=6)),
-    'config.model.num_classes=6: dataset'),
+    'config.model.num_classes=6: dataset',
+  ),
   'every image broken': (
-    lambda t, d: main_command(t / 'run', d, *_folder_args(_coco_root(t, _break_images)),
-                              '--config.data.max_skips_in_a_row=5', mode='train'),
-    '5 training examples in a row are broken'),
+    lambda t, d: main_command(
+      t / 'run',
+      d,
+      *_folder_args(_coco_root(t, _break_images)),
+      '--config.data.max_skips_in_a_row=5',
+      mode='train',
+    ),
+    '5 training examples in a row are broken',
+  ),
   'missing davis_root': (
-    lambda t, d: main_command(t / 'run', d, '--config.data.name=davis',
-                              f'--config.data.davis_root={t / "no_davis"}',
-                              config='configs/shapes.py:video'),
-    'no_davis'),
+    lambda t, d: main_command(
+      t / 'run',
+      d,
+      '--config.data.name=davis',
+      f'--config.data.davis_root={t / "no_davis"}',
+      config='configs/shapes.py:video',
+    ),
+    'no_davis',
+  ),
   # Runs and workdirs.
   'eval of an empty workdir': (
     lambda t, d: main_command(t / 'run', d, mode='eval'),
-    'no checkpoint in'),
+    'no checkpoint in',
+  ),
   'predict without input': (
     lambda t, d: main_command(t / 'run', d, mode='predict'),
-    '--mode=predict needs --config.predict.output=DIR'),
+    '--mode=predict needs --config.predict.output=DIR',
+  ),
   'predict on images sharing a stem': (
     lambda t, d: main_command(
-        t / 'run', d, f'--config.predict.input={_predict_inputs(t, ["a.jpg", "a.png"])}',
-        f'--config.predict.output={t / "out"}', mode='predict'),
-    "share one: {'a': ['a.jpg', 'a.png']}"),
+      t / 'run',
+      d,
+      f'--config.predict.input={_predict_inputs(t, ["a.jpg", "a.png"])}',
+      f'--config.predict.output={t / "out"}',
+      mode='predict',
+    ),
+    "share one: {'a': ['a.jpg', 'a.png']}",
+  ),
   'predict from a workdir that never trained': (
     lambda t, d: main_command(
-        t / 'run', d, f'--config.predict.input={_predict_inputs(t, ["a.jpg"])}',
-        f'--config.predict.output={t / "out"}', mode='predict'),
-    'categories.json is missing'),
+      t / 'run',
+      d,
+      f'--config.predict.input={_predict_inputs(t, ["a.jpg"])}',
+      f'--config.predict.output={t / "out"}',
+      mode='predict',
+    ),
+    'categories.json is missing',
+  ),
   # The PQ command.
   'PQ: invalid prediction JSON': (
     lambda t, d: _pq_args(t, lambda j, f: j.write_text(j.read_text()[:-9])),
-    'is not valid JSON'),
+    'is not valid JSON',
+  ),
   'PQ: JSON without annotations': (
     lambda t, d: _pq_args(t, lambda j, f: j.write_text('{"categories": []}')),
-    "lacks the key(s) ['annotations']"),
+    "lacks the key(s) ['annotations']",
+  ),
   'PQ: corrupt PNG': (
     lambda t, d: _pq_args(t, lambda j, f: _first_png(f).write_bytes(b'\x89PNG broken')),
-    'cannot be decoded as a PNG'),
+    'cannot be decoded as a PNG',
+  ),
   'PQ: missing PNG folder': (
     lambda t, d: _pq_args(t, lambda j, f: shutil.rmtree(f)),
-    "with predicted segmentations doesn't exist"),
+    "with predicted segmentations doesn't exist",
+  ),
 }
 
 
 # Refused before the run starts: the workdir is not even created.
-BEFORE_THE_RUN = ('keep_checkpoints=0', 'checkpoint_every=0', 'log_every=0', 'scalar image_size',
-                  'mask_size not dividing image_size', 'num_classes=300', 'negative learning rate',
-                  'unknown field', 'misspelt field', 'coco_root with data.name=shapes',
-                  'summary with num_classes=0')
+BEFORE_THE_RUN = (
+  'keep_checkpoints=0',
+  'checkpoint_every=0',
+  'log_every=0',
+  'scalar image_size',
+  'mask_size not dividing image_size',
+  'num_classes=300',
+  'negative learning rate',
+  'unknown field',
+  'misspelt field',
+  'coco_root with data.name=shapes',
+  'summary with num_classes=0',
+)
 
 
 @pytest.mark.parametrize('name', list(CASES))

@@ -29,7 +29,8 @@ def test_resnet_c4_shapes_and_resnet50_count():
   outs = model(jax.random.uniform(jax.random.key(0), (2, 64, 96, 3)))
   assert [o.shape for o in outs] == [(2, 16, 24, 32), (2, 8, 12, 64), (2, 4, 6, 128)]
   full = nnx.eval_shape(
-    lambda: resnet.ResNetC4((3, 4, 6), 64, 0.9, 1e-5, PRECISION, rngs=nnx.Rngs(0)))
+    lambda: resnet.ResNetC4((3, 4, 6), 64, 0.9, 1e-5, PRECISION, rngs=nnx.Rngs(0))
+  )
   assert layers.count_params(full) == 8_543_296  # torchvision ResNet-50 conv1..layer3.
 
 
@@ -43,20 +44,38 @@ def test_transformer_layers_shapes():
 
 
 def test_fusion_upsamples_to_mask_resolution():
-  module = fusion.PyramidMerge([16, 32, 24], [4, 8, 16], 2, 12, (32, 1e-5), PRECISION,
-                               rngs=nnx.Rngs(0))
+  module = fusion.PyramidMerge(
+    [16, 32, 24], [4, 8, 16], 2, 12, (32, 1e-5), PRECISION, rngs=nnx.Rngs(0)
+  )
   feats = [jnp.ones((2, 16, 16, 16)), jnp.ones((2, 8, 8, 32)), jnp.ones((2, 4, 4, 24))]
   assert module(feats).shape == (2, 32, 32, 12)
 
 
 def test_transunet_shapes_and_zero_init_output():
   net = transunet.TransUNet(
-    in_features=20, mask_size=(16, 24), dim=8, dim_mults=(1, 2, 2), num_res_blocks=1,
-    dropout=0.0, time_scaling=1000.0, time_mlp_mult=4, transformer_layers=1, transformer_dim=16,
-    transformer_heads=2, transformer_mlp_ratio=4, transformer_dropout=0.0, context_dim=12,
-    num_groups_out=2, logits_per_group=256, gn=(32, 1e-5), ln_eps=1e-6, pos_emb_max=2 * np.pi,
+    in_features=20,
+    mask_size=(16, 24),
+    dim=8,
+    dim_mults=(1, 2, 2),
+    num_res_blocks=1,
+    dropout=0.0,
+    time_scaling=1000.0,
+    time_mlp_mult=4,
+    transformer_layers=1,
+    transformer_dim=16,
+    transformer_heads=2,
+    transformer_mlp_ratio=4,
+    transformer_dropout=0.0,
+    context_dim=12,
+    num_groups_out=2,
+    logits_per_group=256,
+    gn=(32, 1e-5),
+    ln_eps=1e-6,
+    pos_emb_max=2 * np.pi,
     zero_init_scale=1e-10,
-    precision=PRECISION, rngs=nnx.Rngs(0))
+    precision=PRECISION,
+    rngs=nnx.Rngs(0),
+  )
   x = jax.random.normal(jax.random.key(0), (3, 16, 24, 20))
   logits = net(x, jnp.array([0.1, 0.5, 0.9]), jnp.ones((3, 6, 12)))
   assert logits.shape == (3, 16, 24, 2, 256) and logits.dtype == jnp.float32
@@ -139,24 +158,28 @@ def _tiny_model_grads(policy):
   return jax.tree.leaves(nnx.grad(loss)(model))
 
 
-@pytest.mark.parametrize('policy', ['nothing_saveable', 'dots_saveable',
-                                    'dots_with_no_batch_dims_saveable'])
+@pytest.mark.parametrize(
+  'policy', ['nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable']
+)
 def test_remat_gives_the_same_gradients(policy):
   for x, y in zip(_tiny_model_grads('none'), _tiny_model_grads(policy), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('field, value, message', [
-  ('mask_size', (24, 24), 'mask_size'),
-  ('num_classes', 300, 'num_classes=300'),
-  ('max_instances', 257, 'max_instances=257'),
-  ('encoder.num_heads', 3, 'encoder.num_heads=3'),
-  ('denoiser.transformer_heads', 5, 'denoiser.transformer_heads=5'),
-  ('denoiser.dim_mults', (1, 2, 2, 2, 2, 2), 'not divisible by 32'),
-  ('attention_impl', 'flash', "attention_impl='flash'"),
-  ('attention_block', 0, 'attention_block=0'),
-  ('remat.encoder', 'everything', "remat.encoder='everything'"),
-])
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
+    ('mask_size', (24, 24), 'mask_size'),
+    ('num_classes', 300, 'num_classes=300'),
+    ('max_instances', 257, 'max_instances=257'),
+    ('encoder.num_heads', 3, 'encoder.num_heads=3'),
+    ('denoiser.transformer_heads', 5, 'denoiser.transformer_heads=5'),
+    ('denoiser.dim_mults', (1, 2, 2, 2, 2, 2), 'not divisible by 32'),
+    ('attention_impl', 'flash', "attention_impl='flash'"),
+    ('attention_block', 0, 'attention_block=0'),
+    ('remat.encoder', 'everything', "remat.encoder='everything'"),
+  ],
+)
 def test_bad_config_names_the_field(field, value, message):
   config = shapes.get_config('tiny')
   section, _, name = field.rpartition('.')
@@ -172,11 +195,13 @@ def test_bad_config_names_the_field(field, value, message):
 def _reference_sincos(height, width, dim, max_position):
   """The reference's definition, written out: per axis, coordinates scaled to [0, max], codes
   [sin(c * w_k)] + [cos(c * w_k)] with w_k = 10000 ** (-2k / (dim / 2)); rows then columns."""
+
   def codes(n, d):
     c = np.arange(n) / (n - 1) * max_position
     rates = 1.0 / 10000.0 ** (2 * (np.arange(d) // 2) / d)
     angles = c[:, None] * rates[None, :]
     return np.concatenate([np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])], axis=-1)
+
   y = np.repeat(codes(height, dim // 2)[:, None], width, axis=1)
   x = np.repeat(codes(width, dim // 2)[None], height, axis=0)
   return np.concatenate([y, x], axis=-1).reshape(height * width, dim)

@@ -31,9 +31,9 @@ def synthetic_batch(seed, batch_size, image_size, mask_size):
       y, x = rng.integers(0, mask_size - 5, 2)
       size = rng.integers(3, 6)
       cls = rng.integers(1, 4)
-      label[b, y:y + size, x:x + size] = (cls, ids[k])
+      label[b, y : y + size, x : x + size] = (cls, ids[k])
       colour = rng.uniform(0.5, 1.0) * np.eye(3)[cls - 1] + 0.1
-      image[b, scale * y:scale * (y + size), scale * x:scale * (x + size)] = colour
+      image[b, scale * y : scale * (y + size), scale * x : scale * (x + size)] = colour
   return image, label
 
 

@@ -14,12 +14,8 @@ def test_resize_nearest_integer_factor_repeats():
 
 
 def test_majority_vote_min_pixels_and_void():
-  semantic = np.array([[1, 1, 2, 3],
-                       [1, 2, 2, 3],
-                       [0, 0, 0, 4]])
-  instance = np.array([[1, 1, 2, 3],
-                       [1, 1, 2, 3],
-                       [5, 5, 0, 4]])
+  semantic = np.array([[1, 1, 2, 3], [1, 2, 2, 3], [0, 0, 0, 4]])
+  instance = np.array([[1, 1, 2, 3], [1, 1, 2, 3], [5, 5, 0, 4]])
   sem, inst = panoptic.majority_vote(semantic, instance, 6, 8, min_pixels=2)
   # id 1: classes (1, 1, 1, 2) -> 1; id 2: (2, 2) -> 2; id 3: (3, 3) -> 3;
   # id 4 has 1 pixel -> void; id 5 is mostly void -> void; instance 0 -> void.
@@ -36,8 +32,9 @@ def test_postprocess_crops_padding_and_resizes_to_original():
   pred[:10, :15, 0] = content
   pred[:10, :15, 1] = content + 10
   pred[10:, :, :] = (5, 1)  # garbage in the padding must not leak into the output.
-  sem, inst = panoptic.postprocess(pred, (32, 32), (20, 30), orig, num_classes=6,
-                                   max_instances=16, min_pixels=0)
+  sem, inst = panoptic.postprocess(
+    pred, (32, 32), (20, 30), orig, num_classes=6, max_instances=16, min_pixels=0
+  )
   assert sem.shape == orig and inst.shape == orig
   expected = panoptic.resize_nearest(content, orig)
   np.testing.assert_array_equal(sem, expected)
@@ -49,8 +46,15 @@ def test_postprocess_merges_each_stuff_class_into_one_segment():
   semantic = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
   instance = np.array([[3, 4, 5, 6], [3, 4, 5, 6]])
   is_thing = panoptic.is_thing_table([{'isthing': 1}, {'isthing': 0}])
-  sem, inst = panoptic.postprocess(np.stack([semantic, instance], -1), (2, 4), (2, 4), (2, 4),
-                                   num_classes=3, max_instances=8, min_pixels=0,
-                                   is_thing=is_thing)
+  sem, inst = panoptic.postprocess(
+    np.stack([semantic, instance], -1),
+    (2, 4),
+    (2, 4),
+    (2, 4),
+    num_classes=3,
+    max_instances=8,
+    min_pixels=0,
+    is_thing=is_thing,
+  )
   np.testing.assert_array_equal(sem, semantic)
   np.testing.assert_array_equal(inst, [[3, 4, 5, 5], [3, 4, 5, 5]])  # things stay apart.

@@ -110,9 +110,16 @@ def _write_predictions(root, predictions, categories):
 
 
 def _panopticapi(gt_json, gt_folder, pred_json, pred_folder):
+  """panopticapi's pq_compute. Its multiprocessing.Pool() would fork this process, which may run
+  JAX threads (an earlier test on this worker): its workers start from a fork server instead."""
+  import multiprocessing
+  from unittest import mock
+
   from panopticapi.evaluation import pq_compute
 
-  return pq_compute(gt_json, pred_json, gt_folder=gt_folder, pred_folder=pred_folder)
+  forkserver = multiprocessing.get_context('forkserver')
+  with mock.patch('multiprocessing.Pool', forkserver.Pool):
+    return pq_compute(gt_json, pred_json, gt_folder=gt_folder, pred_folder=pred_folder)
 
 
 def _max_diff(ours, reference, keys=('pq', 'sq', 'rq'), skip_empty_classes=False):

@@ -23,7 +23,11 @@ def test_inputs_sharing_a_stem_are_refused_before_inference(tmp_path):
   assert "'a': ['a.jpg', 'a.png']" in message and 'b.png' not in message
   (tmp_path / 'a.jpg').unlink()
   assert [p.rsplit('/', 1)[1] for p in predict.list_images(str(tmp_path))] == [
-      'C.png', 'a.png', 'b.png', 'c.webp']
+    'C.png',
+    'a.png',
+    'b.png',
+    'c.webp',
+  ]
 
 
 @pytest.mark.parametrize('content', [b'', b'\xff\xd8 truncated', b'\x89PNG\r\n\x1a\n broken'])

@@ -27,8 +27,7 @@ QUERY_KERNEL = ('encoder', 'layers', '0', 'attn', 'query', 'kernel')
 
 
 def _abstract_mesh(data, fsdp, model):
-  return AbstractMesh((data, fsdp, model), sharding.MESH_AXES,
-                      axis_types=(AxisType.Auto,) * 3)
+  return AbstractMesh((data, fsdp, model), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def _mesh_config(data, fsdp, model):
@@ -43,24 +42,32 @@ def _flat_specs(tree):
   """{path: PartitionSpec} of a state_shardings tree."""
   is_variable = lambda x: isinstance(x, nnx.Variable)
   flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]
-  return {sharding.path_names(path): (s.get_value() if is_variable(s) else s).spec
-          for path, s in flat}
+  return {
+    sharding.path_names(path): (s.get_value() if is_variable(s) else s).spec for path, s in flat
+  }
 
 
 # ------------------------------------------------------------------ in-process (1 device)
 
 
-@pytest.mark.parametrize('axes, shape, mesh, expected', [
-  (('embed', 'heads'), (32, 64), (2, 2, 2), PartitionSpec('fsdp', 'model')),
-  ((None, None, 'conv_in', 'conv_out'), (3, 3, 8, 16), (1, 2, 4), PartitionSpec(
-    None, None, 'fsdp', 'model')),
-  # 3 rows do not split over fsdp=2: that dimension falls back to replicated.
-  (('embed', 'heads'), (3, 64), (2, 2, 2), PartitionSpec(None, 'model')),
-  (('mlp', 'embed'), (6, 32), (1, 1, 4), PartitionSpec(None, None)),
-  # Size-1 mesh axes shard nothing and are left out.
-  (('embed', 'mlp'), (32, 64), (8, 1, 1), PartitionSpec(None, None)),
-  (('norm',), (32,), (2, 2, 2), PartitionSpec(None)),
-])
+@pytest.mark.parametrize(
+  'axes, shape, mesh, expected',
+  [
+    (('embed', 'heads'), (32, 64), (2, 2, 2), PartitionSpec('fsdp', 'model')),
+    (
+      (None, None, 'conv_in', 'conv_out'),
+      (3, 3, 8, 16),
+      (1, 2, 4),
+      PartitionSpec(None, None, 'fsdp', 'model'),
+    ),
+    # 3 rows do not split over fsdp=2: that dimension falls back to replicated.
+    (('embed', 'heads'), (3, 64), (2, 2, 2), PartitionSpec(None, 'model')),
+    (('mlp', 'embed'), (6, 32), (1, 1, 4), PartitionSpec(None, None)),
+    # Size-1 mesh axes shard nothing and are left out.
+    (('embed', 'mlp'), (32, 64), (8, 1, 1), PartitionSpec(None, None)),
+    (('norm',), (32,), (2, 2, 2), PartitionSpec(None)),
+  ],
+)
 def test_logical_to_spec_maps_rules_with_divisibility_fallback(axes, shape, mesh, expected):
   assert sharding.logical_to_spec(axes, shape, _abstract_mesh(*mesh)) == expected
 
@@ -69,22 +76,27 @@ def test_logical_to_spec_never_uses_a_mesh_axis_twice_and_takes_tuples():
   mesh = _abstract_mesh(2, 2, 2)
   rules = {**sharding.DEFAULT_RULES, 'embed': 'model'}
   assert sharding.logical_to_spec(('embed', 'heads'), (8, 8), mesh, rules) == PartitionSpec(
-    'model', None)
+    'model', None
+  )
   rules = {**sharding.DEFAULT_RULES, 'embed': ('data', 'fsdp')}
   assert sharding.logical_to_spec(('embed', 'mlp'), (8, 8), mesh, rules) == PartitionSpec(
-    ('data', 'fsdp'), 'model')
+    ('data', 'fsdp'), 'model'
+  )
   # 6 does not split over data * fsdp = 4.
   assert sharding.logical_to_spec(('embed',), (6,), mesh, rules) == PartitionSpec(None)
   with pytest.raises(ValueError, match="'bogus' has no sharding rule"):
     sharding.logical_to_spec(('bogus',), (8,), mesh)
 
 
-@pytest.mark.parametrize('data, fsdp, model, message', [
-  (2, 1, 1, 'config.mesh.data=2.*needs 2 devices but 1'),
-  (-1, 2, 1, 'config.mesh.fsdp=2.*does not divide'),
-  (-1, -1, 1, 'at most one may be -1'),
-  (0, 1, 1, 'positive'),
-])
+@pytest.mark.parametrize(
+  'data, fsdp, model, message',
+  [
+    (2, 1, 1, 'config.mesh.data=2.*needs 2 devices but 1'),
+    (-1, 2, 1, 'config.mesh.fsdp=2.*does not divide'),
+    (-1, -1, 1, 'at most one may be -1'),
+    (0, 1, 1, 'positive'),
+  ],
+)
 def test_bad_mesh_config_names_the_fields(data, fsdp, model, message):
   with pytest.raises(ValueError, match=message):
     sharding.make_mesh(_mesh_config(data, fsdp, model))
@@ -108,7 +120,8 @@ def test_state_shardings_follow_metadata_and_mirror_params(tiny_abstract_state):
   params = {path[1:]: spec for path, spec in specs.items() if path[0] == 'params'}
   assert params[QUERY_KERNEL] == PartitionSpec('fsdp', 'model')
   assert params[('encoder', 'layers', '0', 'mlp', 'fc2', 'kernel')] == PartitionSpec(
-    'model', 'fsdp')
+    'model', 'fsdp'
+  )
   assert params[('denoiser', 'conv_out', 'kernel')] == PartitionSpec(None, None, 'fsdp', 'model')
   assert params[('encoder', 'norm', 'scale')] == PartitionSpec(None)
   # Every optimiser moment and EMA copy has the sharding of its param.
@@ -128,12 +141,18 @@ def test_state_shardings_follow_metadata_and_mirror_params(tiny_abstract_state):
 def test_optimizer_moments_without_metadata_match_params_by_path(tiny_abstract_state):
   state = tiny_abstract_state
   plain = lambda tree: jax.tree.map(
-    lambda v: v.get_value() if isinstance(v, nnx.Variable) else v, tree,
-    is_leaf=lambda v: isinstance(v, nnx.Variable))
+    lambda v: v.get_value() if isinstance(v, nnx.Variable) else v,
+    tree,
+    is_leaf=lambda v: isinstance(v, nnx.Variable),
+  )
   stripped = steps.TrainState(
-    step=state.step, params=state.params, model_state=state.model_state,
-    opt_state=plain(state.opt_state), ema_params=state.ema_params,
-    ema_model_state=state.ema_model_state)
+    step=state.step,
+    params=state.params,
+    model_state=state.model_state,
+    opt_state=plain(state.opt_state),
+    ema_params=state.ema_params,
+    ema_model_state=state.ema_model_state,
+  )
   mesh = _abstract_mesh(2, 2, 2)
   with_meta = _flat_specs(sharding.state_shardings(state, mesh).opt_state)
   without = _flat_specs(sharding.state_shardings(stripped, mesh).opt_state)
@@ -149,11 +168,19 @@ def _run_worker(task: str, timeout: int) -> dict:
   env['JAX_PLATFORMS'] = 'cpu'
   # Unoptimised CPU code generation compiles ~3x faster; the single-device baseline runs in the
   # same process with the same flags, so the comparison is like for like.
-  env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8 '
-                      '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+  env['XLA_FLAGS'] = (
+    '--xla_force_host_platform_device_count=8 '
+    '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+  )
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
-  result = subprocess.run([sys.executable, os.path.abspath(__file__), task], env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+  result = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), task],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO,
+  )
   assert result.returncode == 0, result.stderr[-5000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -186,10 +213,15 @@ def test_sharded_training_matches_one_device():
   assert len(baseline) == 5 and np.all(np.isfinite(baseline))
   for mesh_report in report['meshes']:
     _check_sharded_state(mesh_report)
-    np.testing.assert_allclose(mesh_report['losses'], baseline, rtol=1e-4,
-                               err_msg=str(mesh_report['mesh']))
-    np.testing.assert_allclose(mesh_report['grad_norms'], report['baseline_grad_norms'],
-                               rtol=1e-3, err_msg=str(mesh_report['mesh']))
+    np.testing.assert_allclose(
+      mesh_report['losses'], baseline, rtol=1e-4, err_msg=str(mesh_report['mesh'])
+    )
+    np.testing.assert_allclose(
+      mesh_report['grad_norms'],
+      report['baseline_grad_norms'],
+      rtol=1e-3,
+      err_msg=str(mesh_report['mesh']),
+    )
 
 
 @pytest.mark.slow
@@ -200,8 +232,7 @@ def test_splash_attention_runs_per_device_on_a_mesh():
   np.testing.assert_allclose(report['splash']['losses'], report['xla']['losses'], rtol=1e-5)
   # The kernel's blockwise float32 softmax rounds differently from XLA's: gradient norms agree to
   # ~1e-4 (1.4e-4 seen with the reference's smaller attention initialisation), losses to 1e-5.
-  np.testing.assert_allclose(report['splash']['grad_norms'], report['xla']['grad_norms'],
-                             rtol=5e-4)
+  np.testing.assert_allclose(report['splash']['grad_norms'], report['xla']['grad_norms'], rtol=5e-4)
 
 
 # ------------------------------------------------------------------- the worker process
@@ -213,8 +244,10 @@ def _fixed_batch(config, batch_size=8):
   mask_h, mask_w = config.model.mask_size
   semantic = rng.integers(0, config.model.num_classes, (batch_size, mask_h, mask_w))
   instance = rng.integers(0, config.model.max_instances, (batch_size, mask_h, mask_w))
-  return {'image': rng.random((batch_size, height, width, 3), dtype=np.float32),
-          'label': np.stack([semantic, instance], axis=-1).astype(np.int32)}
+  return {
+    'image': rng.random((batch_size, height, width, 3), dtype=np.float32),
+    'label': np.stack([semantic, instance], axis=-1).astype(np.int32),
+  }
 
 
 def _train_graphdef(config):
@@ -227,13 +260,17 @@ def _describe(mesh, state, global_batch):
   query = dict(nnx.to_flat_state(state.params))
   kernel = query[tuple(int(n) if n.isdigit() else n for n in QUERY_KERNEL)].get_value()
   mu = state.opt_state[1][0].mu
-  mu_kernel = dict(nnx.to_flat_state(mu))[tuple(int(n) if n.isdigit() else n
-                                                 for n in QUERY_KERNEL)].get_value()
+  mu_kernel = dict(nnx.to_flat_state(mu))[
+    tuple(int(n) if n.isdigit() else n for n in QUERY_KERNEL)
+  ].get_value()
   spec = lambda s: [list(e) if isinstance(e, tuple) else e for e in s.spec]
   return {
     'mesh': [mesh.shape[a] for a in sharding.MESH_AXES],
-    'query_kernel': {'global_shape': list(kernel.shape), 'spec': spec(kernel.sharding),
-                     'shard_shape': list(kernel.addressable_shards[0].data.shape)},
+    'query_kernel': {
+      'global_shape': list(kernel.shape),
+      'spec': spec(kernel.sharding),
+      'shard_shape': list(kernel.addressable_shards[0].data.shape),
+    },
     'mu_spec': spec(mu_kernel.sharding),
     'batch_spec': spec(global_batch['image'].sharding),
     'batch_shard_rows': global_batch['image'].addressable_shards[0].data.shape[0],
@@ -286,11 +323,11 @@ def _worker(task):
     _, baseline, baseline_grad_norms = _train(config, tx, one_device, batch)
     meshes = []
     for shape in MESHES:
-      described, losses, grad_norms = _train(config, tx, sharding.make_mesh(_mesh_config(*shape)),
-                                             batch)
+      described, losses, grad_norms = _train(
+        config, tx, sharding.make_mesh(_mesh_config(*shape)), batch
+      )
       meshes.append({**described, 'losses': losses, 'grad_norms': grad_norms})
-    report = {'baseline': baseline, 'baseline_grad_norms': baseline_grad_norms,
-              'meshes': meshes}
+    report = {'baseline': baseline, 'baseline_grad_norms': baseline_grad_norms, 'meshes': meshes}
   print(json.dumps(report))
 
 

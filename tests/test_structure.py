@@ -13,14 +13,18 @@ MAX_LINES = 450
 
 
 def _module_name(path: str) -> str:
-  relative = os.path.relpath(path, os.path.dirname(PACKAGE))[:-len('.py')].replace(os.sep, '.')
-  return relative[:-len('.__init__')] if relative.endswith('.__init__') else relative
+  relative = os.path.relpath(path, os.path.dirname(PACKAGE))[: -len('.py')].replace(os.sep, '.')
+  return relative[: -len('.__init__')] if relative.endswith('.__init__') else relative
 
 
 def _modules() -> dict[str, str]:
   """{dotted module name: file path} of every module of the package."""
-  return {_module_name(os.path.join(folder, name)): os.path.join(folder, name)
-          for folder, _, names in os.walk(PACKAGE) for name in names if name.endswith('.py')}
+  return {
+    _module_name(os.path.join(folder, name)): os.path.join(folder, name)
+    for folder, _, names in os.walk(PACKAGE)
+    for name in names
+    if name.endswith('.py')
+  }
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -36,8 +40,11 @@ def import_graph() -> dict[str, set[str]]:
         targets.update(alias.name for alias in node.names)
       elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
         for alias in node.names:  # `from a import b` names module a.b when there is one.
-          targets.add(f'{node.module}.{alias.name}'
-                      if f'{node.module}.{alias.name}' in modules else node.module)
+          targets.add(
+            f'{node.module}.{alias.name}'
+            if f'{node.module}.{alias.name}' in modules
+            else node.module
+          )
     graph[name] = {t for t in targets if t in modules and t not in (name, 'pix2seq_d')}
   return graph
 
@@ -51,7 +58,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     stack.append(node)
     for target in sorted(graph[node]):
       if state.get(target) == 'open':
-        return stack[stack.index(target):] + [target]
+        return stack[stack.index(target) :] + [target]
       if target not in state and (cycle := visit(target)):
         return cycle
     state[node] = 'done'

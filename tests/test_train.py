@@ -17,8 +17,12 @@ from processes import ROOT, main_command, run, start
 
 
 def _event_files(workdir):
-  return {os.path.join(root, name) for root, _, files in os.walk(workdir)
-          for name in files if 'tfevents' in name}
+  return {
+    os.path.join(root, name)
+    for root, _, files in os.walk(workdir)
+    for name in files
+    if 'tfevents' in name
+  }
 
 
 def _event_tags(workdir, skip=frozenset()):
@@ -42,8 +46,12 @@ def _checkpoint_steps(workdir):
 @pytest.mark.slow
 def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, jax_cache):
   workdir = tmp_path / 'run'
-  code, log = run(main_command(workdir, shapes_data_dir, '--config.train.num_steps=6',
-                            '--config.train.checkpoint_every=3'), jax_cache)
+  code, log = run(
+    main_command(
+      workdir, shapes_data_dir, '--config.train.num_steps=6', '--config.train.checkpoint_every=3'
+    ),
+    jax_cache,
+  )
   assert code == 0, log[-3000:]
   results = json.loads((workdir / 'eval_results.json').read_text())
   assert results['step'] == 6 and results['num_images'] == 4
@@ -53,7 +61,7 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   assert tags['train/loss'] == [2, 4, 6]
   assert 'eval/PQ' in tags and 'eval/input_gt_prediction' in tags and 'train/input_gt' in tags
   # The whole config is in the hparams, nested fields included.
-  events = b''.join(open(path, "rb").read() for path in _event_files(workdir))
+  events = b''.join(open(path, 'rb').read() for path in _event_files(workdir))
   for field in (b'model.encoder.num_layers', b'diffusion.b_scale', b'data.scale_jitter'):
     assert field in events, field
   assert _checkpoint_steps(workdir) == [3, 6]
@@ -63,8 +71,12 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   assert json.loads((positions / '6' / '0_of_1.json').read_text()) == {'position': 24}
 
   # The same command with more steps resumes from step 6, continues the curve and the stream.
-  code, log = run(main_command(workdir, shapes_data_dir, '--config.train.num_steps=8',
-                            '--config.train.checkpoint_every=3'), jax_cache)
+  code, log = run(
+    main_command(
+      workdir, shapes_data_dir, '--config.train.num_steps=8', '--config.train.checkpoint_every=3'
+    ),
+    jax_cache,
+  )
   assert code == 0, log[-3000:]
   assert 'Resumed from the checkpoint of step 6' in log
   assert 'from stream position 24' in log
@@ -79,8 +91,16 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
     Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(inputs / f'{name}.png')
   (inputs / 'broken.jpg').write_bytes(b'\xff\xd8 not really a JPEG')
   out = tmp_path / 'predictions'
-  code, log = run(main_command(workdir, shapes_data_dir, f'--config.predict.input={inputs}',
-                            f'--config.predict.output={out}', mode='predict'), jax_cache)
+  code, log = run(
+    main_command(
+      workdir,
+      shapes_data_dir,
+      f'--config.predict.input={inputs}',
+      f'--config.predict.output={out}',
+      mode='predict',
+    ),
+    jax_cache,
+  )
   assert code == 0, log[-3000:]
   # One unreadable image is skipped and reported; every readable one is written.
   assert '1 of 3 images could not be read' in log and str(inputs / 'broken.jpg') in log
@@ -103,8 +123,13 @@ def _wait_for_checkpoint(workdir, proc, deadline):
 @pytest.mark.slow
 def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_cache):
   workdir = tmp_path / 'run'
-  long_run = main_command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
-                      '--config.train.checkpoint_every=4', mode='train')
+  long_run = main_command(
+    workdir,
+    shapes_data_dir,
+    '--config.train.num_steps=100000',
+    '--config.train.checkpoint_every=4',
+    mode='train',
+  )
   proc = start(long_run, jax_cache)
   try:
     _wait_for_checkpoint(workdir, proc, time.time() + 400)
@@ -117,15 +142,19 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
 
   # SIGTERM: the resumed run saves the step it is at before exiting, although it is not a
   # multiple of checkpoint_every (1000).
-  resumed = main_command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
-                     '--config.train.checkpoint_every=1000', mode='train')
+  resumed = main_command(
+    workdir,
+    shapes_data_dir,
+    '--config.train.num_steps=100000',
+    '--config.train.checkpoint_every=1000',
+    mode='train',
+  )
   old_files = _event_files(workdir)
   proc = start(resumed, jax_cache)
   try:
     # Wait until the resumed run has logged twice (in its own event file).
     deadline = time.time() + 400
-    while time.time() < deadline and len(
-        _event_tags(workdir, old_files).get('train/loss', [])) < 2:
+    while time.time() < deadline and len(_event_tags(workdir, old_files).get('train/loss', [])) < 2:
       assert proc.poll() is None, proc.stdout.read()[-3000:]
       time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
@@ -151,8 +180,12 @@ def test_checkpoint_of_another_model_shape_is_refused(tmp_path, shapes_data_dir,
   common = ('--config.train.num_steps=2', '--config.train.checkpoint_every=2')
   code, log = run(main_command(tmp_path, shapes_data_dir, *common, mode='train'), jax_cache)
   assert code == 0, log[-3000:]
-  code, log = run(main_command(tmp_path, shapes_data_dir, *common,
-                            '--config.model.denoiser.dim=24', mode='train'), jax_cache)
+  code, log = run(
+    main_command(
+      tmp_path, shapes_data_dir, *common, '--config.model.denoiser.dim=24', mode='train'
+    ),
+    jax_cache,
+  )
   assert code != 0
   assert 'denoiser' in log and 'shape' in log, log[-3000:]
 
@@ -161,9 +194,18 @@ def test_checkpoint_of_another_model_shape_is_refused(tmp_path, shapes_data_dir,
 def test_two_processes_train_and_evaluate_in_lockstep(tmp_path, shapes_data_dir, jax_cache):
   """launch/local_multiprocess.sh: 2 processes joined by jax.distributed over localhost."""
   workdir = tmp_path / 'run'
-  cmd = ['bash', os.path.join(ROOT, 'launch', 'local_multiprocess.sh'), '2',
-         *main_command(workdir, shapes_data_dir, '--config.train.num_steps=2',
-                   '--config.train.checkpoint_every=2', '--config.eval.num_examples=6')[3:]]
+  cmd = [
+    'bash',
+    os.path.join(ROOT, 'launch', 'local_multiprocess.sh'),
+    '2',
+    *main_command(
+      workdir,
+      shapes_data_dir,
+      '--config.train.num_steps=2',
+      '--config.train.checkpoint_every=2',
+      '--config.eval.num_examples=6',
+    )[3:],
+  ]
   code, log = run(cmd, jax_cache, timeout=900)
   assert code == 0, log[-4000:]
   results = json.loads((workdir / 'eval_results.json').read_text())
@@ -177,8 +219,13 @@ def test_failed_checkpoint_write_ends_the_process(tmp_path, shapes_data_dir, jax
   """checkpoints/ turned into a file mid-run: orbax's write fails in its background threads,
   which used to keep the process alive, idle, forever. It must exit non-zero, promptly."""
   workdir = tmp_path / 'run'
-  cmd = main_command(workdir, shapes_data_dir, '--config.train.num_steps=100000',
-                 '--config.train.checkpoint_every=20', mode='train')
+  cmd = main_command(
+    workdir,
+    shapes_data_dir,
+    '--config.train.num_steps=100000',
+    '--config.train.checkpoint_every=20',
+    mode='train',
+  )
   proc = start(cmd, jax_cache)
   try:
     checkpoints = workdir / 'checkpoints'
@@ -197,8 +244,7 @@ def test_failed_checkpoint_write_ends_the_process(tmp_path, shapes_data_dir, jax
   print(f'exited {time.time() - broken_at:.0f} s after checkpoints/ broke')
 
 
-def test_eval_of_an_empty_workdir_names_it_and_writes_nothing(tmp_path, shapes_data_dir,
-                                                             jax_cache):
+def test_eval_of_an_empty_workdir_names_it_and_writes_nothing(tmp_path, shapes_data_dir, jax_cache):
   workdir = tmp_path / 'empty'
   code, log = run(main_command(workdir, shapes_data_dir, mode='eval'), jax_cache)
   assert code == 1

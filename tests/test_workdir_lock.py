@@ -15,8 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_holder(workdir, **fields):
-  record = {'host': socket.gethostname(), 'pid': os.getpid(), 'token': 'other',
-            'started': time.time(), 'heartbeat': time.time(), **fields}
+  record = {
+    'host': socket.gethostname(),
+    'pid': os.getpid(),
+    'token': 'other',
+    'started': time.time(),
+    'heartbeat': time.time(),
+    **fields,
+  }
   (workdir / workdir_lock.LOCK_FILE).write_text(json.dumps(record))
 
 
@@ -52,8 +58,9 @@ def test_other_host_blocks_until_its_heartbeat_is_stale(tmp_path):
   _write_holder(tmp_path, host='tpu-worker-7', pid=1234)
   with pytest.raises(workdir_lock.WorkdirLockedError, match='tpu-worker-7'):
     workdir_lock.WorkdirLock(tmp_path).acquire()
-  _write_holder(tmp_path, host='tpu-worker-7', pid=1234,
-                heartbeat=time.time() - workdir_lock.STALE_AFTER_S - 1)
+  _write_holder(
+    tmp_path, host='tpu-worker-7', pid=1234, heartbeat=time.time() - workdir_lock.STALE_AFTER_S - 1
+  )
   lock = workdir_lock.WorkdirLock(tmp_path)
   lock.acquire()
   lock.release()
@@ -78,11 +85,22 @@ def test_second_run_on_a_workdir_stops_at_start(tmp_path, shapes_data_dir, sleep
   workdir.mkdir()
   _write_holder(workdir, pid=sleeper)
   result = subprocess.run(
-    [sys.executable, '-m', 'pix2seq_d.main', '--config=configs/shapes.py:tiny',
-     f'--workdir={workdir}', '--config.data.name=shapes/tiny',
-     f'--config.data.data_dir={shapes_data_dir}', '--mode=train'],
-    cwd=ROOT, capture_output=True, text=True, timeout=300,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [
+      sys.executable,
+      '-m',
+      'pix2seq_d.main',
+      '--config=configs/shapes.py:tiny',
+      f'--workdir={workdir}',
+      '--config.data.name=shapes/tiny',
+      f'--config.data.data_dir={shapes_data_dir}',
+      '--mode=train',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert result.returncode == 1
   assert 'is in use by another run' in result.stderr and f'pid {sleeper}' in result.stderr
   assert not (workdir / 'checkpoints').exists()

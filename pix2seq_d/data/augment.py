@@ -36,11 +36,11 @@ def _as_pair(size) -> tuple[int, int]:
 
 
 def sample_train_geometry(
-    image_size: tf.Tensor,
-    target_size: tuple[int, int],
-    scale_range: tuple[float, float],
-    flip: bool,
-    seed: tf.Tensor,
+  image_size: tf.Tensor,
+  target_size: tuple[int, int],
+  scale_range: tuple[float, float],
+  flip: bool,
+  seed: tf.Tensor,
 ) -> dict[str, tf.Tensor]:
   """Draws a scale jitter, crop and flip for an image of `image_size` (H, W).
 
@@ -94,17 +94,20 @@ def _geometry(image_size, s, target_size, offset_seed, do_flip) -> dict[str, tf.
     offset = tf.cast(tf.floor(tf.random.stateless_uniform([2], offset_seed) * slack), tf.int32)
     offset = tf.minimum(offset, resized - crop)
   return {
-      'image_size': image_size,
-      'resized_size': resized,
-      'crop_size': crop,
-      'offset': offset,
-      'flip': do_flip,
+    'image_size': image_size,
+    'resized_size': resized,
+    'crop_size': crop,
+    'offset': offset,
+    'flip': do_flip,
   }
 
 
 def resample_images(
-    images: tf.Tensor, geometry: dict, target_size: tuple[int, int], pad_value: float,
-    color_fn=None,
+  images: tf.Tensor,
+  geometry: dict,
+  target_size: tuple[int, int],
+  pad_value: float,
+  color_fn=None,
 ) -> tf.Tensor:
   """Resizes, crops, flips and pads images: (N, H, W, C) uint8 / float -> (N, Ht, Wt, C) float32.
 
@@ -118,22 +121,29 @@ def resample_images(
     images = tf.cast(images, tf.float32) / 255.0
   images = tf.cast(images, tf.float32)
   scale = tf.cast(geometry['resized_size'], tf.float32) / tf.cast(
-      geometry['image_size'], tf.float32)
+    geometry['image_size'], tf.float32
+  )
   crop = tf.raw_ops.ScaleAndTranslate(
-      images=images,
-      size=geometry['crop_size'],
-      scale=scale,
-      translation=-tf.cast(geometry['offset'], tf.float32),
-      kernel_type='triangle',  # = bilinear.
-      antialias=True,
+    images=images,
+    size=geometry['crop_size'],
+    scale=scale,
+    translation=-tf.cast(geometry['offset'], tf.float32),
+    kernel_type='triangle',  # = bilinear.
+    antialias=True,
   )
   if clip_to_unit:
     crop = tf.clip_by_value(crop, 0.0, 1.0)  # the weights sum to 1 only up to rounding.
   crop = tf.cond(geometry['flip'], lambda: tf.reverse(crop, axis=[2]), lambda: crop)
   if color_fn is not None:
     crop = color_fn(crop)
-  pad = tf.stack([[0, 0], [0, target_h - geometry['crop_size'][0]],
-                  [0, target_w - geometry['crop_size'][1]], [0, 0]])
+  pad = tf.stack(
+    [
+      [0, 0],
+      [0, target_h - geometry['crop_size'][0]],
+      [0, target_w - geometry['crop_size'][1]],
+      [0, 0],
+    ]
+  )
   padded = tf.pad(crop, pad, constant_values=pad_value)
   return tf.ensure_shape(padded, [None, target_h, target_w, images.shape[-1]])
 
@@ -148,14 +158,15 @@ def _nearest_source_index(axis, geometry, target_len, mask_len, flip):
     canvas = tf.where(flip, crop_len - 1 - canvas, canvas)
   resized_pos = tf.cast(canvas + geometry['offset'][axis], tf.float32)
   inverse_scale = tf.cast(geometry['image_size'][axis], tf.float32) / tf.cast(
-      geometry['resized_size'][axis], tf.float32)
+    geometry['resized_size'][axis], tf.float32
+  )
   source = tf.cast(tf.floor((resized_pos + 0.5) * inverse_scale), tf.int32)
   source = tf.clip_by_value(source, 0, geometry['image_size'][axis] - 1)
   return tf.where(inside, source, 0), inside
 
 
 def resample_labels(
-    labels: tf.Tensor, geometry: dict, target_size: tuple[int, int], mask_size: tuple[int, int]
+  labels: tf.Tensor, geometry: dict, target_size: tuple[int, int], mask_size: tuple[int, int]
 ) -> tf.Tensor:
   """Labels (N, H, W, K) int -> (N, Hm, Wm, K) at mask size by nearest neighbour, padding 0.
 
@@ -173,11 +184,11 @@ def resample_labels(
 
 
 def color_jitter(
-    images: tf.Tensor,
-    strength: float,
-    seed: tf.Tensor,
-    jitter_prob: float,
-    grayscale_prob: float,
+  images: tf.Tensor,
+  strength: float,
+  seed: tf.Tensor,
+  jitter_prob: float,
+  grayscale_prob: float,
 ) -> tf.Tensor:
   """SimCLR colour distortion of float images (..., H, W, 3) in [0, 1]; one draw for all frames.
 
@@ -198,10 +209,10 @@ def color_jitter(
   apply_jitter, apply_gray = tf.unstack(tf.random.stateless_uniform([2], seeds[3]))
 
   branches = [
-      lambda x: x * factors[0],
-      lambda x: tf.image.adjust_contrast(x, factors[1]),
-      lambda x: tf.image.adjust_saturation(x, factors[2]),
-      lambda x: tf.image.adjust_hue(x, hue_delta),
+    lambda x: x * factors[0],
+    lambda x: tf.image.adjust_contrast(x, factors[1]),
+    lambda x: tf.image.adjust_saturation(x, factors[2]),
+    lambda x: tf.image.adjust_hue(x, hue_delta),
   ]
 
   def jitter(x):
@@ -218,7 +229,7 @@ def color_jitter(
 
 
 def assign_instance_ids(
-    label: tf.Tensor, max_instances: int, seed: tf.Tensor | None = None
+  label: tf.Tensor, max_instances: int, seed: tf.Tensor | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Maps the segments of `label` onto distinct ids in 1..max_instances-1; 0 stays 0.
 
@@ -264,23 +275,25 @@ def assign_instance_ids(
 
 def _assert_same_size(images: tf.Tensor, labels: tf.Tensor) -> None:
   tf.debugging.assert_equal(
-      tf.shape(images)[1:3], tf.shape(labels)[1:3],
-      message='augment: images (N, H, W, 3) and labels (M, H, W, K) must share (H, W)')
+    tf.shape(images)[1:3],
+    tf.shape(labels)[1:3],
+    message='augment: images (N, H, W, 3) and labels (M, H, W, K) must share (H, W)',
+  )
 
 
 def train_augment(
-    images: tf.Tensor,
-    labels: tf.Tensor,
-    seed: tf.Tensor,
-    *,
-    image_size: tuple[int, int],
-    mask_size: tuple[int, int],
-    scale_range: tuple[float, float],
-    flip: bool,
-    color_jitter_strength: float,
-    color_jitter_prob: float,
-    grayscale_prob: float,
-    pad_value: float,
+  images: tf.Tensor,
+  labels: tf.Tensor,
+  seed: tf.Tensor,
+  *,
+  image_size: tuple[int, int],
+  mask_size: tuple[int, int],
+  scale_range: tuple[float, float],
+  flip: bool,
+  color_jitter_strength: float,
+  color_jitter_prob: float,
+  grayscale_prob: float,
+  pad_value: float,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Training augmentation with one geometry for all frames.
 
@@ -300,21 +313,23 @@ def train_augment(
   geometry_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   _assert_same_size(images, labels)
   geometry = sample_train_geometry(
-      tf.shape(images)[1:3], image_size, scale_range, flip, geometry_seed)
+    tf.shape(images)[1:3], image_size, scale_range, flip, geometry_seed
+  )
   color_fn = lambda crop: color_jitter(
-      crop, color_jitter_strength, color_seed, color_jitter_prob, grayscale_prob)
+    crop, color_jitter_strength, color_seed, color_jitter_prob, grayscale_prob
+  )
   out_images = resample_images(images, geometry, image_size, pad_value, color_fn)
   out_labels = resample_labels(labels, geometry, image_size, mask_size)
   return out_images, out_labels, geometry['crop_size']
 
 
 def eval_resize(
-    images: tf.Tensor,
-    labels: tf.Tensor,
-    *,
-    image_size: tuple[int, int],
-    mask_size: tuple[int, int],
-    pad_value: float,
+  images: tf.Tensor,
+  labels: tf.Tensor,
+  *,
+  image_size: tuple[int, int],
+  mask_size: tuple[int, int],
+  pad_value: float,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Evaluation resize: fit into (Ht, Wt) keeping the aspect ratio, then pad bottom / right.
 

@@ -27,12 +27,12 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config (co
 _STEPS = flags.DEFINE_integer('steps', 20, 'Batches timed after the warm-up.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Batches read before timing (tf.data start-up).')
 _BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', 16, 'Replaces config.train.batch_size (the published 512 is minutes per batch).'
+  'batch_size', 16, 'Replaces config.train.batch_size (the published 512 is minutes per batch).'
 )
 _COCO_ROOT = flags.DEFINE_string(
-    'coco_root',
-    os.path.join(os.path.dirname(__file__), '..', '..', 'tests', 'data', 'coco_panoptic_sample'),
-    'A folder in the COCO panoptic layout with a val2017 split.',
+  'coco_root',
+  os.path.join(os.path.dirname(__file__), '..', '..', 'tests', 'data', 'coco_panoptic_sample'),
+  'A folder in the COCO panoptic layout with a val2017 split.',
 )
 _SPLIT = 'val2017'
 
@@ -98,21 +98,21 @@ def main(argv):
   image_size = 'x'.join(map(str, config.model.image_size))
   mask_size = 'x'.join(map(str, config.model.mask_size))
   print(
-      f'\nCOCO sample ({config.data.coco_root}), image {image_size}, mask {mask_size}, batch '
-      f'{config.train.batch_size}, scale jitter {tuple(config.data.scale_jitter)}, flip '
-      f'{config.data.flip}, colour jitter {config.data.color_jitter_strength}; {cores} cores; '
-      f'first batch after {first_batch:.1f} s.'
+    f'\nCOCO sample ({config.data.coco_root}), image {image_size}, mask {mask_size}, batch '
+    f'{config.train.batch_size}, scale jitter {tuple(config.data.scale_jitter)}, flip '
+    f'{config.data.flip}, colour jitter {config.data.color_jitter_strength}; {cores} cores; '
+    f'first batch after {first_batch:.1f} s.'
   )
   header = f'| {"stage":<36} | {"examples":>8} | {"seconds":>8} | {"ex/s":>8} | {"ex/s/core":>9} |'
   print(header)
   print('|' + '|'.join('-' * len(cell) for cell in header.split('|')[1:-1]) + '|')
   for stage, examples, seconds in (
-      ('decode (TFDS read + decode)', decode_examples, decode_seconds),
-      ('train pipeline (full augmentation)', train_examples, train_seconds),
+    ('decode (TFDS read + decode)', decode_examples, decode_seconds),
+    ('train pipeline (full augmentation)', train_examples, train_seconds),
   ):
     rate = examples / seconds
     print(
-        f'| {stage:<36} | {examples:>8} | {seconds:>8.2f} | {rate:>8.1f} | {rate / cores:>9.2f} |'
+      f'| {stage:<36} | {examples:>8} | {seconds:>8.2f} | {rate:>8.1f} | {rate / cores:>9.2f} |'
     )
 
 

@@ -51,11 +51,11 @@ def rgb_to_panoptic_id(panoptic_rgb: tf.Tensor) -> tf.Tensor:
 
 
 def panoptic_maps(
-    panoptic_rgb: tf.Tensor,
-    segment_ids: tf.Tensor,
-    segment_labels: tf.Tensor,
-    segment_crowd: tf.Tensor,
-    filename: tf.Tensor,
+  panoptic_rgb: tf.Tensor,
+  segment_ids: tf.Tensor,
+  segment_labels: tf.Tensor,
+  segment_crowd: tf.Tensor,
+  filename: tf.Tensor,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
   """Maps a COCO panoptic PNG and its JSON segment list to the canonical label maps.
 
@@ -96,14 +96,16 @@ def panoptic_maps(
 
   missing = tf.boolean_mask(unique_ids, ~known & tf.not_equal(unique_ids, 0))
   error = tf.cond(
-      tf.size(missing) > 0,
-      lambda: tf.strings.join([
-          filename,
-          ': PNG segment ids [',
-          tf.strings.reduce_join(tf.strings.as_string(tf.sort(missing)), separator=', '),
-          '] are missing from the JSON segments_info',
-      ]),
-      lambda: tf.constant(''),
+    tf.size(missing) > 0,
+    lambda: tf.strings.join(
+      [
+        filename,
+        ': PNG segment ids [',
+        tf.strings.reduce_join(tf.strings.as_string(tf.sort(missing)), separator=', '),
+        '] are missing from the JSON segments_info',
+      ]
+    ),
+    lambda: tf.constant(''),
   )
   return semantic, instance, crowd_map, error
 
@@ -123,19 +125,19 @@ def decode_tfds_example(example: dict) -> dict:
   # The builder's ClassLabel indexes the JSON category list, which is the standard order of
   # load_coco_categories() (checked in make_source).
   semantic, instance, crowd, error = panoptic_maps(
-      example['panoptic_image'],
-      objects['id'],
-      objects['label'],
-      objects['is_crowd'],
-      example['panoptic_image/filename'],
+    example['panoptic_image'],
+    objects['id'],
+    objects['label'],
+    objects['is_crowd'],
+    example['panoptic_image/filename'],
   )
   return {
-      'image': example['image'],
-      'semantic': semantic,
-      'instance': instance,
-      'crowd': crowd,
-      'image_id': tf.cast(example['image/id'], tf.int64),
-      'error': error,
+    'image': example['image'],
+    'semantic': semantic,
+    'instance': instance,
+    'crowd': crowd,
+    'image_id': tf.cast(example['image/id'], tf.int64),
+    'error': error,
   }
 
 
@@ -148,18 +150,18 @@ def prepare_command(data_dir: str) -> str:
 def _not_prepared_message(builder: tfds.core.DatasetBuilder, data_dir: str) -> str:
   root = str(builder.data_dir_root)
   return (
-      f'COCO panoptic (TFDS {TFDS_NAME}:{builder.version}) is not prepared in data_dir '
-      f'{root!r} (no {builder.data_dir}).\n'
-      f'Prepare it once (needs about 40 GB of disk):\n'
-      f'  {prepare_command(data_dir or root)}\n'
-      f'or, where the tfds CLI works, tfds build {TFDS_NAME} --data_dir={data_dir or root} '
-      f'[--manual_dir=DIR].\n'
-      f'Without internet put {", ".join(_COCO_ZIPS)} (from images.cocodataset.org) into the '
-      f'manual dir: TFDS takes a file named like the download from there instead of fetching it.\n'
-      f'Or train from a folder in the official COCO panoptic layout without TFDS preparation:\n'
-      f'  --config.data.name=coco_folder --config.data.coco_root=DIR '
-      f'(DIR/annotations/panoptic_val2017.json, DIR/annotations/panoptic_val2017/*.png, '
-      f'DIR/val2017/*.jpg; likewise train2017).'
+    f'COCO panoptic (TFDS {TFDS_NAME}:{builder.version}) is not prepared in data_dir '
+    f'{root!r} (no {builder.data_dir}).\n'
+    f'Prepare it once (needs about 40 GB of disk):\n'
+    f'  {prepare_command(data_dir or root)}\n'
+    f'or, where the tfds CLI works, tfds build {TFDS_NAME} --data_dir={data_dir or root} '
+    f'[--manual_dir=DIR].\n'
+    f'Without internet put {", ".join(_COCO_ZIPS)} (from images.cocodataset.org) into the '
+    f'manual dir: TFDS takes a file named like the download from there instead of fetching it.\n'
+    f'Or train from a folder in the official COCO panoptic layout without TFDS preparation:\n'
+    f'  --config.data.name=coco_folder --config.data.coco_root=DIR '
+    f'(DIR/annotations/panoptic_val2017.json, DIR/annotations/panoptic_val2017/*.png, '
+    f'DIR/val2017/*.jpg; likewise train2017).'
   )
 
 
@@ -182,19 +184,20 @@ def make_source(config) -> Source:
   expected = [category['name'] for category in categories]
   if list(names) != expected:
     raise ValueError(
-        f'{TFDS_NAME} in {builder.data_dir} lists categories {names[:5]}... that differ from '
-        f'{CATEGORIES_FILE} {expected[:5]}...; the semantic labels would be wrong.'
+      f'{TFDS_NAME} in {builder.data_dir} lists categories {names[:5]}... that differ from '
+      f'{CATEGORIES_FILE} {expected[:5]}...; the semantic labels would be wrong.'
     )
   aliases = {'train2017': 'train', 'val2017': 'validation'}
-  check_splits(builder, [aliases.get(s, s) for s in (config.data.train_split,
-                                                     config.data.eval_split)])
+  check_splits(
+    builder, [aliases.get(s, s) for s in (config.data.train_split, config.data.eval_split)]
+  )
   return Source(
-      name=TFDS_NAME,
-      builder=builder,
-      categories=categories,
-      decode=decode_tfds_example,
-      is_video=False,
-      split_aliases=aliases,
+    name=TFDS_NAME,
+    builder=builder,
+    categories=categories,
+    decode=decode_tfds_example,
+    is_video=False,
+    split_aliases=aliases,
   )
 
 
@@ -216,6 +219,6 @@ def main(argv):
 if __name__ == '__main__':
   _DATA_DIR = flags.DEFINE_string('data_dir', '', "TFDS data_dir ('' = TFDS default).")
   _MANUAL_DIR = flags.DEFINE_string(
-      'manual_dir', '', f'a folder holding {", ".join(_COCO_ZIPS)} to use instead of downloading.'
+    'manual_dir', '', f'a folder holding {", ".join(_COCO_ZIPS)} to use instead of downloading.'
   )
   app.run(main)

@@ -40,12 +40,12 @@ from pix2seq_d.evaluation import coco_format
 
 BUILDER_NAME = 'coco_panoptic_folder'
 _LAYOUT = (
-    'Expected the official COCO panoptic layout:\n'
-    '  ROOT/annotations/panoptic_<split>.json\n'
-    '  ROOT/annotations/panoptic_<split>/*.png\n'
-    '  ROOT/<split>/*.jpg\n'
-    'with <split> = --config.data.train_split / --config.data.eval_split '
-    '(e.g. train2017, val2017).'
+  'Expected the official COCO panoptic layout:\n'
+  '  ROOT/annotations/panoptic_<split>.json\n'
+  '  ROOT/annotations/panoptic_<split>/*.png\n'
+  '  ROOT/<split>/*.jpg\n'
+  'with <split> = --config.data.train_split / --config.data.eval_split '
+  '(e.g. train2017, val2017).'
 )
 # Hex digits of the root hash in the builder config name; 48 bits make collisions negligible.
 _HASH_CHARS = 12
@@ -56,9 +56,9 @@ _COLOR_LEVELS = 256
 def split_paths(root: str, split: str) -> dict[str, str]:
   """Returns the JSON, PNG folder and image folder paths of one split of a COCO panoptic root."""
   return {
-      'json': os.path.join(root, 'annotations', f'panoptic_{split}.json'),
-      'png_dir': os.path.join(root, 'annotations', f'panoptic_{split}'),
-      'image_dir': os.path.join(root, split),
+    'json': os.path.join(root, 'annotations', f'panoptic_{split}.json'),
+    'png_dir': os.path.join(root, 'annotations', f'panoptic_{split}'),
+    'image_dir': os.path.join(root, split),
   }
 
 
@@ -66,21 +66,21 @@ def check_layout(root: str, splits: tuple[str, ...]) -> None:
   """Raises FileNotFoundError naming the first missing path of `root` for `splits`."""
   if not root:
     raise FileNotFoundError(
-        'data.name=coco_folder needs --config.data.coco_root=ROOT, a folder in the COCO panoptic '
-        'layout.\n' + _LAYOUT
+      'data.name=coco_folder needs --config.data.coco_root=ROOT, a folder in the COCO panoptic '
+      'layout.\n' + _LAYOUT
     )
   if not os.path.isdir(root):
     raise FileNotFoundError(f'coco_root {root!r} does not exist or is not a folder.\n{_LAYOUT}')
   for split in splits:
     paths = split_paths(root, split)
     for key, is_present in (
-        ('json', os.path.isfile),
-        ('png_dir', os.path.isdir),
-        ('image_dir', os.path.isdir),
+      ('json', os.path.isfile),
+      ('png_dir', os.path.isdir),
+      ('image_dir', os.path.isdir),
     ):
       if not is_present(paths[key]):
         raise FileNotFoundError(
-            f'COCO panoptic folder {root!r}, split {split!r}: missing {paths[key]}.\n{_LAYOUT}'
+          f'COCO panoptic folder {root!r}, split {split!r}: missing {paths[key]}.\n{_LAYOUT}'
         )
 
 
@@ -97,13 +97,15 @@ def categories_from_json(categories: list[dict], json_path: str) -> tuple[dict, 
     missing = [key for key in ('id', 'name', 'isthing') if key not in category]
     if missing:
       raise ValueError(f'{json_path}: category {category} lacks {missing}.')
-    result.append({
+    result.append(
+      {
         'id': int(category['id']),
         'name': str(category['name']),
         'supercategory': str(category.get('supercategory', '')),
         'isthing': int(category['isthing']),
         'color': [int(c) for c in category.get('color', _category_color(category['id']))],
-    })
+      }
+    )
   return tuple(result)
 
 
@@ -120,8 +122,9 @@ def _hash_folder(digest, folder: str) -> None:
   """Adds the (name, size, modification time) of every file directly in `folder` to `digest`."""
   with os.scandir(folder) as entries:
     stamps = sorted(
-        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-        for entry in entries if entry.is_file()
+      (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+      for entry in entries
+      if entry.is_file()
     )
   for name, size, mtime in stamps:
     digest.update(f'{name}\0{size}\0{mtime}\n'.encode())
@@ -142,10 +145,10 @@ def builder_config(root: str, splits: tuple[str, ...]) -> CocoFolderConfig:
     _hash_folder(digest, paths['png_dir'])
     _hash_folder(digest, paths['image_dir'])
   return CocoFolderConfig(
-      name=f'root_{digest.hexdigest()[:_HASH_CHARS]}',
-      description=f'COCO panoptic folder {root}, splits {", ".join(splits)}',
-      root=root,
-      splits=tuple(splits),
+    name=f'root_{digest.hexdigest()[:_HASH_CHARS]}',
+    description=f'COCO panoptic folder {root}, splits {", ".join(splits)}',
+    root=root,
+    splits=tuple(splits),
   )
 
 
@@ -154,35 +157,39 @@ class CocoPanopticFolder(LocalFilesBuilder):
 
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Encoded image and panoptic PNG bytes, segment lists, errors.',
-      '1.1.0': "Metadata 'max_image_size' per split; config names hash every file's stamps.",
+    '1.0.0': 'Encoded image and panoptic PNG bytes, segment lists, errors.',
+    '1.1.0': "Metadata 'max_image_size' per split; config names hash every file's stamps.",
   }
 
   def _info(self) -> tfds.core.DatasetInfo:
     """Returns the features; categories are stored in the metadata at preparation."""
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image_id': np.int64,
-            'height': np.int64,
-            'width': np.int64,
-            # The image file's bytes as they are, or b'' when it could not be decoded.
-            'image/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
-            'image/filename': tfds.features.Text(),
-            # The panoptic PNG's bytes, or b'' when it could not be decoded.
-            'panoptic/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
-            'panoptic/filename': tfds.features.Text(),
-            'segments': tfds.features.Sequence({
-                'id': np.int64,
-                'category_id': np.int64,
-                'label': np.int64,  # index of category_id in the JSON category list.
-                'is_crowd': np.bool_,
-                'area': np.int64,
-            }),
-            'error': tfds.features.Text(),
-        }),
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'image_id': np.int64,
+          'height': np.int64,
+          'width': np.int64,
+          # The image file's bytes as they are, or b'' when it could not be decoded.
+          'image/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
+          'image/filename': tfds.features.Text(),
+          # The panoptic PNG's bytes, or b'' when it could not be decoded.
+          'panoptic/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
+          'panoptic/filename': tfds.features.Text(),
+          'segments': tfds.features.Sequence(
+            {
+              'id': np.int64,
+              'category_id': np.int64,
+              'label': np.int64,  # index of category_id in the JSON category list.
+              'is_crowd': np.bool_,
+              'area': np.int64,
+            }
+          ),
+          'error': tfds.features.Text(),
+        }
+      ),
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager):
@@ -203,13 +210,13 @@ class CocoPanopticFolder(LocalFilesBuilder):
       split_categories = categories_from_json(annotation['categories'], paths['json'])
       if categories is not None and split_categories != categories:
         raise ValueError(
-            f'{paths["json"]} lists other categories than the other split; the semantic labels '
-            'of the splits would differ.'
+          f'{paths["json"]} lists other categories than the other split; the semantic labels '
+          'of the splits would differ.'
         )
       categories = split_categories
       max_image_size[split] = [
-          max((int(image['height']) for image in annotation['images']), default=0),
-          max((int(image['width']) for image in annotation['images']), default=0),
+        max((int(image['height']) for image in annotation['images']), default=0),
+        max((int(image['width']) for image in annotation['images']), default=0),
       ]
       generators[split] = self._generate_examples(annotation, paths)
     self.info.metadata['categories'] = list(categories)
@@ -239,7 +246,8 @@ def read_annotation(json_path: str) -> dict:
       file and the record.
   """
   annotation = coco_format.load_json(
-      json_path, 'COCO panoptic', required=('images', 'annotations', 'categories'))
+    json_path, 'COCO panoptic', required=('images', 'annotations', 'categories')
+  )
   for image in annotation['images']:
     coco_format.require_keys(image, ('id', 'file_name', 'height', 'width'), f'{json_path} image')
   for image_annotation in annotation['annotations']:
@@ -247,7 +255,8 @@ def read_annotation(json_path: str) -> dict:
     coco_format.require_keys(image_annotation, ('image_id', 'file_name', 'segments_info'), where)
     for segment in image_annotation['segments_info']:
       coco_format.require_keys(
-          segment, ('id', 'category_id'), f'{where} of image {image_annotation["image_id"]}')
+        segment, ('id', 'category_id'), f'{where} of image {image_annotation["image_id"]}'
+      )
   return annotation
 
 
@@ -286,7 +295,7 @@ def _build_example(image_info: dict, image_annotations: list[dict], label_of: di
   height, width = int(image_info['height']), int(image_info['width'])
   image_path = os.path.join(paths['image_dir'], image_info['file_name'])
   image_bytes, image, error = _read_and_decode(
-      image_path, lambda b: tf.io.decode_image(b, channels=3, expand_animations=False)
+    image_path, lambda b: tf.io.decode_image(b, channels=3, expand_animations=False)
   )
   errors.append(error)
   if image is not None and image.shape[:2] != (height, width):
@@ -297,15 +306,13 @@ def _build_example(image_info: dict, image_annotations: list[dict], label_of: di
   png_bytes = b''
   if len(image_annotations) != 1:
     errors.append(
-        f'{paths["json"]}: image {image_info["id"]} ({image_info["file_name"]}) has '
-        f'{len(image_annotations)} panoptic annotations instead of 1'
+      f'{paths["json"]}: image {image_info["id"]} ({image_info["file_name"]}) has '
+      f'{len(image_annotations)} panoptic annotations instead of 1'
     )
   else:
     png_path = os.path.join(paths['png_dir'], image_annotations[0]['file_name'])
     segments = image_annotations[0]['segments_info']
-    png_bytes, png, error = _read_and_decode(
-        png_path, lambda b: tf.io.decode_png(b, channels=3)
-    )
+    png_bytes, png, error = _read_and_decode(png_path, lambda b: tf.io.decode_png(b, channels=3))
     errors.append(error)
     if png is not None:
       if png.shape[:2] != (height, width):
@@ -319,21 +326,21 @@ def _build_example(image_info: dict, image_annotations: list[dict], label_of: di
       errors.append(f'{paths["json"]}: {png_path} uses unknown category ids {unknown}')
       segments = [s for s in segments if s['category_id'] in label_of]
   return {
-      'image_id': int(image_info['id']),
-      'height': height,
-      'width': width,
-      'image/encoded': image_bytes,
-      'image/filename': image_path,
-      'panoptic/encoded': png_bytes,
-      'panoptic/filename': png_path,
-      'segments': {
-          'id': [int(s['id']) for s in segments],
-          'category_id': [int(s['category_id']) for s in segments],
-          'label': [label_of[s['category_id']] for s in segments],
-          'is_crowd': [bool(s.get('iscrowd', 0)) for s in segments],
-          'area': [int(s.get('area', 0)) for s in segments],
-      },
-      'error': '; '.join(e for e in errors if e),
+    'image_id': int(image_info['id']),
+    'height': height,
+    'width': width,
+    'image/encoded': image_bytes,
+    'image/filename': image_path,
+    'panoptic/encoded': png_bytes,
+    'panoptic/filename': png_path,
+    'segments': {
+      'id': [int(s['id']) for s in segments],
+      'category_id': [int(s['category_id']) for s in segments],
+      'label': [label_of[s['category_id']] for s in segments],
+      'is_crowd': [bool(s.get('iscrowd', 0)) for s in segments],
+      'area': [int(s.get('area', 0)) for s in segments],
+    },
+    'error': '; '.join(e for e in errors if e),
   }
 
 
@@ -356,11 +363,11 @@ def decode_example(example: dict) -> dict:
     image = tf.io.decode_image(example['image/encoded'], channels=3, expand_animations=False)
     panoptic_rgb = tf.io.decode_png(example['panoptic/encoded'], channels=3)
     semantic, instance, crowd, error = coco.panoptic_maps(
-        panoptic_rgb,
-        segments['id'],
-        segments['label'],
-        segments['is_crowd'],
-        example['panoptic/filename'],
+      panoptic_rgb,
+      segments['id'],
+      segments['label'],
+      segments['is_crowd'],
+      example['panoptic/filename'],
     )
     return image, semantic, instance, crowd, error
 
@@ -371,15 +378,15 @@ def decode_example(example: dict) -> dict:
     return image, labels, labels, labels, stored_error
 
   image, semantic, instance, crowd, error = tf.cond(
-      tf.equal(stored_error, ''), decode_files, placeholders
+    tf.equal(stored_error, ''), decode_files, placeholders
   )
   return {
-      'image': tf.ensure_shape(image, [None, None, 3]),
-      'semantic': semantic,
-      'instance': instance,
-      'crowd': crowd,
-      'image_id': tf.cast(example['image_id'], tf.int64),
-      'error': error,
+    'image': tf.ensure_shape(image, [None, None, 3]),
+    'semantic': semantic,
+    'instance': instance,
+    'crowd': crowd,
+    'image_id': tf.cast(example['image_id'], tf.int64),
+    'error': error,
   }
 
 
@@ -389,7 +396,7 @@ def make_builder(config) -> CocoPanopticFolder:
   splits = tuple(dict.fromkeys((data.train_split, data.eval_split)))
   check_layout(data.coco_root, splits)
   return CocoPanopticFolder(
-      config=builder_config(data.coco_root, splits), data_dir=data.data_dir or None
+    config=builder_config(data.coco_root, splits), data_dir=data.data_dir or None
   )
 
 
@@ -409,12 +416,12 @@ def make_source(config) -> Source:
     _prepare(builder)
   metadata = builder.info.metadata
   return Source(
-      name='coco_folder',
-      builder=builder,
-      categories=tuple(metadata['categories']),
-      decode=decode_example,
-      is_video=False,
-      max_image_size={split: tuple(size) for split, size in metadata['max_image_size'].items()},
+    name='coco_folder',
+    builder=builder,
+    categories=tuple(metadata['categories']),
+    decode=decode_example,
+    is_video=False,
+    max_image_size={split: tuple(size) for split, size in metadata['max_image_size'].items()},
   )
 
 
@@ -422,8 +429,11 @@ def _prepare(builder: CocoPanopticFolder) -> None:
   """download_and_prepare; on failure, removes the folders it created that hold no file."""
   version_dir = epath.Path(builder.data_dir)
   data_dir = version_dir.parents[2]
-  created = [path for path in (data_dir / 'downloads', version_dir.parents[1], version_dir.parent)
-             if not path.exists()]
+  created = [
+    path
+    for path in (data_dir / 'downloads', version_dir.parents[1], version_dir.parent)
+    if not path.exists()
+  ]
   try:
     builder.download_and_prepare()
   except BaseException:

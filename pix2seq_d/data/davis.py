@@ -43,28 +43,29 @@ _TFDS_CONFIG_OF_RESOLUTION = {'480p': '480p', 'Full-Resolution': 'full_resolutio
 # TFDS davis has no numeric video id: the id is a hash of the video name into this many buckets.
 _VIDEO_ID_BUCKETS = 2**62
 _OBJECT_COLOR = [220, 20, 60]
-CATEGORIES = ({'id': 1, 'name': 'object', 'supercategory': 'object', 'isthing': 1,
-               'color': _OBJECT_COLOR},)
+CATEGORIES = (
+  {'id': 1, 'name': 'object', 'supercategory': 'object', 'isthing': 1, 'color': _OBJECT_COLOR},
+)
 _HASH_CHARS = 12
 
 
 def folder_paths(root: str, resolution: str, annotations: str) -> dict[str, str]:
   """Returns the frame, annotation and image-set folders of a DAVIS root."""
   return {
-      'frames': os.path.join(root, 'JPEGImages', resolution),
-      'annotations': os.path.join(root, annotations, resolution),
-      'image_sets': os.path.join(root, 'ImageSets', _IMAGE_SET),
+    'frames': os.path.join(root, 'JPEGImages', resolution),
+    'annotations': os.path.join(root, annotations, resolution),
+    'image_sets': os.path.join(root, 'ImageSets', _IMAGE_SET),
   }
 
 
 def _layout(resolution: str, annotations: str) -> str:
   return (
-      'Expected the official DAVIS 2017 layout:\n'
-      f'  ROOT/JPEGImages/{resolution}/<video>/00000.jpg ...\n'
-      f'  ROOT/{annotations}/{resolution}/<video>/00000.png ...\n'
-      f'  ROOT/ImageSets/{_IMAGE_SET}/<split>.txt\n'
-      '(--config.data.davis_resolution, --config.data.davis_annotations, '
-      '--config.data.train_split / eval_split choose the names).'
+    'Expected the official DAVIS 2017 layout:\n'
+    f'  ROOT/JPEGImages/{resolution}/<video>/00000.jpg ...\n'
+    f'  ROOT/{annotations}/{resolution}/<video>/00000.png ...\n'
+    f'  ROOT/ImageSets/{_IMAGE_SET}/<split>.txt\n'
+    '(--config.data.davis_resolution, --config.data.davis_annotations, '
+    '--config.data.train_split / eval_split choose the names).'
   )
 
 
@@ -86,8 +87,9 @@ def check_layout(root: str, resolution: str, annotations: str, splits: tuple[str
 class DavisFolderConfig(tfds.core.BuilderConfig):
   """One DAVIS root, its resolution / annotation folders and the splits prepared from it."""
 
-  def __init__(self, *, root: str, resolution: str, annotations: str, splits: tuple[str, ...],
-               **kwargs):
+  def __init__(
+    self, *, root: str, resolution: str, annotations: str, splits: tuple[str, ...], **kwargs
+  ):
     super().__init__(**kwargs)
     self.root = root
     self.resolution = resolution
@@ -95,8 +97,9 @@ class DavisFolderConfig(tfds.core.BuilderConfig):
     self.splits = splits
 
 
-def builder_config(root: str, resolution: str, annotations: str,
-                   splits: tuple[str, ...]) -> DavisFolderConfig:
+def builder_config(
+  root: str, resolution: str, annotations: str, splits: tuple[str, ...]
+) -> DavisFolderConfig:
   """Returns the builder config of a DAVIS root, named by a hash of what it reads."""
   root = os.path.abspath(root)
   key = [root, resolution, annotations]
@@ -106,12 +109,12 @@ def builder_config(root: str, resolution: str, annotations: str,
       key.append(f'{split}:{f.read()}')
   digest = hashlib.sha1('|'.join(key).encode()).hexdigest()[:_HASH_CHARS]
   return DavisFolderConfig(
-      name=f'root_{digest}',
-      description=f'DAVIS folder {root} ({annotations}, {resolution}), splits {", ".join(splits)}',
-      root=root,
-      resolution=resolution,
-      annotations=annotations,
-      splits=tuple(splits),
+    name=f'root_{digest}',
+    description=f'DAVIS folder {root} ({annotations}, {resolution}), splits {", ".join(splits)}',
+    root=root,
+    resolution=resolution,
+    annotations=annotations,
+    splits=tuple(splits),
   )
 
 
@@ -124,21 +127,21 @@ class DavisFolder(LocalFilesBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     """Returns the features: one example per video."""
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'video_id': np.int64,  # position in the sorted list of the root's videos.
-            'video/name': tfds.features.Text(),
-            'height': np.int64,
-            'width': np.int64,
-            # Per frame, the JPEG's bytes as they are, or b'' when it could not be decoded.
-            'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-            # Per frame, the object ids as a grayscale PNG, or b'' when missing or unreadable.
-            'segmentations': tfds.features.Sequence(
-                tfds.features.Tensor(shape=(), dtype=np.object_)
-            ),
-            'error': tfds.features.Text(),
-        }),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'video_id': np.int64,  # position in the sorted list of the root's videos.
+          'video/name': tfds.features.Text(),
+          'height': np.int64,
+          'width': np.int64,
+          # Per frame, the JPEG's bytes as they are, or b'' when it could not be decoded.
+          'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+          # Per frame, the object ids as a grayscale PNG, or b'' when missing or unreadable.
+          'segmentations': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+          'error': tfds.features.Text(),
+        }
+      ),
     )
 
   def _split_generators(self, dl_manager):
@@ -219,13 +222,13 @@ def _build_video(name: str, video_id: int, paths: dict) -> dict:
   if len(shapes) > 1:
     errors.append(f'{frame_dir}: frames and annotations of different sizes {sorted(shapes)}')
   return {
-      'video_id': video_id,
-      'video/name': name,
-      'height': height,
-      'width': width,
-      'frames': frames,
-      'segmentations': segmentations,
-      'error': '; '.join(e for e in errors if e),
+    'video_id': video_id,
+    'video/name': name,
+    'height': height,
+    'width': width,
+    'frames': frames,
+    'segmentations': segmentations,
+    'error': '; '.join(e for e in errors if e),
   }
 
 
@@ -256,35 +259,37 @@ def decode_folder_example(example: dict, void_id: int) -> dict:
 
   def decode_files():
     frames = tf.map_fn(
-        lambda encoded: tf.io.decode_image(encoded, channels=3, expand_animations=False),
-        example['frames'],
-        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+      lambda encoded: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+      example['frames'],
+      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
     )
     ids = tf.map_fn(
-        lambda encoded: tf.io.decode_png(encoded, channels=1),
-        example['segmentations'],
-        fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8),
+      lambda encoded: tf.io.decode_png(encoded, channels=1),
+      example['segmentations'],
+      fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8),
     )
     return frames, ids[..., 0]
 
   def placeholders():
-    size = tf.stack([
+    size = tf.stack(
+      [
         tf.size(example['frames']),
         tf.cast(example['height'], tf.int32),
         tf.cast(example['width'], tf.int32),
-    ])
+      ]
+    )
     return tf.zeros(tf.concat([size, [3]], 0), tf.uint8), tf.zeros(size, tf.uint8)
 
   frames, ids = tf.cond(tf.equal(error, ''), decode_files, placeholders)
   frames = tf.ensure_shape(frames, [None, None, None, 3])
   semantic, instance, crowd = object_maps(ids, void_id)
   return {
-      'frames': frames,
-      'semantic': semantic,
-      'instance': instance,
-      'crowd': crowd,
-      'video_id': tf.cast(example['video_id'], tf.int64),
-      'error': error,
+    'frames': frames,
+    'semantic': semantic,
+    'instance': instance,
+    'crowd': crowd,
+    'video_id': tf.cast(example['video_id'], tf.int64),
+    'error': error,
   }
 
 
@@ -302,12 +307,12 @@ def decode_tfds_example(example: dict, void_id: int) -> dict:
   semantic, instance, crowd = object_maps(example['video']['segmentations'][..., 0], void_id)
   name = example['metadata']['video_name']
   return {
-      'frames': example['video']['frames'],
-      'semantic': semantic,
-      'instance': instance,
-      'crowd': crowd,
-      'video_id': tf.strings.to_hash_bucket_fast(name, _VIDEO_ID_BUCKETS),
-      'error': tf.constant(''),
+    'frames': example['video']['frames'],
+    'semantic': semantic,
+    'instance': instance,
+    'crowd': crowd,
+    'video_id': tf.strings.to_hash_bucket_fast(name, _VIDEO_ID_BUCKETS),
+    'error': tf.constant(''),
   }
 
 
@@ -315,29 +320,29 @@ def _tfds_source(config) -> Source:
   data = config.data
   if data.davis_resolution not in _TFDS_CONFIG_OF_RESOLUTION:
     raise ValueError(
-        f'TFDS davis has no resolution {data.davis_resolution!r}; use one of '
-        f'{sorted(_TFDS_CONFIG_OF_RESOLUTION)} or a folder (--config.data.davis_root=ROOT).'
+      f'TFDS davis has no resolution {data.davis_resolution!r}; use one of '
+      f'{sorted(_TFDS_CONFIG_OF_RESOLUTION)} or a folder (--config.data.davis_root=ROOT).'
     )
   name = f'{TFDS_NAME}/{_TFDS_CONFIG_OF_RESOLUTION[data.davis_resolution]}'
   builder = tfds.builder(name, data_dir=data.data_dir or None)
   if not builder.is_prepared():
     root = str(builder.data_dir_root)
     raise FileNotFoundError(
-        f'DAVIS (TFDS {name}:{builder.version}) is not prepared in data_dir {root!r} '
-        f'(no {builder.data_dir}), and --config.data.davis_root is empty.\n'
-        'Either point davis_root at an unpacked DAVIS 2017 folder (prepared automatically):\n'
-        '  --config.data.davis_root=ROOT   (ROOT/JPEGImages/480p, '
-        'ROOT/Annotations_unsupervised/480p, ROOT/ImageSets/2017)\n'
-        f'or prepare TFDS davis (downloads the semi-supervised release) with\n'
-        f'  tfds build {name} --data_dir={data.data_dir or root}'
+      f'DAVIS (TFDS {name}:{builder.version}) is not prepared in data_dir {root!r} '
+      f'(no {builder.data_dir}), and --config.data.davis_root is empty.\n'
+      'Either point davis_root at an unpacked DAVIS 2017 folder (prepared automatically):\n'
+      '  --config.data.davis_root=ROOT   (ROOT/JPEGImages/480p, '
+      'ROOT/Annotations_unsupervised/480p, ROOT/ImageSets/2017)\n'
+      f'or prepare TFDS davis (downloads the semi-supervised release) with\n'
+      f'  tfds build {name} --data_dir={data.data_dir or root}'
     )
   check_splits(builder, (data.train_split, data.eval_split))
   return Source(
-      name=TFDS_NAME,
-      builder=builder,
-      categories=CATEGORIES,
-      decode=functools.partial(decode_tfds_example, void_id=data.davis_void_id),
-      is_video=True,
+    name=TFDS_NAME,
+    builder=builder,
+    categories=CATEGORIES,
+    decode=functools.partial(decode_tfds_example, void_id=data.davis_void_id),
+    is_video=True,
   )
 
 
@@ -368,9 +373,9 @@ def make_source(config) -> Source:
   if not builder.is_prepared():
     builder.download_and_prepare()
   return Source(
-      name=TFDS_NAME,
-      builder=builder,
-      categories=CATEGORIES,
-      decode=functools.partial(decode_folder_example, void_id=data.davis_void_id),
-      is_video=True,
+    name=TFDS_NAME,
+    builder=builder,
+    categories=CATEGORIES,
+    decode=functools.partial(decode_folder_example, void_id=data.davis_void_id),
+    is_video=True,
   )

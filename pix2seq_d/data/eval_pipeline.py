@@ -44,31 +44,36 @@ def _eval_image_fn(config) -> Callable[[dict], dict]:
     # before the iterator raises its error.
     parts = ('image', 'semantic', 'instance', 'crowd')
     image, semantic, instance, crowd = tf.cond(
-        fine,
-        lambda: tuple(example[key] for key in parts),
-        lambda: (tf.zeros([1, 1, 3], tf.uint8),) + (tf.zeros([1, 1], tf.int32),) * 3,
+      fine,
+      lambda: tuple(example[key] for key in parts),
+      lambda: (tf.zeros([1, 1, 3], tf.uint8),) + (tf.zeros([1, 1], tf.int32),) * 3,
     )
     label = pipeline.training_label(semantic, instance, crowd)
     images, labels, unpadded = augment.eval_resize(
-        image[None], label[None], image_size=kwargs['image_size'], mask_size=kwargs['mask_size'],
-        pad_value=kwargs['pad_value'])
+      image[None],
+      label[None],
+      image_size=kwargs['image_size'],
+      mask_size=kwargs['mask_size'],
+      pad_value=kwargs['pad_value'],
+    )
     labels, _ = augment.assign_instance_ids(labels, max_instances, seed=None)
     orig = tf.stack([semantic, instance, crowd], axis=-1)
     orig_size = tf.shape(orig)[:2]
     fits = (orig_size[0] <= orig_h) & (orig_size[1] <= orig_w)
     too_large = tf.strings.format(
-        'Image {}: original size {}x{} exceeds config.data.eval_orig_size {}x{}.',
-        [example['image_id'], orig_size[0], orig_size[1], orig_h, orig_w])
+      'Image {}: original size {}x{} exceeds config.data.eval_orig_size {}x{}.',
+      [example['image_id'], orig_size[0], orig_size[1], orig_h, orig_w],
+    )
     error = tf.where(fine, tf.where(fits, tf.constant(''), too_large), example['error'])
     return {
-        'image': images[0],
-        'label': labels[0],
-        'orig_label': _fit_original(orig, (orig_h, orig_w)),
-        'orig_size': orig_size,
-        'unpadded_size': unpadded,
-        'image_id': tf.cast(example['image_id'], tf.int64),
-        'valid': tf.constant(True),
-        'error': error,
+      'image': images[0],
+      'label': labels[0],
+      'orig_label': _fit_original(orig, (orig_h, orig_w)),
+      'orig_size': orig_size,
+      'unpadded_size': unpadded,
+      'image_id': tf.cast(example['image_id'], tf.int64),
+      'valid': tf.constant(True),
+      'error': error,
     }
 
   return preprocess
@@ -84,11 +89,11 @@ def _eval_padding(element_spec: dict, pad_value: float) -> tf.data.Dataset:
 
 
 def make_eval_iterator(
-    config,
-    *,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    source: Source | None = None,
+  config,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  source: Source | None = None,
 ) -> DataIterator:
   """One pass of evaluation batches for this process, in lockstep with the other processes.
 
@@ -107,8 +112,9 @@ def make_eval_iterator(
   process_index, process_count = splits.processes(process_index, process_count)
   source = source or registry.get_source(config)
   pipeline.check_kind(config, source, want_video=False)
-  batch_size = splits.local_batch_size(config.eval.batch_size, process_count,
-                                       'config.eval.batch_size')
+  batch_size = splits.local_batch_size(
+    config.eval.batch_size, process_count, 'config.eval.batch_size'
+  )
   split = source.split(config.data.eval_split)
   total = splits.num_split_examples(source.builder, split)
   if config.eval.num_examples > 0:
@@ -117,9 +123,17 @@ def make_eval_iterator(
     raise ValueError(f'config.data.eval_split {split!r} of {source.name!r} is empty.')
   num_batches = math.ceil(total / config.eval.batch_size)
   instruction, size = splits.process_read_instruction(
-      source.builder, split, process_index, process_count, limit=total)
-  logging.info('Process %d/%d evaluates %d examples of %s %s in %d batches.', process_index,
-               process_count, size, source.name, split, num_batches)
+    source.builder, split, process_index, process_count, limit=total
+  )
+  logging.info(
+    'Process %d/%d evaluates %d examples of %s %s in %d batches.',
+    process_index,
+    process_count,
+    size,
+    source.name,
+    split,
+    num_batches,
+  )
 
   preprocess = _eval_image_fn(config)
   if instruction is None:
@@ -138,11 +152,11 @@ def make_eval_iterator(
 
 
 def make_video_eval_iterator(
-    config,
-    *,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    source: Source | None = None,
+  config,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  source: Source | None = None,
 ) -> DataIterator:
   """This process's evaluation clips, one at a time (clips differ in length, so no batching).
 
@@ -161,29 +175,38 @@ def make_video_eval_iterator(
   split = source.split(config.data.eval_split)
   limit = config.eval.num_examples if config.eval.num_examples > 0 else None
   instruction, size = splits.process_read_instruction(
-      source.builder, split, process_index, process_count, limit=limit)
-  logging.info('Process %d/%d evaluates %d clips of %s %s.', process_index, process_count, size,
-               source.name, split)
+    source.builder, split, process_index, process_count, limit=limit
+  )
+  logging.info(
+    'Process %d/%d evaluates %d clips of %s %s.',
+    process_index,
+    process_count,
+    size,
+    source.name,
+    split,
+  )
   if instruction is None:
-    return DataIterator(tf.data.Dataset.from_tensors({}).take(0), PipelineStats(),
-                        check_errors=True, num_batches=0)
+    return DataIterator(
+      tf.data.Dataset.from_tensors({}).take(0), PipelineStats(), check_errors=True, num_batches=0
+    )
   image_size = tuple(config.model.image_size)
   pad_value = float(config.data.image_pad_value)
 
   def preprocess(clip):
     # A broken clip carries placeholder pixels; swap in one 1x1 frame so resizing cannot fail
     # before the iterator raises its error.
-    frames = tf.cond(tf.equal(clip['error'], ''), lambda: clip['frames'],
-                     lambda: tf.zeros([1, 1, 1, 3], tf.uint8))
+    frames = tf.cond(
+      tf.equal(clip['error'], ''), lambda: clip['frames'], lambda: tf.zeros([1, 1, 1, 3], tf.uint8)
+    )
     geometry = augment.eval_geometry(tf.shape(frames)[1:3], image_size)
     orig = tf.stack([clip['semantic'], clip['instance'], clip['crowd']], axis=-1)
     return {
-        'frames': augment.resample_images(frames, geometry, image_size, pad_value),
-        'orig_label': orig,
-        'orig_size': tf.shape(orig)[1:3],
-        'unpadded_size': geometry['crop_size'],
-        'video_id': tf.cast(clip['video_id'], tf.int64),
-        'error': clip['error'],
+      'frames': augment.resample_images(frames, geometry, image_size, pad_value),
+      'orig_label': orig,
+      'orig_size': tf.shape(orig)[1:3],
+      'unpadded_size': geometry['crop_size'],
+      'video_id': tf.cast(clip['video_id'], tf.int64),
+      'error': clip['error'],
     }
 
   dataset, finish = pipeline.read(source, instruction, None)

@@ -52,9 +52,10 @@ class PipelineStats:
       self.skipped_since_batch += 1
       if limit and self.skipped_since_batch >= limit and self.failure is None:
         self.failure = (
-            f'{limit} training examples in a row are broken (config.data.max_skips_in_a_row='
-            f'{limit}), so the data cannot make batches; fix the data. The last one, example '
-            f'{example_id}: {message}')
+          f'{limit} training examples in a row are broken (config.data.max_skips_in_a_row='
+          f'{limit}), so the data cannot make batches; fix the data. The last one, example '
+          f'{example_id}: {message}'
+        )
     if self.failure is not None:
       raise TooManyBrokenExamplesError(self.failure)
     logging.warning('Skipping training example %d: %s', example_id, message)
@@ -70,8 +71,11 @@ class PipelineStats:
     count = int(count.numpy())
     with self._lock:
       self.dropped_segments += count
-    logging.warning('Example %d: %d segments beyond config.model.max_instances - 1 became void.',
-                    int(example_id.numpy()), count)
+    logging.warning(
+      'Example %d: %d segments beyond config.model.max_instances - 1 became void.',
+      int(example_id.numpy()),
+      count,
+    )
     return np.int32(count)
 
 
@@ -86,9 +90,15 @@ class DataIterator:
       `start_position` that continues right after it).
   """
 
-  def __init__(self, dataset: tf.data.Dataset, stats: PipelineStats, *,
-               check_errors: bool = False, num_batches: int | None = None,
-               start_position: int = 0):
+  def __init__(
+    self,
+    dataset: tf.data.Dataset,
+    stats: PipelineStats,
+    *,
+    check_errors: bool = False,
+    num_batches: int | None = None,
+    start_position: int = 0,
+  ):
     self._iterator = iter(tfds.as_numpy(dataset))
     self._stats = stats
     self._check_errors = check_errors

@@ -91,7 +91,7 @@ def _deferred_image_features(source: Source) -> dict:
 
 
 def read(
-    source: Source, instruction, shuffle_seed: int | None
+  source: Source, instruction, shuffle_seed: int | None
 ) -> tuple[tf.data.Dataset, Callable[[dict], dict]]:
   """Raw examples of `instruction` with images still encoded, and the function finishing them.
 
@@ -103,10 +103,10 @@ def read(
   if deferred:
     decoders = {**(decoders or {}), **{key: tfds.decode.SkipDecoding() for key in deferred}}
   dataset = source.builder.as_dataset(
-      split=instruction,
-      shuffle_files=shuffle_seed is not None,
-      decoders=decoders,
-      read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
+    split=instruction,
+    shuffle_files=shuffle_seed is not None,
+    decoders=decoders,
+    read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
   )
 
   def finish(raw):
@@ -131,8 +131,10 @@ def check_source(config, source: Source) -> None:
   config_checks.fit_num_classes(config, source.categories, f'dataset {source.name!r}')
   is_video_task = config.task == 'video_panoptic'
   if source.is_video != is_video_task:
-    raise ValueError(f'config.task={config.task!r} does not fit config.data.name='
-                     f'{source.name!r} ({"a video" if source.is_video else "an image"} dataset).')
+    raise ValueError(
+      f'config.task={config.task!r} does not fit config.data.name='
+      f'{source.name!r} ({"a video" if source.is_video else "an image"} dataset).'
+    )
   eval_split = source.split(config.data.eval_split)
   if eval_split in source.max_image_size:
     largest = tuple(int(v) for v in source.max_image_size[eval_split])
@@ -140,9 +142,10 @@ def check_source(config, source: Source) -> None:
     if largest[0] > limit[0] or largest[1] > limit[1]:
       needed = (max(largest[0], limit[0]), max(largest[1], limit[1]))
       raise ValueError(
-          f'config.data.eval_orig_size={limit} is smaller than the largest image of eval split '
-          f'{eval_split!r} of {source.name!r} ({largest[0]}x{largest[1]}): original-size labels '
-          f'are padded to it for PQ. Set --config.data.eval_orig_size="{needed}".')
+        f'config.data.eval_orig_size={limit} is smaller than the largest image of eval split '
+        f'{eval_split!r} of {source.name!r} ({largest[0]}x{largest[1]}): original-size labels '
+        f'are padded to it for PQ. Set --config.data.eval_orig_size="{needed}".'
+      )
 
 
 def check_kind(config, source: Source, want_video: bool | None = None) -> None:
@@ -150,8 +153,9 @@ def check_kind(config, source: Source, want_video: bool | None = None) -> None:
   check_source(config, source)
   if want_video is not None and want_video != source.is_video:
     other = 'make_video_eval_iterator' if source.is_video else 'make_eval_iterator'
-    raise ValueError(f'Dataset {source.name!r} is {"" if source.is_video else "not "}a video '
-                     f'dataset; use {other}.')
+    raise ValueError(
+      f'Dataset {source.name!r} is {"" if source.is_video else "not "}a video dataset; use {other}.'
+    )
 
 
 def _id_key(source: Source) -> str:
@@ -163,8 +167,7 @@ def _skip_errors(stats: PipelineStats, id_key: str) -> Callable[[dict], tf.Tenso
 
   def keep(example):
     def reject():
-      verdict = tf.py_function(
-          stats.record_skip, [example['error'], example[id_key]], Tout=tf.bool)
+      verdict = tf.py_function(stats.record_skip, [example['error'], example[id_key]], Tout=tf.bool)
       return tf.reshape(verdict, [])
 
     return tf.cond(tf.equal(example['error'], ''), lambda: tf.constant(True), reject)
@@ -175,7 +178,8 @@ def _skip_errors(stats: PipelineStats, id_key: str) -> Callable[[dict], tf.Tenso
 def _count_dropped(stats: PipelineStats, dropped: tf.Tensor, example_id: tf.Tensor) -> tf.Tensor:
   def record():
     return tf.reshape(
-        tf.py_function(stats.record_dropped, [dropped, example_id], Tout=tf.int32), [])
+      tf.py_function(stats.record_dropped, [dropped, example_id], Tout=tf.int32), []
+    )
 
   return tf.cond(dropped > 0, record, lambda: dropped)
 
@@ -189,14 +193,14 @@ def training_label(semantic: tf.Tensor, instance: tf.Tensor, crowd: tf.Tensor) -
 def augment_kwargs(config) -> dict:
   data = config.data
   return {
-      'image_size': tuple(config.model.image_size),
-      'mask_size': tuple(config.model.mask_size),
-      'scale_range': tuple(data.scale_jitter),
-      'flip': bool(data.flip),
-      'color_jitter_strength': float(data.color_jitter_strength),
-      'color_jitter_prob': float(data.color_jitter_prob),
-      'grayscale_prob': float(data.grayscale_prob),
-      'pad_value': float(data.image_pad_value),
+    'image_size': tuple(config.model.image_size),
+    'mask_size': tuple(config.model.mask_size),
+    'scale_range': tuple(data.scale_jitter),
+    'flip': bool(data.flip),
+    'color_jitter_strength': float(data.color_jitter_strength),
+    'color_jitter_prob': float(data.color_jitter_prob),
+    'grayscale_prob': float(data.grayscale_prob),
+    'pad_value': float(data.image_pad_value),
   }
 
 
@@ -220,21 +224,21 @@ def dataset_info(config, source: Source | None = None) -> DatasetInfo:
   if config.eval.num_examples > 0:
     num_eval = min(num_eval, config.eval.num_examples)
   return DatasetInfo(
-      categories=tuple(source.categories),
-      num_classes=len(source.categories) + 1,
-      is_video=source.is_video,
-      num_train=splits.num_split_examples(builder, source.split(config.data.train_split)),
-      num_eval=num_eval,
+    categories=tuple(source.categories),
+    num_classes=len(source.categories) + 1,
+    is_video=source.is_video,
+    num_train=splits.num_split_examples(builder, source.split(config.data.train_split)),
+    num_eval=num_eval,
   )
 
 
 def make_train_iterator(
-    config,
-    *,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    source: Source | None = None,
-    start_position: int = 0,
+  config,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  source: Source | None = None,
+  start_position: int = 0,
 ) -> DataIterator:
   """Endless training batches for this process, resumable at any position of its stream.
 
@@ -262,24 +266,36 @@ def make_train_iterator(
   check_kind(config, source)
   if start_position < 0:
     raise ValueError(f'start_position={start_position} must be >= 0.')
-  batch_size = splits.local_batch_size(config.train.batch_size, process_count,
-                                       'config.train.batch_size')
+  batch_size = splits.local_batch_size(
+    config.train.batch_size, process_count, 'config.train.batch_size'
+  )
   split = source.split(config.data.train_split)
-  instruction, size = splits.process_read_instruction(source.builder, split, process_index,
-                                                      process_count)
+  instruction, size = splits.process_read_instruction(
+    source.builder, split, process_index, process_count
+  )
   if instruction is None:
-    raise ValueError(f'config.data.train_split {split!r} of {source.name!r} has fewer examples '
-                     f'than processes ({process_count}).')
-  logging.info('Process %d/%d reads %d examples of %s %s from stream position %d.',
-               process_index, process_count, size, source.name, split, start_position)
+    raise ValueError(
+      f'config.data.train_split {split!r} of {source.name!r} has fewer examples '
+      f'than processes ({process_count}).'
+    )
+  logging.info(
+    'Process %d/%d reads %d examples of %s %s from stream position %d.',
+    process_index,
+    process_count,
+    size,
+    source.name,
+    split,
+    start_position,
+  )
   shuffle_seed = int(_derived_seed(config, process_index, _SHUFFLE_STREAM)[0])
   parallel = config.data.num_parallel_calls
   stats = PipelineStats(config.data.max_skips_in_a_row)
   id_key = _id_key(source)
 
   dataset, finish = read(source, instruction, shuffle_seed)
-  dataset = dataset.shuffle(max(config.data.shuffle_buffer, 1), seed=shuffle_seed,
-                            reshuffle_each_iteration=True)
+  dataset = dataset.shuffle(
+    max(config.data.shuffle_buffer, 1), seed=shuffle_seed, reshuffle_each_iteration=True
+  )
   dataset = dataset.repeat()
   if source.is_video:
     dataset = dataset.map(finish, num_parallel_calls=parallel)
@@ -290,8 +306,9 @@ def make_train_iterator(
   else:
     # Numbered before decoding, so that a resume skips raw records without decoding them.
     dataset = dataset.enumerate().skip(start_position)
-    dataset = dataset.map(lambda position, raw: (position, finish(raw)),
-                          num_parallel_calls=parallel)
+    dataset = dataset.map(
+      lambda position, raw: (position, finish(raw)), num_parallel_calls=parallel
+    )
     skip_errors = _skip_errors(stats, id_key)
     dataset = dataset.filter(lambda position, example: skip_errors(example))
     preprocess = _image_train_fn(config, stats)
@@ -318,7 +335,8 @@ def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
     augment_seed, id_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     label = training_label(example['semantic'], example['instance'], example['crowd'])
     images, labels, _ = augment.train_augment(
-        example['image'][None], label[None], augment_seed, **kwargs)
+      example['image'][None], label[None], augment_seed, **kwargs
+    )
     labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed)
     counted = _count_dropped(stats, dropped, example['image_id'])
     with tf.control_dependencies([counted]):  # keeps the logging op in the graph.
@@ -336,8 +354,10 @@ def _video_windows(dataset: tf.data.Dataset, config, shuffle_seed: int) -> tf.da
   window = config.data.video_window
   needed = config.diffusion.num_cond_frames + 1
   if window < needed:
-    raise ValueError(f'config.data.video_window = {window} must be >= '
-                     f'config.diffusion.num_cond_frames + 1 = {needed}.')
+    raise ValueError(
+      f'config.data.video_window = {window} must be >= '
+      f'config.diffusion.num_cond_frames + 1 = {needed}.'
+    )
   per_frame = ('frames', 'semantic', 'instance', 'crowd')
 
   def windows_of(clip):
@@ -345,18 +365,27 @@ def _video_windows(dataset: tf.data.Dataset, config, shuffle_seed: int) -> tf.da
     starts = tf.data.Dataset.range(tf.maximum(num_frames - window + 1, 0))
 
     def cut(start):
-      cut_clip = {key: clip[key][start:start + window] for key in per_frame}
-      cut_clip = {key: tf.ensure_shape(value, [window] + value.shape[1:].as_list())
-                  for key, value in cut_clip.items()}
+      cut_clip = {key: clip[key][start : start + window] for key in per_frame}
+      cut_clip = {
+        key: tf.ensure_shape(value, [window] + value.shape[1:].as_list())
+        for key, value in cut_clip.items()
+      }
       return {**cut_clip, 'video_id': clip['video_id']}
 
     return starts.map(cut)
 
   dataset = dataset.interleave(
-      windows_of, cycle_length=config.data.video_clips_interleaved, block_length=1,
-      num_parallel_calls=config.data.num_parallel_calls, deterministic=True)
-  return dataset.shuffle(max(config.data.video_window_shuffle_buffer, 1), seed=shuffle_seed,
-                         reshuffle_each_iteration=True)
+    windows_of,
+    cycle_length=config.data.video_clips_interleaved,
+    block_length=1,
+    num_parallel_calls=config.data.num_parallel_calls,
+    deterministic=True,
+  )
+  return dataset.shuffle(
+    max(config.data.video_window_shuffle_buffer, 1),
+    seed=shuffle_seed,
+    reshuffle_each_iteration=True,
+  )
 
 
 def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:
@@ -368,22 +397,21 @@ def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
 
   def preprocess(window, seed):
     augment_seed, id_seed, dropout_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 3))
+      tf.random.experimental.stateless_split(seed, 3)
+    )
     labels = training_label(window['semantic'], window['instance'], window['crowd'])
     # One geometry for the window; the encoder only sees the target (last) frame.
-    images, labels, _ = augment.train_augment(
-        window['frames'][-1:], labels, augment_seed, **kwargs)
+    images, labels, _ = augment.train_augment(window['frames'][-1:], labels, augment_seed, **kwargs)
     labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed)
-    cond = labels[-1 - num_cond:-1]  # (num_cond, Hm, Wm, 2), oldest first.
+    cond = labels[-1 - num_cond : -1]  # (num_cond, Hm, Wm, 2), oldest first.
     keep = tf.random.stateless_uniform([num_cond], dropout_seed) >= frames_dropout
     # Per-frame select + concat (a broadcast multiply + transpose trips a grappler remapper bug).
     cond_label = tf.concat(
-        [tf.where(keep[k], cond[k], tf.zeros_like(cond[k])) for k in range(num_cond)], axis=-1)
+      [tf.where(keep[k], cond[k], tf.zeros_like(cond[k])) for k in range(num_cond)], axis=-1
+    )
     cond_label = tf.ensure_shape(cond_label, [mask_h, mask_w, 2 * num_cond])
     counted = _count_dropped(stats, dropped, window['video_id'])
     with tf.control_dependencies([counted]):  # keeps the logging op in the graph.
       return {'image': images[0], 'label': tf.identity(labels[-1]), 'cond_label': cond_label}
 
   return preprocess
-
-

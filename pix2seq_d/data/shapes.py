@@ -40,11 +40,11 @@ from pix2seq_d.data.source import Source
 
 # panopticapi-style categories; semantic label of CATEGORIES[k] is k + 1 (0 = void).
 CATEGORIES = (
-    {'id': 1, 'name': 'circle', 'isthing': 1, 'color': [220, 20, 60]},
-    {'id': 2, 'name': 'square', 'isthing': 1, 'color': [0, 130, 200]},
-    {'id': 3, 'name': 'triangle', 'isthing': 1, 'color': [255, 200, 0]},
-    {'id': 4, 'name': 'sky', 'isthing': 0, 'color': [135, 206, 235]},
-    {'id': 5, 'name': 'ground', 'isthing': 0, 'color': [110, 80, 50]},
+  {'id': 1, 'name': 'circle', 'isthing': 1, 'color': [220, 20, 60]},
+  {'id': 2, 'name': 'square', 'isthing': 1, 'color': [0, 130, 200]},
+  {'id': 3, 'name': 'triangle', 'isthing': 1, 'color': [255, 200, 0]},
+  {'id': 4, 'name': 'sky', 'isthing': 0, 'color': [135, 206, 235]},
+  {'id': 5, 'name': 'ground', 'isthing': 0, 'color': [110, 80, 50]},
 )
 SHAPE_NAMES = ('circle', 'square', 'triangle')  # thing classes, in CATEGORIES order.
 SKY_LABEL = 4  # semantic label (category index + 1).
@@ -83,14 +83,14 @@ class ShapesConfig(tfds.core.BuilderConfig):
   ground_color_high: tuple[float, float, float] = (150.0, 150.0, 80.0)
   # Object colours are a palette entry plus a uniform jitter; chosen away from sky and ground.
   object_palette: tuple[tuple[float, float, float], ...] = (
-      (220.0, 40.0, 40.0),
-      (240.0, 200.0, 30.0),
-      (230.0, 120.0, 20.0),
-      (200.0, 50.0, 200.0),
-      (250.0, 250.0, 250.0),
-      (30.0, 30.0, 30.0),
-      (120.0, 60.0, 180.0),
-      (40.0, 200.0, 200.0),
+    (220.0, 40.0, 40.0),
+    (240.0, 200.0, 30.0),
+    (230.0, 120.0, 20.0),
+    (200.0, 50.0, 200.0),
+    (250.0, 250.0, 250.0),
+    (30.0, 30.0, 30.0),
+    (120.0, 60.0, 180.0),
+    (40.0, 200.0, 200.0),
   )
   object_color_jitter: float = 15.0
   noise_std: float = 6.0  # Gaussian pixel noise on the whole image.
@@ -99,25 +99,46 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
 
 _IMAGE_CONFIGS = [
-    ShapesConfig(name='default', description='64x64 images, 3000 train / 300 test.'),
-    ShapesConfig(
-        name='tiny', description='64x64 images, 64 train / 24 test (tests).', num_train=64,
-        num_test=24),
-    ShapesConfig(
-        name='128px', description='128x128 images, 3000 train / 300 test.', height=128,
-        width=128, min_size=16.0, max_size=48.0),
+  ShapesConfig(name='default', description='64x64 images, 3000 train / 300 test.'),
+  ShapesConfig(
+    name='tiny', description='64x64 images, 64 train / 24 test (tests).', num_train=64, num_test=24
+  ),
+  ShapesConfig(
+    name='128px',
+    description='128x128 images, 3000 train / 300 test.',
+    height=128,
+    width=128,
+    min_size=16.0,
+    max_size=48.0,
+  ),
 ]
 _VIDEO_CONFIGS = [
-    ShapesConfig(
-        name='default', description='8 frames of 64x64, 64 train / 16 test clips.', num_train=64,
-        num_test=16, num_frames=8),
-    ShapesConfig(
-        name='tiny', description='8 frames of 64x64, 6 train / 3 test clips (tests).',
-        num_train=6, num_test=3, num_frames=8),
-    ShapesConfig(
-        name='128px', description='8 frames of 128x128, 64 train / 16 test clips.', height=128,
-        width=128, num_train=64, num_test=16, num_frames=8, min_size=16.0, max_size=48.0,
-        max_speed=6.0),
+  ShapesConfig(
+    name='default',
+    description='8 frames of 64x64, 64 train / 16 test clips.',
+    num_train=64,
+    num_test=16,
+    num_frames=8,
+  ),
+  ShapesConfig(
+    name='tiny',
+    description='8 frames of 64x64, 6 train / 3 test clips (tests).',
+    num_train=6,
+    num_test=3,
+    num_frames=8,
+  ),
+  ShapesConfig(
+    name='128px',
+    description='8 frames of 128x128, 64 train / 16 test clips.',
+    height=128,
+    width=128,
+    num_train=64,
+    num_test=16,
+    num_frames=8,
+    min_size=16.0,
+    max_size=48.0,
+    max_speed=6.0,
+  ),
 ]
 
 
@@ -133,26 +154,27 @@ def sample_scene(rng: np.random.Generator, config: ShapesConfig) -> dict:
   for _ in range(num_objects):
     palette_color = np.asarray(config.object_palette[rng.integers(len(config.object_palette))])
     jitter = rng.uniform(-config.object_color_jitter, config.object_color_jitter, size=3)
-    velocity = (
-        rng.uniform(-config.max_speed, config.max_speed, size=2) if moving else np.zeros(2))
-    objects.append({
+    velocity = rng.uniform(-config.max_speed, config.max_speed, size=2) if moving else np.zeros(2)
+    objects.append(
+      {
         'shape': SHAPE_NAMES[rng.integers(len(SHAPE_NAMES))],
         'center': [float(v) for v in rng.uniform((0.0, 0.0), (config.height, config.width))],
         'size': float(rng.uniform(config.min_size, config.max_size)),
         'angle': float(rng.uniform(0.0, 2.0 * math.pi)),
         'color': [float(v) for v in np.clip(palette_color + jitter, 0.0, 255.0)],
         'velocity': [float(v) for v in velocity],
-    })
+      }
+    )
   return {
-      'horizon': float(rng.uniform(*config.horizon_range) * config.height),
-      'horizon_slope': float(rng.uniform(-config.max_horizon_slope, config.max_horizon_slope)),
-      'sky_color': [float(v) for v in rng.uniform(config.sky_color_low, config.sky_color_high)],
-      'ground_color': [
-          float(v) for v in rng.uniform(config.ground_color_low, config.ground_color_high)
-      ],
-      'noise_std': float(config.noise_std),
-      'noise_seed': int(rng.integers(np.iinfo(np.int32).max)),
-      'objects': objects,
+    'horizon': float(rng.uniform(*config.horizon_range) * config.height),
+    'horizon_slope': float(rng.uniform(-config.max_horizon_slope, config.max_horizon_slope)),
+    'sky_color': [float(v) for v in rng.uniform(config.sky_color_low, config.sky_color_high)],
+    'ground_color': [
+      float(v) for v in rng.uniform(config.ground_color_low, config.ground_color_high)
+    ],
+    'noise_std': float(config.noise_std),
+    'noise_seed': int(rng.integers(np.iinfo(np.int32).max)),
+    'objects': objects,
   }
 
 
@@ -180,11 +202,11 @@ def shape_mask(obj: dict, height: int, width: int, frame: int = 0) -> np.ndarray
       theta = obj['angle'] + k * 2.0 * math.pi / 3.0
       inside &= math.cos(theta) * dx + math.sin(theta) * dy <= inradius
     return inside
-  raise ValueError(f"shapes: unknown shape {obj['shape']!r}; expected one of {SHAPE_NAMES}.")
+  raise ValueError(f'shapes: unknown shape {obj["shape"]!r}; expected one of {SHAPE_NAMES}.')
 
 
 def render_frame(
-    scene: dict, height: int, width: int, frame: int = 0
+  scene: dict, height: int, width: int, frame: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Renders one frame of `scene` with track ids.
 
@@ -198,7 +220,8 @@ def render_frame(
   horizon = scene['horizon'] + scene['horizon_slope'] * (cols - width / 2.0)
   sky = np.broadcast_to(rows < horizon, (height, width))
   image = np.where(
-      sky[..., None], np.asarray(scene['sky_color']), np.asarray(scene['ground_color']))
+    sky[..., None], np.asarray(scene['sky_color']), np.asarray(scene['ground_color'])
+  )
   semantic = np.where(sky, SKY_LABEL, GROUND_LABEL).astype(np.uint8)
   instance = np.where(sky, SKY_TRACK_ID, GROUND_TRACK_ID).astype(np.uint8)
   # Painting order is depth order: later objects occlude earlier ones.
@@ -208,7 +231,8 @@ def render_frame(
     semantic[mask] = SHAPE_NAMES.index(obj['shape']) + 1
     instance[mask] = FIRST_OBJECT_TRACK_ID + k
   noise = np.random.default_rng([scene['noise_seed'], frame]).normal(
-      0.0, scene['noise_std'], size=(height, width, 3))
+    0.0, scene['noise_std'], size=(height, width, 3)
+  )
   image = np.clip(np.round(image + noise), 0, 255).astype(np.uint8)
   return image, semantic, instance
 
@@ -243,11 +267,11 @@ def generate_image_example(config: ShapesConfig, split: str, index: int) -> dict
   scene = sample_scene(_example_rng(config, split, index), config)
   image, semantic, instance = render_image(scene, config.height, config.width)
   return {
-      'image': image,
-      'semantic': semantic[..., None],
-      'instance': instance[..., None],
-      'image_id': index,
-      'scene': json.dumps(scene),
+    'image': image,
+    'semantic': semantic[..., None],
+    'instance': instance[..., None],
+    'image_id': index,
+    'scene': json.dumps(scene),
   }
 
 
@@ -256,11 +280,11 @@ def generate_video_example(config: ShapesConfig, split: str, index: int) -> dict
   scene = sample_scene(_example_rng(config, split, index), config)
   frames, semantic, instance = render_clip(scene, config.height, config.width, config.num_frames)
   return {
-      'frames': frames,
-      'semantic': semantic[..., None],
-      'instance': instance[..., None],
-      'video_id': index,
-      'scene': json.dumps(scene),
+    'frames': frames,
+    'semantic': semantic[..., None],
+    'instance': instance[..., None],
+    'video_id': index,
+    'scene': json.dumps(scene),
   }
 
 
@@ -269,9 +293,9 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release.',
-      '1.1.0': '1-4 objects of 12-28 px (was 1-8 of 8-24): learnable in minutes on a CPU.',
-      '1.2.0': 'Objects of 16-32 px (was 12-28): at least 4 pixels of a 16x16 mask.',
+    '1.0.0': 'Initial release.',
+    '1.1.0': '1-4 objects of 12-28 px (was 1-8 of 8-24): learnable in minutes on a CPU.',
+    '1.2.0': 'Objects of 16-32 px (was 12-28): at least 4 pixels of a 16x16 mask.',
   }
   BUILDER_CONFIGS = _IMAGE_CONFIGS
   code_path = _CODE_PATH
@@ -279,15 +303,17 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     height, width = self.builder_config.height, self.builder_config.width
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(height, width, 3)),
-            'semantic': tfds.features.Image(shape=(height, width, 1)),
-            'instance': tfds.features.Image(shape=(height, width, 1)),
-            'image_id': np.int64,
-            'scene': tfds.features.Text(),
-        }),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(height, width, 3)),
+          'semantic': tfds.features.Image(shape=(height, width, 1)),
+          'instance': tfds.features.Image(shape=(height, width, 1)),
+          'image_id': np.int64,
+          'scene': tfds.features.Text(),
+        }
+      ),
     )
 
   def _split_generators(self, dl_manager):
@@ -306,9 +332,9 @@ class ShapesVideo(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release.',
-      '1.1.0': '1-4 objects of 12-28 px (was 1-8 of 8-24): learnable in minutes on a CPU.',
-      '1.2.0': 'Objects of 16-32 px (was 12-28): at least 4 pixels of a 16x16 mask.',
+    '1.0.0': 'Initial release.',
+    '1.1.0': '1-4 objects of 12-28 px (was 1-8 of 8-24): learnable in minutes on a CPU.',
+    '1.2.0': 'Objects of 16-32 px (was 12-28): at least 4 pixels of a 16x16 mask.',
   }
   BUILDER_CONFIGS = _VIDEO_CONFIGS
   code_path = _CODE_PATH
@@ -319,18 +345,21 @@ class ShapesVideo(tfds.core.GeneratorBasedBuilder):
 
     def frames(channels):
       return tfds.features.Sequence(
-          tfds.features.Image(shape=frame_shape + (channels,)), length=config.num_frames)
+        tfds.features.Image(shape=frame_shape + (channels,)), length=config.num_frames
+      )
 
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'frames': frames(3),
-            'semantic': frames(1),
-            'instance': frames(1),
-            'video_id': np.int64,
-            'scene': tfds.features.Text(),
-        }),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'frames': frames(3),
+          'semantic': frames(1),
+          'instance': frames(1),
+          'video_id': np.int64,
+          'scene': tfds.features.Text(),
+        }
+      ),
     )
 
   def _split_generators(self, dl_manager):
@@ -352,12 +381,12 @@ def decode_image(raw: dict) -> dict:
   """
   semantic = tf.cast(raw['semantic'][..., 0], tf.int32)
   return {
-      'image': raw['image'],
-      'semantic': semantic,
-      'instance': tf.cast(raw['instance'][..., 0], tf.int32),
-      'crowd': tf.zeros_like(semantic),  # synthetic data has no crowd regions.
-      'image_id': tf.cast(raw['image_id'], tf.int64),
-      'error': tf.constant(''),
+    'image': raw['image'],
+    'semantic': semantic,
+    'instance': tf.cast(raw['instance'][..., 0], tf.int32),
+    'crowd': tf.zeros_like(semantic),  # synthetic data has no crowd regions.
+    'image_id': tf.cast(raw['image_id'], tf.int64),
+    'error': tf.constant(''),
   }
 
 
@@ -369,12 +398,12 @@ def decode_video(raw: dict) -> dict:
   """
   semantic = tf.cast(raw['semantic'][..., 0], tf.int32)
   return {
-      'frames': raw['frames'],
-      'semantic': semantic,
-      'instance': tf.cast(raw['instance'][..., 0], tf.int32),
-      'crowd': tf.zeros_like(semantic),
-      'video_id': tf.cast(raw['video_id'], tf.int64),
-      'error': tf.constant(''),
+    'frames': raw['frames'],
+    'semantic': semantic,
+    'instance': tf.cast(raw['instance'][..., 0], tf.int32),
+    'crowd': tf.zeros_like(semantic),
+    'video_id': tf.cast(raw['video_id'], tf.int64),
+    'error': tf.constant(''),
   }
 
 
@@ -383,14 +412,16 @@ def make_builder(name: str, data_dir: str = '') -> tfds.core.DatasetBuilder:
   base, _, config_name = name.partition('/')
   builders = {'shapes': Shapes, 'shapes_video': ShapesVideo}
   if base not in builders:
-    raise ValueError(f"shapes: config.data.name {name!r} is not 'shapes[/config]' or "
-                     "'shapes_video[/config]'.")
+    raise ValueError(
+      f"shapes: config.data.name {name!r} is not 'shapes[/config]' or 'shapes_video[/config]'."
+    )
   cls = builders[base]
   known = [c.name for c in cls.BUILDER_CONFIGS]
   config_name = config_name or 'default'
   if config_name not in known:
-    raise ValueError(f'shapes: config.data.name {name!r}: unknown builder config '
-                     f'{config_name!r}; known: {known}.')
+    raise ValueError(
+      f'shapes: config.data.name {name!r}: unknown builder config {config_name!r}; known: {known}.'
+    )
   return cls(config=config_name, data_dir=data_dir or None)
 
 
@@ -407,9 +438,9 @@ def make_source(config) -> Source:
       raise
   is_video = isinstance(builder, ShapesVideo)
   return Source(
-      name=config.data.name,
-      builder=builder,
-      categories=CATEGORIES,
-      decode=decode_video if is_video else decode_image,
-      is_video=is_video,
+    name=config.data.name,
+    builder=builder,
+    categories=CATEGORIES,
+    decode=decode_video if is_video else decode_image,
+    is_video=is_video,
   )

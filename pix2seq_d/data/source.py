@@ -82,7 +82,7 @@ def check_splits(builder: tfds.core.DatasetBuilder, splits) -> None:
   for split in splits:
     if split not in available:
       raise ValueError(
-          f'{builder.name}/{builder.builder_config.name if builder.builder_config else ""} in '
-          f'{builder.data_dir} has no split {split!r}; its splits are {available} '
-          '(set --config.data.train_split / --config.data.eval_split).'
+        f'{builder.name}/{builder.builder_config.name if builder.builder_config else ""} in '
+        f'{builder.data_dir} has no split {split!r}; its splits are {available} '
+        '(set --config.data.train_split / --config.data.eval_split).'
       )

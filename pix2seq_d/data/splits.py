@@ -21,16 +21,18 @@ def processes(process_index: int | None, process_count: int | None) -> tuple[int
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} must be in [0, process_count '
-                     f'{process_count}).')
+    raise ValueError(
+      f'process_index {process_index} must be in [0, process_count {process_count}).'
+    )
   return process_index, process_count
 
 
 def local_batch_size(global_batch: int, process_count: int, field: str) -> int:
   """The per-process share of a global batch; ValueError names `field` when it does not divide."""
   if global_batch <= 0 or global_batch % process_count:
-    raise ValueError(f'{field} = {global_batch} must be a positive multiple of the process count '
-                     f'{process_count}.')
+    raise ValueError(
+      f'{field} = {global_batch} must be a positive multiple of the process count {process_count}.'
+    )
   return global_batch // process_count
 
 
@@ -41,8 +43,9 @@ def split_ranges(builder, split: str) -> list[tuple[str, int, int]]:
   ranges = []
   for part in instruction.to_absolute(splits):
     if part.splitname not in splits:
-      raise ValueError(f'Split {split!r} of dataset {builder.name!r} does not exist; available: '
-                       f'{list(splits)}.')
+      raise ValueError(
+        f'Split {split!r} of dataset {builder.name!r} does not exist; available: {list(splits)}.'
+      )
     end = part.to if part.to is not None else splits[part.splitname].num_examples
     ranges.append((part.splitname, part.from_ or 0, end))
   return ranges
@@ -54,7 +57,7 @@ def num_split_examples(builder, split: str) -> int:
 
 
 def process_read_instruction(
-    builder, split: str, process_index: int, process_count: int, limit: int | None = None
+  builder, split: str, process_index: int, process_count: int, limit: int | None = None
 ) -> tuple[tfds.core.ReadInstruction | None, int]:
   """This process's disjoint contiguous share of `split` (first `limit` examples when given).
 

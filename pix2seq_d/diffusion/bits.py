@@ -64,4 +64,3 @@ def logits_to_analog(logits: jax.Array, b_scale: float) -> jax.Array:
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   expected = probs @ bit_table(num_bits)  # (..., G, k) in [0, 1]
   return ((2.0 * expected - 1.0) * b_scale).reshape(logits.shape[:-2] + (-1,))
-

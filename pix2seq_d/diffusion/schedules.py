@@ -37,7 +37,8 @@ def get_schedule(name: str):
   """The gamma function called `name` (config.diffusion.schedule)."""
   if name not in SCHEDULES:
     raise ValueError(
-      f'config.diffusion.schedule={name!r} is unknown; choose one of {sorted(SCHEDULES)}.')
+      f'config.diffusion.schedule={name!r} is unknown; choose one of {sorted(SCHEDULES)}.'
+    )
   return SCHEDULES[name]
 
 

@@ -102,8 +102,13 @@ def pq_compute(
   if extra:
     _log.warning(
       '%s: %d predictions are for images absent from the ground truth %s and are ignored '
-      '(image ids %s%s).', pred_json_file, len(extra), gt_json_file, extra[:5],
-      ', ...' if len(extra) > 5 else '')
+      '(image ids %s%s).',
+      pred_json_file,
+      len(extra),
+      gt_json_file,
+      extra[:5],
+      ', ...' if len(extra) > 5 else '',
+    )
   missing = [
     os.path.join(folder, annotation['file_name'])
     for pair in pairs

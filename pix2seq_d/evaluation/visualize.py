@@ -150,12 +150,13 @@ def overlay(image: np.ndarray, colored: np.ndarray, alpha: float = 0.5) -> np.nd
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
-def summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
-                   categories) -> np.ndarray:
+def summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, categories) -> np.ndarray:
   """[input | ground truth | prediction] side by side: (H, 3 W, 3) uint8 at the input size."""
   size = image.shape[:2]
   colour = lambda label: colorize_panoptic(
-    panoptic.resize_nearest(label[..., 0], size), panoptic.resize_nearest(label[..., 1], size),
-    categories)
+    panoptic.resize_nearest(label[..., 0], size),
+    panoptic.resize_nearest(label[..., 1], size),
+    categories,
+  )
   picture = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
   return np.concatenate([picture, colour(gt), colour(pred)], axis=1)

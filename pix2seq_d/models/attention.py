@@ -48,7 +48,8 @@ def resolve(name: str, dtype, backend: str | None = None) -> str:
   """
   if name not in IMPLEMENTATIONS:
     raise ValueError(
-      f'config.model.attention_impl={name!r}: use one of {", ".join(IMPLEMENTATIONS)}.')
+      f'config.model.attention_impl={name!r}: use one of {", ".join(IMPLEMENTATIONS)}.'
+    )
   if name != 'auto':
     return name
   backend = backend or jax.default_backend()
@@ -76,8 +77,14 @@ def xla(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------ cudnn
-def padded_fused(query: jax.Array, key: jax.Array, value: jax.Array, *, multiple: int,
-                 implementation: str = 'cudnn') -> jax.Array:
+def padded_fused(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  *,
+  multiple: int,
+  implementation: str = 'cudnn',
+) -> jax.Array:
   """Fused attention on lengths padded to `multiple`, padded keys masked, padded queries dropped.
 
   `implementation` is passed to `jax.nn.dot_product_attention`; 'cudnn' on GPUs ('xla' runs the
@@ -89,9 +96,12 @@ def padded_fused(query: jax.Array, key: jax.Array, value: jax.Array, *, multiple
     return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
   kv_lengths = jnp.full((batch,), source, jnp.int32)
   attended = jax.nn.dot_product_attention(
-    _pad_tokens(query, padded_length), _pad_tokens(key, padded_source),
-    _pad_tokens(value, padded_source), key_value_seq_lengths=kv_lengths,
-    implementation=implementation)
+    _pad_tokens(query, padded_length),
+    _pad_tokens(key, padded_source),
+    _pad_tokens(value, padded_source),
+    key_value_seq_lengths=kv_lengths,
+    implementation=implementation,
+  )
   return attended[:, :length]
 
 
@@ -112,15 +122,24 @@ def _splash_kernel(num_heads: int, length: int, source: int, block: int, interpr
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
   sizes = kernel_lib.BlockSizes(
-    block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block, block_kv_dkv=block,
-    block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
   mask = mask_lib.MultiHeadMask([mask_lib.FullMask((length, source))] * num_heads)
-  return kernel_lib.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
-                                    interpret=interpret)
+  return kernel_lib.make_splash_mha(
+    mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret
+  )
 
 
-def splash(query: jax.Array, key: jax.Array, value: jax.Array, *, block: int,
-           interpret: bool | None = None) -> jax.Array:
+def splash(
+  query: jax.Array, key: jax.Array, value: jax.Array, *, block: int, interpret: bool | None = None
+) -> jax.Array:
   """Pallas splash attention; L and S padded to multiples of `block`, padding kept apart.
 
   Args:
@@ -133,8 +152,10 @@ def splash(query: jax.Array, key: jax.Array, value: jax.Array, *, block: int,
   )
 
   if block % SPLASH_BLOCK_MULTIPLE:
-    raise ValueError(f'config.model.attention_block={block}: the splash kernel needs a multiple '
-                     f'of {SPLASH_BLOCK_MULTIPLE}.')
+    raise ValueError(
+      f'config.model.attention_block={block}: the splash kernel needs a multiple '
+      f'of {SPLASH_BLOCK_MULTIPLE}.'
+    )
   if interpret is None:
     interpret = jax.default_backend() != 'tpu'
   length, source, num_heads, head_dim = query.shape[1], key.shape[1], *query.shape[2:]
@@ -144,13 +165,16 @@ def splash(query: jax.Array, key: jax.Array, value: jax.Array, *, block: int,
   # padded query only padded keys, so no row of the softmax is empty).
   segments = kernel_lib.SegmentIds(
     q=(jnp.arange(padded_length) >= length).astype(jnp.int32),
-    kv=(jnp.arange(padded_source) >= source).astype(jnp.int32))
+    kv=(jnp.arange(padded_source) >= source).astype(jnp.int32),
+  )
   heads_first = lambda x, n: jnp.swapaxes(_pad_tokens(x, n), 1, 2)  # (B, H, n, D)
   scaled = query * jnp.asarray(1.0 / math.sqrt(head_dim), query.dtype)
   per_device = lambda q, k, v: jax.vmap(kernel, in_axes=(0, 0, 0, None))(q, k, v, segments)
   attended = _per_device(per_device, query.shape[0], num_heads)(
-    heads_first(scaled, padded_length), heads_first(key, padded_source),
-    heads_first(value, padded_source))
+    heads_first(scaled, padded_length),
+    heads_first(key, padded_source),
+    heads_first(value, padded_source),
+  )
   return jnp.swapaxes(attended, 1, 2)[:, :length].astype(query.dtype)
 
 
@@ -171,8 +195,7 @@ def _per_device(fn, batch: int, num_heads: int):
   heads_axis = mesh.shape.get(HEADS_MESH_AXIS, 1)
   heads = HEADS_MESH_AXIS if heads_axis > 1 and num_heads % heads_axis == 0 else None
   spec = PartitionSpec(batch_axes or None, heads, None, None)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                       check_vma=False)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
 
 
 # ---------------------------------------------------------------------------------- chunked
@@ -201,16 +224,20 @@ def _chunked_forward(query, key, value, source: int, block: int):
     probs = jnp.exp(scores - new_max[..., None])
     correction = jnp.exp(running_max - new_max)
     normaliser = normaliser * correction + probs.sum(axis=-1)
-    update = jnp.einsum('bhlk,bkhd->blhd', probs.astype(value.dtype), value_block,
-                        preferred_element_type=jnp.float32)
+    update = jnp.einsum(
+      'bhlk,bkhd->blhd', probs.astype(value.dtype), value_block, preferred_element_type=jnp.float32
+    )
     accumulator = accumulator * jnp.swapaxes(correction, 1, 2)[..., None] + update
     return (new_max, normaliser, accumulator), None
 
-  init = (jnp.full((batch, num_heads, length), -jnp.inf, jnp.float32),
-          jnp.zeros((batch, num_heads, length), jnp.float32),
-          jnp.zeros((batch, length, num_heads, head_dim), jnp.float32))
+  init = (
+    jnp.full((batch, num_heads, length), -jnp.inf, jnp.float32),
+    jnp.zeros((batch, num_heads, length), jnp.float32),
+    jnp.zeros((batch, length, num_heads, head_dim), jnp.float32),
+  )
   (running_max, normaliser, accumulator), _ = jax.lax.scan(
-    visit, init, (_blocks(key, block), _blocks(value, block), valid))
+    visit, init, (_blocks(key, block), _blocks(value, block), valid)
+  )
   out = accumulator / jnp.swapaxes(normaliser, 1, 2)[..., None]
   return out.astype(query.dtype), running_max + jnp.log(normaliser)
 
@@ -237,19 +264,22 @@ def _chunked_core_bwd(source, block, residuals, d_out):
   def visit(d_query, inputs):
     key_block, value_block, valid_block = inputs
     probs = jnp.exp(_block_scores(query, key_block, valid_block) - logsumexp[..., None])
-    d_value = jnp.einsum('bhlk,blhd->bkhd', probs.astype(d_out_c.dtype), d_out_c,
-                         preferred_element_type=jnp.float32)
-    d_probs = jnp.einsum('blhd,bkhd->bhlk', d_out_c, value_block,
-                         preferred_element_type=jnp.float32)
+    d_value = jnp.einsum(
+      'bhlk,blhd->bkhd', probs.astype(d_out_c.dtype), d_out_c, preferred_element_type=jnp.float32
+    )
+    d_probs = jnp.einsum(
+      'blhd,bkhd->bhlk', d_out_c, value_block, preferred_element_type=jnp.float32
+    )
     d_scores = (probs * (d_probs - delta[..., None])).astype(query.dtype)
-    d_query = d_query + jnp.einsum('bhlk,bkhd->blhd', d_scores, key_block,
-                                   preferred_element_type=jnp.float32)
+    d_query = d_query + jnp.einsum(
+      'bhlk,bkhd->blhd', d_scores, key_block, preferred_element_type=jnp.float32
+    )
     d_key = jnp.einsum('bhlk,blhd->bkhd', d_scores, query, preferred_element_type=jnp.float32)
     return d_query, (d_key.astype(key.dtype), d_value.astype(value.dtype))
 
   d_query, (d_key, d_value) = jax.lax.scan(
-    visit, jnp.zeros(query.shape, jnp.float32),
-    (_blocks(key, block), _blocks(value, block), valid))
+    visit, jnp.zeros(query.shape, jnp.float32), (_blocks(key, block), _blocks(value, block), valid)
+  )
   unblock = lambda x: jnp.swapaxes(x, 0, 1).reshape(key.shape)
   return d_query.astype(query.dtype), unblock(d_key), unblock(d_value)
 
@@ -267,13 +297,15 @@ def chunked(query: jax.Array, key: jax.Array, value: jax.Array, *, block: int) -
     return xla(query, key, value)
   padded_source = _round_up(source, block)
   scaled = query * jnp.asarray(1.0 / math.sqrt(query.shape[-1]), query.dtype)
-  return _chunked_core(scaled, _pad_tokens(key, padded_source), _pad_tokens(value, padded_source),
-                       source, block)
+  return _chunked_core(
+    scaled, _pad_tokens(key, padded_source), _pad_tokens(value, padded_source), source, block
+  )
 
 
 # --------------------------------------------------------------------------------- dispatch
-def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, implementation: str,
-           block: int) -> jax.Array:
+def attend(
+  query: jax.Array, key: jax.Array, value: jax.Array, *, implementation: str, block: int
+) -> jax.Array:
   """softmax(Q K^T / sqrt(D)) V by `implementation` (resolved: not 'auto').
 
   Args:
@@ -293,5 +325,7 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, implementation
     return splash(query, key, value, block=block)
   if implementation == 'chunked':
     return chunked(query, key, value, block=block)
-  raise ValueError(f'attention implementation {implementation!r} is not resolved; use one of '
-                   f'{", ".join(IMPLEMENTATIONS[1:])}.')
+  raise ValueError(
+    f'attention implementation {implementation!r} is not resolved; use one of '
+    f'{", ".join(IMPLEMENTATIONS[1:])}.'
+  )

@@ -67,13 +67,27 @@ class PyramidMerge(nnx.Module):
       )
     blocks = []
     for level in range(len(in_features) - 1, 0, -1):
-      blocks.append(UpsampleBlock(
-        in_features[level], in_features[level - 1], in_features[level - 1],
-        in_strides[level] // in_strides[level - 1], gn, precision, rngs=rngs))
+      blocks.append(
+        UpsampleBlock(
+          in_features[level],
+          in_features[level - 1],
+          in_features[level - 1],
+          in_strides[level] // in_strides[level - 1],
+          gn,
+          precision,
+          rngs=rngs,
+        )
+      )
     self.blocks = nnx.List(blocks)
     self.final = UpsampleBlock(
-      in_features[0], out_features, out_features, in_strides[0] // mask_stride, gn, precision,
-      rngs=rngs)
+      in_features[0],
+      out_features,
+      out_features,
+      in_strides[0] // mask_stride,
+      gn,
+      precision,
+      rngs=rngs,
+    )
 
   def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
     """[(B, H/4, W/4, C2), ..., (B, H/s, W/s, Ctop)] -> (B, Hm, Wm, out_features)."""

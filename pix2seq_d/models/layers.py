@@ -143,12 +143,8 @@ class _AffineNorm(nnx.Module):
 
   def __init__(self, num_features: int, epsilon: float, precision: Precision):
     self.epsilon = epsilon
-    self.scale = nnx.Param(
-      jnp.ones((num_features,), precision.param_dtype), logical_axes=('norm',)
-    )
-    self.bias = nnx.Param(
-      jnp.zeros((num_features,), precision.param_dtype), logical_axes=('norm',)
-    )
+    self.scale = nnx.Param(jnp.ones((num_features,), precision.param_dtype), logical_axes=('norm',))
+    self.bias = nnx.Param(jnp.zeros((num_features,), precision.param_dtype), logical_axes=('norm',))
 
   def _affine(self, normalized: jax.Array, dtype) -> jax.Array:
     """float32 (..., C) -> normalized * scale + bias in `dtype`."""
@@ -233,13 +229,24 @@ class Attention(nnx.Module):
     self.precision = precision
     heads = (num_heads, self.head_dim)
     project = lambda features: dense(
-      features, dim, ('embed', 'heads'), precision, rngs=rngs,
-      kernel_init=keras_attention_init((features, *heads)))
+      features,
+      dim,
+      ('embed', 'heads'),
+      precision,
+      rngs=rngs,
+      kernel_init=keras_attention_init((features, *heads)),
+    )
     self.query = project(dim)
     self.key = project(kv_dim)
     self.value = project(kv_dim)
-    self.out = dense(dim, dim, ('heads', 'embed'), precision, rngs=rngs,
-                     kernel_init=keras_attention_init((*heads, dim)))
+    self.out = dense(
+      dim,
+      dim,
+      ('heads', 'embed'),
+      precision,
+      rngs=rngs,
+      kernel_init=keras_attention_init((*heads, dim)),
+    )
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
     """x (B, L, D), context (B, S, Dkv) or None for self-attention -> (B, L, D)."""
@@ -249,8 +256,13 @@ class Attention(nnx.Module):
     key = split(self.key(context))
     value = split(self.value(context))
     # Softmax runs in float32 inside every implementation; inputs stay in the compute dtype.
-    attended = attention.attend(query, key, value, implementation=self.precision.attention_impl,
-                                block=self.precision.attention_block)
+    attended = attention.attend(
+      query,
+      key,
+      value,
+      implementation=self.precision.attention_impl,
+      block=self.precision.attention_block,
+    )
     return self.out(attended.reshape(x.shape[:2] + (-1,)))
 
 
@@ -269,8 +281,9 @@ class Mlp(nnx.Module):
     return self.fc2(self.dropout(jax.nn.gelu(self.fc1(x), approximate=False)))
 
 
-def sincos_2d(height: int, width: int, dim: int, max_position: float,
-              temperature: float = 10_000.0) -> np.ndarray:
+def sincos_2d(
+  height: int, width: int, dim: int, max_position: float, temperature: float = 10_000.0
+) -> np.ndarray:
   """Fixed 2-D sin-cos position embedding, (height * width, dim), row-major tokens.
 
   Row and column indices are scaled to [0, max_position] over the grid (index / (n - 1) *

@@ -67,7 +67,8 @@ def validate_model_config(model_config, num_classes_from_data: bool = False) -> 
   if image_h % mask_h or image_w % mask_w:
     raise ValueError(
       f'config.model.mask_size={tuple(m.mask_size)} must divide config.model.image_size='
-      f'{tuple(m.image_size)} in both dimensions.')
+      f'{tuple(m.image_size)} in both dimensions.'
+    )
   capacity = 2**bits.BITS_PER_CHANNEL
   for field in ('num_classes', 'max_instances'):
     value = m[field]
@@ -76,47 +77,70 @@ def validate_model_config(model_config, num_classes_from_data: bool = False) -> 
     if not 1 < value <= capacity:
       raise ValueError(
         f'config.model.{field}={value} does not fit the {bits.BITS_PER_CHANNEL}-bit channel: '
-        f'it must be in 2..{capacity}.')
+        f'it must be in 2..{capacity}.'
+      )
   stride = encoder_stride(m)
   if image_h % stride or image_w % stride:
     raise ValueError(
       f'config.model.image_size={tuple(m.image_size)} must be divisible by the encoder stride '
-      f'{stride} (config.model.resnet.stage_sizes={tuple(m.resnet.stage_sizes)}).')
-  heads = [('encoder.dim', m.encoder.dim, 'encoder.num_heads', m.encoder.num_heads),
-           ('denoiser.transformer_dim', m.denoiser.transformer_dim,
-            'denoiser.transformer_heads', m.denoiser.transformer_heads)]
+      f'{stride} (config.model.resnet.stage_sizes={tuple(m.resnet.stage_sizes)}).'
+    )
+  heads = [
+    ('encoder.dim', m.encoder.dim, 'encoder.num_heads', m.encoder.num_heads),
+    (
+      'denoiser.transformer_dim',
+      m.denoiser.transformer_dim,
+      'denoiser.transformer_heads',
+      m.denoiser.transformer_heads,
+    ),
+  ]
   for width_name, width, heads_name, num_heads in heads:
     if num_heads < 1 or width % num_heads:
       raise ValueError(
-        f'config.model.{heads_name}={num_heads} does not divide config.model.{width_name}='
-        f'{width}.')
+        f'config.model.{heads_name}={num_heads} does not divide config.model.{width_name}={width}.'
+      )
   if m.attention_impl not in attention.IMPLEMENTATIONS:
-    raise ValueError(f'config.model.attention_impl={m.attention_impl!r}: use one of '
-                     f'{", ".join(attention.IMPLEMENTATIONS)}.')
+    raise ValueError(
+      f'config.model.attention_impl={m.attention_impl!r}: use one of '
+      f'{", ".join(attention.IMPLEMENTATIONS)}.'
+    )
   if m.attention_block < 1:
     raise ValueError(f'config.model.attention_block={m.attention_block} must be positive.')
   remat_parts = set(m.remat.keys()) if hasattr(m.remat, 'keys') else None
   if remat_parts != set(REMAT_PARTS):
     raise ValueError(
       f'config.model.remat must have one policy per part, {", ".join(REMAT_PARTS)} (each one of '
-      f'{", ".join(layers.REMAT_POLICIES)}); got {m.remat!r}.')
+      f'{", ".join(layers.REMAT_POLICIES)}); got {m.remat!r}.'
+    )
   for part in REMAT_PARTS:
     if m.remat[part] not in layers.REMAT_POLICIES:
-      raise ValueError(f'config.model.remat.{part}={m.remat[part]!r}: use one of '
-                       f'{", ".join(layers.REMAT_POLICIES)}.')
+      raise ValueError(
+        f'config.model.remat.{part}={m.remat[part]!r}: use one of '
+        f'{", ".join(layers.REMAT_POLICIES)}.'
+      )
   down = 2 ** (len(m.denoiser.dim_mults) - 1)
   if mask_h % down or mask_w % down:
     raise ValueError(
       f'config.model.mask_size={tuple(m.mask_size)} is not divisible by {down}, the U-Net '
-      f'downsampling of config.model.denoiser.dim_mults={tuple(m.denoiser.dim_mults)}.')
+      f'downsampling of config.model.denoiser.dim_mults={tuple(m.denoiser.dim_mults)}.'
+    )
 
 
 class ImageEncoder(nnx.Module):
   """C4 features -> dropout -> dense -> LN -> + 2-D sin-cos -> transformer encoder -> LN."""
 
-  def __init__(self, in_features: int, grid: tuple[int, int], encoder_config, ln_eps: float,
-               pos_emb_max: float, precision: layers.Precision, *, rngs: nnx.Rngs,
-               remat: str = 'none'):
+  def __init__(
+    self,
+    in_features: int,
+    grid: tuple[int, int],
+    encoder_config,
+    ln_eps: float,
+    pos_emb_max: float,
+    precision: layers.Precision,
+    *,
+    rngs: nnx.Rngs,
+    remat: str = 'none',
+  ):
     e = encoder_config
     self.grid = grid
     self.remat = remat
@@ -124,11 +148,14 @@ class ImageEncoder(nnx.Module):
     self.proj = layers.dense(in_features, e.dim, ('conv_in', 'embed'), precision, rngs=rngs)
     self.proj_norm = layers.LayerNorm(e.dim, ln_eps, precision)
     self.pos_emb = nnx.Variable(jnp.asarray(layers.sincos_2d(*grid, e.dim, pos_emb_max)))
-    self.layers = nnx.List([
-      transformer.EncoderLayer(e.dim, e.num_heads, e.mlp_dim, e.dropout, e.drop_path, ln_eps,
-                               precision, rngs=rngs)
-      for _ in range(e.num_layers)
-    ])
+    self.layers = nnx.List(
+      [
+        transformer.EncoderLayer(
+          e.dim, e.num_heads, e.mlp_dim, e.dropout, e.drop_path, ln_eps, precision, rngs=rngs
+        )
+        for _ in range(e.num_layers)
+      ]
+    )
     self.norm = layers.LayerNorm(e.dim, ln_eps, precision)
 
   def __call__(self, c4: jax.Array) -> jax.Array:
@@ -147,9 +174,11 @@ class Pix2SeqD(nnx.Module):
     m = model_config
     self.dtype = resolve_dtype(m.dtype)
     precision = layers.Precision(
-      dtype=self.dtype, param_dtype=jnp.dtype(m.param_dtype),
+      dtype=self.dtype,
+      param_dtype=jnp.dtype(m.param_dtype),
       attention_impl=resolve_attention_impl(m.attention_impl, self.dtype),
-      attention_block=int(m.attention_block))
+      attention_block=int(m.attention_block),
+    )
     gn = (m.gn_max_groups, m.gn_eps)
     image_size = layers.static_tuple(m.image_size)
     mask_size = layers.static_tuple(m.mask_size)
@@ -158,29 +187,65 @@ class Pix2SeqD(nnx.Module):
     stride = encoder_stride(m)
 
     self.resnet = resnet.ResNetC4(
-      layers.static_tuple(m.resnet.stage_sizes), m.resnet.width, m.resnet.bn_momentum,
-      m.resnet.bn_eps, precision, rngs=rngs, remat=m.remat.resnet)
+      layers.static_tuple(m.resnet.stage_sizes),
+      m.resnet.width,
+      m.resnet.bn_momentum,
+      m.resnet.bn_eps,
+      precision,
+      rngs=rngs,
+      remat=m.remat.resnet,
+    )
     channels = self.resnet.out_channels
     grid = (image_size[0] // stride, image_size[1] // stride)
-    self.encoder = ImageEncoder(channels[-1], grid, m.encoder, m.ln_eps, m.pos_emb_max, precision,
-                                rngs=rngs, remat=m.remat.encoder)
+    self.encoder = ImageEncoder(
+      channels[-1],
+      grid,
+      m.encoder,
+      m.ln_eps,
+      m.pos_emb_max,
+      precision,
+      rngs=rngs,
+      remat=m.remat.encoder,
+    )
     # The pyramid: every stage but the last, then the transformer output in its place.
     pyramid_features = list(channels[:-1]) + [m.encoder.dim]
     pyramid_strides = [4 * 2**i for i in range(len(channels))]
     self.fusion = fusion.PyramidMerge(
-      pyramid_features, pyramid_strides, image_size[0] // mask_size[0], m.fusion.dim, gn,
-      precision, rngs=rngs, remat=m.remat.fusion)
+      pyramid_features,
+      pyramid_strides,
+      image_size[0] // mask_size[0],
+      m.fusion.dim,
+      gn,
+      precision,
+      rngs=rngs,
+      remat=m.remat.fusion,
+    )
     d = m.denoiser
     self.denoiser = transunet.TransUNet(
-      in_features=bits.MASK_BITS + m.fusion.dim + extra_channels, mask_size=mask_size,
-      dim=d.dim, dim_mults=layers.static_tuple(d.dim_mults), num_res_blocks=d.num_res_blocks,
-      dropout=d.dropout, time_scaling=d.time_scaling, time_mlp_mult=d.time_mlp_mult,
-      transformer_layers=d.transformer_layers, transformer_dim=d.transformer_dim,
-      transformer_heads=d.transformer_heads, transformer_mlp_ratio=d.transformer_mlp_ratio,
-      transformer_dropout=d.transformer_dropout, context_dim=m.encoder.dim,
-      num_groups_out=bits.NUM_CHANNELS, logits_per_group=2**bits.BITS_PER_CHANNEL, gn=gn,
-      ln_eps=m.ln_eps, pos_emb_max=m.pos_emb_max, zero_init_scale=m.zero_init_scale,
-      precision=precision, rngs=rngs, remat=m.remat.denoiser)
+      in_features=bits.MASK_BITS + m.fusion.dim + extra_channels,
+      mask_size=mask_size,
+      dim=d.dim,
+      dim_mults=layers.static_tuple(d.dim_mults),
+      num_res_blocks=d.num_res_blocks,
+      dropout=d.dropout,
+      time_scaling=d.time_scaling,
+      time_mlp_mult=d.time_mlp_mult,
+      transformer_layers=d.transformer_layers,
+      transformer_dim=d.transformer_dim,
+      transformer_heads=d.transformer_heads,
+      transformer_mlp_ratio=d.transformer_mlp_ratio,
+      transformer_dropout=d.transformer_dropout,
+      context_dim=m.encoder.dim,
+      num_groups_out=bits.NUM_CHANNELS,
+      logits_per_group=2**bits.BITS_PER_CHANNEL,
+      gn=gn,
+      ln_eps=m.ln_eps,
+      pos_emb_max=m.pos_emb_max,
+      zero_init_scale=m.zero_init_scale,
+      precision=precision,
+      rngs=rngs,
+      remat=m.remat.denoiser,
+    )
 
   def encode(self, images: jax.Array) -> Encoded:
     """images (B, H, W, 3) in [0, 1] -> Encoded(tokens (B, S, D), features (B, Hm, Wm, F))."""
@@ -190,8 +255,9 @@ class Pix2SeqD(nnx.Module):
     top = tokens.reshape(batch, height, width, tokens.shape[-1])
     return Encoded(tokens=tokens, features=self.fusion(list(stages[:-1]) + [top]))
 
-  def denoise(self, x_t: jax.Array, gamma: jax.Array, encoded: Encoded,
-              extra: jax.Array | None = None) -> jax.Array:
+  def denoise(
+    self, x_t: jax.Array, gamma: jax.Array, encoded: Encoded, extra: jax.Array | None = None
+  ) -> jax.Array:
     """x_t (B, Hm, Wm, 16), gamma (B,), extra (B, Hm, Wm, E) -> logits (B, Hm, Wm, 2, 256) in the
     compute dtype."""
     inputs = [x_t.astype(self.dtype), encoded.features.astype(self.dtype)]
@@ -199,7 +265,8 @@ class Pix2SeqD(nnx.Module):
       if extra is None or extra.shape[-1] != self.extra_channels:
         raise ValueError(
           f'denoise: the model was built with {self.extra_channels} extra input channels; got '
-          f'{None if extra is None else extra.shape}.')
+          f'{None if extra is None else extra.shape}.'
+        )
       inputs.append(extra.astype(self.dtype))
     return self.denoiser(jnp.concatenate(inputs, axis=-1), gamma, encoded.tokens)
 

@@ -21,16 +21,32 @@ from pix2seq_d.models import layers
 _CONV_INIT = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 
 
-def resnet_conv(in_features: int, out_features: int, kernel_size: int, strides: int,
-                precision: layers.Precision, *, rngs: nnx.Rngs) -> nnx.Conv:
+def resnet_conv(
+  in_features: int,
+  out_features: int,
+  kernel_size: int,
+  strides: int,
+  precision: layers.Precision,
+  *,
+  rngs: nnx.Rngs,
+) -> nnx.Conv:
   """A bias-free ResNet convolution: SAME at stride 1, fixed symmetric padding when strided."""
   if strides == 1:
     padding = 'SAME'
   else:
     before = (kernel_size - 1) // 2
     padding = ((before, kernel_size - 1 - before),) * 2
-  return layers.conv(in_features, out_features, kernel_size, precision, strides=strides,
-                     use_bias=False, kernel_init=_CONV_INIT, padding=padding, rngs=rngs)
+  return layers.conv(
+    in_features,
+    out_features,
+    kernel_size,
+    precision,
+    strides=strides,
+    use_bias=False,
+    kernel_init=_CONV_INIT,
+    padding=padding,
+    rngs=rngs,
+  )
 
 
 class BatchNorm(nnx.Module):
@@ -138,8 +154,9 @@ class ResNetC4(nnx.Module):
 
   def __call__(self, images: jax.Array) -> list[jax.Array]:
     """(B, H, W, 3) in [0, 1] -> [C2 (B, H/4, W/4, 4w), C3 (H/8, 8w), ..., C(1+n) (H/2^(n+1))]."""
-    stem = lambda conv, bn, h: nnx.max_pool(jax.nn.relu(bn(conv(h))), window_shape=(3, 3),
-                                            strides=(2, 2), padding='SAME')
+    stem = lambda conv, bn, h: nnx.max_pool(
+      jax.nn.relu(bn(conv(h))), window_shape=(3, 3), strides=(2, 2), padding='SAME'
+    )
     x = layers.maybe_remat(stem, self.remat)(self.stem, self.stem_bn, images)
     outputs, block_index = [], 0
     run_block = layers.maybe_remat(lambda block, h: block(h), self.remat)

@@ -16,7 +16,12 @@ class TimeEmbedding(nnx.Module):
   """gamma -> sin/cos(gamma * time_scaling) -> dense -> silu -> dense -> silu."""
 
   def __init__(
-    self, dim: int, out_dim: int, time_scaling: float, precision: layers.Precision, *,
+    self,
+    dim: int,
+    out_dim: int,
+    time_scaling: float,
+    precision: layers.Precision,
+    *,
     rngs: nnx.Rngs,
   ):
     self.dim = dim
@@ -35,20 +40,32 @@ class ResBlock(nnx.Module):
   (h + skip(x)) / sqrt(2), where [s, b] = dense(time embedding)."""
 
   def __init__(
-    self, in_features: int, out_features: int, emb_dim: int, dropout: float,
-    gn: tuple[int, float], zero_init_scale: float, precision: layers.Precision, *,
+    self,
+    in_features: int,
+    out_features: int,
+    emb_dim: int,
+    dropout: float,
+    gn: tuple[int, float],
+    zero_init_scale: float,
+    precision: layers.Precision,
+    *,
     rngs: nnx.Rngs,
   ):
     self.norm1 = layers.GroupNorm(in_features, *gn, precision)
     self.conv1 = layers.conv(in_features, out_features, 3, precision, rngs=rngs)
-    self.emb_proj = layers.dense(emb_dim, 2 * out_features, ('embed', 'conv_out'), precision,
-                                 rngs=rngs)
+    self.emb_proj = layers.dense(
+      emb_dim, 2 * out_features, ('embed', 'conv_out'), precision, rngs=rngs
+    )
     self.norm2 = layers.GroupNorm(out_features, *gn, precision)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
-    self.conv2 = layers.conv(out_features, out_features, 3, precision, rngs=rngs,
-                             init_scale=zero_init_scale)
-    self.skip = (None if in_features == out_features else
-                 layers.conv(in_features, out_features, 1, precision, rngs=rngs))
+    self.conv2 = layers.conv(
+      out_features, out_features, 3, precision, rngs=rngs, init_scale=zero_init_scale
+    )
+    self.skip = (
+      None
+      if in_features == out_features
+      else layers.conv(in_features, out_features, 1, precision, rngs=rngs)
+    )
 
   def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
     """x (B, H, W, Cin), emb (B, E) -> (B, H, W, Cout)."""
@@ -65,9 +82,22 @@ class BottleneckTransformer(nnx.Module):
   (self + cross attention) -> drop the time token -> GN -> conv1x1."""
 
   def __init__(
-    self, in_features: int, grid: tuple[int, int], dim: int, num_layers: int, num_heads: int,
-    mlp_ratio: int, context_dim: int, emb_dim: int, dropout: float, gn: tuple[int, float],
-    ln_eps: float, pos_emb_max: float, precision: layers.Precision, *, rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    grid: tuple[int, int],
+    dim: int,
+    num_layers: int,
+    num_heads: int,
+    mlp_ratio: int,
+    context_dim: int,
+    emb_dim: int,
+    dropout: float,
+    gn: tuple[int, float],
+    ln_eps: float,
+    pos_emb_max: float,
+    precision: layers.Precision,
+    *,
+    rngs: nnx.Rngs,
     remat: str = 'none',
   ):
     self.remat = remat
@@ -76,11 +106,14 @@ class BottleneckTransformer(nnx.Module):
     self.conv_in = layers.conv(in_features, dim, 1, precision, rngs=rngs)
     self.pos_emb = nnx.Variable(jnp.asarray(layers.sincos_2d(*grid, dim, pos_emb_max)))
     self.time_proj = layers.dense(emb_dim, dim, ('mlp', 'embed'), precision, rngs=rngs)
-    self.layers = nnx.List([
-      transformer.DecoderLayer(dim, num_heads, dim * mlp_ratio, context_dim, dropout, ln_eps,
-                               precision, rngs=rngs)
-      for _ in range(num_layers)
-    ])
+    self.layers = nnx.List(
+      [
+        transformer.DecoderLayer(
+          dim, num_heads, dim * mlp_ratio, context_dim, dropout, ln_eps, precision, rngs=rngs
+        )
+        for _ in range(num_layers)
+      ]
+    )
     self.norm_out = layers.GroupNorm(dim, *gn, precision)
     self.conv_out = layers.conv(dim, dim, 1, precision, rngs=rngs)
 
@@ -104,12 +137,30 @@ class TransUNet(nnx.Module):
   """
 
   def __init__(
-    self, in_features: int, mask_size: tuple[int, int], dim: int, dim_mults: Sequence[int],
-    num_res_blocks: int, dropout: float, time_scaling: float, time_mlp_mult: int,
-    transformer_layers: int, transformer_dim: int, transformer_heads: int,
-    transformer_mlp_ratio: int, transformer_dropout: float, context_dim: int,
-    num_groups_out: int, logits_per_group: int, gn: tuple[int, float], ln_eps: float,
-    pos_emb_max: float, zero_init_scale: float, precision: layers.Precision, *, rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    mask_size: tuple[int, int],
+    dim: int,
+    dim_mults: Sequence[int],
+    num_res_blocks: int,
+    dropout: float,
+    time_scaling: float,
+    time_mlp_mult: int,
+    transformer_layers: int,
+    transformer_dim: int,
+    transformer_heads: int,
+    transformer_mlp_ratio: int,
+    transformer_dropout: float,
+    context_dim: int,
+    num_groups_out: int,
+    logits_per_group: int,
+    gn: tuple[int, float],
+    ln_eps: float,
+    pos_emb_max: float,
+    zero_init_scale: float,
+    precision: layers.Precision,
+    *,
+    rngs: nnx.Rngs,
     remat: str = 'none',
   ):
     self.remat = remat
@@ -120,8 +171,9 @@ class TransUNet(nnx.Module):
     widths = [dim * mult for mult in dim_mults]
     self.conv_in = layers.conv(in_features, widths[0], 1, precision, rngs=rngs)
     self.norm_in = layers.GroupNorm(widths[0], *gn, precision)
-    res_block = lambda i, o: ResBlock(i, o, emb_dim, dropout, gn, zero_init_scale, precision,
-                                      rngs=rngs)
+    res_block = lambda i, o: ResBlock(
+      i, o, emb_dim, dropout, gn, zero_init_scale, precision, rngs=rngs
+    )
 
     down, downsample, skip_widths, features = [], [], [widths[0]], widths[0]
     for level, width in enumerate(widths):
@@ -139,10 +191,27 @@ class TransUNet(nnx.Module):
 
     scale = 2 ** (len(widths) - 1)
     grid = (mask_size[0] // scale, mask_size[1] // scale)
-    self.bottleneck = BottleneckTransformer(
-      features, grid, transformer_dim, transformer_layers, transformer_heads,
-      transformer_mlp_ratio, context_dim, emb_dim, transformer_dropout, gn, ln_eps, pos_emb_max,
-      precision, rngs=rngs, remat=remat) if transformer_layers > 0 else None
+    self.bottleneck = (
+      BottleneckTransformer(
+        features,
+        grid,
+        transformer_dim,
+        transformer_layers,
+        transformer_heads,
+        transformer_mlp_ratio,
+        context_dim,
+        emb_dim,
+        transformer_dropout,
+        gn,
+        ln_eps,
+        pos_emb_max,
+        precision,
+        rngs=rngs,
+        remat=remat,
+      )
+      if transformer_layers > 0
+      else None
+    )
     if self.bottleneck is not None:
       features = transformer_dim
 
@@ -158,8 +227,14 @@ class TransUNet(nnx.Module):
     self.up = nnx.List(up)
     self.upsample = nnx.List(upsample)
     self.norm_out = layers.GroupNorm(features, *gn, precision)
-    self.conv_out = layers.conv(features, num_groups_out * logits_per_group, 1, precision,
-                                rngs=rngs, init_scale=zero_init_scale)
+    self.conv_out = layers.conv(
+      features,
+      num_groups_out * logits_per_group,
+      1,
+      precision,
+      rngs=rngs,
+      init_scale=zero_init_scale,
+    )
 
   def __call__(self, x: jax.Array, gamma: jax.Array, context: jax.Array) -> jax.Array:
     """x (B, Hm, Wm, Cin), gamma (B,), context (B, S, Dc) -> logits (B, Hm, Wm, G, K).
@@ -191,6 +266,7 @@ class TransUNet(nnx.Module):
         x = up_block(block, x, skips.pop(), emb)
       if index < len(self.upsample):
         x = upsample(self.upsample[index], x)
-    logits = remat(lambda norm, conv, h: conv(jax.nn.silu(norm(h))))(self.norm_out, self.conv_out,
-                                                                      x)
+    logits = remat(lambda norm, conv, h: conv(jax.nn.silu(norm(h))))(
+      self.norm_out, self.conv_out, x
+    )
     return logits.reshape(logits.shape[:-1] + (self.num_groups_out, self.logits_per_group))

@@ -15,8 +15,9 @@ def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return x[rows[:, None], cols[None, :]]
 
 
-def majority_vote(semantic: np.ndarray, instance: np.ndarray, num_classes: int,
-                  max_instances: int, min_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+def majority_vote(
+  semantic: np.ndarray, instance: np.ndarray, num_classes: int, max_instances: int, min_pixels: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Every instance id takes the most frequent class among its pixels.
 
   Ids with fewer than `min_pixels` pixels, instance 0, and ids whose majority is void become
@@ -32,8 +33,9 @@ def majority_vote(semantic: np.ndarray, instance: np.ndarray, num_classes: int,
   """
   semantic = np.clip(semantic, 0, num_classes - 1).astype(np.int64)
   instance = np.clip(instance, 0, max_instances - 1).astype(np.int64)
-  joint = np.bincount((instance * num_classes + semantic).ravel(),
-                      minlength=max_instances * num_classes).reshape(max_instances, num_classes)
+  joint = np.bincount(
+    (instance * num_classes + semantic).ravel(), minlength=max_instances * num_classes
+  ).reshape(max_instances, num_classes)
   votes = joint.argmax(axis=1)
   keep = joint.sum(axis=1) >= min_pixels
   keep[0] = False
@@ -43,8 +45,7 @@ def majority_vote(semantic: np.ndarray, instance: np.ndarray, num_classes: int,
   return new_semantic.astype(np.int32), new_instance.astype(np.int32)
 
 
-def merge_stuff(semantic: np.ndarray, instance: np.ndarray,
-                is_thing: np.ndarray) -> np.ndarray:
+def merge_stuff(semantic: np.ndarray, instance: np.ndarray, is_thing: np.ndarray) -> np.ndarray:
   """Gives all pixels of each stuff class one instance id (the smallest one it used).
 
   Args:
@@ -62,10 +63,17 @@ def merge_stuff(semantic: np.ndarray, instance: np.ndarray,
   return instance
 
 
-def postprocess(pred: np.ndarray, padded_size: tuple[int, int], unpadded_size: tuple[int, int],
-                orig_size: tuple[int, int], *, num_classes: int, max_instances: int,
-                min_pixels: int, is_thing: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def postprocess(
+  pred: np.ndarray,
+  padded_size: tuple[int, int],
+  unpadded_size: tuple[int, int],
+  orig_size: tuple[int, int],
+  *,
+  num_classes: int,
+  max_instances: int,
+  min_pixels: int,
+  is_thing: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """Mask-size prediction -> original-size (semantic, instance).
 
   Nearest resize to the padded input size, crop of the padding, nearest resize to the original
@@ -85,10 +93,11 @@ def postprocess(pred: np.ndarray, padded_size: tuple[int, int], unpadded_size: t
     (semantic, instance), each (Ho, Wo) int32.
   """
   full = resize_nearest(pred, padded_size)
-  full = full[:int(unpadded_size[0]), :int(unpadded_size[1])]
+  full = full[: int(unpadded_size[0]), : int(unpadded_size[1])]
   full = resize_nearest(full, orig_size)
-  semantic, instance = majority_vote(full[..., 0], full[..., 1], num_classes, max_instances,
-                                     min_pixels)
+  semantic, instance = majority_vote(
+    full[..., 0], full[..., 1], num_classes, max_instances, min_pixels
+  )
   if is_thing is not None:
     instance = merge_stuff(semantic, instance, np.asarray(is_thing, bool))
   return semantic, instance

@@ -37,7 +37,7 @@ from ml_collections import config_flags
 
 from pix2seq_d import sharding, steps, summary
 from pix2seq_d.models import layers
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON file.')

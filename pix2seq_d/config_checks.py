@@ -13,7 +13,7 @@ from numbers import Number
 
 from absl import logging
 
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 # config.data.name values that never read config.data.coco_root (any other name does: a set
 # coco_root replaces a TFDS COCO name), and the only name that reads config.data.davis_root.

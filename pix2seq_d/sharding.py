@@ -33,7 +33,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from pix2seq_d import steps
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 MESH_AXES = ('data', 'fsdp', 'model')
 # The batch dimension is split over both data-parallel axes.

@@ -1,6 +1,6 @@
 """Pure step functions: the diffusion loss, the train step, and mask sampling.
 
-Nothing here calls `jax.jit`, holds shardings or does I/O; train.py and evaluate.py jit these
+Nothing here calls `jax.jit`, holds shardings or does I/O; train.py and eval_loop.py jit these
 functions with their shardings. The model travels as (graphdef, state) and is rebuilt with
 `nnx.merge` inside the traced function.
 """
@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from pix2seq_d.diffusion import bits, losses, sampler, schedules
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 
 @jax.tree_util.register_dataclass

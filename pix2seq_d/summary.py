@@ -12,7 +12,7 @@ from flax import nnx
 
 from pix2seq_d.diffusion import bits
 from pix2seq_d.models import layers
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 TOP_LEVEL = {
   'resnet': 'ResNet C4 backbone',

@@ -14,7 +14,7 @@ from etils import epath
 
 from pix2seq_d import (
   checkpoints,
-  evaluate,
+  eval_loop,
   init_from,
   preemption,
   sharding,
@@ -191,7 +191,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   )
 
   def run_eval(state, step):
-    return evaluate.evaluate(
+    return eval_loop.evaluate(
       config,
       predict_fn=predict_fn,
       params=state.ema_params,

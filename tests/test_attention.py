@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import shapes
 from pix2seq_d.models import attention
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 SEED = int(np.random.SeedSequence().entropy % 2**31)
 print(f'test_attention seed: {SEED}')

@@ -16,7 +16,7 @@ from flax import nnx
 
 from configs import shapes
 from pix2seq_d import checkpoints, init_from, preemption, sharding, steps
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 _is_variable = lambda x: isinstance(x, nnx.Variable)
 

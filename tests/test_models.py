@@ -11,7 +11,7 @@ from flax import nnx
 from configs import coco, shapes
 from pix2seq_d.diffusion import bits
 from pix2seq_d.models import fusion, layers, resnet, transformer, transunet
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 PRECISION = layers.Precision()
 

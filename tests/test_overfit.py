@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs import shapes
 from pix2seq_d import steps
-from pix2seq_d.models import pix2seq_d as p2s
+from pix2seq_d.models import model as p2s
 
 
 def synthetic_batch(seed, batch_size, image_size, mask_size):

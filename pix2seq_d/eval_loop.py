@@ -1,4 +1,4 @@
-"""Evaluation: sample masks with the EMA weights, post-process, and accumulate PQ.
+"""The evaluation loop: sample masks with the EMA weights, post-process, and accumulate PQ.
 
 Each process evaluates its own part of the eval split; every process runs the same number of
 batches (the pipeline pads the last ones with `valid=False`) so the jitted sampler stays in

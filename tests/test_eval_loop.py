@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pix2seq_d import evaluate, sharding, workdir_files
+from pix2seq_d import eval_loop, sharding, workdir_files
 from pix2seq_d.data import eval_pipeline, pipeline
 
 
@@ -27,7 +27,7 @@ def _run(config, tmp_path, predict):
   mesh = sharding.make_mesh(config.mesh)
   info = pipeline.dataset_info(config)
   recorder = _Recorder(eval_pipeline.make_eval_iterator(config))
-  record = evaluate.evaluate(
+  record = eval_loop.evaluate(
     config,
     predict_fn=lambda params, state, images, key: predict(recorder.batch, key),
     params=None,

@@ -173,4 +173,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.init_from = ml_collections.ConfigDict()
   config.init_from.path = ''  # a workdir or checkpoint step directory of another run.
   config.init_from.mode = 'all'  # 'all' or 'encoder'.
+  # 'pix2seq_d': a run of ours; 'tf': a TF checkpoint of the reference's image encoder (mode
+  # 'encoder'), e.g. its Objects365-pretrained ResNet-50 C4 (pix2seq_d/tf_weights.py).
+  config.init_from.format = 'pix2seq_d'
   return config

@@ -88,6 +88,23 @@ def check_config(config, mode: str) -> None:
     if not 0 <= config.train.ema_decay < 1:
       _fail('train.ema_decay', config.train.ema_decay, 'must be in [0, 1).')
 
+  init = config.init_from
+  if init.format not in ('pix2seq_d', 'tf'):
+    _fail(
+      'init_from.format',
+      init.format,
+      "use 'pix2seq_d' (a run of ours) or 'tf' (the reference's TF encoder checkpoint).",
+    )
+  if init.mode not in ('all', 'encoder'):
+    _fail('init_from.mode', init.mode, "use 'all' or 'encoder'.")
+  if init.format == 'tf' and init.mode != 'encoder':
+    _fail(
+      'init_from.mode',
+      init.mode,
+      'a TF checkpoint of the reference holds its image encoder '
+      'only: set --config.init_from.mode=encoder with --config.init_from.format=tf.',
+    )
+
   data = config.data
   unused = []
   if data.coco_root and data.name.split('/')[0] in _NOT_COCO:

@@ -161,6 +161,16 @@ def restore_for_init(
     sum(1 for p in fresh if p[0] == 'params') - len(copy) - len(grow),
   )
 
+  return with_arrays(state, updates)
+
+
+def with_arrays(state: Any, updates: dict[Path, jax.Array]) -> Any:
+  """`state` with the arrays at `updates`' paths ('params', ...) replaced, EMA equal to them.
+
+  The EMA weights and statistics become copies of the new params and model state, as at the
+  start of any run.
+  """
+
   def replace(path, leaf):
     new = updates.get(sharding.path_names(path))
     if new is None:

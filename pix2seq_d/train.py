@@ -19,6 +19,7 @@ from pix2seq_d import (
   preemption,
   sharding,
   stream_positions,
+  tf_weights,
   workdir_files,
   workdir_lock,
 )
@@ -182,7 +183,14 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
   else:
     start_step = 0
-    if config.init_from.path:
+    if config.init_from.path and config.init_from.format == 'tf':
+      state = tf_weights.restore_encoder(
+        config.init_from.path,
+        state,
+        config.model.resnet.stage_sizes,
+        config.model.encoder.num_layers,
+      )
+    elif config.init_from.path:
       state = init_from.restore_for_init(config.init_from.path, state, config.init_from.mode)
       logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
 

@@ -40,6 +40,8 @@ def test_shipped_configs_pass(make, mode):
     ('model.num_classes', 300, 'config.model.num_classes=300'),
     ('data.coco_root', '/data/coco', '--config.data.name=coco_folder'),
     ('data.davis_root', '/data/davis', '--config.data.name=davis'),
+    ('init_from.format', 'keras', "config.init_from.format='keras'"),
+    ('init_from.mode', 'decoder', "config.init_from.mode='decoder'"),
   ],
 )
 def test_bad_field_is_named(field, value, message):
@@ -83,3 +85,12 @@ def test_negative_skip_limit_is_named():
   config.data.max_skips_in_a_row = -1
   with pytest.raises(ValueError, match='config.data.max_skips_in_a_row=-1'):
     config_checks.check_config(config, 'train')
+
+
+def test_tf_weights_need_the_encoder_mode():
+  config = shapes.get_config()
+  config.init_from.format = 'tf'
+  with pytest.raises(ValueError, match='set --config.init_from.mode=encoder'):
+    config_checks.check_config(config, 'train')
+  config.init_from.mode = 'encoder'
+  config_checks.check_config(config, 'train')

@@ -12,6 +12,12 @@ table maps each name to mesh axes, MaxText style. A dimension falls back to repl
 size does not divide over the mesh axes, or when a mesh axis is already used by another dimension
 of the same array, so any model runs on any mesh (just less sharded).
 
+Why our own metadata key and not flax NNX's `out_sharding` with `nnx.logical_axis_rules`: a
+Variable created with `out_sharding` is sharded eagerly at creation (flax's
+`flax_always_shard_variable` is on by default), which needs a mesh wherever a module is built
+(tests, summaries, abstract shapes) and maps names to mesh axes without the divisibility fallback
+above, so a width that does not divide the mesh fails instead of staying replicated.
+
 Typical use (train.py):
 
   mesh = sharding.make_mesh(config.mesh)

@@ -66,22 +66,23 @@ def _train_images(batch: dict, config, categories) -> np.ndarray:
   )
 
 
-def _last_logged_step(workdir: str) -> int:
-  """The newest step any TensorBoard event file in `workdir` holds a summary for (0 if none)."""
+def _logged_tags(workdir: str) -> dict[int, set[str]]:
+  """{step: tags} of every summary the TensorBoard event files in `workdir` hold."""
   from tensorboard.backend.event_processing import event_file_loader
 
-  last = 0
+  logged: dict[int, set[str]] = {}
   for path in epath.Path(workdir).glob('events.out.tfevents.*'):
     for event in event_file_loader.EventFileLoader(str(path)).Load():
       if event.HasField('summary'):
-        last = max(last, int(event.step))
-  return last
+        logged.setdefault(int(event.step), set()).update(v.tag for v in event.summary.value)
+  return logged
 
 
 class _SkipLoggedSteps:
-  """A clu MetricWriter that drops summaries of steps up to `until`, which a run before a resume
-  already logged: the resumed run recomputes them exactly (same state, data stream and keys),
-  so TensorBoard shows each step once."""
+  """A clu MetricWriter that drops the summaries (step, tag) a run before a resume already
+  logged: the resumed run recomputes them exactly (same state, data stream and keys), so
+  TensorBoard shows each one once. Per tag, not per step: a run killed while writing a step's
+  summaries leaves some of them, and the resumed run writes the others."""
 
   _STEPPED = (
     'write_scalars',
@@ -94,17 +95,21 @@ class _SkipLoggedSteps:
     'write_pointcloud',
   )
 
-  def __init__(self, writer, until: int):
+  def __init__(self, writer, logged: dict[int, set[str]]):
     self._writer = writer
-    self._until = until
+    self._logged = logged
 
   def __getattr__(self, name):
     method = getattr(self._writer, name)
     if name not in self._STEPPED:
       return method
-    return lambda step, *args, **kwargs: (
-      None if step <= self._until else method(step, *args, **kwargs)
-    )
+
+    def write(step, values, *args, **kwargs):
+      done = self._logged.get(int(step), ())
+      values = {tag: value for tag, value in values.items() if tag not in done}
+      return method(step, values, *args, **kwargs) if values else None
+
+    return write
 
 
 def _resume_position(config, workdir: str, start_step: int) -> int:
@@ -167,7 +172,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     workdir_files.write_categories(workdir, info.categories)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if jax.process_index() == 0 and mode != 'eval':
-    logged = _last_logged_step(workdir)
+    logged = _logged_tags(workdir)
     if logged:
       writer = _SkipLoggedSteps(writer, logged)
 

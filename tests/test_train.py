@@ -251,3 +251,26 @@ def test_eval_of_an_empty_workdir_names_it_and_writes_nothing(tmp_path, shapes_d
   assert f'--mode=eval: no checkpoint in {workdir}; train first.' in log
   assert log.count('Traceback') <= 1, log[-3000:]
   assert sorted(os.listdir(workdir)) == []
+
+
+def test_resumed_writer_skips_exactly_the_summaries_already_logged(tmp_path):
+  """A run killed while writing step 14's summaries left 'uptime' but not 'train/loss': the
+  resumed run writes the loss of step 14 (dropping the whole step lost it) and nothing twice."""
+  from clu import metric_writers
+
+  from pix2seq_d import train
+
+  first = metric_writers.create_default_writer(str(tmp_path), asynchronous=False)
+  first.write_scalars(12, {'train/loss': 1.0, 'uptime': 5.0})
+  first.write_scalars(14, {'uptime': 6.0})
+  first.close()
+  logged = train._logged_tags(str(tmp_path))
+  assert logged == {12: {'train/loss', 'uptime'}, 14: {'uptime'}}
+
+  resumed = metric_writers.create_default_writer(str(tmp_path), asynchronous=False)
+  writer = train._SkipLoggedSteps(resumed, logged)
+  for step in (12, 14, 16):
+    writer.write_scalars(step, {'train/loss': float(step), 'uptime': 7.0})
+  writer.close()
+  tags = _event_tags(tmp_path)
+  assert tags['train/loss'] == [12, 14, 16] and tags['uptime'] == [12, 14, 16]

@@ -38,7 +38,9 @@ setuptools.setup(
   version='0.1.0',
   description='Pix2Seq-D: panoptic segmentation of images and videos as mask diffusion, in JAX.',
   python_requires='>=3.10',
-  packages=setuptools.find_packages(include=['pix2seq_d', 'pix2seq_d.*', 'configs']),
+  # configs/*.py are loaded by file path (--config=configs/NAME.py) and import only pix2seq_d:
+  # no top-level 'configs' package is installed to clash with other projects'.
+  packages=setuptools.find_packages(include=['pix2seq_d', 'pix2seq_d.*']),
   package_data={'pix2seq_d.data': ['*.json', 'LICENSE.panopticapi.txt']},
   install_requires=CORE + DATA,
   extras_require={

@@ -7,12 +7,12 @@
 Own data in the COCO panoptic layout: `--config.data.name=coco_folder --config.data.coco_root=DIR`.
 """
 
-from configs import base
+from pix2seq_d import config_defaults
 
 
 def get_config(arg=None):
   """Returns the COCO config; `arg` is '', 'high_res' (stage 2) or 'runlocal'."""
-  config = base.get_base_config()
+  config = config_defaults.get_base_config()
   if arg == 'high_res':
     # Stage 2 of the paper: fine-tune at high resolution without scale or colour jitter.
     config.train.batch_size = 16

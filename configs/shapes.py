@@ -6,12 +6,12 @@ It trains, evaluates PQ on held-out synthetic images and writes TensorBoard logs
 machine in minutes, with nothing to download. `:video` selects the moving-shapes variant.
 """
 
-from configs import base
+from pix2seq_d import config_defaults
 
 
 def get_config(arg=None):
   """Returns the shapes config; `arg` is '' (images), 'tiny' (unit-test model) or 'video'."""
-  config = base.get_base_config()
+  config = config_defaults.get_base_config()
   config.seed = 0
 
   model = config.model

@@ -149,7 +149,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.stderr.write(
       f'error: {" ".join(culprits) or "a --config override"}: the config has no field {name!r}'
       f'{f"; did you mean {suggestion.group(1)!r}?" if suggestion else "."} Fields are those '
-      'the config file defines (see configs/base.py), e.g. --config.train.num_steps=100.\n'
+      'the config file defines (see pix2seq_d/config_defaults.py), e.g. '
+      '--config.train.num_steps=100.\n'
     )
     sys.exit(2)
 

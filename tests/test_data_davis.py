@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import base
+from pix2seq_d import config_defaults
 from pix2seq_d.data import davis, eval_pipeline
 
 RESOLUTION = '480p'
@@ -74,7 +74,7 @@ def write_davis(root) -> None:
 
 def davis_config(root, data_dir):
   """Returns a config reading the DAVIS folder `root` ('' = TFDS davis)."""
-  config = base.get_base_config()
+  config = config_defaults.get_base_config()
   config.data.name = 'davis'
   config.data.davis_root = str(root)
   config.data.train_split = 'train'

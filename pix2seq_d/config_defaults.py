@@ -1,8 +1,10 @@
 """Defaults shared by every experiment config: the published COCO Pix2Seq-D settings.
 
-Each experiment config starts from `get_base_config()` and overrides what differs. Every number the
-model, diffusion, data, optimisation and evaluation code uses lives here, so a run is described by
-its config alone (`--config.a.b=value` overrides any of them on the command line).
+Each experiment config (configs/*.py, loaded by file path) starts from `get_base_config()` and
+overrides what differs. It lives in the package, so a config file works from any directory and
+the installation adds no top-level `configs` package to clash with other projects'. Every number
+the model, diffusion, data, optimisation and evaluation code uses lives here, so a run is described
+by its config alone (`--config.a.b=value` overrides any of them on the command line).
 """
 
 import ml_collections

@@ -7,16 +7,13 @@ The mesh has three axes, built once from `config.mesh`:
          before use and reduce-scatters its gradient.
   model  tensor parallelism: hidden widths (MLP, attention heads, conv output channels) split.
 
-Every weight carries logical axis names in its `logical_axes` metadata (models/layers.py); a rule
-table maps each name to mesh axes, MaxText style. A dimension falls back to replicated when its
-size does not divide over the mesh axes, or when a mesh axis is already used by another dimension
-of the same array, so any model runs on any mesh (just less sharded).
-
-Why our own metadata key and not flax NNX's `out_sharding` with `nnx.logical_axis_rules`: a
-Variable created with `out_sharding` is sharded eagerly at creation (flax's
-`flax_always_shard_variable` is on by default), which needs a mesh wherever a module is built
-(tests, summaries, abstract shapes) and maps names to mesh axes without the divisibility fallback
-above, so a width that does not divide the mesh fails instead of staying replicated.
+Every weight carries logical axis names in flax NNX's `out_sharding` metadata
+(`layers.sharding_metadata`); a rule table maps each name to mesh axes, MaxText style. A
+dimension falls back to replicated when its size does not divide over the mesh axes, or when a
+mesh axis is already used by another dimension of the same array, so any model runs on any mesh
+(just less sharded). That fallback is why `logical_to_spec` is ours: flax's
+`nnx.get_partition_spec` under `nnx.logical_axis_rules(rule_pairs())` gives the same specs where
+every dimension divides (a test checks it), and an unshardable spec where one does not.
 
 Typical use (train.py):
 
@@ -61,6 +58,11 @@ DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = types.MappingProxyTy
 )
 
 Rules = Mapping[str, str | tuple[str, ...] | None]
+
+
+def rule_pairs(rules: Rules | None = None) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+  """The rule table as flax's `nnx.logical_axis_rules` takes it: ((name, mesh axes), ...)."""
+  return tuple((DEFAULT_RULES if rules is None else rules).items())
 
 
 def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -176,7 +178,7 @@ def _value(leaf: Any) -> Any:
 def _logical_axes(leaf: Any) -> tuple[str | None, ...] | None:
   if not _is_variable(leaf):
     return None
-  axes = leaf.get_metadata().get('logical_axes')
+  axes = leaf.get_metadata().get('out_sharding')
   value = leaf.get_value()
   if axes is None or len(axes) != len(getattr(value, 'shape', ())):
     return None
@@ -198,7 +200,7 @@ def state_shardings(
     A pytree of the same structure: each nnx.Variable holds a NamedSharding instead of its value
     (metadata kept, so the tree matches the state for `jax.jit` in/out_shardings), each other
     leaf is a NamedSharding. Params, EMA params and BatchNorm statistics follow their
-    `logical_axes`; optimiser moments carry the metadata of the params they mirror (optax maps
+    `out_sharding` names; optimiser moments carry the metadata of the params they mirror (optax maps
     over the nnx.State), and where a moment has lost it, it takes the sharding of the param
     whose path is a suffix of its own and whose shape equals it. Scalars, RNG keys and counts,
     and everything else are replicated.

@@ -105,7 +105,7 @@ def test_round_trip_is_bitwise_keeps_newest_and_resumes_latest(tmp_path, mesh, i
   assert jax.tree.structure(restored) == jax.tree.structure(states[30])
   _assert_equal(restored, states[30])
   kernel = restored.params['denoiser']['conv_in']['kernel']
-  assert isinstance(kernel, nnx.Param) and kernel.get_metadata()['logical_axes'][2] == 'conv_in'
+  assert isinstance(kernel, nnx.Param) and kernel.get_metadata()['out_sharding'][2] == 'conv_in'
   expected_sharding = shardings.params['denoiser']['conv_in']['kernel'].get_value()
   assert kernel.get_value().sharding == expected_sharding
   rng_key = restored.model_state['encoder']['dropout']['rngs']['key']

@@ -20,7 +20,7 @@ def _logical_axes(module):
   """{path: logical_axes} of every nnx.Param in `module`."""
   axes = {}
   for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-    axes[path] = var.get_metadata().get('logical_axes')
+    axes[path] = var.get_metadata().get('out_sharding')
   return axes
 
 

@@ -138,6 +138,27 @@ def test_state_shardings_follow_metadata_and_mirror_params(tiny_abstract_state):
       assert all(entry is None for entry in spec), path
 
 
+def test_flax_reads_the_same_specs_where_every_dimension_divides(tiny_abstract_state):
+  """The names sit under flax's standard `out_sharding` key: flax's own partition specs under our
+  rule table equal ours wherever no divisibility fallback was needed."""
+  params = tiny_abstract_state.params
+  ours = _flat_specs(sharding.state_shardings(params, _abstract_mesh(1, 2, 2)))
+  with nnx.logical_axis_rules(sharding.rule_pairs()):
+    theirs = nnx.to_flat_state(nnx.get_partition_spec(params))
+  shapes = dict(nnx.to_flat_state(params))
+  compared = 0
+  for path, spec in theirs:
+    spec = spec.get_value()
+    shape = shapes[path].get_value().shape
+    used = [axis for axis in spec if axis is not None]
+    if len(used) == len(set(used)) and all(
+      axis is None or dim % 2 == 0 for axis, dim in zip(spec, shape, strict=True)
+    ):
+      assert ours[tuple(str(p) for p in path)] == spec, path
+      compared += 1
+  assert compared > len(ours) // 2, (compared, len(ours))
+
+
 def test_optimizer_moments_without_metadata_match_params_by_path(tiny_abstract_state):
   state = tiny_abstract_state
   plain = lambda tree: jax.tree.map(

@@ -1,6 +1,6 @@
 """Building blocks shared by the Pix2Seq-D modules (Flax NNX).
 
-Every parameter carries logical axis names in its `logical_axes` metadata so that
+Every parameter carries logical axis names in its `out_sharding` metadata so that
 `pix2seq_d.sharding` maps them to mesh axes through a rule table without touching model code:
 
   embed     width of a transformer's residual stream
@@ -56,6 +56,17 @@ class Precision:
   attention_block: int = 512
 
 
+def sharding_metadata(axes: Sequence[str | None]) -> dict[str, Any]:
+  """Variable metadata naming one logical axis per dimension (see the module docstring).
+
+  The names go under flax NNX's standard key `out_sharding`, so flax's own tools read them
+  (`nnx.get_partition_spec` under `nnx.logical_axis_rules(sharding.rule_pairs())`). Eager
+  sharding at creation is off: it would need a mesh wherever a module is built and would bypass
+  `sharding.logical_to_spec`, which replicates a dimension that does not divide its mesh axes.
+  """
+  return {'out_sharding': tuple(axes), 'eager_sharding': False}
+
+
 def variance_scaling(scale: float) -> nnx.Initializer:
   """Uniform fan-average variance scaling: the TF reference's initialiser for every kernel."""
   return nnx.initializers.variance_scaling(scale, 'fan_avg', 'uniform')
@@ -99,8 +110,8 @@ def dense(
     dtype=precision.dtype,
     param_dtype=precision.param_dtype,
     kernel_init=kernel_init or variance_scaling(init_scale),
-    kernel_metadata={'logical_axes': axes},
-    bias_metadata={'logical_axes': (axes[1],)},
+    kernel_metadata=sharding_metadata(axes),
+    bias_metadata=sharding_metadata((axes[1],)),
     rngs=rngs,
   )
 
@@ -132,8 +143,8 @@ def conv(
     dtype=precision.dtype,
     param_dtype=precision.param_dtype,
     kernel_init=kernel_init or variance_scaling(init_scale),
-    kernel_metadata={'logical_axes': (None, None, 'conv_in', 'conv_out')},
-    bias_metadata={'logical_axes': ('conv_out',)},
+    kernel_metadata=sharding_metadata((None, None, 'conv_in', 'conv_out')),
+    bias_metadata=sharding_metadata(('conv_out',)),
     rngs=rngs,
   )
 
@@ -143,8 +154,12 @@ class _AffineNorm(nnx.Module):
 
   def __init__(self, num_features: int, epsilon: float, precision: Precision):
     self.epsilon = epsilon
-    self.scale = nnx.Param(jnp.ones((num_features,), precision.param_dtype), logical_axes=('norm',))
-    self.bias = nnx.Param(jnp.zeros((num_features,), precision.param_dtype), logical_axes=('norm',))
+    self.scale = nnx.Param(
+      jnp.ones((num_features,), precision.param_dtype), **sharding_metadata(('norm',))
+    )
+    self.bias = nnx.Param(
+      jnp.zeros((num_features,), precision.param_dtype), **sharding_metadata(('norm',))
+    )
 
   def _affine(self, normalized: jax.Array, dtype) -> jax.Array:
     """float32 (..., C) -> normalized * scale + bias in `dtype`."""

@@ -62,7 +62,7 @@ class BatchNorm(nnx.Module):
     rngs: nnx.Rngs,
     zero_scale: bool = False,
   ):
-    metadata = {'logical_axes': ('norm',)}
+    metadata = layers.sharding_metadata(('norm',))
     self.norm = nnx.BatchNorm(
       num_features,
       momentum=momentum,
@@ -74,8 +74,8 @@ class BatchNorm(nnx.Module):
       bias_metadata=metadata,
       rngs=rngs,
     )
-    self.norm.mean.set_metadata('logical_axes', ('norm',))
-    self.norm.var.set_metadata('logical_axes', ('norm',))
+    self.norm.mean.set_metadata('out_sharding', ('norm',))
+    self.norm.var.set_metadata('out_sharding', ('norm',))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, H, W, C) in x's dtype."""

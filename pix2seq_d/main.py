@@ -139,15 +139,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as error:
     text = str(error).replace('\\', '')
-    name = re.search(r'[A-Za-z_]\w*', text).group(0)
-    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    match = re.search(r'[A-Za-z_]\w*', text)
+    name = match.group(0) if match else ''
     culprits = [
       arg.split('=')[0]
       for arg in argv[1:]
       if arg.startswith('--config.') and name in arg.split('=')[0].split('.')
     ]
+    if not culprits:  # not an override naming a missing field (e.g. a bug in a config file)
+      raise
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
     sys.stderr.write(
-      f'error: {" ".join(culprits) or "a --config override"}: the config has no field {name!r}'
+      f'error: {" ".join(culprits)}: the config has no field {name!r}'
       f'{f"; did you mean {suggestion.group(1)!r}?" if suggestion else "."} Fields are those '
       'the config file defines (see pix2seq_d/config_defaults.py), e.g. '
       '--config.train.num_steps=100.\n'

@@ -121,9 +121,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.image_pad_value = 0.3
   data.eval_orig_size = (640, 640)  # original-size eval labels are zero-padded to this (H, W).
   data.num_parallel_calls = -1  # tf.data.AUTOTUNE
-  # Training stops with an error when this many examples in a row are broken (skipped) without a
-  # batch being made: a folder of unreadable files fails at once instead of skipping forever (0 =
-  # no limit).
+  # Training stops with an error when this many examples in a row are broken (skipped, no good one
+  # between them): a folder of unreadable files fails at once instead of skipping forever (0 = no
+  # limit).
   data.max_skips_in_a_row = 1000
   data.prefetch = 2
   data.video_window = 3  # frames per training window (video).

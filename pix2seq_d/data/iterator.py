@@ -26,14 +26,15 @@ class PipelineStats:
   """Thread-safe counters the tf.data workers update through tf.py_function.
 
   Args:
-    max_skips_in_a_row: skipped examples allowed between two batches handed out (0 = no limit).
+    max_skips_in_a_row: broken examples allowed in a row, with no good one between them (0 = no
+      limit).
   """
 
   def __init__(self, max_skips_in_a_row: int = 0):
     self._lock = threading.Lock()
     self._max_skips_in_a_row = max_skips_in_a_row
     self.skipped = 0
-    self.skipped_since_batch = 0
+    self.skipped_in_a_row = 0
     self.dropped_segments = 0
     self.failure: str | None = None
 
@@ -49,8 +50,8 @@ class PipelineStats:
     limit = self._max_skips_in_a_row
     with self._lock:
       self.skipped += 1
-      self.skipped_since_batch += 1
-      if limit and self.skipped_since_batch >= limit and self.failure is None:
+      self.skipped_in_a_row += 1
+      if limit and self.skipped_in_a_row >= limit and self.failure is None:
         self.failure = (
           f'{limit} training examples in a row are broken (config.data.max_skips_in_a_row='
           f'{limit}), so the data cannot make batches; fix the data. The last one, example '
@@ -61,10 +62,11 @@ class PipelineStats:
     logging.warning('Skipping training example %d: %s', example_id, message)
     return np.bool_(False)
 
-  def record_batch(self) -> None:
-    """A batch was handed out: the count of skips in a row starts again."""
+  def record_kept(self) -> np.bool_:
+    """A good example passed the filter: the count of skips in a row starts again; True."""
     with self._lock:
-      self.skipped_since_batch = 0
+      self.skipped_in_a_row = 0
+    return np.bool_(True)
 
   def record_dropped(self, count, example_id) -> np.int32:
     """Counts and logs segments made void because max_instances was exceeded; returns count."""
@@ -123,7 +125,6 @@ class DataIterator:
       if self._stats.failure is not None:  # raised in a tf.data worker; say it plainly here.
         raise TooManyBrokenExamplesError(self._stats.failure) from None
       raise
-    self._stats.record_batch()
     if POSITION_KEY in batch:
       self.position = int(np.max(batch.pop(POSITION_KEY))) + 1
     if 'error' in batch:

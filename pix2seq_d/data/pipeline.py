@@ -20,7 +20,7 @@ Training batches ('image' float32 (B, H, W, 3) in [0, 1], 'label' int32 (B, Hm, 
   void (0, 0); the iterator counts them in `dropped_segments` and logs a warning.
 - Examples whose 'error' is not '' are skipped and counted in `skipped` (a warning logs the
   message each time one is met, so once per epoch); evaluation raises ValueError instead. When
-  config.data.max_skips_in_a_row examples are skipped without a batch being handed out (every
+  config.data.max_skips_in_a_row broken examples come in a row (no good one between them: every
   example broken, or nearly), the iterator raises TooManyBrokenExamplesError naming the last one.
 - Video (config.task == 'video_panoptic'): windows of config.data.video_window frames, the last is
   the target; 'cond_label' (B, Hm, Wm, 2 * num_cond_frames) = [sem_{t-2}, inst_{t-2}, sem_{t-1},
@@ -163,14 +163,21 @@ def _id_key(source: Source) -> str:
 
 
 def _skip_errors(stats: PipelineStats, id_key: str) -> Callable[[dict], tf.Tensor]:
-  """tf.data filter predicate: keeps fine examples; counts and logs the others."""
+  """tf.data filter predicate: keeps fine examples; counts and logs the others.
+
+  Fine examples reset the count of broken ones in a row (a Python call per example, cheap beside
+  decoding), so the limit means the same whatever the batch size and prefetching.
+  """
 
   def keep(example):
     def reject():
       verdict = tf.py_function(stats.record_skip, [example['error'], example[id_key]], Tout=tf.bool)
       return tf.reshape(verdict, [])
 
-    return tf.cond(tf.equal(example['error'], ''), lambda: tf.constant(True), reject)
+    def accept():
+      return tf.reshape(tf.py_function(stats.record_kept, [], Tout=tf.bool), [])
+
+    return tf.cond(tf.equal(example['error'], ''), accept, reject)
 
   return keep
 

@@ -97,6 +97,13 @@ def check_config(config, mode: str) -> None:
     )
   if init.mode not in ('all', 'encoder'):
     _fail('init_from.mode', init.mode, "use 'all' or 'encoder'.")
+  if not init.path and (init.format, init.mode) != ('pix2seq_d', 'all'):
+    _fail(
+      'init_from.path',
+      '',
+      f'config.init_from.format={init.format!r} / mode={init.mode!r} are set but nothing is '
+      'loaded without --config.init_from.path=CHECKPOINT.',
+    )
   if init.format == 'tf' and init.mode != 'encoder':
     _fail(
       'init_from.mode',

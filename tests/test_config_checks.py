@@ -87,10 +87,14 @@ def test_negative_skip_limit_is_named():
     config_checks.check_config(config, 'train')
 
 
-def test_tf_weights_need_the_encoder_mode():
+def test_tf_weights_need_the_encoder_mode_and_a_path():
   config = shapes.get_config()
   config.init_from.format = 'tf'
+  config.init_from.mode = 'encoder'
+  with pytest.raises(ValueError, match='nothing is loaded without --config.init_from.path'):
+    config_checks.check_config(config, 'train')
+  config.init_from.path = '/ckpt/resnetc'
+  config_checks.check_config(config, 'train')
+  config.init_from.mode = 'all'
   with pytest.raises(ValueError, match='set --config.init_from.mode=encoder'):
     config_checks.check_config(config, 'train')
-  config.init_from.mode = 'encoder'
-  config_checks.check_config(config, 'train')

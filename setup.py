@@ -31,6 +31,8 @@ TESTS = [
   'pytest-xdist>=3.5',
   'ruff>=0.6',
   'hotcoco>=1.0',
+  # The DAVIS J and boundary F reference (the official code's, with OpenCV and scikit-image).
+  'vos-benchmark>=0.1.0',
 ]
 
 setuptools.setup(

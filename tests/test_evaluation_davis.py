@@ -110,3 +110,58 @@ def test_statistics_cut_quarters_as_the_official_code():
   assert recall == pytest.approx(np.mean(values > 0.5))
   # Edges round(linspace(1, 10, 5)) - 1 = [0, 2, 5, 7, 9]: first bin [0:3], last bin [7:10].
   assert decay == pytest.approx(values[0:3].mean() - values[7:10].mean())
+
+
+def _write_indexed(path, ids):
+  from PIL import Image
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image = Image.fromarray(ids.astype(np.uint8), mode='P')
+  image.putpalette([v for k in range(256) for v in (k * 40 % 256, k * 90 % 256, k * 20 % 256)])
+  image.save(path)
+
+
+def _write_davis(root, results, rng):
+  """Two sequences in the official layout, and predictions with proposal ids permuted."""
+  (root / 'ImageSets' / '2017').mkdir(parents=True)
+  (root / 'ImageSets' / '2017' / 'val.txt').write_text('blackswan\ncows\n')
+  for sequence in ('blackswan', 'cows'):
+    gt = _video(rng)
+    permutation = rng.permutation(3) + 1
+    for t, frame in enumerate(gt):
+      name = f'{t:05d}.png'
+      _write_indexed(root / 'Annotations_unsupervised' / '480p' / sequence / name, frame)
+      _write_indexed(
+        results / sequence / name, np.where(frame > 0, permutation[np.maximum(frame - 1, 0)], 0)
+      )
+
+
+def test_command_on_the_official_layout(tmp_path, capsys):
+  import json
+
+  rng = _rng()
+  root, results = tmp_path / 'DAVIS', tmp_path / 'results'
+  _write_davis(root, results, rng)
+  output = tmp_path / 'out' / 'davis.json'
+  assert (
+    davis.main(
+      ['--davis_root', str(root), '--results_dir', str(results), '--output_json', str(output)]
+    )
+    == 0
+  )
+  printed = capsys.readouterr().out
+  assert 'J&F-Mean' in printed and 'cows_3' in printed
+  saved = json.loads(output.read_text())
+  assert saved['J&F-Mean'] == 1.0 and saved['F-Recall'] == 1.0
+  assert sorted(saved['per_sequence']) == [
+    f'{s}_{k}' for s in ('blackswan', 'cows') for k in (1, 2, 3)
+  ]
+
+  # A missing prediction frame and a corrupt one: an error line naming the file, exit 1.
+  missing = results / 'cows' / '00003.png'
+  missing.unlink()
+  assert davis.main(['--davis_root', str(root), '--results_dir', str(results)]) == 1
+  assert f'error: {missing} does not exist' in capsys.readouterr().err
+  missing.write_bytes(b'\x89PNG broken')
+  assert davis.main(['--davis_root', str(root), '--results_dir', str(results)]) == 1
+  assert f'{missing}: cannot be decoded' in capsys.readouterr().err

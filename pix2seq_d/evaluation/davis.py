@@ -18,14 +18,29 @@ The definitions and their edge cases are those of the official evaluation
   bin edges cast to uint8 as it does). Over the set: each statistic is the mean over all objects
   of all sequences, and J&F-Mean = (J-Mean + F-Mean) / 2. Rows are named '<sequence>_<k>'.
 
-Pure numpy and scipy.
+Also a command on the official layout (ImageSets/2017/<set>.txt, Annotations_unsupervised/480p/,
+predictions as indexed PNGs <results_dir>/<sequence>/<frame>.png):
+
+  python -m pix2seq_d.evaluation.davis --davis_root=DIR --results_dir=DIR [--set=val]
+    [--output_json=F]
+
+It prints the global and per-object tables and writes {"J&F-Mean", "J-Mean", "J-Recall",
+"J-Decay", "F-Mean", "F-Recall", "F-Decay", "per_sequence": {name: {"J-Mean", "F-Mean"}}}.
+
+Pure numpy, scipy and Pillow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage, optimize
 
 VOID_ID = 255
@@ -171,3 +186,107 @@ def summarize(per_sequence: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict
   result = {'J&F-Mean': (result['J-Mean'] + result['F-Mean']) / 2, **result}
   result['per_sequence'] = per_object
   return result
+
+
+# -------------------------------------------------------------------------- files and CLI
+
+
+def read_indexed_png(path: str) -> np.ndarray:
+  """The indices of a palette (or grey) PNG as int64 (H, W); errors name the file."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image).astype(np.int64)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{path} does not exist') from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ValueError(f'{path}: cannot be decoded as a PNG ({e})') from None
+
+
+def evaluate_folder(
+  davis_root: str,
+  results_dir: str,
+  image_set: str = 'val',
+  resolution: str = '480p',
+  annotations: str = 'Annotations_unsupervised',
+) -> dict:
+  """`summarize` over the sequences of ImageSets/2017/<image_set>.txt of a DAVIS root.
+
+  Predictions are indexed PNGs results_dir/<sequence>/<frame>.png, one per annotated frame
+  (the frame names of <annotations>/<resolution>/<sequence>/).
+  """
+  set_file = os.path.join(davis_root, 'ImageSets', '2017', f'{image_set}.txt')
+  if not os.path.isfile(set_file):
+    raise FileNotFoundError(
+      f'{set_file} does not exist: is {davis_root} a DAVIS 2017 root '
+      '(JPEGImages/, Annotations_unsupervised/, ImageSets/2017/)?'
+    )
+  with open(set_file) as f:
+    sequences = [line.strip() for line in f if line.strip()]
+  per_sequence = {}
+  for sequence in sequences:
+    folder = os.path.join(davis_root, annotations, resolution, sequence)
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f'{folder} does not exist (sequence {sequence} of {set_file}).')
+    frames = sorted(name for name in os.listdir(folder) if name.endswith('.png'))
+    gt = np.stack([read_indexed_png(os.path.join(folder, name)) for name in frames])
+    pred = np.stack(
+      [read_indexed_png(os.path.join(results_dir, sequence, name)) for name in frames]
+    )
+    if pred.shape != gt.shape:
+      raise ValueError(
+        f'{os.path.join(results_dir, sequence)}: predictions {pred.shape[1:]} '
+        f'and annotations {gt.shape[1:]} differ in size.'
+      )
+    try:
+      per_sequence[sequence] = evaluate_sequence(gt, pred)
+    except ValueError as e:
+      raise ValueError(f'{os.path.join(results_dir, sequence)}: {e}') from None
+  return summarize(per_sequence)
+
+
+def format_table(results: dict) -> str:
+  """The official printout: the global row, then J-Mean and F-Mean per object."""
+  names = ('J&F-Mean', 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean', 'F-Recall', 'F-Decay')
+  lines = [
+    ' '.join(f'{name:>9s}' for name in names),
+    ' '.join(f'{results[name]:9.3f}' for name in names),
+    '',
+    f'{"Sequence":24s} {"J-Mean":>7s} {"F-Mean":>7s}',
+  ]
+  for name, row in results['per_sequence'].items():
+    lines.append(f'{name:24s} {row["J-Mean"]:7.3f} {row["F-Mean"]:7.3f}')
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """CLI; returns the exit status (0 ok, 1 bad input with the reason on stderr)."""
+  parser = argparse.ArgumentParser(
+    prog='python -m pix2seq_d.evaluation.davis',
+    description='DAVIS 2017 unsupervised J&F, equal to davisvideochallenge/davis2017-evaluation.',
+  )
+  parser.add_argument('--davis_root', required=True, help='the DAVIS 2017 folder')
+  parser.add_argument(
+    '--results_dir', required=True, help='indexed PNG predictions, <sequence>/<frame>.png'
+  )
+  parser.add_argument('--set', default='val', help='ImageSets/2017/<set>.txt')
+  parser.add_argument('--resolution', default='480p')
+  parser.add_argument('--output_json', default=None, help='where to write the results as JSON')
+  args = parser.parse_args(argv)
+  try:
+    results = evaluate_folder(args.davis_root, args.results_dir, args.set, args.resolution)
+  except (FileNotFoundError, ValueError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 1
+  print(format_table(results))
+  if args.output_json:
+    directory = os.path.dirname(os.path.abspath(args.output_json))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(prefix='.tmp-', suffix='.json', dir=directory)
+    with os.fdopen(handle, 'w') as f:
+      json.dump(results, f, indent=1)
+    os.replace(tmp_path, args.output_json)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -34,12 +34,12 @@ class PipelineStats:
     self._lock = threading.Lock()
     self._max_skips_in_a_row = max_skips_in_a_row
     self.skipped = 0
-    self.skipped_in_a_row = 0
     self.dropped_segments = 0
     self.failure: str | None = None
 
-  def record_skip(self, error, example_id) -> np.bool_:
-    """Counts and logs a skipped example; returns False (the filter's verdict).
+  def record_skip(self, error, example_id, in_a_row) -> np.bool_:
+    """Counts and logs a skipped example, the `in_a_row`-th broken one in a row; returns False
+    (the filter's verdict).
 
     Raises:
       TooManyBrokenExamplesError: (in the tf.data worker; `DataIterator` re-raises it) the
@@ -50,8 +50,7 @@ class PipelineStats:
     limit = self._max_skips_in_a_row
     with self._lock:
       self.skipped += 1
-      self.skipped_in_a_row += 1
-      if limit and self.skipped_in_a_row >= limit and self.failure is None:
+      if limit and int(in_a_row.numpy()) >= limit and self.failure is None:
         self.failure = (
           f'{limit} training examples in a row are broken (config.data.max_skips_in_a_row='
           f'{limit}), so the data cannot make batches; fix the data. The last one, example '
@@ -61,12 +60,6 @@ class PipelineStats:
       raise TooManyBrokenExamplesError(self.failure)
     logging.warning('Skipping training example %d: %s', example_id, message)
     return np.bool_(False)
-
-  def record_kept(self) -> np.bool_:
-    """A good example passed the filter: the count of skips in a row starts again; True."""
-    with self._lock:
-      self.skipped_in_a_row = 0
-    return np.bool_(True)
 
   def record_dropped(self, count, example_id) -> np.int32:
     """Counts and logs segments made void because max_instances was exceeded; returns count."""

@@ -162,24 +162,35 @@ def _id_key(source: Source) -> str:
   return 'video_id' if source.is_video else 'image_id'
 
 
-def _skip_errors(stats: PipelineStats, id_key: str) -> Callable[[dict], tf.Tensor]:
-  """tf.data filter predicate: keeps fine examples; counts and logs the others.
+def _drop_broken(dataset: tf.data.Dataset, stats: PipelineStats, id_key: str) -> tf.data.Dataset:
+  """Drops examples whose 'error' is set; counts and logs them (`stats.record_skip`).
 
-  Fine examples reset the count of broken ones in a row (a Python call per example, cheap beside
-  decoding), so the limit means the same whatever the batch size and prefetching.
+  Elements are an example dict or a tuple ending in one. The length of the current run of broken
+  examples is counted in the graph (`Dataset.scan`), so fine examples cost no Python call, and
+  the limit on broken examples in a row means the same whatever the batch size and prefetching.
   """
 
-  def keep(example):
+  def count(run, element):
+    parts = element if isinstance(element, tuple) else (element,)
+    broken = tf.not_equal(parts[-1]['error'], '')
+    run = tf.where(broken, run + 1, tf.zeros_like(run))
+    return run, (*parts, run)
+
+  def keep(*element):
+    *_, example, run = element
+
     def reject():
-      verdict = tf.py_function(stats.record_skip, [example['error'], example[id_key]], Tout=tf.bool)
+      verdict = tf.py_function(
+        stats.record_skip, [example['error'], example[id_key], run], Tout=tf.bool
+      )
       return tf.reshape(verdict, [])
 
-    def accept():
-      return tf.reshape(tf.py_function(stats.record_kept, [], Tout=tf.bool), [])
+    return tf.cond(tf.equal(run, 0), lambda: tf.constant(True), reject)
 
-    return tf.cond(tf.equal(example['error'], ''), accept, reject)
+  def strip(*element):
+    return element[:-1] if len(element) > 2 else element[0]
 
-  return keep
+  return dataset.scan(tf.constant(0, tf.int64), count).filter(keep).map(strip)
 
 
 def _count_dropped(stats: PipelineStats, dropped: tf.Tensor, example_id: tf.Tensor) -> tf.Tensor:
@@ -306,7 +317,7 @@ def make_train_iterator(
   dataset = dataset.repeat()
   if source.is_video:
     dataset = dataset.map(finish, num_parallel_calls=parallel)
-    dataset = dataset.filter(_skip_errors(stats, id_key))
+    dataset = _drop_broken(dataset, stats, id_key)
     window_seed = int(_derived_seed(config, process_index, _WINDOW_SHUFFLE_STREAM)[0])
     dataset = _video_windows(dataset, config, window_seed).enumerate().skip(start_position)
     preprocess = _video_train_fn(config, stats)
@@ -316,8 +327,7 @@ def make_train_iterator(
     dataset = dataset.map(
       lambda position, raw: (position, finish(raw)), num_parallel_calls=parallel
     )
-    skip_errors = _skip_errors(stats, id_key)
-    dataset = dataset.filter(lambda position, example: skip_errors(example))
+    dataset = _drop_broken(dataset, stats, id_key)
     preprocess = _image_train_fn(config, stats)
 
   # A stateless seed per element: its position in this process's endless stream, folded into a

@@ -17,15 +17,27 @@ CATEGORIES_FILE = 'categories.json'
 RESULTS_FILE = 'eval_results.json'
 
 
-def _write_atomically(path: epath.Path, text: str) -> None:
+def write_json_atomically(path: str | epath.PathLike, data, indent: int | None = None) -> None:
+  """Writes `data` as JSON to a temporary name beside `path`, then renames it over `path`.
+
+  The folder is created when missing; on any failure the temporary file is removed and `path`
+  is left as it was.
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
-  tmp.write_text(text)
-  tmp.replace(path)
+  try:
+    tmp.write_text(json.dumps(data, indent=indent))
+    tmp.replace(path)
+  except BaseException:
+    if tmp.exists():
+      tmp.unlink()
+    raise
 
 
 def write_categories(workdir: str, categories) -> None:
   """Stores the run's categories next to its checkpoints, for prediction without the dataset."""
-  _write_atomically(epath.Path(workdir) / CATEGORIES_FILE, json.dumps(list(categories)))
+  write_json_atomically(epath.Path(workdir) / CATEGORIES_FILE, list(categories))
 
 
 def read_categories(workdir: str) -> list[dict]:
@@ -47,4 +59,4 @@ def write_results(workdir: str, record: dict, per_class: dict) -> None:
       logging.warning('%s was unreadable; starting a new history.', path)
   history = [h for h in history if h.get('step') != record['step']] + [record]
   content = dict(record, per_class={str(k): v for k, v in per_class.items()}, history=history)
-  _write_atomically(path, json.dumps(content, indent=2))
+  write_json_atomically(path, content, indent=2)

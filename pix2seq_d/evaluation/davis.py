@@ -33,15 +33,15 @@ Pure numpy, scipy and Pillow.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage, optimize
+
+from pix2seq_d import workdir_files
 
 VOID_ID = 255
 MAX_PROPOSALS = 20
@@ -279,12 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   print(format_table(results))
   if args.output_json:
-    directory = os.path.dirname(os.path.abspath(args.output_json))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix='.tmp-', suffix='.json', dir=directory)
-    with os.fdopen(handle, 'w') as f:
-      json.dump(results, f, indent=1)
-    os.replace(tmp_path, args.output_json)
+    workdir_files.write_json_atomically(args.output_json, results, indent=1)
   return 0
 
 

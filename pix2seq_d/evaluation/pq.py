@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from pix2seq_d import workdir_files
 from pix2seq_d.evaluation.coco_format import (
   PanopticFormatError,
   load_json,
@@ -143,20 +142,6 @@ def pq_compute(
   return accumulator.results()
 
 
-def _write_json_atomically(path: str, data: Any) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, tmp_path = tempfile.mkstemp(prefix='.tmp-', suffix='.json', dir=directory)
-  try:
-    with os.fdopen(handle, 'w') as f:
-      json.dump(data, f, indent=1)
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """CLI; returns the exit status (0 ok, 1 bad input, with the reason on stderr)."""
   parser = argparse.ArgumentParser(
@@ -209,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print_table(results, categories, args.per_class)
   print(f'Time elapsed: {time.time() - start:0.2f} seconds')
   if args.output_json:
-    _write_json_atomically(args.output_json, results)
+    workdir_files.write_json_atomically(args.output_json, results, indent=1)
   return 0
 
 

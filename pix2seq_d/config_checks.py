@@ -49,6 +49,39 @@ def _check_at_least(config, field: str, minimum: float, why: str = '') -> None:
     _fail(field, value, f'must be >= {minimum}{why}.')
 
 
+def _check_choice(config, field: str, choices: tuple[str, ...]) -> None:
+  value = config
+  for name in field.split('.'):
+    value = value[name]
+  if value not in choices:
+    _fail(field, value, f'use one of {", ".join(repr(c) for c in choices)}.')
+
+
+def _check_video_fields(config) -> None:
+  """The eval fields of streaming video inference: valid, and only set for a video task."""
+  evaluation = config.eval
+  if config.task == 'video_panoptic':
+    for field in ('diffusion.steps_later_frames', 'eval.video_length_bucket'):
+      _check_at_least(config, field, 1)
+    _check_at_least(config, 'eval.video_strip_frames', 1)
+    if evaluation.use_gt_cond_frames and evaluation.single_frames:
+      _fail(
+        'eval.single_frames',
+        True,
+        'conditions every frame on nothing, and config.eval.use_gt_cond_frames=True on the '
+        'ground truth: set one of them.',
+      )
+    return
+  for field in ('use_gt_cond_frames', 'single_frames'):
+    if evaluation[field]:
+      _fail(
+        f'eval.{field}',
+        True,
+        f'is a video option, and config.task={config.task!r} segments images; leave it False '
+        "or use a video config (config.task='video_panoptic').",
+      )
+
+
 def check_config(config, mode: str) -> None:
   """Raises ValueError naming the first field of `config` that cannot work in `mode`.
 
@@ -70,6 +103,10 @@ def check_config(config, mode: str) -> None:
 
   for field in ('train.batch_size', 'eval.batch_size', 'diffusion.steps'):
     _check_at_least(config, field, 1)
+  _check_choice(config, 'task', ('panoptic', 'video_panoptic'))
+  _check_choice(config, 'data.instance_id_order', ('random', 'shuffle'))
+  _check_choice(config, 'data.train_resize_method', ('bilinear', 'bicubic'))
+  _check_video_fields(config)
   if mode in ('train', 'train_and_eval'):
     _check_at_least(config, 'train.num_steps', 1)
     for field in ('train.log_every', 'train.checkpoint_every', 'train.image_summary_every'):

@@ -95,9 +95,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   diffusion.self_cond_rate = 0.5  # fraction of the batch that gets an x0 estimate when on.
   diffusion.sampler = 'ddim'  # 'ddim' or 'ddpm'.
   diffusion.steps = 20
+  # Video: sampling steps of frames 1.. (frame 0 takes `steps`); the reference's 'iterations_2'.
+  diffusion.steps_later_frames = 20
   diffusion.td = 1.0  # asymmetric time interval.
   diffusion.x0_clip = True  # clip the x0 estimate to [-b_scale, b_scale].
-  diffusion.frames_dropout = 0.1  # video: chance each conditioning mask is replaced by zeros.
+  # Video: chance each conditioning mask is replaced by zeros in training (the authors' video
+  # configs use 0.2).
+  diffusion.frames_dropout = 0.2
   diffusion.num_cond_frames = 2  # video: masks of t-2 and t-1 condition frame t.
 
   # ----------------------------------------------------------------- data
@@ -119,6 +123,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.color_jitter_prob = 0.8  # SimCLR: chance the colour jitter is applied to an image.
   data.grayscale_prob = 0.2  # SimCLR: chance an image is turned grayscale.
   data.image_pad_value = 0.3
+  # How training gives segments their instance ids (the same mapping for all frames of a video
+  # window): 'random' = distinct ids drawn from 1..max_instances-1 (images, the paper);
+  # 'shuffle' = a random permutation of 1..N for the N segments (the authors' video setting).
+  data.instance_id_order = 'random'
+  # Image resampling of the training augmentation: 'bilinear', or 'bicubic' as the authors' video
+  # training. Evaluation and prediction resize bilinearly (with antialiasing) either way.
+  data.train_resize_method = 'bilinear'
   data.eval_orig_size = (640, 640)  # original-size eval labels are zero-padded to this (H, W).
   data.num_parallel_calls = -1  # tf.data.AUTOTUNE
   # Training stops with an error when this many examples in a row are broken (skipped, no good one
@@ -157,8 +168,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluation.batch_size = 8  # global.
   evaluation.num_examples = 0  # 0 = the whole eval split.
   evaluation.min_pixels = 40  # instances smaller than this (original size) become void.
-  evaluation.write_predictions = False  # COCO panoptic PNG + JSON under <workdir>/predictions.
+  # Write predictions under <workdir>/predictions/step_<N>: COCO panoptic PNG + JSON for images;
+  # for video the DAVIS results layout, <video>/<frame>.png indexed PNGs of object ids.
+  evaluation.write_predictions = False
   evaluation.num_image_summaries = 4
+  # Video: condition each frame on the ground-truth masks of earlier frames instead of the model's
+  # own predictions (an upper bound on tracking), or on nothing (every frame on its own).
+  evaluation.use_gt_cond_frames = False
+  evaluation.single_frames = False
+  # Video: clips are padded with blank frames to a multiple of this many frames (the padding is
+  # sampled after the real frames and dropped), so the sampler compiles once per bucket length,
+  # not once per video length.
+  evaluation.video_length_bucket = 16
+  evaluation.video_strip_frames = 8  # video: frames per TensorBoard strip (evenly spaced).
 
   # ----------------------------------------------------------------- mesh
   config.mesh = mesh = ml_collections.ConfigDict()

@@ -21,7 +21,7 @@ from pix2seq_d.models import layers
 from pix2seq_d.tasks import panoptic
 
 
-def _local_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
+def local_rows(array: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
   """This process's rows of a batch-sharded global array, in the order it fed them."""
   if jax.process_count() == 1:
     return np.asarray(array)
@@ -78,7 +78,7 @@ def evaluate(
   predictions, pictures, num_images = [], [], 0
   for batch_index, batch in enumerate(eval_iterator):
     images = sharding.make_global_batch({'image': batch['image']}, mesh)['image']
-    pred = _local_rows(
+    pred = local_rows(
       predict_fn(params, model_state, images, jax.random.fold_in(key, batch_index)), mesh
     )
     for i in np.flatnonzero(batch['valid']):
@@ -131,7 +131,7 @@ def evaluate(
       out = out / f'process_{jax.process_index()}'
     coco_format.write_panoptic_predictions(str(out), predictions, categories)
   if jax.process_index() == 0:
-    workdir_files.write_results(workdir, record, results['per_class'])
+    workdir_files.write_results(workdir, record, per_class=results['per_class'])
     if writer is not None:
       writer.write_scalars(step, {f'eval/{k}': v for k, v in record.items() if k != 'step'})
       if pictures:

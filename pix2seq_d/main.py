@@ -102,6 +102,11 @@ def main(argv) -> None:
 
 
 def _run(config, workdir: str, mode: str) -> None:
+  if mode == 'predict' and config.task == 'video_panoptic':
+    from pix2seq_d import predict_video
+
+    predict_video.run(config, workdir)
+    return
   if mode == 'predict':
     from pix2seq_d import predict
 

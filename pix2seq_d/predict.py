@@ -10,7 +10,10 @@ image that cannot be read is skipped with a warning, and the others are all writ
 fails only when no image could be read.
 """
 
+import dataclasses
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -73,6 +76,11 @@ def load_image(path: str, image_size: tuple[int, int], pad_value: float):
       original = np.asarray(img.convert('RGB'))
   except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for corrupt files
     raise ValueError(f'{path}: cannot be read as an image ({e}).') from e
+  return fit_image(original, image_size, pad_value)
+
+
+def fit_image(original: np.ndarray, image_size: tuple[int, int], pad_value: float):
+  """`load_image` for a decoded uint8 (Ho, Wo, 3) image: (padded, original, unpadded)."""
   height, width = original.shape[:2]
   scale = min(image_size[0] / height, image_size[1] / width)
   size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -82,12 +90,29 @@ def load_image(path: str, image_size: tuple[int, int], pad_value: float):
   return padded, original, size
 
 
-def run(config, workdir: str) -> str:
-  """Predicts every input image; returns the path of the written panoptic JSON."""
-  output = config.predict.output
-  if not output:
-    raise ValueError('--mode=predict needs --config.predict.output=DIR.')
-  paths = list_images(config.predict.input)
+@dataclasses.dataclass
+class Predictor:
+  """A trained run's EMA weights and the compiled sampler (`sharding.jit_predict`)."""
+
+  predict_fn: Callable
+  params: Any
+  model_state: Any
+  step: int
+  categories: list
+  mesh: jax.sharding.Mesh
+
+  @property
+  def batch_size(self) -> int:
+    """Rows per call: one per data-parallel device."""
+    return self.mesh.shape['data'] * self.mesh.shape['fsdp']
+
+
+def load_predictor(config, workdir: str) -> Predictor:
+  """Restores the newest checkpoint of `workdir` and compiles the sampler of config.task.
+
+  Raises:
+    FileNotFoundError: no categories.json or no checkpoint in `workdir`.
+  """
   categories = workdir_files.read_categories(workdir)
   config_checks.fit_num_classes(
     config, categories, str(epath.Path(workdir) / workdir_files.CATEGORIES_FILE)
@@ -97,15 +122,27 @@ def run(config, workdir: str) -> str:
   abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
   manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
   restored = manager.restore_latest(abstract_state)
+  manager.close()
   if restored is None:
     raise FileNotFoundError(f'--mode=predict: no checkpoint in {workdir}.')
   state, step = restored
   predict_fn = sharding.jit_predict(
     config, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
   )
+  return Predictor(predict_fn, state.ema_params, state.ema_model_state, step, categories, mesh)
+
+
+def run(config, workdir: str) -> str:
+  """Predicts every input image; returns the path of the written panoptic JSON."""
+  output = config.predict.output
+  if not output:
+    raise ValueError('--mode=predict needs --config.predict.output=DIR.')
+  paths = list_images(config.predict.input)
+  predictor = load_predictor(config, workdir)
+  categories, mesh, step = predictor.categories, predictor.mesh, predictor.step
   image_size = layers.static_tuple(config.model.image_size)
   is_thing = panoptic.is_thing_table(categories)
-  batch_size = mesh.shape['data'] * mesh.shape['fsdp']
+  batch_size = predictor.batch_size
   annotations = []
   skipped = []
   os.makedirs(os.path.join(output, 'overlays'), exist_ok=True)
@@ -124,8 +161,8 @@ def run(config, workdir: str) -> str:
     images = np.stack([x[0] for x in loaded] + [loaded[0][0]] * (batch_size - len(chunk)))
     global_images = sharding.make_global_batch({'image': images}, mesh)['image']
     pred = np.asarray(
-      predict_fn(
-        state.ema_params, state.ema_model_state, global_images, jax.random.key(config.seed + start)
+      predictor.predict_fn(
+        predictor.params, predictor.model_state, global_images, jax.random.key(config.seed + start)
       )
     )
     for i, ((index, path), (_, original, unpadded)) in enumerate(zip(chunk, loaded, strict=True)):
@@ -145,7 +182,6 @@ def run(config, workdir: str) -> str:
       Image.fromarray(visualize.overlay(original, coloured)).save(
         os.path.join(output, 'overlays', _stem(path) + '.png')
       )
-  manager.close()
   if not annotations:
     raise ValueError(
       f'config.predict.input={config.predict.input}: none of the {len(paths)} '

@@ -358,19 +358,24 @@ def jit_predict(
   model_state_shardings: Any,
   mesh: jax.sharding.Mesh,
 ) -> Callable:
-  """`steps.predict_label` compiled for `mesh`: (params, model_state, images, key) -> ids.
+  """The sampler compiled for `mesh`, with the batch (and the sampled ids) split over
+  ('data', 'fsdp') and the key replicated:
 
-  Images and the sampled ids are split over ('data', 'fsdp'); the key is replicated.
+  - images: `steps.predict_label`, (params, model_state, images, key) -> ids;
+  - video (config.task 'video_panoptic'): `steps.predict_video`,
+    (params, model_state, frames, gt_cond or None, key) -> ids per frame.
   """
   replicated = NamedSharding(mesh, PartitionSpec())
   batch = batch_sharding(mesh)
-  predict = functools.partial(steps.predict_label, eval_graphdef, config=config)
+  weights = (params_shardings, model_state_shardings)
+  if config.task == 'video_panoptic':
+    predict = functools.partial(steps.predict_video, eval_graphdef, config=config)
+    in_shardings = (*weights, batch, batch, replicated)
+  else:
+    predict = functools.partial(steps.predict_label, eval_graphdef, config=config)
+    in_shardings = (*weights, batch, replicated)
   return under_mesh(
-    jax.jit(
-      predict,
-      in_shardings=(params_shardings, model_state_shardings, batch, replicated),
-      out_shardings=batch,
-    ),
+    jax.jit(predict, in_shardings=in_shardings, out_shardings=batch),
     mesh,
   )
 

@@ -310,3 +310,36 @@ def sample_video(
 
   _, later = jax.lax.scan(step, history, jnp.arange(1, num_frames))
   return jnp.concatenate([first[:, None], jnp.moveaxis(later, 0, 1)], axis=1)
+
+
+def predict_video(
+  graphdef: nnx.GraphDef,
+  params,
+  model_state,
+  frames: jax.Array,
+  gt_cond: jax.Array | None,
+  key: jax.Array,
+  *,
+  config,
+) -> jax.Array:
+  """Streams videos through the model as config.eval says: frames (B, T, H, W, 3) ->
+  (B, T, Hm, Wm, 2) int32 ids.
+
+  Frame 0 takes config.diffusion.steps sampling steps and later frames
+  config.diffusion.steps_later_frames; with config.eval.use_gt_cond_frames, frames are
+  conditioned on `gt_cond` (B, T, Hm, Wm, 2) (None otherwise); with config.eval.single_frames on
+  nothing. `graphdef` must come from the model in evaluation mode.
+  """
+  if config.eval.use_gt_cond_frames and gt_cond is None:
+    raise ValueError('config.eval.use_gt_cond_frames is set: pass the ground-truth ids.')
+  model = nnx.merge(graphdef, params, model_state, copy=True)
+  return sample_video(
+    model,
+    frames,
+    key,
+    config,
+    first_steps=config.diffusion.steps,
+    later_steps=config.diffusion.steps_later_frames,
+    gt_cond=gt_cond if config.eval.use_gt_cond_frames else None,
+    single_frames=config.eval.single_frames,
+  )

@@ -20,6 +20,7 @@ from pix2seq_d import (
   sharding,
   stream_positions,
   tf_weights,
+  video_eval_loop,
   workdir_files,
   workdir_lock,
 )
@@ -160,11 +161,6 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
   source = registry.get_source(config)
   info = pipeline.dataset_info(config, source)  # also sets config.model.num_classes if it is 0
-  if info.is_video and mode != 'train':
-    raise NotImplementedError(
-      f'--mode={mode}: evaluating video models (streaming sampling, DAVIS J&F) is not part of '
-      'pix2seq_d yet; train with --mode=train.'
-    )
   if mode == 'eval' and not checkpoints.saved_steps(workdir):
     # Checked before anything is written: an eval of the wrong folder leaves it as it was.
     raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
@@ -203,15 +199,20 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     config, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
   )
 
+  if info.is_video:
+    evaluate, make_eval_iterator = video_eval_loop.evaluate, eval_pipeline.make_video_eval_iterator
+  else:
+    evaluate, make_eval_iterator = eval_loop.evaluate, eval_pipeline.make_eval_iterator
+
   def run_eval(state, step):
-    return eval_loop.evaluate(
+    return evaluate(
       config,
       predict_fn=predict_fn,
       params=state.ema_params,
       model_state=state.ema_model_state,
       mesh=mesh,
       categories=info.categories,
-      eval_iterator=eval_pipeline.make_eval_iterator(config, source=source),
+      eval_iterator=make_eval_iterator(config, source=source),
       step=step,
       workdir=workdir,
       writer=writer,

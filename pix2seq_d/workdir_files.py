@@ -48,8 +48,12 @@ def read_categories(workdir: str) -> list[dict]:
   return json.loads(path.read_text())
 
 
-def write_results(workdir: str, record: dict, per_class: dict) -> None:
-  """Adds `record` to <workdir>/eval_results.json (latest on top, history below)."""
+def write_results(workdir: str, record: dict, **details: dict) -> None:
+  """Adds `record` to <workdir>/eval_results.json (latest on top, history below).
+
+  `details` are written beside the latest record only, e.g. per_class={class: {...}} (PQ) or
+  per_sequence={name: {...}} (DAVIS J&F); their keys become strings.
+  """
   path = epath.Path(workdir) / RESULTS_FILE
   history = []
   if path.exists():
@@ -58,5 +62,6 @@ def write_results(workdir: str, record: dict, per_class: dict) -> None:
     except (json.JSONDecodeError, AttributeError):
       logging.warning('%s was unreadable; starting a new history.', path)
   history = [h for h in history if h.get('step') != record['step']] + [record]
-  content = dict(record, per_class={str(k): v for k, v in per_class.items()}, history=history)
+  details = {name: {str(k): v for k, v in rows.items()} for name, rows in details.items()}
+  content = dict(record, **details, history=history)
   write_json_atomically(path, content, indent=2)

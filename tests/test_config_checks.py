@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import coco, shapes
+from configs import coco, davis, shapes
 from pix2seq_d import config_checks
 
 
@@ -15,6 +15,7 @@ from pix2seq_d import config_checks
     shapes.get_config,
     lambda: shapes.get_config('tiny'),
     lambda: shapes.get_config('video'),
+    davis.get_config,
   ],
 )
 @pytest.mark.parametrize('mode', ['train', 'eval', 'train_and_eval', 'predict', 'summary'])
@@ -42,6 +43,11 @@ def test_shipped_configs_pass(make, mode):
     ('data.davis_root', '/data/davis', '--config.data.name=davis'),
     ('init_from.format', 'keras', "config.init_from.format='keras'"),
     ('init_from.mode', 'decoder', "config.init_from.mode='decoder'"),
+    ('task', 'video', "config.task='video': use one of 'panoptic', 'video_panoptic'"),
+    ('data.instance_id_order', 'sorted', "config.data.instance_id_order='sorted'"),
+    ('data.train_resize_method', 'area', "config.data.train_resize_method='area'"),
+    ('eval.use_gt_cond_frames', True, 'config.eval.use_gt_cond_frames=True: is a video option'),
+    ('eval.single_frames', True, 'config.eval.single_frames=True: is a video option'),
   ],
 )
 def test_bad_field_is_named(field, value, message):
@@ -98,3 +104,28 @@ def test_tf_weights_need_the_encoder_mode_and_a_path():
   config.init_from.mode = 'all'
   with pytest.raises(ValueError, match='set --config.init_from.mode=encoder'):
     config_checks.check_config(config, 'train')
+
+
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
+    ('diffusion.steps_later_frames', 0, 'config.diffusion.steps_later_frames=0: must be >= 1'),
+    ('eval.video_length_bucket', 0, 'config.eval.video_length_bucket=0: must be >= 1'),
+    ('eval.video_strip_frames', 0, 'config.eval.video_strip_frames=0: must be >= 1'),
+  ],
+)
+def test_bad_video_field_is_named(field, value, message):
+  config = shapes.get_config('video')
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    config_checks.check_config(config, 'eval')
+
+
+def test_gt_conditioning_and_single_frames_exclude_each_other():
+  config = shapes.get_config('video')
+  config.eval.use_gt_cond_frames = True
+  config_checks.check_config(config, 'eval')
+  config.eval.single_frames = True
+  with pytest.raises(ValueError, match='config.eval.single_frames=True: conditions every frame'):
+    config_checks.check_config(config, 'eval')

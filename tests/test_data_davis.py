@@ -105,13 +105,15 @@ def test_folder_videos_give_object_maps(tmp_path, davis_root):
     (example,) = decoded_videos(source, split).values()
     video_ids[video] = int(example['video_id'])
     assert example['error'] == b''
+    assert example['video_name'].decode() == video
     assert example['frames'].shape == (NUM_FRAMES, HEIGHT, WIDTH, 3)
     for key in ('semantic', 'instance', 'crowd'):
       assert example[key].shape == (NUM_FRAMES, HEIGHT, WIDTH) and example[key].dtype == np.int32
     for frame in range(NUM_FRAMES):
       ids = object_ids(objects, frame).astype(np.int32)
       is_object = (ids > 0) & (ids != VOID_ID)
-      np.testing.assert_array_equal(example['semantic'][frame], is_object.astype(np.int32))
+      # The authors' DAVIS labels: semantic channel 0, the objects in the instance channel.
+      np.testing.assert_array_equal(example['semantic'][frame], np.zeros_like(ids))
       np.testing.assert_array_equal(example['instance'][frame], np.where(is_object, ids, 0))
       np.testing.assert_array_equal(example['crowd'][frame], (ids == VOID_ID).astype(np.int32))
       difference = np.abs(example['frames'][frame].astype(int) - frame_pixels(frame))
@@ -192,7 +194,7 @@ def test_tfds_davis_decode_on_the_builders_own_features(tmp_path, davis_root):
   ids = ids.astype(np.int32)
   is_object = (ids > 0) & (ids != VOID_ID)
   assert example['frames'].shape == (NUM_FRAMES, HEIGHT, WIDTH, 3)
-  np.testing.assert_array_equal(example['semantic'], is_object.astype(np.int32))
+  np.testing.assert_array_equal(example['semantic'], np.zeros_like(ids))  # the authors': 0.
   np.testing.assert_array_equal(example['instance'], np.where(is_object, ids, 0))
   np.testing.assert_array_equal(example['crowd'], (ids == VOID_ID).astype(np.int32))
   assert example['error'] == b''
@@ -205,14 +207,17 @@ def test_video_eval_clips_keep_the_original_maps(tmp_path, davis_root):
   config.model.mask_size = (16, 32)
   config.data.num_parallel_calls = 1  # the test machines share two cores.
   iterator = eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
-  (clip,) = list(iterator)
+  (batch,) = list(iterator)
+  assert batch['valid'].tolist() == [True] + [False] * (config.eval.batch_size - 1)
+  clip = {key: value[0] for key, value in batch.items()}
   video, objects = list(VIDEOS.items())[1]
   assert clip['video_id'] == sorted(VIDEOS).index(video)
+  assert clip['video_name'].decode() == video
   assert clip['frames'].shape == (NUM_FRAMES, 32, 64, 3)
   ids = np.stack([object_ids(objects, frame) for frame in range(NUM_FRAMES)]).astype(np.int32)
   is_object = (ids > 0) & (ids != VOID_ID)
   expected = np.stack(
-    [is_object.astype(np.int32), np.where(is_object, ids, 0), (ids == VOID_ID).astype(np.int32)],
+    [np.zeros_like(ids), np.where(is_object, ids, 0), (ids == VOID_ID).astype(np.int32)],
     axis=-1,
   )
   np.testing.assert_array_equal(clip['orig_label'], expected)

@@ -296,19 +296,32 @@ def test_video_train_batches_condition_on_earlier_frames(shapes_config):
 
 def test_video_eval_yields_whole_clips_per_process(shapes_config, shapes_data_dir):
   config = shapes_config('video')
+  config.eval.batch_size = 4  # 2 clips per process: the 3 test clips + 1 padding clip.
   builder = shapes.make_builder('shapes_video/tiny', shapes_data_dir)
   raw = {int(e['video_id']): e for e in tfds.as_numpy(builder.as_dataset(split='test'))}
-  seen = []
+  seen, batches = [], []
   for index in range(2):
     clips = eval_pipeline.make_video_eval_iterator(config, process_index=index, process_count=2)
-    for clip in clips:
-      assert clip['frames'].shape == (8, 64, 64, 3) and clip['frames'].dtype == np.float32
-      expected = raw[int(clip['video_id'])]
-      np.testing.assert_array_equal(clip['orig_label'][..., 0], expected['semantic'][..., 0])
-      np.testing.assert_array_equal(clip['orig_label'][..., 1], expected['instance'][..., 0])
-      np.testing.assert_array_equal(clip['orig_size'], [64, 64])
-      np.testing.assert_array_equal(clip['unpadded_size'], [64, 64])
-      seen.append(int(clip['video_id']))
+    batches.append(list(clips))
+    for batch in batches[-1]:
+      assert batch['frames'].shape == (2, 8, 64, 64, 3) and batch['frames'].dtype == np.float32
+      assert batch['label'].shape == (2, 8, 32, 32, 2)
+      for i in np.flatnonzero(batch['valid']):
+        expected = raw[int(batch['video_id'][i])]
+        orig = batch['orig_label'][i]
+        np.testing.assert_array_equal(orig[..., 0], expected['semantic'][..., 0])
+        np.testing.assert_array_equal(orig[..., 1], expected['instance'][..., 0])
+        np.testing.assert_array_equal(batch['orig_size'][i], [64, 64])
+        np.testing.assert_array_equal(batch['unpadded_size'][i], [64, 64])
+        assert batch['num_frames'][i] == 8
+        assert batch['video_name'][i].decode() == f'clip_{int(batch["video_id"][i]):05d}'
+        # The mask-size ground truth numbers the clip's segments 1..K, the same in every frame.
+        ids = np.unique(batch['label'][i][..., 1])
+        np.testing.assert_array_equal(ids[ids > 0], np.arange(1, len(ids[ids > 0]) + 1))
+        seen.append(int(batch['video_id'][i]))
+  # Lockstep: both processes yield one batch; the clip that is missing on one is padding.
+  assert [len(b) for b in batches] == [1, 1]
+  assert sum((~b['valid']).sum() for bs in batches for b in bs) == 1
   assert sorted(seen) == sorted(raw)
 
 

@@ -30,6 +30,10 @@ _MAX_HUE_DELTA = 0.5  # tf.image.adjust_hue accepts deltas in [-0.5, 0.5] (a ful
 _NUM_COLOR_OPS = 4  # brightness, contrast, saturation, hue.
 
 
+# tf.raw_ops.ScaleAndTranslate kernel of each resize method ('triangle' is bilinear).
+_RESIZE_KERNELS = {'bilinear': 'triangle', 'bicubic': 'keyscubic'}
+
+
 def _as_pair(size) -> tuple[int, int]:
   height, width = (int(v) for v in size)
   return height, width
@@ -108,14 +112,18 @@ def resample_images(
   target_size: tuple[int, int],
   pad_value: float,
   color_fn=None,
+  method: str = 'bilinear',
 ) -> tf.Tensor:
   """Resizes, crops, flips and pads images: (N, H, W, C) uint8 / float -> (N, Ht, Wt, C) float32.
 
-  Bilinear with antialiasing; uint8 input is divided by 255 and the result clipped to [0, 1].
+  `method` 'bilinear' or 'bicubic' (Keys cubic), with antialiasing; uint8 input is divided by 255
+  and the result clipped to [0, 1].
   `color_fn` ((N, ch, cw, C) -> same) is applied to the crop before padding so the padding keeps
   `pad_value` exactly.
   """
   target_h, target_w = _as_pair(target_size)
+  if method not in _RESIZE_KERNELS:
+    raise ValueError(f'resize method {method!r}: use one of {sorted(_RESIZE_KERNELS)}.')
   clip_to_unit = images.dtype == tf.uint8
   if clip_to_unit:
     images = tf.cast(images, tf.float32) / 255.0
@@ -128,11 +136,12 @@ def resample_images(
     size=geometry['crop_size'],
     scale=scale,
     translation=-tf.cast(geometry['offset'], tf.float32),
-    kernel_type='triangle',  # = bilinear.
+    kernel_type=_RESIZE_KERNELS[method],
     antialias=True,
   )
   if clip_to_unit:
-    crop = tf.clip_by_value(crop, 0.0, 1.0)  # the weights sum to 1 only up to rounding.
+    # The weights sum to 1 only up to rounding, and cubic weights overshoot at edges.
+    crop = tf.clip_by_value(crop, 0.0, 1.0)
   crop = tf.cond(geometry['flip'], lambda: tf.reverse(crop, axis=[2]), lambda: crop)
   if color_fn is not None:
     crop = color_fn(crop)
@@ -229,7 +238,7 @@ def color_jitter(
 
 
 def assign_instance_ids(
-  label: tf.Tensor, max_instances: int, seed: tf.Tensor | None = None
+  label: tf.Tensor, max_instances: int, seed: tf.Tensor | None = None, order: str = 'random'
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Maps the segments of `label` onto distinct ids in 1..max_instances-1; 0 stays 0.
 
@@ -240,9 +249,10 @@ def assign_instance_ids(
     label: int32 (..., 2) = [semantic, instance]; all leading dims (e.g. the frames of a clip)
       share one mapping, so ids stay consistent over time.
     max_instances: number of instance ids including 0.
-    seed: int (2,) stateless seed: a random permutation (ids anywhere in 1..max-1). None: the kept
-      segments are numbered 1..K in the order of their original ids (identity when they already
-      are 1..K).
+    seed: int (2,) stateless seed: random ids as `order` says. None: the kept segments are
+      numbered 1..K in the order of their original ids (identity when they already are 1..K).
+    order: with a seed, 'random' draws K distinct ids anywhere in 1..max_instances-1; 'shuffle'
+      permutes 1..K (compact ids, the authors' video setting).
 
   Returns:
     (label int32 (..., 2), number of dropped segments int32 ()).
@@ -261,8 +271,14 @@ def assign_instance_ids(
   by_size = tf.argsort(counts, direction='DESCENDING', stable=True)
   rank = tf.math.invert_permutation(by_size)  # rank[id] = position by size.
   kept = present & (rank < capacity)
+  if order not in ('random', 'shuffle'):
+    raise ValueError(f"config.data.instance_id_order={order!r}: use 'random' or 'shuffle'.")
   if seed is None:
     new_ids = tf.cumsum(tf.cast(kept, tf.int32)) * tf.cast(kept, tf.int32)
+  elif order == 'shuffle':
+    num_kept = tf.minimum(num_present, capacity)
+    permutation = tf.random.experimental.stateless_shuffle(tf.range(1, num_kept + 1), seed)
+    new_ids = tf.where(kept, tf.gather(permutation, tf.minimum(rank, num_kept - 1)), 0)
   else:
     permutation = tf.random.experimental.stateless_shuffle(tf.range(1, capacity + 1), seed)
     new_ids = tf.where(kept, tf.gather(permutation, tf.minimum(rank, capacity - 1)), 0)
@@ -294,6 +310,7 @@ def train_augment(
   color_jitter_prob: float,
   grayscale_prob: float,
   pad_value: float,
+  resize_method: str = 'bilinear',
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Training augmentation with one geometry for all frames.
 
@@ -305,6 +322,7 @@ def train_augment(
     scale_range, flip: see `sample_train_geometry`.
     color_jitter_strength, color_jitter_prob, grayscale_prob: see `color_jitter`.
     pad_value: image value of the padding (labels pad with 0).
+    resize_method: image resampling, 'bilinear' or 'bicubic' (labels: nearest).
 
   Returns:
     images float32 (N, Ht, Wt, 3) in [0, 1]; labels int32 (M, Hm, Wm, K); unpadded (ch, cw) int32
@@ -318,7 +336,7 @@ def train_augment(
   color_fn = lambda crop: color_jitter(
     crop, color_jitter_strength, color_seed, color_jitter_prob, grayscale_prob
   )
-  out_images = resample_images(images, geometry, image_size, pad_value, color_fn)
+  out_images = resample_images(images, geometry, image_size, pad_value, color_fn, resize_method)
   out_labels = resample_labels(labels, geometry, image_size, mask_size)
   return out_images, out_labels, geometry['crop_size']
 

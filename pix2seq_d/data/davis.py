@@ -16,10 +16,12 @@ root, resolution, annotations and the split lists.
 Without davis_root, TFDS `davis/480p` (or `davis/full_resolution`) is read from data_dir; it holds
 the semi-supervised 'Annotations' and the splits 'train' and 'validation'.
 
-Canonical example: one whole video. DAVIS has one thing class, 'object': object pixels get
-semantic 1 and instance = their object id (consistent over the video); background is (0, 0); DAVIS
-void pixels (config.data.davis_void_id in the annotations) are (0, 0) with crowd = 1, so training
-ignores them like crowd regions and evaluation can leave them out of J and F.
+Canonical example: one whole video. As in the authors' DAVIS setup, the semantic channel is 0
+for every pixel and the instance channel carries the objects: object pixels get instance = their
+object id (consistent over the video), background is (0, 0); DAVIS void pixels
+(config.data.davis_void_id in the annotations) are (0, 0) with crowd = 1, so training treats them
+like crowd regions and evaluation leaves them out of J and F. The one category, 'object', only
+names the objects (the class count is 2 with void). 'video_name' is the DAVIS sequence name.
 """
 
 import collections
@@ -233,13 +235,12 @@ def _build_video(name: str, video_id: int, paths: dict) -> dict:
 
 
 def object_maps(ids: tf.Tensor, void_id: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """Returns semantic, instance and crowd (T, H, W) int32 of DAVIS object ids (T, H, W)."""
+  """Returns semantic (all 0), instance and crowd (T, H, W) int32 of DAVIS object ids (T, H, W)."""
   ids = tf.cast(ids, tf.int32)
   void = tf.equal(ids, void_id)
   is_object = (ids > 0) & ~void
-  semantic = tf.cast(is_object, tf.int32)
   instance = tf.where(is_object, ids, tf.zeros_like(ids))
-  return semantic, instance, tf.cast(void, tf.int32)
+  return tf.zeros_like(ids), instance, tf.cast(void, tf.int32)
 
 
 def decode_folder_example(example: dict, void_id: int) -> dict:
@@ -252,8 +253,9 @@ def decode_folder_example(example: dict, void_id: int) -> dict:
 
   Returns:
     {'frames' (T, H, W, 3) uint8, 'semantic', 'instance', 'crowd' (T, H, W) int32, 'video_id'
-    int64, 'error' tf.string}. A video with an error is all zeros of its (T, H, W): its files may
-    be missing or of different sizes, and the pipeline skips or rejects it anyway.
+    int64, 'video_name' and 'error' tf.string}. A video with an error is all zeros of its
+    (T, H, W): its files may be missing or of different sizes, and the pipeline skips or rejects
+    it anyway.
   """
   error = example['error']
 
@@ -289,6 +291,7 @@ def decode_folder_example(example: dict, void_id: int) -> dict:
     'instance': instance,
     'crowd': crowd,
     'video_id': tf.cast(example['video_id'], tf.int64),
+    'video_name': example['video/name'],
     'error': error,
   }
 
@@ -312,6 +315,7 @@ def decode_tfds_example(example: dict, void_id: int) -> dict:
     'instance': instance,
     'crowd': crowd,
     'video_id': tf.strings.to_hash_bucket_fast(name, _VIDEO_ID_BUCKETS),
+    'video_name': name,
     'error': tf.constant(''),
   }
 

@@ -6,7 +6,7 @@ original size zero-padded to config.data.eval_orig_size, 'orig_size' and 'unpadd
 (B, 2), 'image_id' int64 (B,) and 'valid' bool (B,). Every process yields the same number of
 batches, ceil(examples / global batch); the tail is padding with valid = False so hosts stay in
 lockstep. An example whose 'error' is set stops the evaluation with its message (the iterator
-raises ValueError).
+raises ValueError). Video evaluation batches clips the same way (`make_video_eval_iterator`).
 """
 
 from __future__ import annotations
@@ -151,6 +151,57 @@ def make_eval_iterator(
   return DataIterator(dataset, PipelineStats(), check_errors=True, num_batches=num_batches)
 
 
+def _video_eval_fn(config) -> Callable[[dict], dict]:
+  image_size = tuple(config.model.image_size)
+  mask_size = tuple(config.model.mask_size)
+  pad_value = float(config.data.image_pad_value)
+  max_instances = config.model.max_instances
+
+  def preprocess(clip):
+    # A broken clip carries placeholder pixels; swap in one 1x1 frame so resizing cannot fail
+    # before the iterator raises its error.
+    fine = tf.equal(clip['error'], '')
+    parts = ('frames', 'semantic', 'instance', 'crowd')
+    frames, semantic, instance, crowd = tf.cond(
+      fine,
+      lambda: tuple(clip[key] for key in parts),
+      lambda: (tf.zeros([1, 1, 1, 3], tf.uint8),) + (tf.zeros([1, 1, 1], tf.int32),) * 3,
+    )
+    geometry = augment.eval_geometry(tf.shape(frames)[1:3], image_size)
+    labels = augment.resample_labels(
+      pipeline.training_label(semantic, instance, crowd), geometry, image_size, mask_size
+    )
+    labels, _ = augment.assign_instance_ids(labels, max_instances, seed=None)
+    orig = tf.stack([semantic, instance, crowd], axis=-1)
+    return {
+      'frames': augment.resample_images(frames, geometry, image_size, pad_value),
+      'label': labels,
+      'orig_label': orig,
+      'orig_size': tf.shape(orig)[1:3],
+      'unpadded_size': geometry['crop_size'],
+      'num_frames': tf.shape(frames)[0],
+      'video_id': tf.cast(clip['video_id'], tf.int64),
+      'video_name': clip['video_name'],
+      'valid': tf.constant(True),
+      'error': clip['error'],
+    }
+
+  return preprocess
+
+
+def _padding_values(element_spec: dict, pad_value: float) -> dict:
+  """padded_batch values: frames pad with the image pad value, strings with '', the rest 0."""
+  values = {}
+  for key, spec in element_spec.items():
+    if spec.dtype == tf.string:
+      values[key] = tf.constant('')
+    elif key == 'frames':
+      values[key] = tf.constant(pad_value, spec.dtype)
+    else:
+      values[key] = tf.zeros([], spec.dtype)
+  return values
+
+
 def make_video_eval_iterator(
   config,
   *,
@@ -158,57 +209,69 @@ def make_video_eval_iterator(
   process_count: int | None = None,
   source: Source | None = None,
 ) -> DataIterator:
-  """This process's evaluation clips, one at a time (clips differ in length, so no batching).
+  """One pass of batches of evaluation clips for this process, in lockstep with the others.
 
-  Each process gets a disjoint share of the clips (their union is the split, limited to
-  config.eval.num_examples clips when > 0); processes are not in lockstep.
+  Clips of a batch are padded to the longest one (frames with the image pad value, labels with
+  0); every process yields ceil(clips / config.eval.batch_size) batches, the tail padded with
+  valid = False clips of one blank frame. The eval loop pads the frame axis further, to a length
+  all processes share.
 
   Returns:
-    A DataIterator of {'frames' float32 (T, H, W, 3) resized to fit and padded like eval images,
-    'orig_label' int32 (T, Ho, Wo, 3) = [semantic, instance, crowd] at the original size
-    (unpadded: Ho, Wo = 'orig_size'), 'orig_size' int32 (2,), 'unpadded_size' int32 (2,),
-    'video_id' int64 ()}. Iterating raises ValueError for a clip whose 'error' is set.
+    A DataIterator (with `num_batches`) of {'frames' float32 (B, T, H, W, 3) resized to fit and
+    padded like eval images, 'label' int32 (B, T, Hm, Wm, 2) the mask-size ground truth (crowd
+    void, ids numbered 1..K in order), 'orig_label' int32 (B, T, Ho, Wo, 3) = [semantic, instance,
+    crowd] at the original size (each clip's own size is 'orig_size'), 'orig_size' and
+    'unpadded_size' int32 (B, 2), 'num_frames' int32 (B,), 'video_id' int64 (B,), 'video_name'
+    string (B,), 'valid' bool (B,)} with B = config.eval.batch_size // process_count. Iterating
+    raises ValueError for a clip whose 'error' is set.
   """
   process_index, process_count = splits.processes(process_index, process_count)
   source = source or registry.get_source(config)
   pipeline.check_kind(config, source, want_video=True)
+  batch_size = splits.local_batch_size(
+    config.eval.batch_size, process_count, 'config.eval.batch_size'
+  )
   split = source.split(config.data.eval_split)
-  limit = config.eval.num_examples if config.eval.num_examples > 0 else None
+  total = splits.num_split_examples(source.builder, split)
+  if config.eval.num_examples > 0:
+    total = min(total, config.eval.num_examples)
+  if total == 0:
+    raise ValueError(f'config.data.eval_split {split!r} of {source.name!r} is empty.')
+  num_batches = math.ceil(total / config.eval.batch_size)
   instruction, size = splits.process_read_instruction(
-    source.builder, split, process_index, process_count, limit=limit
+    source.builder, split, process_index, process_count, limit=total
   )
   logging.info(
-    'Process %d/%d evaluates %d clips of %s %s.',
+    'Process %d/%d evaluates %d clips of %s %s in %d batches.',
     process_index,
     process_count,
     size,
     source.name,
     split,
+    num_batches,
   )
+  preprocess = _video_eval_fn(config)
   if instruction is None:
-    return DataIterator(
-      tf.data.Dataset.from_tensors({}).take(0), PipelineStats(), check_errors=True, num_batches=0
-    )
-  image_size = tuple(config.model.image_size)
+    # An empty share still needs the element structure for its padding batches: trace a dummy.
+    whole, _ = splits.process_read_instruction(source.builder, split, 0, 1, 1)
+    probe, finish = pipeline.read(source, whole, None)
+    dataset = probe.map(finish).map(preprocess).take(0)
+  else:
+    dataset, finish = pipeline.read(source, instruction, None)
+    dataset = dataset.map(finish).map(preprocess, num_parallel_calls=config.data.num_parallel_calls)
   pad_value = float(config.data.image_pad_value)
-
-  def preprocess(clip):
-    # A broken clip carries placeholder pixels; swap in one 1x1 frame so resizing cannot fail
-    # before the iterator raises its error.
-    frames = tf.cond(
-      tf.equal(clip['error'], ''), lambda: clip['frames'], lambda: tf.zeros([1, 1, 1, 3], tf.uint8)
-    )
-    geometry = augment.eval_geometry(tf.shape(frames)[1:3], image_size)
-    orig = tf.stack([clip['semantic'], clip['instance'], clip['crowd']], axis=-1)
-    return {
-      'frames': augment.resample_images(frames, geometry, image_size, pad_value),
-      'orig_label': orig,
-      'orig_size': tf.shape(orig)[1:3],
-      'unpadded_size': geometry['crop_size'],
-      'video_id': tf.cast(clip['video_id'], tf.int64),
-      'error': clip['error'],
-    }
-
-  dataset, finish = pipeline.read(source, instruction, None)
-  dataset = dataset.map(finish).map(preprocess).prefetch(config.data.prefetch)
-  return DataIterator(dataset, PipelineStats(), check_errors=True, num_batches=size)
+  blank = {
+    key: tf.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)
+    for key, spec in dataset.element_spec.items()
+  }
+  blank.update(frames=tf.fill(tf.shape(blank['frames']), pad_value), valid=tf.constant(False))
+  blank.update(video_id=tf.constant(_PADDING_IMAGE_ID, tf.int64), error=tf.constant(''))
+  padding = tf.data.Dataset.from_tensors(blank).repeat()
+  dataset = dataset.concatenate(padding).take(num_batches * batch_size)
+  dataset = dataset.padded_batch(
+    batch_size,
+    padding_values=_padding_values(dataset.element_spec, pad_value),
+    drop_remainder=True,
+  )
+  dataset = dataset.prefetch(config.data.prefetch)
+  return DataIterator(dataset, PipelineStats(), check_errors=True, num_batches=num_batches)

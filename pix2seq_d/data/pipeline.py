@@ -219,6 +219,7 @@ def augment_kwargs(config) -> dict:
     'color_jitter_prob': float(data.color_jitter_prob),
     'grayscale_prob': float(data.grayscale_prob),
     'pad_value': float(data.image_pad_value),
+    'resize_method': str(data.train_resize_method),
   }
 
 
@@ -347,6 +348,7 @@ def make_train_iterator(
 def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:
   kwargs = augment_kwargs(config)
   max_instances = config.model.max_instances
+  id_order = config.data.instance_id_order
 
   def preprocess(example, seed):
     augment_seed, id_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -354,7 +356,7 @@ def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
     images, labels, _ = augment.train_augment(
       example['image'][None], label[None], augment_seed, **kwargs
     )
-    labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed)
+    labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed, id_order)
     counted = _count_dropped(stats, dropped, example['image_id'])
     with tf.control_dependencies([counted]):  # keeps the logging op in the graph.
       return {'image': images[0], 'label': tf.identity(labels[0])}
@@ -408,6 +410,7 @@ def _video_windows(dataset: tf.data.Dataset, config, shuffle_seed: int) -> tf.da
 def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:
   kwargs = augment_kwargs(config)
   max_instances = config.model.max_instances
+  id_order = config.data.instance_id_order
   num_cond = config.diffusion.num_cond_frames
   frames_dropout = float(config.diffusion.frames_dropout)
   mask_h, mask_w = (int(v) for v in config.model.mask_size)
@@ -419,7 +422,7 @@ def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
     labels = training_label(window['semantic'], window['instance'], window['crowd'])
     # One geometry for the window; the encoder only sees the target (last) frame.
     images, labels, _ = augment.train_augment(window['frames'][-1:], labels, augment_seed, **kwargs)
-    labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed)
+    labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed, id_order)
     cond = labels[-1 - num_cond : -1]  # (num_cond, Hm, Wm, 2), oldest first.
     keep = tf.random.stateless_uniform([num_cond], dropout_seed) >= frames_dropout
     # Per-frame select + concat (a broadcast multiply + transpose trips a grappler remapper bug).

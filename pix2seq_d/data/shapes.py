@@ -394,7 +394,7 @@ def decode_video(raw: dict) -> dict:
   """Canonical video example from a decoded `shapes_video` example (tf-traceable).
 
   Returns 'frames' uint8 (T, H, W, 3), 'semantic' / 'instance' / 'crowd' int32 (T, H, W),
-  'video_id' int64 (), 'error' string () = ''.
+  'video_id' int64 (), 'video_name' string () = 'clip_<video_id, 5 digits>', 'error' string () = ''.
   """
   semantic = tf.cast(raw['semantic'][..., 0], tf.int32)
   return {
@@ -403,6 +403,9 @@ def decode_video(raw: dict) -> dict:
     'instance': tf.cast(raw['instance'][..., 0], tf.int32),
     'crowd': tf.zeros_like(semantic),
     'video_id': tf.cast(raw['video_id'], tf.int64),
+    'video_name': tf.strings.join(
+      ['clip_', tf.strings.as_string(raw['video_id'], width=5, fill='0')]
+    ),
     'error': tf.constant(''),
   }
 

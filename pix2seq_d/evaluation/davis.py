@@ -202,6 +202,34 @@ def read_indexed_png(path: str) -> np.ndarray:
     raise ValueError(f'{path}: cannot be decoded as a PNG ({e})') from None
 
 
+def _voc_palette() -> list[int]:
+  """The DAVIS / PASCAL VOC palette: colour of index i from its bits, spread over R, G, B."""
+  palette = []
+  for index in range(256):
+    r = g = b = 0
+    value = index
+    for shift in range(7, -1, -1):
+      r |= (value & 1) << shift
+      g |= ((value >> 1) & 1) << shift
+      b |= ((value >> 2) & 1) << shift
+      value >>= 3
+    palette += [r, g, b]
+  return palette
+
+
+def write_indexed_png(path: str, ids: np.ndarray) -> None:
+  """Writes int (H, W) ids in 0..255 as a palette PNG (DAVIS's colours), atomically."""
+  ids = np.asarray(ids)
+  if ids.size and (ids.min() < 0 or ids.max() > 255):
+    raise ValueError(f'{path}: ids must lie in 0..255, got {ids.min()}..{ids.max()}.')
+  image = Image.fromarray(ids.astype(np.uint8), mode='P')
+  image.putpalette(_voc_palette())
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  partial = f'{path}.partial'
+  image.save(partial, format='PNG')
+  os.replace(partial, path)
+
+
 def evaluate_folder(
   davis_root: str,
   results_dir: str,

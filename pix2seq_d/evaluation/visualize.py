@@ -160,3 +160,36 @@ def summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, categorie
   )
   picture = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
   return np.concatenate([picture, colour(gt), colour(pred)], axis=1)
+
+
+def colorize_objects(ids: np.ndarray) -> np.ndarray:
+  """Object ids (..., H, W) -> uint8 (..., H, W, 3): one palette colour per id, 0 (and DAVIS
+  void, 255) black."""
+  ids = np.asarray(ids).astype(np.int64)
+  picture = instance_palette()[ids % 256].astype(np.uint8)
+  picture[(ids == 0) | (ids == 255)] = 0
+  return picture
+
+
+def video_strip(
+  frames: np.ndarray, gt_ids: np.ndarray, pred_ids: np.ndarray, max_frames: int
+) -> np.ndarray:
+  """Frames side by side over three rows: input, ground-truth objects, predicted objects.
+
+  Args:
+    frames: float (T, H, W, 3) in [0, 1]; gt_ids, pred_ids: int (T, h, w) object ids (any
+      resolution; resized to (H, W) by nearest neighbour).
+    max_frames: at most this many frames, evenly spaced over the clip, first and last included.
+
+  Returns:
+    uint8 (3 H, n W, 3) with n = min(T, max_frames).
+  """
+  num = len(frames)
+  chosen = np.unique(np.round(np.linspace(0, num - 1, min(num, max_frames))).astype(int))
+  size = frames.shape[1:3]
+  rows = [
+    [(np.clip(frames[t], 0.0, 1.0) * 255).astype(np.uint8) for t in chosen],
+    [colorize_objects(panoptic.resize_nearest(gt_ids[t], size)) for t in chosen],
+    [colorize_objects(panoptic.resize_nearest(pred_ids[t], size)) for t in chosen],
+  ]
+  return np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)

@@ -52,9 +52,12 @@ def test_shipped_configs_pass(make, mode):
 )
 def test_bad_field_is_named(field, value, message):
   config = shapes.get_config()
-  section, name = field.split('.')
+  *sections, name = field.split('.')
+  parent = config
+  for section in sections:
+    parent = parent[section]
   with config.ignore_type():
-    config[section][name] = value
+    parent[name] = value
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
     config_checks.check_config(config, 'train_and_eval')
 

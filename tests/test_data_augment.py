@@ -195,3 +195,42 @@ def test_instance_ids_without_seed_keep_small_ids():
   out, dropped = augment.assign_instance_ids(tf.constant(label), 16)
   np.testing.assert_array_equal(out.numpy(), label)
   assert int(dropped) == 0
+
+
+def test_shuffle_order_permutes_compact_ids_shared_by_all_frames():
+  rng, entropy = _fresh_rng()
+  label = _random_segments(rng, (3, 20, 20), num_segments=6)  # 3 frames of one window
+  num_present = len(np.unique(label[..., 1][label[..., 1] > 0]))
+  mappings = set()
+  for _ in range(6):
+    out, dropped = augment.assign_instance_ids(
+      tf.constant(label), 16, tf.constant(rng.integers(0, 2**31, size=2)), order='shuffle'
+    )
+    out = out.numpy()
+    assert int(dropped) == 0
+    pairs = set(zip(label[..., 1].ravel().tolist(), out[..., 1].ravel().tolist(), strict=True))
+    # One bijection for every frame, onto exactly 1..N (compact), 0 -> 0.
+    assert len({old for old, _ in pairs}) == len(pairs) == len({new for _, new in pairs})
+    assert {new for old, new in pairs if old} == set(range(1, num_present + 1)), entropy
+    mappings.add(tuple(sorted(pairs)))
+  assert len(mappings) > 1, f'entropy {entropy}: the permutation never changed'
+  with pytest.raises(ValueError, match="instance_id_order='sorted'"):
+    augment.assign_instance_ids(tf.constant(label), 16, tf.constant([1, 2]), order='sorted')
+
+
+def test_bicubic_training_resize_is_sharper_and_stays_in_range():
+  rng, entropy = _fresh_rng()
+  image = np.zeros((1, 16, 16, 3), np.uint8)
+  image[:, :, 8:] = 255  # a vertical edge
+  image[:, :, :, 1] = rng.integers(0, 256, size=(16, 16))
+  geometry = augment.eval_geometry(tf.constant([16, 16]), (40, 40))
+  bilinear = augment.resample_images(tf.constant(image), geometry, (40, 40), PAD_VALUE).numpy()
+  bicubic = augment.resample_images(
+    tf.constant(image), geometry, (40, 40), PAD_VALUE, method='bicubic'
+  ).numpy()
+  assert 0.0 <= bicubic.min() and bicubic.max() <= 1.0
+  assert not np.allclose(bilinear, bicubic), entropy
+  # Across the edge the cubic kernel rises more steeply than the linear one.
+  assert np.abs(np.diff(bicubic[0, 20, :, 0])).max() > np.abs(np.diff(bilinear[0, 20, :, 0])).max()
+  with pytest.raises(ValueError, match="resize method 'area'"):
+    augment.resample_images(tf.constant(image), geometry, (40, 40), PAD_VALUE, method='area')

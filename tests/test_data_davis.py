@@ -235,3 +235,57 @@ def test_frames_of_another_size_are_recorded_and_rejected_in_eval(tmp_path, davi
   config.data.num_parallel_calls = 1
   with pytest.raises(ValueError, match='different sizes'):
     list(eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1))
+
+
+@pytest.mark.slow
+def test_video_run_on_davis_scores_like_the_command_on_its_predictions(
+  tmp_path, davis_root, jax_cache
+):
+  """Train + eval on the DAVIS folder (objects in the instance channel, semantic 0): the eval
+  loop's J&F equals the DAVIS command's on the predictions the loop wrote, whose palette is
+  DAVIS's."""
+  import json
+  import subprocess
+  import sys
+
+  from processes import main_command, process_env, run
+
+  workdir = tmp_path / 'run'
+  code, log = run(
+    main_command(
+      workdir,
+      tmp_path / 'tfds',
+      '--config.task=video_panoptic',
+      '--config.data.name=davis',
+      f'--config.data.davis_root={davis_root}',
+      '--config.data.train_split=train',
+      '--config.data.eval_split=val',
+      '--config.model.num_classes=0',
+      '--config.train.num_steps=2',
+      '--config.eval.write_predictions=True',
+      '--config.eval.min_pixels=0',
+    ),
+    jax_cache,
+  )
+  assert code == 0, log[-3000:]
+  results = json.loads((workdir / 'eval_results.json').read_text())
+  assert sorted(results['per_sequence']) == ['dogs-jump_1', 'dogs-jump_2', 'dogs-jump_3']
+  predictions = workdir / 'predictions' / 'step_2'
+  with PIL.Image.open(predictions / 'dogs-jump' / '00000.png') as image:
+    assert image.mode == 'P' and image.getpalette()[: 3 * 256] == davis_palette()
+  output = tmp_path / 'davis.json'
+  command = [
+    sys.executable,
+    '-m',
+    'pix2seq_d.evaluation.davis',
+    f'--davis_root={davis_root}',
+    f'--results_dir={predictions}',
+    '--set=val',
+    f'--output_json={output}',
+  ]
+  proc = subprocess.run(command, env=process_env(jax_cache), capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  scores = json.loads(output.read_text())
+  for key in ('J&F-Mean', 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean', 'F-Recall', 'F-Decay'):
+    assert scores[key] == pytest.approx(results[key], abs=1e-12), key
+  assert scores['per_sequence'] == results['per_sequence']

@@ -30,7 +30,7 @@ from PIL import Image, ImageSequence
 from pix2seq_d import predict, sharding, video_eval_loop
 from pix2seq_d.evaluation import coco_format, davis, visualize
 from pix2seq_d.models import layers
-from pix2seq_d.tasks import panoptic, video_panoptic
+from pix2seq_d.tasks import panoptic, video
 
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.gif')
 
@@ -192,37 +192,43 @@ def run(config, workdir: str) -> str:
   image_size = layers.static_tuple(m.image_size)
   is_thing = panoptic.is_thing_table(predictor.categories)
   os.makedirs(output, exist_ok=True)
-  for index, (name, source) in enumerate(videos.items()):
-    frames, originals, unpadded = _load_frames(source, image_size, config.data.image_pad_value)
-    length = video_eval_loop.padded_length(len(frames), config.eval.video_length_bucket)
-    padded = np.full((predictor.batch_size, length, *frames.shape[1:]), config.data.image_pad_value)
-    padded[:, : len(frames)] = frames  # every data-parallel row streams the same video.
-    inputs = sharding.make_global_batch({'frames': padded.astype(np.float32)}, predictor.mesh)
+  pad_value = float(config.data.image_pad_value)
+  names = list(videos)
+  for start in range(0, len(names), predictor.batch_size):
+    # One video per data-parallel row; a short last group repeats its first video.
+    chunk = names[start : start + predictor.batch_size]
+    loaded = [_load_frames(videos[name], image_size, pad_value) for name in chunk]
+    longest = max(len(frames) for frames, _, _ in loaded)
+    length = video_eval_loop.padded_length(longest, config.eval.video_length_bucket)
+    rows = loaded + [loaded[0]] * (predictor.batch_size - len(chunk))
+    batch = np.full((len(rows), length, *image_size, 3), pad_value, np.float32)
+    for row, (frames, _, _) in enumerate(rows):
+      batch[row, : len(frames)] = frames
+    inputs = sharding.make_global_batch({'frames': batch}, predictor.mesh)
     pred = np.asarray(
       predictor.predict_fn(
         predictor.params,
         predictor.model_state,
         inputs['frames'],
         None,
-        jax.random.key(config.seed + index),
+        jax.random.key(config.seed + start),
       )
-    )[0, : len(frames)]
-    semantic, instance = video_panoptic.postprocess_clip(
-      pred,
-      image_size,
-      unpadded,
-      originals[0].shape[:2],
-      num_classes=m.num_classes,
-      max_instances=m.max_instances,
-      min_pixels=config.eval.min_pixels,
     )
-    objects = video_panoptic.object_ids(
-      semantic, instance, is_thing, by='size', limit=davis.MAX_PROPOSALS
-    )
-    _write_video(
-      os.path.join(output, name), originals, semantic, instance, objects, predictor.categories
-    )
-    logging.info('Predicted %s: %d frames -> %s', name, len(frames), os.path.join(output, name))
+    for row, (name, (frames, originals, unpadded)) in enumerate(zip(chunk, loaded, strict=True)):
+      semantic, instance = video.postprocess_clip(
+        pred[row, : len(frames)],
+        image_size,
+        unpadded,
+        originals[0].shape[:2],
+        num_classes=m.num_classes,
+        max_instances=m.max_instances,
+        min_pixels=config.eval.min_pixels,
+      )
+      objects = video.object_ids(semantic, instance, is_thing, by='size', limit=davis.MAX_PROPOSALS)
+      _write_video(
+        os.path.join(output, name), originals, semantic, instance, objects, predictor.categories
+      )
+      logging.info('Predicted %s: %d frames -> %s', name, len(frames), os.path.join(output, name))
   logging.info(
     'Predicted %d videos with the EMA weights of step %d into %s',
     len(videos),

@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from pix2seq_d import eval_loop, sharding, workdir_files
 from pix2seq_d.evaluation import davis, visualize
 from pix2seq_d.models import layers
-from pix2seq_d.tasks import panoptic, video_panoptic
+from pix2seq_d.tasks import panoptic, video
 
 
 def padded_length(num_frames: int, bucket: int) -> int:
@@ -123,7 +123,7 @@ def evaluate(
     for i in np.flatnonzero(batch['valid']):
       num_frames = int(batch['num_frames'][i])
       orig_h, orig_w = (int(v) for v in batch['orig_size'][i])
-      semantic, instance = video_panoptic.postprocess_clip(
+      semantic, instance = video.postprocess_clip(
         pred[i, :num_frames],
         image_size,
         batch['unpadded_size'][i],
@@ -132,15 +132,13 @@ def evaluate(
         max_instances=m.max_instances,
         min_pixels=config.eval.min_pixels,
       )
-      pred_ids = video_panoptic.object_ids(
+      pred_ids = video.object_ids(
         semantic, instance, is_thing, by='size', limit=davis.MAX_PROPOSALS
       )
-      gt_ids = video_panoptic.gt_object_ids(
-        batch['orig_label'][i, :num_frames, :orig_h, :orig_w], is_thing
-      )
+      gt_ids = video.gt_object_ids(batch['orig_label'][i, :num_frames, :orig_h, :orig_w], is_thing)
       name = batch['video_name'][i].decode()
       j, f = davis.evaluate_sequence(gt_ids, pred_ids)
-      kept, objects = video_panoptic.id_consistency(gt_ids, pred_ids)
+      kept, objects = video.id_consistency(gt_ids, pred_ids)
       rows[name] = {'J': j.tolist(), 'F': f.tolist(), 'kept': kept, 'objects': objects}
       if config.eval.write_predictions:
         for t, frame_ids in enumerate(pred_ids):
@@ -151,8 +149,8 @@ def evaluate(
         pictures.append(
           visualize.video_strip(
             batch['frames'][i, :num_frames],
-            video_panoptic.object_ids(mask_gt[..., 0], mask_gt[..., 1], is_thing, by='id'),
-            video_panoptic.object_ids(mask_pred[..., 0], mask_pred[..., 1], is_thing, by='size'),
+            video.object_ids(mask_gt[..., 0], mask_gt[..., 1], is_thing, by='id'),
+            video.object_ids(mask_pred[..., 0], mask_pred[..., 1], is_thing, by='size'),
             max_frames=config.eval.video_strip_frames,
           )
         )

@@ -11,7 +11,7 @@ from configs import shapes
 from pix2seq_d import sharding, steps, video_eval_loop
 from pix2seq_d.data import shapes as shapes_data
 from pix2seq_d.evaluation import davis
-from pix2seq_d.tasks import video_panoptic
+from pix2seq_d.tasks import video
 
 IS_THING = np.array([False, True, True, True, False, False])  # void, 3 things, sky, ground
 
@@ -28,12 +28,12 @@ def test_objects_are_non_stuff_instances_numbered_by_id_or_size():
   # Ground truth order: by instance id (3 -> 1, 7 -> 2, 9 -> 3: class 0 with an id is an object,
   # as DAVIS's are); the sky (stuff) is background.
   np.testing.assert_array_equal(
-    video_panoptic.object_ids(semantic, instance, IS_THING, by='id'),
+    video.object_ids(semantic, instance, IS_THING, by='id'),
     [[[0, 0, 2, 2, 3, 1, 1, 1]]],
   )
   # Predictions: largest first, at most `limit`.
   np.testing.assert_array_equal(
-    video_panoptic.object_ids(semantic, instance, IS_THING, by='size', limit=2),
+    video.object_ids(semantic, instance, IS_THING, by='size', limit=2),
     [[[0, 0, 2, 2, 0, 1, 1, 1]]],
   )
 
@@ -41,7 +41,7 @@ def test_objects_are_non_stuff_instances_numbered_by_id_or_size():
 def test_clip_vote_gives_each_track_one_class_and_drops_small_tracks():
   semantic = np.array([[[1, 1, 2, 0]], [[1, 2, 2, 0]]])
   instance = np.array([[[5, 5, 5, 6]], [[5, 5, 5, 6]]])
-  new_semantic, new_instance = video_panoptic.clip_majority_vote(
+  new_semantic, new_instance = video.clip_majority_vote(
     semantic, instance, num_classes=6, max_instances=16, min_pixels=3
   )
   # Track 5: 3 votes for class 2, 3 for class 1 -> the first maximum (class 1) in every frame;
@@ -56,13 +56,13 @@ def test_ground_truth_objects_keep_void_and_id_consistency_counts_switches():
   orig[:, :, :2, 1] = 4  # object A, left
   orig[:, :, 2:, 1] = 8  # object B, right
   orig[:, 0, 0, 2] = 1  # one crowd (void) pixel per frame
-  gt = video_panoptic.gt_object_ids(orig, IS_THING)
+  gt = video.gt_object_ids(orig, IS_THING)
   assert gt[0, 0, 0] == davis.VOID_ID and gt[0, 1, 0] == 1 and gt[0, 1, 3] == 2
   pred = np.where(gt == davis.VOID_ID, 0, gt)
-  assert video_panoptic.id_consistency(gt, pred) == (2, 2)
+  assert video.id_consistency(gt, pred) == (2, 2)
   switched = pred.copy()
   switched[2][switched[2] == 2] = 3  # B changes its id in the last frame
-  assert video_panoptic.id_consistency(gt, switched) == (1, 2)
+  assert video.id_consistency(gt, switched) == (1, 2)
 
 
 def test_indexed_png_round_trip(tmp_path):

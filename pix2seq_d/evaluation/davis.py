@@ -222,7 +222,8 @@ def write_indexed_png(path: str, ids: np.ndarray) -> None:
   ids = np.asarray(ids)
   if ids.size and (ids.min() < 0 or ids.max() > 255):
     raise ValueError(f'{path}: ids must lie in 0..255, got {ids.min()}..{ids.max()}.')
-  image = Image.fromarray(ids.astype(np.uint8), mode='P')
+  height, width = ids.shape
+  image = Image.frombytes('P', (width, height), np.ascontiguousarray(ids, np.uint8).tobytes())
   image.putpalette(_voc_palette())
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   partial = f'{path}.partial'

@@ -176,19 +176,23 @@ def video_strip(
 ) -> np.ndarray:
   """Frames side by side over three rows: input, ground-truth objects, predicted objects.
 
+  Every tile has the size of the id maps (the mask size), so a strip of large frames stays small.
+
   Args:
-    frames: float (T, H, W, 3) in [0, 1]; gt_ids, pred_ids: int (T, h, w) object ids (any
-      resolution; resized to (H, W) by nearest neighbour).
+    frames: float (T, H, W, 3) in [0, 1]; gt_ids, pred_ids: int (T, h, w) object ids.
     max_frames: at most this many frames, evenly spaced over the clip, first and last included.
 
   Returns:
-    uint8 (3 H, n W, 3) with n = min(T, max_frames).
+    uint8 (3 h, n w, 3) with n = min(T, max_frames).
   """
   num = len(frames)
   chosen = np.unique(np.round(np.linspace(0, num - 1, min(num, max_frames))).astype(int))
-  size = frames.shape[1:3]
+  size = gt_ids.shape[1:3]
   rows = [
-    [(np.clip(frames[t], 0.0, 1.0) * 255).astype(np.uint8) for t in chosen],
+    [
+      (np.clip(panoptic.resize_nearest(frames[t], size), 0, 1) * 255).astype(np.uint8)
+      for t in chosen
+    ],
     [colorize_objects(panoptic.resize_nearest(gt_ids[t], size)) for t in chosen],
     [colorize_objects(panoptic.resize_nearest(pred_ids[t], size)) for t in chosen],
   ]

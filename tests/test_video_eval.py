@@ -123,14 +123,8 @@ def test_eval_loop_compiles_once_for_videos_of_different_lengths(tmp_path):
   rng = np.random.default_rng(_seed())
   config = _video_config()
   predict_fn, state, mesh = _predictor(config)
-  compiles = []
-  jax.monitoring.register_event_duration_secs_listener(
-    lambda event, *_, **__: (
-      compiles.append(event) if event == '/jax/core/compile/backend_compile_duration' else None
-    )
-  )
-  batches = [_clip_batch(rng, [3, 2], config), _clip_batch(rng, [4, 1], config)]
-  record = video_eval_loop.evaluate(
+  compiled = predict_fn.__wrapped__._cache_size  # programs the jitted sampler holds
+  evaluate = lambda batches, step: video_eval_loop.evaluate(
     config,
     predict_fn=predict_fn,
     params=state.ema_params,
@@ -138,25 +132,16 @@ def test_eval_loop_compiles_once_for_videos_of_different_lengths(tmp_path):
     mesh=mesh,
     categories=shapes_data.CATEGORIES,
     eval_iterator=batches,
-    step=7,
+    step=step,
     workdir=str(tmp_path),
   )
+  record = evaluate([_clip_batch(rng, [3, 2], config), _clip_batch(rng, [4, 1], config)], 7)
   # Clips of 3, 2, 4 and 1 frames: one bucket of 4, so the sampler compiled once.
-  sampler_compiles = len(compiles)
-  batches = [_clip_batch(rng, [2, 4], config)]
-  video_eval_loop.evaluate(
-    config,
-    predict_fn=predict_fn,
-    params=state.ema_params,
-    model_state=state.ema_model_state,
-    mesh=mesh,
-    categories=shapes_data.CATEGORIES,
-    eval_iterator=batches,
-    step=8,
-    workdir=str(tmp_path),
-  )
-  assert len(compiles) == sampler_compiles
-  assert sampler_compiles >= 1
+  assert compiled() == 1
+  evaluate([_clip_batch(rng, [6, 1], config)], 8)
+  assert compiled() == 2  # 6 frames: the bucket of 8
+  evaluate([_clip_batch(rng, [2, 4], config)], 8)
+  assert compiled() == 2
   assert record['num_videos'] == 4
   results = json.loads((tmp_path / 'eval_results.json').read_text())
   assert results['step'] == 8 and 0.0 <= results['J&F-Mean'] <= 1.0

@@ -143,3 +143,26 @@ def test_predict_names_a_frame_of_another_size(tmp_path, shapes_data_dir, jax_ca
   assert code != 0
   assert f'{frames_dir / "2.png"}: its size differs from the first frame' in log[-2000:]
   assert not (tmp_path / 'out' / 'frames').exists()
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_video_in_lockstep(tmp_path, shapes_data_dir, jax_cache):
+  """The 3 test clips over 2 processes (global batch 2): each clip scored once, results gathered
+  from both processes."""
+  import os
+
+  from processes import ROOT
+
+  workdir = tmp_path / 'run'
+  cmd = [
+    'bash',
+    os.path.join(ROOT, 'launch', 'local_multiprocess.sh'),
+    '2',
+    *main_command(workdir, shapes_data_dir, *VIDEO, '--config.train.num_steps=1')[3:],
+  ]
+  code, log = run(cmd, jax_cache, timeout=900)
+  assert code == 0, log[-4000:]
+  results = json.loads((workdir / 'eval_results.json').read_text())
+  assert results['num_videos'] == 3 and results['step'] == 1
+  names = {name.rsplit('_', 1)[0] for name in results['per_sequence']}
+  assert names == {'clip_00000', 'clip_00001', 'clip_00002'}

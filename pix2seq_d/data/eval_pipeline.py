@@ -88,6 +88,57 @@ def _eval_padding(element_spec: dict, pad_value: float) -> tf.data.Dataset:
   return tf.data.Dataset.from_tensors(example).repeat()
 
 
+def _read_share(
+  config,
+  source: Source,
+  process_index: int | None,
+  process_count: int | None,
+  preprocess: Callable[[dict], dict],
+  what: str,
+) -> tuple[tf.data.Dataset, int, int]:
+  """This process's share of the eval split, preprocessed, and its batching.
+
+  The split is limited to config.eval.num_examples (when > 0) and cut into one contiguous part
+  per process; every process gets ceil(total / global batch) batches.
+
+  Returns:
+    (dataset of preprocessed examples, local batch size, number of batches).
+  """
+  process_index, process_count = splits.processes(process_index, process_count)
+  batch_size = splits.local_batch_size(
+    config.eval.batch_size, process_count, 'config.eval.batch_size'
+  )
+  split = source.split(config.data.eval_split)
+  total = splits.num_split_examples(source.builder, split)
+  if config.eval.num_examples > 0:
+    total = min(total, config.eval.num_examples)
+  if total == 0:
+    raise ValueError(f'config.data.eval_split {split!r} of {source.name!r} is empty.')
+  num_batches = math.ceil(total / config.eval.batch_size)
+  instruction, size = splits.process_read_instruction(
+    source.builder, split, process_index, process_count, limit=total
+  )
+  logging.info(
+    'Process %d/%d evaluates %d %s of %s %s in %d batches.',
+    process_index,
+    process_count,
+    size,
+    what,
+    source.name,
+    split,
+    num_batches,
+  )
+  if instruction is None:
+    # An empty share still needs the element structure for its padding batches: trace a dummy.
+    whole, _ = splits.process_read_instruction(source.builder, split, 0, 1, 1)
+    probe, finish = pipeline.read(source, whole, None)
+    return probe.map(finish).map(preprocess).take(0), batch_size, num_batches
+  dataset, finish = pipeline.read(source, instruction, None)
+  dataset = dataset.map(finish, num_parallel_calls=config.data.num_parallel_calls)
+  dataset = dataset.map(preprocess, num_parallel_calls=config.data.num_parallel_calls)
+  return dataset, batch_size, num_batches
+
+
 def make_eval_iterator(
   config,
   *,
@@ -109,42 +160,11 @@ def make_eval_iterator(
     B = config.eval.batch_size // process_count. Iterating raises ValueError for an example whose
     'error' is set or whose original size exceeds config.data.eval_orig_size.
   """
-  process_index, process_count = splits.processes(process_index, process_count)
   source = source or registry.get_source(config)
   pipeline.check_kind(config, source, want_video=False)
-  batch_size = splits.local_batch_size(
-    config.eval.batch_size, process_count, 'config.eval.batch_size'
+  dataset, batch_size, num_batches = _read_share(
+    config, source, process_index, process_count, _eval_image_fn(config), 'examples'
   )
-  split = source.split(config.data.eval_split)
-  total = splits.num_split_examples(source.builder, split)
-  if config.eval.num_examples > 0:
-    total = min(total, config.eval.num_examples)
-  if total == 0:
-    raise ValueError(f'config.data.eval_split {split!r} of {source.name!r} is empty.')
-  num_batches = math.ceil(total / config.eval.batch_size)
-  instruction, size = splits.process_read_instruction(
-    source.builder, split, process_index, process_count, limit=total
-  )
-  logging.info(
-    'Process %d/%d evaluates %d examples of %s %s in %d batches.',
-    process_index,
-    process_count,
-    size,
-    source.name,
-    split,
-    num_batches,
-  )
-
-  preprocess = _eval_image_fn(config)
-  if instruction is None:
-    # An empty share still needs the element structure for its padding batches: trace a dummy.
-    whole, _ = splits.process_read_instruction(source.builder, split, 0, 1, 1)
-    probe, finish = pipeline.read(source, whole, None)
-    dataset = probe.map(finish).map(preprocess).take(0)
-  else:
-    dataset, finish = pipeline.read(source, instruction, None)
-    dataset = dataset.map(finish, num_parallel_calls=config.data.num_parallel_calls)
-    dataset = dataset.map(preprocess, num_parallel_calls=config.data.num_parallel_calls)
   padding = _eval_padding(dataset.element_spec, config.data.image_pad_value)
   dataset = dataset.concatenate(padding).take(num_batches * batch_size)
   dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(config.data.prefetch)
@@ -225,40 +245,11 @@ def make_video_eval_iterator(
     string (B,), 'valid' bool (B,)} with B = config.eval.batch_size // process_count. Iterating
     raises ValueError for a clip whose 'error' is set.
   """
-  process_index, process_count = splits.processes(process_index, process_count)
   source = source or registry.get_source(config)
   pipeline.check_kind(config, source, want_video=True)
-  batch_size = splits.local_batch_size(
-    config.eval.batch_size, process_count, 'config.eval.batch_size'
+  dataset, batch_size, num_batches = _read_share(
+    config, source, process_index, process_count, _video_eval_fn(config), 'clips'
   )
-  split = source.split(config.data.eval_split)
-  total = splits.num_split_examples(source.builder, split)
-  if config.eval.num_examples > 0:
-    total = min(total, config.eval.num_examples)
-  if total == 0:
-    raise ValueError(f'config.data.eval_split {split!r} of {source.name!r} is empty.')
-  num_batches = math.ceil(total / config.eval.batch_size)
-  instruction, size = splits.process_read_instruction(
-    source.builder, split, process_index, process_count, limit=total
-  )
-  logging.info(
-    'Process %d/%d evaluates %d clips of %s %s in %d batches.',
-    process_index,
-    process_count,
-    size,
-    source.name,
-    split,
-    num_batches,
-  )
-  preprocess = _video_eval_fn(config)
-  if instruction is None:
-    # An empty share still needs the element structure for its padding batches: trace a dummy.
-    whole, _ = splits.process_read_instruction(source.builder, split, 0, 1, 1)
-    probe, finish = pipeline.read(source, whole, None)
-    dataset = probe.map(finish).map(preprocess).take(0)
-  else:
-    dataset, finish = pipeline.read(source, instruction, None)
-    dataset = dataset.map(finish).map(preprocess, num_parallel_calls=config.data.num_parallel_calls)
   pad_value = float(config.data.image_pad_value)
   blank = {
     key: tf.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)

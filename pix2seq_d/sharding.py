@@ -333,14 +333,20 @@ def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False
     its NamedSharding tree, the model's graphdefs in training and evaluation mode, the optimiser.
   """
   tx = steps.make_optimizer(config.train)
-  new_model = lambda: p2s.build_model(
-    config, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1)
-  )
+  rngs = lambda: nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  new_model = lambda: p2s.build_model(config, rngs=rngs())
   abstract_model = nnx.eval_shape(new_model)
   abstract_model.train()
   train_graphdef = nnx.graphdef(abstract_model)
-  abstract_model.eval()
-  eval_graphdef = nnx.graphdef(abstract_model)
+  # Sampling has no backward pass, so rematerialisation would only recompute (and nnx.remat
+  # cannot write its modules' state back from inside the sampler's lax.scan): the evaluation
+  # model is the same model built without it, with the same variables.
+  eval_config = config.copy_and_resolve_references()
+  for part in eval_config.model.remat:
+    eval_config.model.remat[part] = 'none'
+  eval_model = nnx.eval_shape(lambda: p2s.build_model(eval_config, rngs=rngs()))
+  eval_model.eval()
+  eval_graphdef = nnx.graphdef(eval_model)
   init_fn = lambda: steps.create_train_state(new_model(), tx)
   if abstract:
     abstract_state = jax.eval_shape(init_fn)

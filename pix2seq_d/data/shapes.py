@@ -335,8 +335,7 @@ class ShapesVideo(tfds.core.GeneratorBasedBuilder):
     '1.0.0': 'Initial release.',
     '1.1.0': '1-4 objects of 12-28 px (was 1-8 of 8-24): learnable in minutes on a CPU.',
     '1.2.0': 'Objects of 16-32 px (was 12-28): at least 4 pixels of a 16x16 mask.',
-    '1.3.0': '1000 train / 64 test clips (was 64 / 16): a fine-tuned model overfitted 64 clips, '
-    'and J&F over 16 clips varied too much to compare runs.',
+    '1.3.0': '1000 train / 64 test clips (was 64 / 16: overfitted, and too few to compare runs).',
   }
   BUILDER_CONFIGS = _VIDEO_CONFIGS
   code_path = _CODE_PATH

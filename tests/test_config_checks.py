@@ -16,6 +16,7 @@ from pix2seq_d import config_checks
     lambda: shapes.get_config('tiny'),
     lambda: shapes.get_config('video'),
     davis.get_config,
+    lambda: davis.get_config('runlocal'),
   ],
 )
 @pytest.mark.parametrize('mode', ['train', 'eval', 'train_and_eval', 'predict', 'summary'])

@@ -131,7 +131,8 @@ def _load_frames(source: list[str] | str, image_size, pad_value: float):
 
 
 def panoptic_frames(semantic, instance, categories):
-  """A clip's (semantic, instance) (T, H, W) -> COCO panoptic ids (T, H, W) and their segments.
+  """A clip's (semantic, instance) (T, H, W) -> (COCO panoptic ids (T, H, W), per-frame segment
+  lists, the classes (T, H, W) they were given).
 
   The segment id is the instance id, so a track keeps its id in every frame (post-processing
   gave each id one class over the clip). Class 0 with an instance id is an object of a dataset

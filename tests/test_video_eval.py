@@ -11,7 +11,7 @@ from configs import shapes
 from pix2seq_d import sharding, steps, video_eval_loop
 from pix2seq_d.data import shapes as shapes_data
 from pix2seq_d.evaluation import davis
-from pix2seq_d.tasks import video
+from pix2seq_d.tasks import panoptic, video
 
 IS_THING = np.array([False, True, True, True, False, False])  # void, 3 things, sky, ground
 
@@ -41,8 +41,8 @@ def test_objects_are_non_stuff_instances_numbered_by_id_or_size():
 def test_clip_vote_gives_each_track_one_class_and_drops_small_tracks():
   semantic = np.array([[[1, 1, 2, 0]], [[1, 2, 2, 0]]])
   instance = np.array([[[5, 5, 5, 6]], [[5, 5, 5, 6]]])
-  new_semantic, new_instance = video.clip_majority_vote(
-    semantic, instance, num_classes=6, max_instances=16, min_pixels=3
+  new_semantic, new_instance = panoptic.majority_vote(
+    semantic, instance, num_classes=6, max_instances=16, min_pixels=3, class_zero_is_void=False
   )
   # Track 5: 3 votes for class 2, 3 for class 1 -> the first maximum (class 1) in every frame;
   # track 6 has 2 pixels < 3 -> void.

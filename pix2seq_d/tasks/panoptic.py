@@ -16,20 +16,27 @@ def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def majority_vote(
-  semantic: np.ndarray, instance: np.ndarray, num_classes: int, max_instances: int, min_pixels: int
+  semantic: np.ndarray,
+  instance: np.ndarray,
+  num_classes: int,
+  max_instances: int,
+  min_pixels: int,
+  class_zero_is_void: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Every instance id takes the most frequent class among its pixels.
+  """Every instance id takes the most frequent class among its pixels (over all of the maps).
 
-  Ids with fewer than `min_pixels` pixels, instance 0, and ids whose majority is void become
-  void (0, 0).
+  Ids with fewer than `min_pixels` pixels and instance 0 become void (0, 0), and so do ids whose
+  majority is class 0 unless `class_zero_is_void` is False (DAVIS objects have class 0).
 
   Args:
-    semantic, instance: (H, W) int maps.
+    semantic, instance: int maps of one shape, (H, W) for an image or (T, H, W) for a clip (an id
+      then takes one class in every frame).
     num_classes, max_instances: the id ranges (semantic < num_classes, instance < max_instances).
     min_pixels: the smallest segment kept.
+    class_zero_is_void: whether class 0 voids the ids it wins.
 
   Returns:
-    (semantic, instance), (H, W) int32 each.
+    (semantic, instance), int32 each, of the input shape.
   """
   semantic = np.clip(semantic, 0, num_classes - 1).astype(np.int64)
   instance = np.clip(instance, 0, max_instances - 1).astype(np.int64)
@@ -39,10 +46,11 @@ def majority_vote(
   votes = joint.argmax(axis=1)
   keep = joint.sum(axis=1) >= min_pixels
   keep[0] = False
-  classes = np.where(keep, votes, 0)
-  new_semantic = classes[instance]
-  new_instance = np.where(new_semantic > 0, instance, 0)
-  return new_semantic.astype(np.int32), new_instance.astype(np.int32)
+  if class_zero_is_void:
+    keep &= votes > 0
+  kept = keep[instance]
+  new_semantic = np.where(kept, votes[instance], 0)
+  return new_semantic.astype(np.int32), np.where(kept, instance, 0).astype(np.int32)
 
 
 def merge_stuff(semantic: np.ndarray, instance: np.ndarray, is_thing: np.ndarray) -> np.ndarray:
@@ -61,6 +69,19 @@ def merge_stuff(semantic: np.ndarray, instance: np.ndarray, is_thing: np.ndarray
     pixels = stuff & (semantic == cls)
     instance[pixels] = instance[pixels].min()
   return instance
+
+
+def to_original_size(
+  pred: np.ndarray,
+  padded_size: tuple[int, int],
+  unpadded_size: tuple[int, int],
+  orig_size: tuple[int, int],
+) -> np.ndarray:
+  """(Hm, Wm, ...) mask-size map -> (Ho, Wo, ...): nearest resize to the padded input size, crop of
+  the padding, nearest resize to the original size."""
+  full = resize_nearest(pred, padded_size)
+  full = full[: int(unpadded_size[0]), : int(unpadded_size[1])]
+  return resize_nearest(full, orig_size)
 
 
 def postprocess(
@@ -92,9 +113,7 @@ def postprocess(
   Returns:
     (semantic, instance), each (Ho, Wo) int32.
   """
-  full = resize_nearest(pred, padded_size)
-  full = full[: int(unpadded_size[0]), : int(unpadded_size[1])]
-  full = resize_nearest(full, orig_size)
+  full = to_original_size(pred, padded_size, unpadded_size, orig_size)
   semantic, instance = majority_vote(
     full[..., 0], full[..., 1], num_classes, max_instances, min_pixels
   )

@@ -13,34 +13,6 @@ from pix2seq_d.evaluation import davis
 from pix2seq_d.tasks import panoptic
 
 
-def clip_majority_vote(
-  semantic: np.ndarray, instance: np.ndarray, num_classes: int, max_instances: int, min_pixels: int
-) -> tuple[np.ndarray, np.ndarray]:
-  """Every instance id takes the most frequent class among its pixels over the whole clip.
-
-  Unlike the image rule (`panoptic.majority_vote`), class 0 is a class here (DAVIS objects have
-  it); instance 0 and ids with fewer than `min_pixels` pixels over the clip become (0, 0).
-
-  Args:
-    semantic, instance: (T, H, W) int maps.
-    num_classes, max_instances: the id ranges.
-    min_pixels: the smallest track kept (pixels over all frames).
-
-  Returns:
-    (semantic, instance), (T, H, W) int32 each; each instance id has one class in every frame.
-  """
-  semantic = np.clip(semantic, 0, num_classes - 1).astype(np.int64)
-  instance = np.clip(instance, 0, max_instances - 1).astype(np.int64)
-  joint = np.bincount(
-    (instance * num_classes + semantic).ravel(), minlength=max_instances * num_classes
-  ).reshape(max_instances, num_classes)
-  keep = joint.sum(axis=1) >= min_pixels
-  keep[0] = False
-  kept = keep[instance]
-  new_semantic = np.where(kept, joint.argmax(axis=1)[instance], 0)
-  return new_semantic.astype(np.int32), np.where(kept, instance, 0).astype(np.int32)
-
-
 def postprocess_clip(
   pred: np.ndarray,
   padded_size: tuple[int, int],
@@ -53,26 +25,26 @@ def postprocess_clip(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Mask-size predictions of a clip -> original-size (semantic, instance) per frame.
 
-  Each frame is resized as an image is (`panoptic.postprocess`: nearest to the padded input size,
-  crop of the padding, nearest to the original size), then `clip_majority_vote` runs over the
-  clip, so an id keeps one class over time.
+  Each frame is resized as an image is (`panoptic.to_original_size`), then the class vote
+  (`panoptic.majority_vote`) runs over the whole clip with class 0 a class like the others (DAVIS
+  objects have it), so an id keeps one class over time; ids with fewer than `min_pixels` pixels
+  over the clip become void.
 
   Args:
     pred: (T, Hm, Wm, 2) int [semantic, instance] of the clip's real frames.
     padded_size: (H, W) of the model input; unpadded_size: (h, w) of the frames inside it.
     orig_size: (Ho, Wo) of the original frames.
-    num_classes, max_instances, min_pixels: see `clip_majority_vote`.
+    num_classes, max_instances: the id ranges; min_pixels: the smallest track kept.
 
   Returns:
     (semantic, instance), each (T, Ho, Wo) int32.
   """
-  frames = []
-  for frame in pred:
-    full = panoptic.resize_nearest(frame, padded_size)
-    full = full[: int(unpadded_size[0]), : int(unpadded_size[1])]
-    frames.append(panoptic.resize_nearest(full, orig_size))
-  full = np.stack(frames)
-  return clip_majority_vote(full[..., 0], full[..., 1], num_classes, max_instances, min_pixels)
+  full = np.stack(
+    [panoptic.to_original_size(frame, padded_size, unpadded_size, orig_size) for frame in pred]
+  )
+  return panoptic.majority_vote(
+    full[..., 0], full[..., 1], num_classes, max_instances, min_pixels, class_zero_is_void=False
+  )
 
 
 def object_ids(

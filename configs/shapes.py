@@ -51,6 +51,14 @@ def get_config(arg=None):
   data.scale_jitter = (1.0, 1.0)
   data.color_jitter_strength = 0.0
   data.eval_orig_size = (64, 64)
+  # Instance ids by location (SOLO-like: the 3 x 5 grid cell that holds a segment's centroid, the
+  # nearest free cell when taken) instead of the paper's random ids. Random ids leave the model
+  # to agree on one draw per object across its pixels, which a model trained for minutes does
+  # badly: about half of the objects shared an id with another and were merged. Measured on the
+  # 300 test images (2-core CPU; 6,000 steps on an H200 with the same train step): after 3,000
+  # steps PQ 0.557 (things 0.315) against 0.470 (0.204) with random ids; after 6,000 steps 0.600
+  # (0.386) against 0.536 (0.308). configs/coco.py keeps random ids.
+  data.instance_id_order = 'location'
 
   # Analog bits at scale 1 instead of the paper's 0.1: the instance ids are readable from x_t over
   # more of the noise range, which a model trained for minutes needs (measured on this set: PQ
@@ -59,7 +67,9 @@ def get_config(arg=None):
 
   train = config.train
   train.batch_size = 8
-  train.num_steps = 6_000
+  # 3,000 steps keep the whole command near 7 minutes on a quiet 2-core CPU; 6,000 steps add
+  # PQ +0.04 (things +0.07), measured as above.
+  train.num_steps = 3_000
   train.learning_rate = 2e-3
   train.warmup_steps = 100
   train.weight_decay = 0.0
@@ -93,7 +103,9 @@ def get_config(arg=None):
     model.denoiser.transformer_layers = 1
     model.denoiser.transformer_dim = 32
     model.denoiser.transformer_heads = 2
-    config.diffusion.b_scale = 0.1  # the paper's value: unit tests exercise the published setting.
+    # The paper's values: unit tests exercise the published setting.
+    config.diffusion.b_scale = 0.1
+    data.instance_id_order = 'random'
   elif arg == 'video':
     # Moving shapes, fine-tuned from a shapes image run (README: "Video"):
     #   --config.init_from.path=IMAGE_RUN

@@ -104,7 +104,7 @@ def check_config(config, mode: str) -> None:
   for field in ('train.batch_size', 'eval.batch_size', 'diffusion.steps'):
     _check_at_least(config, field, 1)
   _check_choice(config, 'task', ('panoptic', 'video_panoptic'))
-  _check_choice(config, 'data.instance_id_order', ('random', 'shuffle'))
+  _check_choice(config, 'data.instance_id_order', ('random', 'shuffle', 'location'))
   _check_choice(config, 'data.train_resize_method', ('bilinear', 'bicubic'))
   _check_video_fields(config)
   if mode in ('train', 'train_and_eval'):

@@ -125,7 +125,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.image_pad_value = 0.3
   # How training gives segments their instance ids (the same mapping for all frames of a video
   # window): 'random' = distinct ids drawn from 1..max_instances-1 (images, the paper);
-  # 'shuffle' = a random permutation of 1..N for the N segments (the authors' video setting).
+  # 'shuffle' = a random permutation of 1..N for the N segments (the authors' video setting);
+  # 'location' = not random: the cell of a grid over the mask (about sqrt(ids) cells a side) that
+  # holds the segment's centroid, the nearest free cell when taken (configs/shapes.py).
   data.instance_id_order = 'random'
   # Image resampling of the training augmentation: 'bilinear', or 'bicubic' as the authors' video
   # training. Evaluation and prediction resize bilinearly (with antialiasing) either way.

@@ -218,6 +218,71 @@ def test_shuffle_order_permutes_compact_ids_shared_by_all_frames():
     augment.assign_instance_ids(tf.constant(label), 16, tf.constant([1, 2]), order='sorted')
 
 
+def _blob_label(boxes, shape):
+  """Label (..., H, W, 2) of boxes (y0, y1, x0, x1): instance k + 1, semantic 1, else void."""
+  label = np.zeros(shape + (2,), np.int32)
+  for k, (y0, y1, x0, x1) in enumerate(boxes):
+    label[..., y0:y1, x0:x1, :] = (1, k + 1)
+  return label
+
+
+def test_location_order_gives_each_segment_the_cell_of_its_centroid():
+  rng, entropy = _fresh_rng()
+  rows, cols = augment.location_grid(15)
+  assert (rows, cols) == (3, 5) and augment.location_grid(255) == (15, 17)
+  height, width = 30, 50  # cells of 10 x 10 pixels
+  # One small square per chosen cell, well inside it: its id is 1 + the cell's raster index.
+  cells = rng.choice(rows * cols, size=int(rng.integers(2, 8)), replace=False)
+  boxes = [
+    (10 * (c // cols) + 3, 10 * (c // cols) + 7, 10 * (c % cols) + 2, 10 * (c % cols) + 8)
+    for c in cells
+  ]
+  label = _blob_label(boxes, (2, height, width))  # two frames share one mapping
+  outputs = [
+    augment.assign_instance_ids(
+      tf.constant(label), 16, tf.constant(rng.integers(0, 2**31, size=2)), order='location'
+    )[0].numpy()
+    for _ in range(3)
+  ]
+  for out in outputs[1:]:
+    np.testing.assert_array_equal(out, outputs[0], err_msg=f'entropy {entropy}: seed changed ids')
+  for k, c in enumerate(cells):
+    y0, _, x0, _ = boxes[k]
+    assert (outputs[0][:, y0, x0, 1] == c + 1).all(), (entropy, k, c)
+  # Mirrored left-right, each square moves to the mirrored cell.
+  mirrored = augment.assign_instance_ids(
+    tf.constant(label[:, :, ::-1]), 16, tf.constant([0, 0]), order='location'
+  )[0].numpy()
+  for k, c in enumerate(cells):
+    y0, _, x0, _ = boxes[k]
+    assert mirrored[0, y0, width - x0 - 1, 1] == 1 + (c // cols) * cols + cols - 1 - c % cols
+
+
+def test_location_order_gives_a_crowded_cell_s_smaller_segments_the_nearest_free_cells():
+  rng, entropy = _fresh_rng()
+  # Three segments centred in the middle cell (1, 2) of the 3 x 5 grid, of distinct sizes; the
+  # largest keeps it, the others take free cells next to it (distance 1 cell), all distinct.
+  sizes = rng.permutation([6, 4, 2])
+  boxes = [(15 - s // 2, 15 + s // 2, 25 - s // 2, 25 + s // 2) for s in sizes]
+  boxes = [boxes[k] for k in np.argsort(-sizes)]  # paint the largest first, the others on top
+  label = _blob_label(boxes, (30, 50))
+  out = augment.assign_instance_ids(tf.constant(label), 16, tf.constant([3, 4]), 'location')[0]
+  out = out.numpy()
+  ids = [int(np.bincount(out[..., 1][label[..., 1] == k + 1]).argmax()) for k in range(3)]
+  assert ids[0] == 1 * 5 + 2 + 1, entropy  # the largest: its own cell
+  assert len(set(ids)) == 3, (entropy, ids)
+  for i in ids[1:]:
+    row, col = divmod(i - 1, 5)
+    assert abs(row - 1) + abs(col - 2) == 1, (entropy, ids)  # an adjacent cell
+  # More segments than cells and ids: the 15 largest of 17 get ids 1..15, the rest void.
+  boxes = [(2 * k, 2 * k + 1, 0, 17 - k) for k in range(17)]
+  out, dropped = augment.assign_instance_ids(
+    tf.constant(_blob_label(boxes, (40, 40))), 16, tf.constant([0, 1]), 'location'
+  )
+  assert int(dropped) == 2
+  assert sorted(set(out.numpy()[..., 1].ravel().tolist()) - {0}) == list(range(1, 16))
+
+
 def test_bicubic_training_resize_is_sharper_and_stays_in_range():
   rng, entropy = _fresh_rng()
   image = np.zeros((1, 16, 16, 3), np.uint8)

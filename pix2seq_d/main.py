@@ -21,6 +21,18 @@ flags.DEFINE_enum('mode', 'train_and_eval', MODES, 'What to run.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
+flags.DEFINE_integer(
+  'coordinator_timeout_s',
+  300,
+  'Multi-process runs: how long to wait for the coordinator (process 0) and for every process '
+  'to join before stopping with an error.',
+)
+flags.DEFINE_integer(
+  'heartbeat_timeout_s',
+  60,
+  'Multi-process runs: a process not heard from for this long counts as lost, and every other '
+  'process then stops (status 134) within one to two of these timeouts.',
+)
 flags.DEFINE_string(
   'jax_cache_dir',
   os.environ.get('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/pix2seq_d/jax')),
@@ -33,17 +45,27 @@ FLAGS = flags.FLAGS
 _CLUSTER_ENV = ('TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
 
 
-def _initialize_distributed() -> None:
-  """Joins a multi-process run when one is configured; a no-op for a single process."""
-  import jax
+def _initialize_distributed(config):
+  """Joins a multi-process run when one is configured, checks that every process runs the same
+  config and returns the started `distributed.PeerMonitor` (None for a single process)."""
+  from pix2seq_d import distributed
 
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    return
+  timeouts = {
+    'timeout_s': FLAGS.coordinator_timeout_s,
+    'heartbeat_timeout_s': FLAGS.heartbeat_timeout_s,
+  }
   cluster = [name for name in _CLUSTER_ENV if os.environ.get(name, '1') not in ('', '1')]
-  if cluster:
+  if FLAGS.coordinator_address:
+    distributed.initialize(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, **timeouts
+    )
+  elif cluster:
     logging.info('Multi-process environment (%s): jax.distributed.initialize().', cluster)
-    jax.distributed.initialize()
+    distributed.initialize(None, None, None, **timeouts)
+  else:
+    return None
+  distributed.check_same_config(config, FLAGS.coordinator_timeout_s)
+  return distributed.start_peer_monitor(FLAGS.heartbeat_timeout_s)
 
 
 def _enable_compilation_cache(path: str) -> None:
@@ -79,7 +101,7 @@ def main(argv) -> None:
   config = FLAGS.config
   if config is None:
     raise app.UsageError('--config=configs/NAME.py is required.')
-  from pix2seq_d import config_checks
+  from pix2seq_d import config_checks, distributed
 
   try:
     config_checks.check_config(config, FLAGS.mode)
@@ -92,13 +114,20 @@ def main(argv) -> None:
     print(summary.model_summary(config), flush=True)
     return
 
-  _initialize_distributed()
+  try:
+    monitor = _initialize_distributed(config)
+  except distributed.DistributedError as error:
+    sys.stderr.write(f'error: {error}\n')
+    sys.stderr.flush()
+    os._exit(1)  # without joining JAX's coordination threads
   _enable_compilation_cache(FLAGS.jax_cache_dir)
   workdir = _check_workdir(FLAGS.workdir, FLAGS.mode)
   try:
     _run(config, workdir, FLAGS.mode)
-  except Exception:  # every failure ends the process, see _exit_on_failure
-    _exit_on_failure()
+  except Exception as error:  # every failure ends the process, see _exit_on_failure
+    _exit_on_failure(monitor, error)
+  if monitor is not None:
+    monitor.stop()
 
 
 def _run(config, workdir: str, mode: str) -> None:
@@ -119,8 +148,11 @@ def _run(config, workdir: str, mode: str) -> None:
     logging.info('Evaluation: %s', {k: v for k, v in record.items() if k != 'per_class'})
 
 
-def _exit_on_failure() -> None:
+def _exit_on_failure(monitor, error: Exception) -> None:
   """Reports the exception being handled and ends the process with exit status 1 at once.
+
+  In a multi-process run it first tells the peers (they stop too, naming this process) and names
+  the peers that are gone: the error itself, often a failed collective, does not.
 
   A failure can leave library threads that never finish: orbax's checkpoint threads wait forever
   for the signal of a write that failed (an unwritable checkpoints/ folder), and tf.data keeps
@@ -129,6 +161,14 @@ def _exit_on_failure() -> None:
   """
   logging.exception('pix2seq_d stopped on an error; exiting with status 1.')
   logging.flush()
+  if monitor is not None:
+    monitor.stop(
+      failure=f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}'
+    )
+    lost = monitor.describe_lost_peers()
+    if lost:
+      logging.error('Peers: %s.', lost)
+      logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(1)

@@ -8,10 +8,11 @@
 #   create    gcloud compute tpus tpu-vm create (--accelerator-type, --version, --spot/--preemptible)
 #   copy      packs this checkout (without .git) and unpacks it into ~/pix2seq_d on every worker
 #   install   pip install -e '.[tpu]' on every worker
-#   run       python -m pix2seq_d.main FLAGS on every worker (--worker=all); each worker keeps its
-#             log in ~/pix2seq_d_logs/main.log (appended to, so a resumed run adds to it)
+#   run       starts python -m pix2seq_d.main FLAGS in the background on every worker
+#             (--worker=all); each worker appends its output to ~/pix2seq_d_logs/main.log
 #   up        create, copy, install and run
 #   logs      the last lines of every worker's log (--lines=N)
+#   stop      SIGTERM to the run on every worker: it saves a checkpoint and exits
 #   delete    deletes the slice
 # Options:
 #   --name=NAME --zone=ZONE [--project=P] [--accelerator-type=v5p-32 (default)]
@@ -25,7 +26,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -94,7 +95,11 @@ run() {
   ((${#main_flags[@]})) || { echo 'tpu_pod.sh run: give the pix2seq_d flags after --' >&2; exit 2; }
   local flags
   flags=$(printf ' %q' "${main_flags[@]}")
-  on_all_workers "mkdir -p ~/pix2seq_d_logs && cd ~/pix2seq_d && set -o pipefail && python3 -m pix2seq_d.main${flags} 2>&1 | tee -a ~/pix2seq_d_logs/main.log"
+  on_all_workers "mkdir -p ~/pix2seq_d_logs && cd ~/pix2seq_d && nohup python3 -m pix2seq_d.main${flags} >> ~/pix2seq_d_logs/main.log 2>&1 < /dev/null &"
+}
+
+stop() {
+  on_all_workers 'pkill -TERM -f pix2seq_d.main || true'
 }
 
 logs() {
@@ -112,6 +117,7 @@ case "${command}" in
   run) run ;;
   up) create; copy; install; run ;;
   logs) logs ;;
+  stop) stop ;;
   delete) delete ;;
   *) echo "tpu_pod.sh: unknown command '${command}'" >&2; usage ;;
 esac

@@ -5,11 +5,13 @@
 - With an explicit coordinator address, every process other than 0 first waits (at most the
   initialization timeout) until something accepts connections there, and otherwise stops with a
   message naming the address, instead of JAX's abort, which blames a task that died.
-- The heartbeat timeout bounds how long a process outlives a lost peer. JAX's coordination
-  service then ends every surviving process with status 134 (an abort) and a log line naming the
-  lost task: "The following tasks are unhealthy (stopped sending heartbeats): 1" when a worker
-  died (after one to two heartbeat timeouts), or "Failed to send RPC to coordination service.
-  Either the leader task was preempted/died" at once when process 0 died.
+- The heartbeat timeout bounds how long a process outlives a lost peer. `PeerMonitor` (started
+  by `start_peer_monitor`) exchanges its own heartbeats and stops a process (status 1) after half
+  of that timeout, naming the lost peer's index, host and pid, or the peer that reported a
+  failure. JAX's coordination service is the backstop: after one to two heartbeat timeouts it
+  aborts the survivors (status 134) naming the task ("The following tasks are unhealthy (stopped
+  sending heartbeats): 1"), and when process 0 dies it aborts the others at once ("Either the
+  leader task was preempted/died").
 
 `check_same_config` compares the whole config of every process with process 0's through the
 coordination service's key-value store, and stops a run whose processes were started with

@@ -69,9 +69,9 @@ def test_tpu_pod_dry_run_prints_every_gcloud_command_for_all_workers():
   assert "pip install -q -e '.[tpu]'" in scripts[1]
   run = scripts[2][len('--command=') :]
   # The one command every worker runs: the main module with exactly the given flags, logged.
-  main = run.split('python3 -m pix2seq_d.main', 1)[1].split('2>&1')[0]
+  main = run.split('nohup python3 -m pix2seq_d.main', 1)[1].split('>>')[0]
   assert shlex.split(main) == flags
-  assert 'tee -a ~/pix2seq_d_logs/main.log' in run
+  assert run.endswith('>> ~/pix2seq_d_logs/main.log 2>&1 < /dev/null &')
   delete = _script('tpu_pod.sh', 'delete', '--name=pod', '--zone=z', '--dry-run')
   assert shlex.split(delete.stdout) == [
     'gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'pod', '--zone=z', '--quiet',

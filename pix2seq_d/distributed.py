@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -36,7 +37,14 @@ _DONE_KEY = 'pix2seq_d/done/'  # + process index, once it finished normally
 
 
 class DistributedError(RuntimeError):
-  """A multi-process run cannot start: the message says why and what to do."""
+  """A multi-process run cannot start: the message says why and what to do.
+
+  `reported`: the message was already written to stderr (before the processes left together).
+  """
+
+  def __init__(self, message: str, reported: bool = False):
+    super().__init__(message)
+    self.reported = reported
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -186,7 +194,7 @@ def check_same_config(config, timeout_s: int) -> None:
     lines = []
     for index in differing:
       lines += config_differences(texts[0], texts[index], f'process {index}')
-    raise DistributedError(
+    message = (
       f'the processes were started with different configs (sha256 of process 0: '
       f'{digests[0][:12]}; differing: '
       + ', '.join(f'process {i} {digests[i][:12]}' for i in differing)
@@ -194,6 +202,12 @@ def check_same_config(config, timeout_s: int) -> None:
       + '\n  '.join(lines)
       + '\nStart every process with the same --config and --config.* overrides.'
     )
+    # Every process writes the message before any leaves: once process 0 (the coordinator) is
+    # gone, JAX aborts the others at once.
+    sys.stderr.write(f'error: {message}\n')
+    sys.stderr.flush()
+    client.wait_at_barrier('pix2seq_d/config_mismatch', timeout_s * 1000)
+    raise DistributedError(message, reported=True)
   logging.info('Config sha256 %s, the same on all %d processes.', digests[0][:12], len(texts))
 
 

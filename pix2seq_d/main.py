@@ -117,7 +117,8 @@ def main(argv) -> None:
   try:
     monitor = _initialize_distributed(config)
   except distributed.DistributedError as error:
-    sys.stderr.write(f'error: {error}\n')
+    if not error.reported:
+      sys.stderr.write(f'error: {error}\n')
     sys.stderr.flush()
     os._exit(1)  # without joining JAX's coordination threads
   _enable_compilation_cache(FLAGS.jax_cache_dir)

@@ -109,6 +109,7 @@ def test_resumed_stream_continues_the_uninterrupted_one(shapes_config, arg, proc
 
 def test_instance_permutation_changes_every_epoch(shapes_config):
   config = _no_augmentation(shapes_config())
+  config.data.instance_id_order = 'random'  # the paper's ids (configs/shapes.py: by location)
   config.data.train_split = 'train[:1]'  # every batch holds the same example from 2 epochs.
   config.train.batch_size = 2
   iterator = pipeline.make_train_iterator(config, process_index=0, process_count=1)

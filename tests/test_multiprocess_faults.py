@@ -64,7 +64,8 @@ def test_processes_with_different_configs_stop_at_start(tmp_path, shapes_data_di
   ]
   for proc in procs:
     code, log = _finish(proc, timeout=300)
-    assert code == 1, log[-3000:]
+    # 1, or JAX's abort when process 0 (the coordinator) left first: both after the message.
+    assert code != 0, log[-3000:]
     assert 'the processes were started with different configs' in log, log[-3000:]
     assert f'train.num_steps: {steps[0]} on process 0, {steps[1]} on process 1' in log
   assert not _checkpoint_steps(tmp_path / 'run')

@@ -67,6 +67,10 @@ def get_config(arg=None):
   # more of the noise range, which a model trained for minutes needs (measured on this set: PQ
   # 0.18 with b_scale 1.0 against 0.07 with 0.1 after 800 steps).
   config.diffusion.b_scale = 1.0
+  # Tried with ids by location after 3,000 steps (PQ / things; 0.557 / 0.315 as configured) and
+  # not adopted: b_scale 0.3 0.550 / 0.303 and 0.1 0.479 / 0.187 (H200, same train step);
+  # self-conditioning 0.554 / 0.310 (this CPU). Half of the objects still get the wrong shape
+  # class: the denoiser does not yet read the shape from the image at high noise.
 
   train = config.train
   train.batch_size = 8

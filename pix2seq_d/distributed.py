@@ -206,7 +206,10 @@ def check_same_config(config, timeout_s: int) -> None:
     # gone, JAX aborts the others at once.
     sys.stderr.write(f'error: {message}\n')
     sys.stderr.flush()
-    client.wait_at_barrier('pix2seq_d/config_mismatch', timeout_s * 1000)
+    try:
+      client.wait_at_barrier('pix2seq_d/config_mismatch', timeout_s * 1000)
+    except Exception:  # noqa: BLE001 - a peer already gone: leave anyway
+      pass
     raise DistributedError(message, reported=True)
   logging.info('Config sha256 %s, the same on all %d processes.', digests[0][:12], len(texts))
 

@@ -278,11 +278,10 @@ def location_ids(
   height, width = shape[-2], shape[-1]
   flat = tf.reshape(instance, [-1])
   num_ids = tf.shape(counts)[0]
-  ys = tf.cast(tf.range(height), tf.float32)[:, None] + tf.zeros([1, width])
-  xs = tf.cast(tf.range(width), tf.float32)[None, :] + tf.zeros([height, 1])
-  plane_pixels = tf.size(flat) // (height * width)
-  ys = tf.reshape(tf.tile(ys[None], [plane_pixels, 1, 1]), [-1])
-  xs = tf.reshape(tf.tile(xs[None], [plane_pixels, 1, 1]), [-1])
+  # Row and column of every pixel of the flattened (..., H, W) label.
+  position = tf.range(tf.size(flat))
+  ys = tf.cast((position // width) % height, tf.float32)
+  xs = tf.cast(position % width, tf.float32)
   area = tf.maximum(tf.cast(counts, tf.float32), 1.0)
   # Centroids in cell units: (num_ids,).
   cy = (tf.math.unsorted_segment_sum(ys, flat, num_ids) / area + 0.5) * rows

@@ -103,6 +103,9 @@ def check_config(config, mode: str) -> None:
 
   for field in ('train.batch_size', 'eval.batch_size', 'diffusion.steps'):
     _check_at_least(config, field, 1)
+  # Read in every mode: a positive weight gives the model its class head, so a run's checkpoints
+  # restore only with the weight it was trained with.
+  _check_at_least(config, 'diffusion.semantic_aux_weight', 0)
   _check_choice(config, 'task', ('panoptic', 'video_panoptic'))
   _check_choice(config, 'data.instance_id_order', ('random', 'shuffle', 'location'))
   _check_choice(config, 'data.train_resize_method', ('bilinear', 'bicubic'))

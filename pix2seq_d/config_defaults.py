@@ -91,6 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   diffusion.b_scale = 0.1
   diffusion.schedule = 'cosine'  # 'cosine', 'sigmoid' or 'linear' gamma(t).
   diffusion.loss_weight_p = 0.2  # pixel weight (1 / (count + 1)) ** p per instance id.
+  # Weight of an auxiliary loss that is not in the paper: per-pixel class cross-entropy of a linear
+  # head on the fused encoder features (trained only; sampling never uses it). 0 = off (the paper).
+  diffusion.semantic_aux_weight = 0.0
   diffusion.self_cond = False
   diffusion.self_cond_rate = 0.5  # fraction of the batch that gets an x0 estimate when on.
   diffusion.sampler = 'ddim'  # 'ddim' or 'ddpm'.

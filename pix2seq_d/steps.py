@@ -130,8 +130,12 @@ def diffusion_loss(
     label[..., 1], config.model.max_instances, d.loss_weight_p
   )
   loss = losses.softmax_xent_loss(logits, label, weights)
-  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == label)
-  return loss, {'loss': loss, 'id_accuracy': accuracy}
+  metrics = {'id_accuracy': jnp.mean(jnp.argmax(logits, axis=-1) == label)}
+  if d.semantic_aux_weight:
+    semantic = losses.semantic_loss(model.semantic_logits(encoded), label[..., 0])
+    metrics['semantic_loss'] = semantic
+    loss = loss + d.semantic_aux_weight * semantic
+  return loss, {'loss': loss, **metrics}
 
 
 def train_step(

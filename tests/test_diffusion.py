@@ -105,6 +105,19 @@ def test_softmax_xent_loss_is_weighted_mean():
   assert float(losses.softmax_xent_loss(logits, label, weights)) == pytest.approx(expected, 1e-5)
 
 
+def test_semantic_loss_is_the_mean_class_cross_entropy():
+  seed = np.random.SeedSequence().entropy % 2**32
+  print(f'semantic loss seed: {seed}')
+  rng = np.random.default_rng(seed)
+  num_classes = int(rng.integers(2, 140))
+  logits = rng.normal(size=(2, 5, 3, num_classes)).astype(np.float32)
+  semantic = rng.integers(0, num_classes, (2, 5, 3))
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  expected = -np.mean(np.log(np.take_along_axis(probs, semantic[..., None], -1)))
+  got = float(losses.semantic_loss(jnp.asarray(logits), jnp.asarray(semantic)))
+  assert got == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize('steps, td', [(1, 0.0), (5, 1.0), (10, 2.0), (20, 0.5)])
 def test_time_grid_monotone_and_non_negative(steps, td):
   t_now, t_next = (np.asarray(t) for t in sampler.time_grid(steps, td))

@@ -72,3 +72,43 @@ def test_tiny_model_overfits_one_batch_and_samples_it():
   pred = np.asarray(predict(state.params, state.model_state, batch['image'], jax.random.key(1)))
   accuracy = np.mean(np.all(pred == label, axis=-1))
   assert accuracy >= 0.95, (accuracy, seed)
+
+
+def test_semantic_aux_loss_adds_to_the_loss_and_trains_the_class_head():
+  seed = np.random.SeedSequence().entropy % 2**32
+  print(f'semantic aux seed: {seed}')
+  rng = np.random.default_rng(seed)
+  config = shapes.get_config('tiny')
+  assert p2s.build_model(config, rngs=nnx.Rngs(0)).semantic_head is None  # the paper: no head.
+  weight = float(rng.uniform(0.5, 2.0))
+  config.diffusion.semantic_aux_weight = weight
+  config.train.warmup_steps = 5
+  config.train.learning_rate = 5e-3
+  image, label = synthetic_batch(seed, 4, 32, 16)
+  batch = {'image': jnp.asarray(image), 'label': jnp.asarray(label)}
+  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  model.train()
+
+  # The total is the diffusion loss plus weight x the head's class cross-entropy (same noise).
+  key = jax.random.key(int(rng.integers(2**31)))
+  total, metrics = steps.diffusion_loss(model, batch, key, config)
+  config.diffusion.semantic_aux_weight = 0.0
+  diffusion_only, _ = steps.diffusion_loss(model, batch, key, config)
+  config.diffusion.semantic_aux_weight = weight
+  assert float(total) == pytest.approx(
+    float(diffusion_only) + weight * float(metrics['semantic_loss']), rel=1e-4
+  )
+
+  tx = steps.make_optimizer(config.train)
+  state = steps.create_train_state(model, tx)
+  graphdef = nnx.graphdef(model)
+  train_step = jax.jit(functools.partial(steps.train_step, graphdef, config=config, tx=tx))
+  semantic = []
+  for step in range(80):
+    state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
+    semantic.append(float(metrics['semantic_loss']))
+  assert semantic[-1] < 0.3 * semantic[0], semantic[::10]
+  model.eval()
+  nnx.update(model, state.params, state.model_state)
+  predicted = np.asarray(model.semantic_logits(model.encode(batch['image'])).argmax(-1))
+  assert np.mean(predicted == label[..., 0]) >= 0.9

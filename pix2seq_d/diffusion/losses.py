@@ -1,4 +1,5 @@
-"""The Pix2Seq-D training loss: softmax cross-entropy of the 8-bit groups, pixel-weighted."""
+"""The Pix2Seq-D training loss: softmax cross-entropy of the 8-bit groups, pixel-weighted, and the
+optional auxiliary class loss of the encoder's class head."""
 
 import jax
 import jax.numpy as jnp
@@ -46,3 +47,16 @@ def softmax_xent_loss(logits: jax.Array, label: jax.Array, weights: jax.Array) -
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(log_probs, label[..., None].astype(jnp.int32), axis=-1)[..., 0]
   return jnp.mean(nll * weights[..., None])
+
+
+def semantic_loss(logits: jax.Array, semantic: jax.Array) -> jax.Array:
+  """Mean cross-entropy of per-pixel class logits, the auxiliary loss of the class head.
+
+  Args:
+    logits: (B, H, W, K) class logits.
+    semantic: (B, H, W) int class ids in [0, K).
+
+  Returns:
+    Scalar float32, every pixel weighted equally.
+  """
+  return softmax_xent_loss(logits[..., None, :], semantic[..., None], jnp.ones(semantic.shape))

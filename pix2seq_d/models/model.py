@@ -169,7 +169,14 @@ class ImageEncoder(nnx.Module):
 class Pix2SeqD(nnx.Module):
   """Pix2Seq-D: `encode(images)` once, then `denoise(x_t, gamma, encoded)` per step."""
 
-  def __init__(self, model_config, *, extra_channels: int = 0, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    model_config,
+    *,
+    extra_channels: int = 0,
+    semantic_head: bool = False,
+    rngs: nnx.Rngs,
+  ):
     validate_model_config(model_config)
     m = model_config
     self.dtype = resolve_dtype(m.dtype)
@@ -247,6 +254,14 @@ class Pix2SeqD(nnx.Module):
       remat=m.remat.denoiser,
     )
 
+    # A linear per-pixel class head on the fused features, for the auxiliary training loss
+    # (config.diffusion.semantic_aux_weight > 0); sampling never calls it.
+    self.semantic_head = (
+      layers.dense(m.fusion.dim, m.num_classes, ('embed', None), precision, rngs=rngs)
+      if semantic_head
+      else None
+    )
+
   def encode(self, images: jax.Array) -> Encoded:
     """images (B, H, W, 3) in [0, 1] -> Encoded(tokens (B, S, D), features (B, Hm, Wm, F))."""
     stages = self.resnet(images.astype(self.dtype))
@@ -270,6 +285,15 @@ class Pix2SeqD(nnx.Module):
       inputs.append(extra.astype(self.dtype))
     return self.denoiser(jnp.concatenate(inputs, axis=-1), gamma, encoded.tokens)
 
+  def semantic_logits(self, encoded: Encoded) -> jax.Array:
+    """Encoded -> (B, Hm, Wm, num_classes) class logits of the auxiliary head."""
+    if self.semantic_head is None:
+      raise ValueError(
+        'semantic_logits: the model has no class head; it is built when '
+        'config.diffusion.semantic_aux_weight > 0.'
+      )
+    return self.semantic_head(encoded.features)
+
   def __call__(self, images, x_t, gamma, extra=None):
     """encode + denoise in one call (for summaries and FLOP counts)."""
     return self.denoise(x_t, gamma, self.encode(images), extra)
@@ -287,4 +311,9 @@ def extra_channels(config) -> int:
 
 def build_model(config, *, rngs: nnx.Rngs) -> Pix2SeqD:
   """The model that `config` (the whole experiment config) describes."""
-  return Pix2SeqD(config.model, extra_channels=extra_channels(config), rngs=rngs)
+  return Pix2SeqD(
+    config.model,
+    extra_channels=extra_channels(config),
+    semantic_head=config.diffusion.semantic_aux_weight > 0,
+    rngs=rngs,
+  )

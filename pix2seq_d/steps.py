@@ -95,7 +95,9 @@ def diffusion_loss(
     config: the experiment config (diffusion and model sections are read).
 
   Returns:
-    (loss, aux) where loss is the weighted softmax cross-entropy and aux holds scalar metrics.
+    (loss, aux) where loss is the weighted softmax cross-entropy plus, when
+    config.diffusion.semantic_aux_weight > 0, that weight times the class head's cross-entropy
+    (aux 'semantic_loss'); aux holds scalar metrics.
   """
   d = config.diffusion
   label = batch['label'].astype(jnp.int32)

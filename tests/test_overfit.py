@@ -63,8 +63,6 @@ def test_tiny_model_overfits_one_batch_and_samples_it():
   for step in range(config.train.num_steps):
     state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
     losses.append(float(metrics['loss']))
-    if losses[0] / losses[-1] >= 5 and step >= 150 and float(metrics['id_accuracy']) == 1.0:
-      break
   assert np.all(np.isfinite(losses))
   assert losses[0] / losses[-1] >= 5, losses[::25]
 
@@ -91,10 +89,14 @@ def test_semantic_aux_loss_adds_to_the_loss_and_trains_the_class_head():
 
   # The total is the diffusion loss plus weight x the head's class cross-entropy (same noise).
   key = jax.random.key(int(rng.integers(2**31)))
-  total, metrics = steps.diffusion_loss(model, batch, key, config)
-  config.diffusion.semantic_aux_weight = 0.0
-  diffusion_only, _ = steps.diffusion_loss(model, batch, key, config)
-  config.diffusion.semantic_aux_weight = weight
+  without = config.copy_and_resolve_references()
+  without.diffusion.semantic_aux_weight = 0.0
+  total, metrics = nnx.jit(functools.partial(steps.diffusion_loss, config=config))(
+    model, batch, key
+  )
+  diffusion_only, _ = nnx.jit(functools.partial(steps.diffusion_loss, config=without))(
+    model, batch, key
+  )
   assert float(total) == pytest.approx(
     float(diffusion_only) + weight * float(metrics['semantic_loss']), rel=1e-4
   )

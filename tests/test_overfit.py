@@ -91,12 +91,12 @@ def test_semantic_aux_loss_adds_to_the_loss_and_trains_the_class_head():
   key = jax.random.key(int(rng.integers(2**31)))
   without = config.copy_and_resolve_references()
   without.diffusion.semantic_aux_weight = 0.0
-  total, metrics = nnx.jit(functools.partial(steps.diffusion_loss, config=config))(
-    model, batch, key
-  )
-  diffusion_only, _ = nnx.jit(functools.partial(steps.diffusion_loss, config=without))(
-    model, batch, key
-  )
+
+  def loss_under(cfg):
+    return nnx.jit(functools.partial(steps.diffusion_loss, config=cfg))(model, batch, key)
+
+  total, metrics = loss_under(config)
+  diffusion_only, _ = loss_under(without)
   assert float(total) == pytest.approx(
     float(diffusion_only) + weight * float(metrics['semantic_loss']), rel=1e-4
   )

@@ -7,7 +7,7 @@
 Own data in the COCO panoptic layout: `--config.data.name=coco_folder --config.data.coco_root=DIR`.
 """
 
-from pix2seq_d import config_defaults
+from pix2seq_d.config import defaults as config_defaults
 
 
 def get_config(arg=None):

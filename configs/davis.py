@@ -13,13 +13,14 @@ DAVIS 2017 unsupervised J&F; `--config.eval.write_predictions=True` also writes 
 that `python -m pix2seq_d.evaluation.davis` reads.
 """
 
-from pix2seq_d import config_defaults
+from pix2seq_d.config import defaults as config_defaults
 
 
 def get_config(arg=None):
   """Returns the DAVIS config; `arg` is '' (the paper's fine-tuning) or 'runlocal' (smoke run)."""
   config = config_defaults.get_base_config()
   config.task = 'video_panoptic'
+  config.eval.metrics = ('davis_jf',)
 
   model = config.model
   model.image_size = (512, 1024)

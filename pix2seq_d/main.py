@@ -48,7 +48,7 @@ _CLUSTER_ENV = ('TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
 def _initialize_distributed(config):
   """Joins a multi-process run when one is configured, checks that every process runs the same
   config and returns the started `distributed.PeerMonitor` (None for a single process)."""
-  from pix2seq_d import distributed
+  from pix2seq_d.parallel import distributed
 
   timeouts = {
     'timeout_s': FLAGS.coordinator_timeout_s,
@@ -101,7 +101,8 @@ def main(argv) -> None:
   config = FLAGS.config
   if config is None:
     raise app.UsageError('--config=configs/NAME.py is required.')
-  from pix2seq_d import config_checks, distributed
+  from pix2seq_d.config import checks as config_checks
+  from pix2seq_d.parallel import distributed
 
   try:
     config_checks.check_config(config, FLAGS.mode)
@@ -109,7 +110,7 @@ def main(argv) -> None:
     sys.stderr.write(f'error: {error}\n')
     sys.exit(1)
   if FLAGS.mode == 'summary':
-    from pix2seq_d import summary
+    from pix2seq_d.tools import summary
 
     print(summary.model_summary(config), flush=True)
     return
@@ -132,21 +133,16 @@ def main(argv) -> None:
 
 
 def _run(config, workdir: str, mode: str) -> None:
-  if mode == 'predict' and config.task == 'video_panoptic':
-    from pix2seq_d import predict_video
-
-    predict_video.run(config, workdir)
-    return
   if mode == 'predict':
-    from pix2seq_d import predict
+    from pix2seq_d.loops import predict
 
     predict.run(config, workdir)
     return
-  from pix2seq_d import train
+  from pix2seq_d.loops import train
 
   record = train.run(config, workdir, mode)
   if record is not None:
-    logging.info('Evaluation: %s', {k: v for k, v in record.items() if k != 'per_class'})
+    logging.info('Evaluation: %s', record)
 
 
 def _exit_on_failure(monitor, error: Exception) -> None:
@@ -198,7 +194,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.stderr.write(
       f'error: {" ".join(culprits)}: the config has no field {name!r}'
       f'{f"; did you mean {suggestion.group(1)!r}?" if suggestion else "."} Fields are those '
-      'the config file defines (see pix2seq_d/config_defaults.py), e.g. '
+      'the config file defines (see pix2seq_d/config/defaults.py), e.g. '
       '--config.train.num_steps=100.\n'
     )
     sys.exit(2)

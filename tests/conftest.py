@@ -4,9 +4,29 @@ import os
 
 import pytest
 
+# Modules past this many lines are listed at the end of a test run: a judgement aid (does the file
+# hold two jobs?), not a rule that fails.
+LONG_MODULE_LINES = 600
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'pix2seq_d')
+
 
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: takes over ~20 s; deselect with -m "not slow".')
+
+
+def pytest_terminal_summary(terminalreporter):
+  long = []
+  for folder, _, names in os.walk(PACKAGE):
+    for name in sorted(n for n in names if n.endswith('.py')):
+      path = os.path.join(folder, name)
+      with open(path) as f:
+        lines = sum(1 for _ in f)
+      if lines > LONG_MODULE_LINES:
+        long.append(f'{os.path.relpath(path, os.path.dirname(PACKAGE))}: {lines} lines')
+  if long:
+    terminalreporter.write_sep('-', f'modules over {LONG_MODULE_LINES} lines (one job each?)')
+    for line in long:
+      terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope='session')

@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from configs import shapes
+from pix2seq_d.loops import state as state_lib
 from pix2seq_d.models import attention
-from pix2seq_d.models import model as p2s
 
 SEED = int(np.random.SeedSequence().entropy % 2**31)
 print(f'test_attention seed: {SEED}')
@@ -129,7 +129,7 @@ def test_model_with_each_implementation_equals_xla(impl, block):
     config = shapes.get_config('tiny')
     config.model.attention_impl = name
     config.model.attention_block = block
-    model = p2s.build_model(config, rngs=nnx.Rngs(0))
+    model = state_lib.build_model(config, rngs=nnx.Rngs(0))
     model.eval()
 
     def loss(model):

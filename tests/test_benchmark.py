@@ -1,4 +1,4 @@
-"""`python -m pix2seq_d.benchmark` on CPU: figures, JSON layout, and no TensorFlow / TFDS / clu."""
+"""`python -m pix2seq_d.tools.benchmark` on CPU: figures, JSON layout, no TensorFlow or clu."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import shapes
-from pix2seq_d import benchmark, summary
+from pix2seq_d.tools import benchmark, summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Installed on the path of the benchmark's process: importing any of these fails, as on the lent
@@ -49,7 +49,7 @@ def test_benchmark_runs_on_cpu_without_tensorflow(tmp_path):
     [
       sys.executable,
       '-m',
-      'pix2seq_d.benchmark',
+      'pix2seq_d.tools.benchmark',
       '--config=configs/shapes.py:tiny',
       '--config.train.batch_size=2',
       '--config.eval.batch_size=2',

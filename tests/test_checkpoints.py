@@ -15,8 +15,10 @@ import pytest
 from flax import nnx
 
 from configs import shapes
-from pix2seq_d import checkpoints, init_from, preemption, sharding, steps
-from pix2seq_d.models import model as p2s
+from pix2seq_d.loops import state as state_lib
+from pix2seq_d.loops import steps
+from pix2seq_d.parallel import sharding
+from pix2seq_d.runtime import checkpoints, init_from, preemption
 
 _is_variable = lambda x: isinstance(x, nnx.Variable)
 
@@ -32,7 +34,7 @@ def _config(**model_overrides):
 def _abstract_state(config):
   tx = steps.make_optimizer(config.train)
   return jax.eval_shape(
-    lambda: steps.create_train_state(p2s.build_model(config, rngs=nnx.Rngs(0)), tx)
+    lambda: steps.create_train_state(state_lib.build_model(config, rngs=nnx.Rngs(0)), tx)
   )
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from configs import coco, davis, shapes
-from pix2seq_d import config_checks
+from pix2seq_d.config import checks as config_checks
 
 
 @pytest.mark.parametrize(
@@ -50,6 +50,11 @@ def test_shipped_configs_pass(make, mode):
     ('data.train_resize_method', 'area', "config.data.train_resize_method='area'"),
     ('eval.use_gt_cond_frames', True, 'config.eval.use_gt_cond_frames=True: is a video option'),
     ('eval.single_frames', True, 'config.eval.single_frames=True: is a video option'),
+    ('eval.metrics', (), 'config.eval.metrics=(): must be a non-empty tuple'),
+    ('eval.metrics', 'pq', "config.eval.metrics='pq': must be a non-empty tuple"),
+    ('eval.metrics', ('pq', 'stq'), "no evaluator is named 'stq'; the evaluators are 'pq'"),
+    ('eval.metrics', ('davis_jf',), "the task 'panoptic' cannot produce 'davis_jf'"),
+    ('eval.metrics', ('pq', 'pq'), 'names a metric more than once'),
   ],
 )
 def test_bad_field_is_named(field, value, message):
@@ -84,11 +89,12 @@ def test_num_classes_zero_is_derived_in_every_mode_that_reads_the_data():
   with pytest.raises(ValueError, match='config.model.num_classes=0: --mode=summary'):
     config_checks.check_config(config, 'summary')
   categories = [{'id': i, 'name': str(i), 'isthing': 1} for i in range(7)]
-  config_checks.fit_num_classes(config, categories, 'my data')
-  assert config.model.num_classes == 8
-  config_checks.fit_num_classes(config, categories, 'my data')  # the same count again: fine
+  assert config_checks.num_classes_of(config, categories, 'my data') == 8
+  assert config.model.num_classes == 0  # checks only check
+  config.model.num_classes = 8
+  assert config_checks.num_classes_of(config, categories, 'my data') == 8
   with pytest.raises(ValueError, match=r'config.model.num_classes=8: my data has 6 categories'):
-    config_checks.fit_num_classes(config, categories[:6], 'my data')
+    config_checks.num_classes_of(config, categories[:6], 'my data')
 
 
 def test_negative_skip_limit_is_named():

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from pix2seq_d.config import data_facts
 from pix2seq_d.data import eval_pipeline, pipeline, registry, shapes, splits
+from pix2seq_d.tasks import registry as task_registry
 
 SKY = shapes.SKY_LABEL
 
@@ -36,9 +38,9 @@ def _with_decode(source, transform):
 def test_dataset_info(shapes_config):
   info = pipeline.dataset_info(shapes_config())
   assert info.num_classes == 6 and len(info.categories) == 5
-  assert (info.num_train, info.num_eval, info.is_video) == (64, 24, False)
+  assert (info.num_train, info.num_eval) == (64, 24)
   video = pipeline.dataset_info(shapes_config('video'))
-  assert (video.num_train, video.num_eval, video.is_video) == (6, 3, True)
+  assert (video.num_train, video.num_eval) == (6, 3)
 
 
 @pytest.mark.parametrize('split,count', [('train', 2), ('train', 3), ('train[:10]+test', 3)])
@@ -334,25 +336,32 @@ def test_bad_configs_give_clear_errors(shapes_config):
     eval_pipeline.make_eval_iterator(config, process_index=0, process_count=3)
   with pytest.raises(ValueError, match='video'):
     eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match='holds clips; make_eval_iterator reads images'):
+    eval_pipeline.make_eval_iterator(shapes_config('video'), process_index=0, process_count=1)
+
+
+def test_the_task_must_fit_the_dataset(shapes_config):
   video = shapes_config('video')
   video.task = 'panoptic'
-  with pytest.raises(ValueError, match="config.task='panoptic'"):
-    pipeline.make_train_iterator(video, process_index=0, process_count=1)
-  # One rule for the class count, whichever function meets the config first: exactly the
-  # dataset's categories + void (fewer breaks the labels, more wastes an output per pixel).
+  with pytest.raises(ValueError, match="config.task='panoptic' does not fit.*a video dataset"):
+    task_registry.check_source(task_registry.get_task(video), registry.get_source(video))
+  image = shapes_config()
+  image.task = 'video_panoptic'
+  with pytest.raises(ValueError, match="config.task='video_panoptic' does not fit.*an image"):
+    task_registry.check_source(task_registry.get_task(image), registry.get_source(image))
+
+
+def test_num_classes_is_the_datasets_or_taken_from_it(shapes_config):
+  """One rule for the class count: exactly the dataset's categories + void (fewer breaks the
+  labels, more wastes an output per pixel), or 0 to take it from the dataset; the config the
+  caller holds is never changed."""
+  config = shapes_config()
+  info = pipeline.dataset_info(config)
   for wrong in (4, 8):
     config.model.num_classes = wrong
-    for check in (
-      pipeline.dataset_info,
-      lambda c: pipeline.make_train_iterator(c, process_index=0, process_count=1),
-      lambda c: eval_pipeline.make_eval_iterator(c, process_index=0, process_count=1),
-    ):
-      with pytest.raises(ValueError, match=f'config.model.num_classes={wrong}.*=6'):
-        check(config)
-
-
-def test_num_classes_zero_is_taken_from_the_dataset(shapes_config):
-  config = shapes_config()
+    with pytest.raises(ValueError, match=f'config.model.num_classes={wrong}.*=6'):
+      data_facts.apply(config, info.categories, 'dataset shapes')
   config.model.num_classes = 0
-  info = pipeline.dataset_info(config)
-  assert config.model.num_classes == info.num_classes == 6
+  resolved = data_facts.apply(config, info.categories, 'dataset shapes')
+  assert resolved.model.num_classes == info.num_classes == 6 and config.model.num_classes == 0
+  assert data_facts.apply(resolved, info.categories, 'dataset shapes') is resolved

@@ -15,7 +15,7 @@ SAMPLE_ROOT = f'{ROOT}/tests/data/coco_panoptic_sample'
 
 def test_names_select_their_sources(shapes_config, tmp_path):
   assert registry.get_source(shapes_config()).name == 'shapes/tiny'
-  assert registry.get_source(shapes_config('video')).is_video
+  assert registry.get_source(shapes_config('video')).clips
   # A COCO-format folder replaces a TFDS COCO name: the folder is what the user pointed at.
   config = coco.get_config()
   config.data.coco_root = SAMPLE_ROOT

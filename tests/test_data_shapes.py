@@ -84,7 +84,7 @@ def test_decode_gives_the_canonical_example(shapes_data_dir):
   source = registry.get_source(_config('shapes/tiny', shapes_data_dir))
   assert [c['name'] for c in source.categories] == ['circle', 'square', 'triangle', 'sky', 'ground']
   assert [c['isthing'] for c in source.categories] == [1, 1, 1, 0, 0]
-  assert not source.is_video
+  assert not source.clips
   example = next(iter(source.builder.as_dataset(split='train').map(source.decode)))
   assert example['image'].dtype.name == 'uint8' and example['image'].shape == (64, 64, 3)
   for key in ('semantic', 'instance', 'crowd'):

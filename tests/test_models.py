@@ -10,6 +10,7 @@ from flax import nnx
 
 from configs import coco, shapes
 from pix2seq_d.diffusion import bits
+from pix2seq_d.loops import state as state_lib
 from pix2seq_d.models import fusion, layers, resnet, transformer, transunet
 from pix2seq_d.models import model as p2s
 
@@ -89,7 +90,7 @@ def test_transunet_shapes_and_zero_init_output():
 def test_top_level_encode_denoise_shapes(dim_mults):
   config = shapes.get_config('tiny')
   config.model.denoiser.dim_mults = dim_mults
-  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  model = state_lib.build_model(config, rngs=nnx.Rngs(0))
   images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
   encoded = model.encode(images)
   assert encoded.tokens.shape == (2, 4, config.model.encoder.dim)
@@ -103,7 +104,7 @@ def test_extra_channels_for_video_and_self_conditioning():
   config.task = 'video_panoptic'
   config.diffusion.self_cond = True
   assert p2s.extra_channels(config) == 16 + 32
-  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  model = state_lib.build_model(config, rngs=nnx.Rngs(0))
   encoded = model.encode(jnp.zeros((1, 32, 32, 3)))
   extra = jnp.zeros((1, 16, 16, 48))
   logits = model.denoise(jnp.zeros((1, 16, 16, 16)), jnp.ones(1), encoded, extra)
@@ -115,7 +116,7 @@ def test_extra_channels_for_video_and_self_conditioning():
 def test_coco_parameter_split_matches_spec():
   """The paper's model: 94.5M total; 8.54M ResNet-C4, 38.36M transformer, 4.00M fusion,
   43.59M TransUNet."""
-  model = nnx.eval_shape(lambda: p2s.build_model(coco.get_config(), rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: state_lib.build_model(coco.get_config(), rngs=nnx.Rngs(0)))
   expected = {'resnet': 8.54e6, 'encoder': 38.36e6, 'fusion': 4.00e6, 'denoiser': 43.59e6}
   for name, count in expected.items():
     assert abs(layers.count_params(getattr(model, name)) / count - 1) < 0.02, name
@@ -123,7 +124,7 @@ def test_coco_parameter_split_matches_spec():
 
 
 def test_every_parameter_has_logical_axes():
-  model = nnx.eval_shape(lambda: p2s.build_model(shapes.get_config('tiny'), rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: state_lib.build_model(shapes.get_config('tiny'), rngs=nnx.Rngs(0)))
   for path, axes in _logical_axes(model).items():
     var = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))[path]
     assert axes is not None and len(axes) == len(var.shape), path
@@ -134,7 +135,7 @@ def test_every_parameter_has_logical_axes():
 def test_bfloat16_compute_keeps_float32_params():
   config = shapes.get_config('tiny')
   config.model.dtype = 'bfloat16'
-  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  model = state_lib.build_model(config, rngs=nnx.Rngs(0))
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
   assert all(p.dtype == jnp.float32 for p in params)
   encoded = model.encode(jnp.ones((1, 32, 32, 3)))
@@ -148,7 +149,7 @@ def _tiny_model_grads(policy):
   """Parameter gradients of the tiny model with every part under `policy`."""
   config = shapes.get_config('tiny')
   config.model.remat.update(resnet=policy, encoder=policy, fusion=policy, denoiser=policy)
-  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  model = state_lib.build_model(config, rngs=nnx.Rngs(0))
   images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3))
   x_t = jax.random.normal(jax.random.key(4), (2, 16, 16, 16))
 
@@ -186,7 +187,7 @@ def test_bad_config_names_the_field(field, value, message):
   target = config.model if not section else config.model[section]
   target[name] = value
   with pytest.raises(ValueError, match=message):
-    p2s.build_model(config, rngs=nnx.Rngs(0))
+    state_lib.build_model(config, rngs=nnx.Rngs(0))
 
 
 # ------------------------------------------------------------- details of the reference model

@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 
 from configs import shapes
-from pix2seq_d import steps
-from pix2seq_d.models import model as p2s
+from pix2seq_d.loops import state as state_lib
+from pix2seq_d.loops import steps
+from pix2seq_d.tasks import registry
 
 
 def synthetic_batch(seed, batch_size, image_size, mask_size):
@@ -49,7 +50,7 @@ def test_tiny_model_overfits_one_batch_and_samples_it():
   image, label = synthetic_batch(seed, 4, 32, 16)
   batch = {'image': jnp.asarray(image), 'label': jnp.asarray(label)}
 
-  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  model = state_lib.build_model(config, rngs=nnx.Rngs(0))
   tx = steps.make_optimizer(config.train)
   state = steps.create_train_state(model, tx)
   model.train()
@@ -66,8 +67,10 @@ def test_tiny_model_overfits_one_batch_and_samples_it():
   assert np.all(np.isfinite(losses))
   assert losses[0] / losses[-1] >= 5, losses[::25]
 
-  predict = jax.jit(functools.partial(steps.predict_label, eval_graphdef, config=config))
-  pred = np.asarray(predict(state.params, state.model_state, batch['image'], jax.random.key(1)))
+  predict = jax.jit(functools.partial(registry.get_task(config).sample, eval_graphdef))
+  pred = np.asarray(
+    predict(state.params, state.model_state, {'image': batch['image']}, jax.random.key(1))
+  )
   accuracy = np.mean(np.all(pred == label, axis=-1))
   assert accuracy >= 0.95, (accuracy, seed)
 
@@ -77,14 +80,14 @@ def test_semantic_aux_loss_adds_to_the_loss_and_trains_the_class_head():
   print(f'semantic aux seed: {seed}')
   rng = np.random.default_rng(seed)
   config = shapes.get_config('tiny')
-  assert p2s.build_model(config, rngs=nnx.Rngs(0)).semantic_head is None  # the paper: no head.
+  assert state_lib.build_model(config, rngs=nnx.Rngs(0)).semantic_head is None  # as the paper
   weight = float(rng.uniform(0.5, 2.0))
   config.diffusion.semantic_aux_weight = weight
   config.train.warmup_steps = 5
   config.train.learning_rate = 5e-3
   image, label = synthetic_batch(seed, 4, 32, 16)
   batch = {'image': jnp.asarray(image), 'label': jnp.asarray(label)}
-  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  model = state_lib.build_model(config, rngs=nnx.Rngs(0))
   model.train()
 
   # The total is the diffusion loss plus weight x the head's class cross-entropy (same noise).

@@ -18,8 +18,9 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from configs import shapes
-from pix2seq_d import sharding, steps
-from pix2seq_d.models import model as p2s
+from pix2seq_d.loops import state as state_lib
+from pix2seq_d.loops import steps
+from pix2seq_d.parallel import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = [(8, 1, 1), (4, 2, 1), (2, 2, 2)]
@@ -35,7 +36,7 @@ def _mesh_config(data, fsdp, model):
 
 
 def _init_fn(config, tx):
-  return lambda: steps.create_train_state(p2s.build_model(config, rngs=nnx.Rngs(0)), tx)
+  return lambda: steps.create_train_state(state_lib.build_model(config, rngs=nnx.Rngs(0)), tx)
 
 
 def _flat_specs(tree):
@@ -272,7 +273,7 @@ def _fixed_batch(config, batch_size=8):
 
 
 def _train_graphdef(config):
-  model = nnx.eval_shape(lambda: p2s.build_model(config, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: state_lib.build_model(config, rngs=nnx.Rngs(0)))
   model.train()
   return nnx.split(model, nnx.Param, ...)[0]
 
@@ -299,8 +300,8 @@ def _describe(mesh, state, global_batch):
 
 
 def _train(config, tx, mesh, batch, num_steps=5):
-  state, shardings = sharding.init_sharded(_init_fn(config, tx), mesh)
-  step_fn = sharding.jit_train_step(config, tx, _train_graphdef(config), shardings, mesh)
+  state, shardings = state_lib.init_sharded(_init_fn(config, tx), mesh)
+  step_fn = state_lib.jit_train_step(config, tx, _train_graphdef(config), shardings, mesh)
   global_batch = sharding.make_global_batch(batch, mesh)
   described = _describe(mesh, state, global_batch)
   losses, grad_norms = [], []
@@ -325,13 +326,13 @@ def _worker(task):
       config.model.attention_block = 128
       _, losses, grad_norms = _train(config, tx, mesh, batch, num_steps=2)
       report[impl] = {'losses': losses, 'grad_norms': grad_norms}
-    state, shardings = sharding.init_sharded(_init_fn(config, tx), mesh)
-    step_fn = sharding.jit_train_step(config, tx, _train_graphdef(config), shardings, mesh)
+    state, shardings = state_lib.init_sharded(_init_fn(config, tx), mesh)
+    step_fn = state_lib.jit_train_step(config, tx, _train_graphdef(config), shardings, mesh)
     lowered = step_fn.lower(state, sharding.make_global_batch(batch, mesh), jax.random.key(0))
     report['manual_sharding'] = 'manual_computation' in lowered.as_text()
   elif task == 'init':
     mesh = sharding.make_mesh(_mesh_config(2, 2, 2))
-    state, _ = sharding.init_sharded(_init_fn(config, tx), mesh)
+    state, _ = state_lib.init_sharded(_init_fn(config, tx), mesh)
     report = _describe(mesh, state, sharding.make_global_batch(batch, mesh))
     report['device_count'] = jax.device_count()
     try:

@@ -3,7 +3,7 @@
 import re
 
 from configs import coco
-from pix2seq_d import summary
+from pix2seq_d.tools import summary
 
 
 def test_coco_summary_counts_parameters_and_flops_by_part():

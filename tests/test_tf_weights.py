@@ -16,8 +16,9 @@ import tensorflow as tf
 from flax import nnx
 
 from configs import coco, shapes
-from pix2seq_d import checkpoints, sharding, tf_weights
-from pix2seq_d.models import model as p2s
+from pix2seq_d.loops import state as state_lib
+from pix2seq_d.parallel import sharding
+from pix2seq_d.runtime import checkpoints, tf_weights
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'pix2seq_tf_encoder_variables.json')
 SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
@@ -25,7 +26,7 @@ SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 
 def _table_and_shapes(config):
   """The name table for `config`'s model and our shapes of its entries (abstract, no arrays)."""
-  model = nnx.eval_shape(lambda: p2s.build_model(config, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: state_lib.build_model(config, rngs=nnx.Rngs(0)))
   state = {'params': nnx.state(model, nnx.Param), 'model_state': nnx.state(model, nnx.BatchStat)}
   flat = {
     path: tuple(checkpoints.leaf_value(leaf).shape) for path, leaf in checkpoints.flat_state(state)
@@ -99,7 +100,7 @@ def test_weights_land_in_their_places_and_mismatches_are_named(tmp_path):
   prefix = _write_tf_checkpoint(tmp_path / 'good' / 'ckpt', arrays)
 
   mesh = sharding.make_mesh(config.mesh)
-  state, *_ = sharding.build_train_state(config, mesh)
+  state, *_ = state_lib.build_train_state(config, mesh)
   loaded = tf_weights.restore_encoder(
     prefix, state, config.model.resnet.stage_sizes, config.model.encoder.num_layers
   )

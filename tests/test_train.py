@@ -38,7 +38,7 @@ def _event_tags(workdir, skip=frozenset()):
 
 
 def _checkpoint_steps(workdir):
-  from pix2seq_d import checkpoints
+  from pix2seq_d.runtime import checkpoints
 
   return checkpoints.saved_steps(str(workdir))
 
@@ -103,7 +103,7 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   )
   assert code == 0, log[-3000:]
   # One unreadable image is skipped and reported; every readable one is written.
-  assert '1 of 3 images could not be read' in log and str(inputs / 'broken.jpg') in log
+  assert '1 of 3 inputs could not be read' in log and str(inputs / 'broken.jpg') in log
   predictions = json.loads((out / 'panoptic.json').read_text())
   assert sorted(a['file_name'] for a in predictions['annotations']) == ['a.png', 'b.png']
   assert Image.open(out / 'panoptic' / 'b.png').size == (50, 70)
@@ -258,7 +258,7 @@ def test_resumed_writer_skips_exactly_the_summaries_already_logged(tmp_path):
   resumed run writes the loss of step 14 (dropping the whole step lost it) and nothing twice."""
   from clu import metric_writers
 
-  from pix2seq_d import train
+  from pix2seq_d.loops import train
 
   first = metric_writers.create_default_writer(str(tmp_path), asynchronous=False)
   first.write_scalars(12, {'train/loss': 1.0, 'uptime': 5.0})

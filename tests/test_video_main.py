@@ -12,6 +12,7 @@ from pix2seq_d.evaluation import davis
 
 VIDEO = (
   '--config.task=video_panoptic',
+  '--config.eval.metrics=("davis_jf",)',
   '--config.data.name=shapes_video/tiny',
   '--config.data.instance_id_order=shuffle',
   '--config.data.train_resize_method=bicubic',
@@ -59,14 +60,17 @@ def test_video_from_an_image_run_to_davis_scores_and_predictions(
   for key in ('J&F-Mean', 'J-Mean', 'J-Recall', 'J-Decay', 'F-Mean', 'F-Recall', 'F-Decay'):
     assert np.isfinite(results[key]), key
   assert 0.0 <= results['id_consistency'] <= 1.0
-  names = {name.rsplit('_', 1)[0] for name in results['per_sequence']}
+  names = {name.rsplit('_', 1)[0] for name in results['davis_jf']['per_sequence']}
   assert names == {'clip_00000', 'clip_00001', 'clip_00002'}
   tags = _event_tags(video_run)
   assert {'eval/J&F-Mean', 'eval/J-Mean', 'eval/F-Mean', 'eval/video_input_gt_prediction'} <= tags
-  # The predictions in the DAVIS results layout: 8 indexed PNGs per clip at the clip's size.
+  # The predictions in the DAVIS results layout: 8 indexed PNGs per clip at the clip's size,
+  # beside the clip's COCO panoptic PNGs and JSON.
   predictions = video_run / 'predictions' / 'step_2'
   assert sorted(p.name for p in predictions.iterdir()) == sorted(names)
-  frames = sorted((predictions / 'clip_00001').iterdir())
+  frames = sorted((predictions / 'clip_00001').glob('*.png'))
+  panoptic = json.loads((predictions / 'clip_00001' / 'panoptic.json').read_text())
+  assert len(panoptic['annotations']) == 8
   assert [f.name for f in frames] == [f'{k:05d}.png' for k in range(8)]
   assert davis.read_indexed_png(str(frames[0])).shape == (64, 64)
 
@@ -164,5 +168,5 @@ def test_two_processes_evaluate_video_in_lockstep(tmp_path, shapes_data_dir, jax
   assert code == 0, log[-4000:]
   results = json.loads((workdir / 'eval_results.json').read_text())
   assert results['num_videos'] == 3 and results['step'] == 1
-  names = {name.rsplit('_', 1)[0] for name in results['per_sequence']}
+  names = {name.rsplit('_', 1)[0] for name in results['davis_jf']['per_sequence']}
   assert names == {'clip_00000', 'clip_00001', 'clip_00002'}

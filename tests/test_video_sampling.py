@@ -1,4 +1,4 @@
-"""Streaming video sampling (steps.sample_video): what each frame's mask may depend on.
+"""Streaming video sampling (models.sampling.sample_video): what each frame's mask may depend on.
 
 Exact invariants of the scan over frames, on a tiny video model with random weights: a frame
 never depends on later frames; in streaming mode it depends on the model's own earlier
@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 
 from configs import shapes
-from pix2seq_d import steps
-from pix2seq_d.models import model as p2s
+from pix2seq_d.loops import state as state_lib
+from pix2seq_d.models import sampling
 
 
 def _video_model():
@@ -23,7 +23,7 @@ def _video_model():
   config.task = 'video_panoptic'
   config.model.max_instances = 16
   config.diffusion.steps = 3
-  model = p2s.build_model(config, rngs=nnx.Rngs(0))
+  model = state_lib.build_model(config, rngs=nnx.Rngs(0))
   model.eval()
   return model, config
 
@@ -33,7 +33,7 @@ def _sampler(model, config, **kwargs):
 
   @jax.jit
   def run(frames, key, gt_cond=None):
-    return steps.sample_video(
+    return sampling.sample_video(
       nnx.merge(graphdef, state),
       frames,
       key,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pix2seq_d import workdir_lock
+from pix2seq_d.runtime import workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

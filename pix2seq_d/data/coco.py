@@ -196,7 +196,7 @@ def make_source(config) -> Source:
     builder=builder,
     categories=categories,
     decode=decode_tfds_example,
-    is_video=False,
+    clips=False,
     split_aliases=aliases,
   )
 

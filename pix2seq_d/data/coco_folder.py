@@ -36,7 +36,7 @@ from etils import epath
 
 from pix2seq_d.data import coco
 from pix2seq_d.data.source import LocalFilesBuilder, Source
-from pix2seq_d.evaluation import coco_format
+from pix2seq_d.runtime import json_files
 
 BUILDER_NAME = 'coco_panoptic_folder'
 _LAYOUT = (
@@ -242,19 +242,19 @@ def read_annotation(json_path: str) -> dict:
   """Reads a split's panoptic JSON and checks the fields preparation reads.
 
   Raises:
-    PanopticFormatError (a ValueError): invalid JSON or a missing field; the message names the
-      file and the record.
+    json_files.FileFormatError (a ValueError): invalid JSON or a missing field; the message
+      names the file and the record.
   """
-  annotation = coco_format.load_json(
+  annotation = json_files.load_json(
     json_path, 'COCO panoptic', required=('images', 'annotations', 'categories')
   )
   for image in annotation['images']:
-    coco_format.require_keys(image, ('id', 'file_name', 'height', 'width'), f'{json_path} image')
+    json_files.require_keys(image, ('id', 'file_name', 'height', 'width'), f'{json_path} image')
   for image_annotation in annotation['annotations']:
     where = f'{json_path} annotation'
-    coco_format.require_keys(image_annotation, ('image_id', 'file_name', 'segments_info'), where)
+    json_files.require_keys(image_annotation, ('image_id', 'file_name', 'segments_info'), where)
     for segment in image_annotation['segments_info']:
-      coco_format.require_keys(
+      json_files.require_keys(
         segment, ('id', 'category_id'), f'{where} of image {image_annotation["image_id"]}'
       )
   return annotation
@@ -420,7 +420,7 @@ def make_source(config) -> Source:
     builder=builder,
     categories=tuple(metadata['categories']),
     decode=decode_example,
-    is_video=False,
+    clips=False,
     max_image_size={split: tuple(size) for split, size in metadata['max_image_size'].items()},
   )
 

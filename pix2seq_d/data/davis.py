@@ -346,7 +346,7 @@ def _tfds_source(config) -> Source:
     builder=builder,
     categories=CATEGORIES,
     decode=functools.partial(decode_tfds_example, void_id=data.davis_void_id),
-    is_video=True,
+    clips=True,
   )
 
 
@@ -381,5 +381,5 @@ def make_source(config) -> Source:
     builder=builder,
     categories=CATEGORIES,
     decode=functools.partial(decode_folder_example, void_id=data.davis_void_id),
-    is_video=True,
+    clips=True,
   )

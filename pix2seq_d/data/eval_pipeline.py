@@ -17,7 +17,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from pix2seq_d.data import augment, pipeline, registry, splits
+from pix2seq_d.data import augment, instance_ids, pipeline, registry, splits
 from pix2seq_d.data.iterator import DataIterator, PipelineStats
 from pix2seq_d.data.source import Source
 
@@ -56,7 +56,7 @@ def _eval_image_fn(config) -> Callable[[dict], dict]:
       mask_size=kwargs['mask_size'],
       pad_value=kwargs['pad_value'],
     )
-    labels, _ = augment.assign_instance_ids(labels, max_instances, seed=None)
+    labels, _ = instance_ids.assign_instance_ids(labels, max_instances, seed=None)
     orig = tf.stack([semantic, instance, crowd], axis=-1)
     orig_size = tf.shape(orig)[:2]
     fits = (orig_size[0] <= orig_h) & (orig_size[1] <= orig_w)
@@ -161,7 +161,8 @@ def make_eval_iterator(
     'error' is set or whose original size exceeds config.data.eval_orig_size.
   """
   source = source or registry.get_source(config)
-  pipeline.check_kind(config, source, want_video=False)
+  pipeline.require_clips(source, False, 'make_eval_iterator')
+  pipeline.check_source(config, source)
   dataset, batch_size, num_batches = _read_share(
     config, source, process_index, process_count, _eval_image_fn(config), 'examples'
   )
@@ -191,7 +192,7 @@ def _video_eval_fn(config) -> Callable[[dict], dict]:
     labels = augment.resample_labels(
       pipeline.training_label(semantic, instance, crowd), geometry, image_size, mask_size
     )
-    labels, _ = augment.assign_instance_ids(labels, max_instances, seed=None)
+    labels, _ = instance_ids.assign_instance_ids(labels, max_instances, seed=None)
     orig = tf.stack([semantic, instance, crowd], axis=-1)
     return {
       'frames': augment.resample_images(frames, geometry, image_size, pad_value),
@@ -246,7 +247,8 @@ def make_video_eval_iterator(
     raises ValueError for a clip whose 'error' is set.
   """
   source = source or registry.get_source(config)
-  pipeline.check_kind(config, source, want_video=True)
+  pipeline.require_clips(source, True, 'make_video_eval_iterator')
+  pipeline.check_source(config, source)
   dataset, batch_size, num_batches = _read_share(
     config, source, process_index, process_count, _video_eval_fn(config), 'clips'
   )

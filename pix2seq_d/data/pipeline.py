@@ -22,10 +22,10 @@ Training batches ('image' float32 (B, H, W, 3) in [0, 1], 'label' int32 (B, Hm, 
   message each time one is met, so once per epoch); evaluation raises ValueError instead. When
   config.data.max_skips_in_a_row broken examples come in a row (no good one between them: every
   example broken, or nearly), the iterator raises TooManyBrokenExamplesError naming the last one.
-- Video (config.task == 'video_panoptic'): windows of config.data.video_window frames, the last is
-  the target; 'cond_label' (B, Hm, Wm, 2 * num_cond_frames) = [sem_{t-2}, inst_{t-2}, sem_{t-1},
-  inst_{t-1}] share the target's spatial augmentation and instance permutation, and each is
-  replaced by zeros with probability config.diffusion.frames_dropout.
+- Clips (a source of videos, `Source.clips`): windows of config.data.video_window frames, the
+  last is the target; 'cond_label' (B, Hm, Wm, 2 * num_cond_frames) = [sem_{t-2}, inst_{t-2},
+  sem_{t-1}, inst_{t-1}] share the target's spatial augmentation and instance permutation, and
+  each is replaced by zeros with probability config.diffusion.frames_dropout.
 
 Evaluation batches: eval_pipeline.py. Per-process shares of a split: splits.py. The iterator and
 its counters: iterator.py.
@@ -41,8 +41,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from pix2seq_d import config_checks
-from pix2seq_d.data import augment, registry, splits
+from pix2seq_d.data import augment, instance_ids, registry, splits
 from pix2seq_d.data.iterator import POSITION_KEY, DataIterator, PipelineStats
 from pix2seq_d.data.source import Source
 
@@ -59,7 +58,6 @@ class DatasetInfo:
   Attributes:
     categories: panopticapi-style category dicts; semantic label of categories[k] is k + 1.
     num_classes: len(categories) + 1 (0 = void).
-    is_video: whether examples are clips.
     num_train: examples (clips for video) in config.data.train_split.
     num_eval: examples (clips) evaluated: config.data.eval_split limited to
       config.eval.num_examples when that is > 0.
@@ -67,7 +65,6 @@ class DatasetInfo:
 
   categories: tuple[dict, ...]
   num_classes: int
-  is_video: bool
   num_train: int
   num_eval: int
 
@@ -119,22 +116,9 @@ def read(
 
 
 def check_source(config, source: Source) -> None:
-  """Raises ValueError naming the config field that does not fit the dataset.
-
-  The rules, checked before anything is built or trained:
-  - config.model.num_classes == len(categories) + 1; 0 takes it from the dataset (the config is
-    updated; `config_checks.fit_num_classes`);
-  - config.task is 'video_panoptic' exactly for video datasets;
-  - config.data.eval_orig_size holds the largest image of the eval split, where the source knows
-    the sizes (`Source.max_image_size`).
-  """
-  config_checks.fit_num_classes(config, source.categories, f'dataset {source.name!r}')
-  is_video_task = config.task == 'video_panoptic'
-  if source.is_video != is_video_task:
-    raise ValueError(
-      f'config.task={config.task!r} does not fit config.data.name='
-      f'{source.name!r} ({"a video" if source.is_video else "an image"} dataset).'
-    )
+  """Raises ValueError when config.data.eval_orig_size cannot hold the largest image of the eval
+  split, where the source knows the sizes (`Source.max_image_size`): original-size labels are
+  padded to it. Checked before anything is built or trained."""
   eval_split = source.split(config.data.eval_split)
   if eval_split in source.max_image_size:
     largest = tuple(int(v) for v in source.max_image_size[eval_split])
@@ -148,18 +132,17 @@ def check_source(config, source: Source) -> None:
       )
 
 
-def check_kind(config, source: Source, want_video: bool | None = None) -> None:
-  """Raises ValueError when the config does not fit the source, or the iterator kind."""
-  check_source(config, source)
-  if want_video is not None and want_video != source.is_video:
-    other = 'make_video_eval_iterator' if source.is_video else 'make_eval_iterator'
+def require_clips(source: Source, clips: bool, function: str) -> None:
+  """Raises ValueError when `source` holds images where `function` reads clips, or the reverse."""
+  if source.clips != clips:
     raise ValueError(
-      f'Dataset {source.name!r} is {"" if source.is_video else "not "}a video dataset; use {other}.'
+      f'Dataset {source.name!r} holds {"clips" if source.clips else "images"}; {function} reads '
+      f'{"clips" if clips else "images"}.'
     )
 
 
 def _id_key(source: Source) -> str:
-  return 'video_id' if source.is_video else 'image_id'
+  return 'video_id' if source.clips else 'image_id'
 
 
 def _drop_broken(dataset: tf.data.Dataset, stats: PipelineStats, id_key: str) -> tf.data.Dataset:
@@ -245,7 +228,6 @@ def dataset_info(config, source: Source | None = None) -> DatasetInfo:
   return DatasetInfo(
     categories=tuple(source.categories),
     num_classes=len(source.categories) + 1,
-    is_video=source.is_video,
     num_train=splits.num_split_examples(builder, source.split(config.data.train_split)),
     num_eval=num_eval,
   )
@@ -282,7 +264,7 @@ def make_train_iterator(
   """
   process_index, process_count = splits.processes(process_index, process_count)
   source = source or registry.get_source(config)
-  check_kind(config, source)
+  check_source(config, source)
   if start_position < 0:
     raise ValueError(f'start_position={start_position} must be >= 0.')
   batch_size = splits.local_batch_size(
@@ -316,7 +298,7 @@ def make_train_iterator(
     max(config.data.shuffle_buffer, 1), seed=shuffle_seed, reshuffle_each_iteration=True
   )
   dataset = dataset.repeat()
-  if source.is_video:
+  if source.clips:
     dataset = dataset.map(finish, num_parallel_calls=parallel)
     dataset = _drop_broken(dataset, stats, id_key)
     window_seed = int(_derived_seed(config, process_index, _WINDOW_SHUFFLE_STREAM)[0])
@@ -356,7 +338,7 @@ def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
     images, labels, _ = augment.train_augment(
       example['image'][None], label[None], augment_seed, **kwargs
     )
-    labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed, id_order)
+    labels, dropped = instance_ids.assign_instance_ids(labels, max_instances, id_seed, id_order)
     counted = _count_dropped(stats, dropped, example['image_id'])
     with tf.control_dependencies([counted]):  # keeps the logging op in the graph.
       return {'image': images[0], 'label': tf.identity(labels[0])}
@@ -422,7 +404,7 @@ def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
     labels = training_label(window['semantic'], window['instance'], window['crowd'])
     # One geometry for the window; the encoder only sees the target (last) frame.
     images, labels, _ = augment.train_augment(window['frames'][-1:], labels, augment_seed, **kwargs)
-    labels, dropped = augment.assign_instance_ids(labels, max_instances, id_seed, id_order)
+    labels, dropped = instance_ids.assign_instance_ids(labels, max_instances, id_seed, id_order)
     cond = labels[-1 - num_cond : -1]  # (num_cond, Hm, Wm, 2), oldest first.
     keep = tf.random.stateless_uniform([num_cond], dropout_seed) >= frames_dropout
     # Per-frame select + concat (a broadcast multiply + transpose trips a grappler remapper bug).

@@ -440,11 +440,11 @@ def make_source(config) -> Source:
     builder = make_builder(config.data.name, config.data.data_dir)
     if not builder.is_prepared():
       raise
-  is_video = isinstance(builder, ShapesVideo)
+  clips = isinstance(builder, ShapesVideo)
   return Source(
     name=config.data.name,
     builder=builder,
     categories=CATEGORIES,
-    decode=decode_video if is_video else decode_image,
-    is_video=is_video,
+    decode=decode_video if clips else decode_image,
+    clips=clips,
   )

@@ -36,7 +36,7 @@ class Source:
     categories: panopticapi-style dicts {'id', 'name', 'isthing', 'color'}; the semantic label of
       categories[k] is k + 1.
     decode: tf-traceable; one example as `builder.as_dataset` yields it -> canonical example.
-    is_video: whether `decode` yields video examples.
+    clips: whether `decode` yields video examples (clips of frames) rather than images.
     decoders: optional TFDS `decoders` passed to `as_dataset` (e.g. `tfds.decode.SkipDecoding()`
       on an image feature that `decode` decodes itself); None = TFDS's own decoding.
     split_aliases: config split names -> the builder's split names, so that the COCO defaults
@@ -50,7 +50,7 @@ class Source:
   builder: tfds.core.DatasetBuilder
   categories: tuple[dict, ...]
   decode: Callable[[dict], dict]
-  is_video: bool
+  clips: bool
   decoders: Any = None
   split_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
   max_image_size: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)

@@ -21,11 +21,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from pix2seq_d.runtime import json_files
+
 # Segment ids are 24-bit: three 8-bit colour channels.
 MAX_SEGMENT_ID = 256**3 - 1
 
 
-class PanopticFormatError(ValueError):
+class PanopticFormatError(json_files.FileFormatError):
   """Input that breaks the COCO panoptic format (ids, segments, files); the message says where."""
 
 
@@ -61,50 +63,6 @@ def id2rgb(ids):
     return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
   ids = int(ids)
   return [ids & 255, (ids >> 8) & 255, (ids >> 16) & 255]
-
-
-def load_json(path: str, what: str, required: Sequence[str] = ()) -> Any:
-  """Reads a JSON file; errors name the file (and the line and column of a syntax error).
-
-  Args:
-    path: the file.
-    what: what the file is, for messages ('ground truth', 'prediction', ...).
-    required: top-level keys the file must have (it must then be an object).
-
-  Raises:
-    FileNotFoundError: the file does not exist.
-    PanopticFormatError: the file is not valid JSON, or lacks a required key.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{what} JSON file {path} does not exist')
-  try:
-    with open(path, encoding='utf-8') as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise PanopticFormatError(
-      f'{what} JSON file {path} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})'
-    ) from None
-  except UnicodeDecodeError as e:
-    raise PanopticFormatError(f'{what} JSON file {path} is not UTF-8 text ({e.reason})') from None
-  if required:
-    if not isinstance(data, dict):
-      raise PanopticFormatError(
-        f'{what} JSON file {path} must hold an object with {list(required)}, '
-        f'not a {type(data).__name__}'
-      )
-    missing = [key for key in required if key not in data]
-    if missing:
-      raise PanopticFormatError(f'{what} JSON file {path} lacks the key(s) {missing}')
-  return data
-
-
-def require_keys(record: Any, keys: Sequence[str], where: str) -> None:
-  """Raises PanopticFormatError naming `where` when `record` is not a dict holding `keys`."""
-  if not isinstance(record, dict):
-    raise PanopticFormatError(f'{where}: expected an object with {list(keys)}, got {record!r:.80}')
-  missing = [key for key in keys if key not in record]
-  if missing:
-    raise PanopticFormatError(f'{where}: {record!r:.120} lacks the key(s) {missing}')
 
 
 def read_panoptic_png(path: str) -> np.ndarray:
@@ -300,57 +258,91 @@ def check_segment_ids(segment_ids: Sequence[int], where: str) -> None:
     )
 
 
+class PanopticWriter:
+  """Writes predictions in COCO panoptic format, all or nothing, one image at a time.
+
+  `add` writes each image's PNG into a staging folder inside output_dir (created at the first
+  image), so nothing is held in memory; `commit` writes the JSON, moves every PNG to
+  output_dir/panoptic/<file_stem>.png and then the JSON to output_dir/panoptic.json =
+  {'annotations': [{'image_id', 'file_name', 'segments_info'}], 'categories': categories}. On
+  `abort` (or any error before the commit) the staging folder is removed and the previous
+  contents of output_dir are left as they were.
+  """
+
+  def __init__(self, output_dir: str, categories: Sequence[dict] = ()):
+    self.output_dir = output_dir
+    self.categories = list(categories)
+    self._staging: str | None = None
+    self._records: list[dict] = []
+    self._stems: set[str] = set()
+
+  def add(self, image_id: Any, file_stem: str, ids: np.ndarray, segments: Sequence[dict]) -> None:
+    """Stages one image: ids (H, W) int segment ids, segments dicts {'id', 'category_id',
+    'iscrowd' (optional)}; 'area' and 'bbox' are computed here.
+
+    Raises:
+      PanopticFormatError: a file stem that is not a plain name or is used twice, or segments
+        that do not match the ids.
+    """
+    where = f'image {image_id}'
+    file_stem = str(file_stem)
+    if not file_stem or os.sep in file_stem or (os.altsep and os.altsep in file_stem):
+      raise PanopticFormatError(f'{where}: file stem {file_stem!r} must be a plain file name')
+    if file_stem in self._stems:
+      raise PanopticFormatError(f'{where}: file stem {file_stem!r} is used twice')
+    info = segments_info(ids, segments, where)
+    if self._staging is None:
+      os.makedirs(self.output_dir, exist_ok=True)
+      self._staging = tempfile.mkdtemp(prefix='.panoptic-tmp-', dir=self.output_dir)
+    self._stems.add(file_stem)
+    Image.fromarray(id2rgb(np.asarray(ids))).save(os.path.join(self._staging, file_stem + '.png'))
+    self._records.append(
+      {'image_id': image_id, 'file_name': file_stem + '.png', 'segments_info': info}
+    )
+
+  def commit(self) -> str:
+    """Moves the staged images and the JSON into place; returns the JSON's path."""
+    if self._staging is None:
+      os.makedirs(self.output_dir, exist_ok=True)
+      self._staging = tempfile.mkdtemp(prefix='.panoptic-tmp-', dir=self.output_dir)
+    try:
+      json_tmp = os.path.join(self._staging, 'panoptic.json')
+      with open(json_tmp, 'w') as f:
+        json.dump({'annotations': self._records, 'categories': self.categories}, f)
+      png_dir = os.path.join(self.output_dir, 'panoptic')
+      os.makedirs(png_dir, exist_ok=True)
+      for record in self._records:
+        os.replace(
+          os.path.join(self._staging, record['file_name']),
+          os.path.join(png_dir, record['file_name']),
+        )
+      json_path = os.path.join(self.output_dir, 'panoptic.json')
+      os.replace(json_tmp, json_path)
+    finally:
+      self.abort()
+    return json_path
+
+  def abort(self) -> None:
+    """Removes the staging folder (nothing of this writer is committed after it)."""
+    if self._staging is not None:
+      shutil.rmtree(self._staging, ignore_errors=True)
+      self._staging = None
+
+
 def write_panoptic_predictions(
   output_dir: str,
   annotations: Iterable[tuple[Any, str, np.ndarray, Sequence[dict]]],
   categories: Sequence[dict] = (),
 ) -> str:
-  """Writes predictions in COCO panoptic format, all or nothing.
-
-  Writes output_dir/panoptic/<file_stem>.png and output_dir/panoptic.json =
-  {'annotations': [{'image_id', 'file_name', 'segments_info'}], 'categories': categories}. Every
-  file is first written into a staging folder inside output_dir and moved into place with
-  os.replace only after all images were validated and written, the JSON last; on any error the
-  staging folder is removed and the previous contents of output_dir are left as they were.
-
-  Args:
-    output_dir: folder to write into (created if missing).
-    annotations: iterable of (image_id, file_stem, ids (H, W) int, segments), segments being dicts
-      {'id', 'category_id', 'iscrowd' (optional)}; 'area' and 'bbox' are computed here.
-    categories: the categories to store in the JSON (panopticapi style dicts).
-
-  Returns:
-    The path of the JSON file.
-  """
-  os.makedirs(output_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.panoptic-tmp-', dir=output_dir)
+  """Writes (image_id, file_stem, ids (H, W), segments) annotations in COCO panoptic format, all
+  or nothing (`PanopticWriter`); returns the path of the JSON file."""
+  writer = PanopticWriter(output_dir, categories)
   try:
-    records, stems = [], set()
-    for image_id, file_stem, ids, segments in annotations:
-      where = f'image {image_id}'
-      file_stem = str(file_stem)
-      if not file_stem or os.sep in file_stem or (os.altsep and os.altsep in file_stem):
-        raise PanopticFormatError(f'{where}: file stem {file_stem!r} must be a plain file name')
-      if file_stem in stems:
-        raise PanopticFormatError(f'{where}: file stem {file_stem!r} is used twice')
-      stems.add(file_stem)
-      info = segments_info(ids, segments, where)
-      Image.fromarray(id2rgb(np.asarray(ids))).save(os.path.join(staging, file_stem + '.png'))
-      records.append({'image_id': image_id, 'file_name': file_stem + '.png', 'segments_info': info})
-    json_tmp = os.path.join(staging, 'panoptic.json')
-    with open(json_tmp, 'w') as f:
-      json.dump({'annotations': records, 'categories': list(categories)}, f)
-    png_dir = os.path.join(output_dir, 'panoptic')
-    os.makedirs(png_dir, exist_ok=True)
-    for record in records:
-      os.replace(
-        os.path.join(staging, record['file_name']), os.path.join(png_dir, record['file_name'])
-      )
-    json_path = os.path.join(output_dir, 'panoptic.json')
-    os.replace(json_tmp, json_path)
+    for annotation in annotations:
+      writer.add(*annotation)
+    return writer.commit()
   finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  return json_path
+    writer.abort()
 
 
 def segments_from_semantic_instance(
@@ -410,3 +402,8 @@ def segments_from_semantic_instance(
     for k, (k_key, count) in enumerate(zip(keys, counts, strict=True))
   ]
   return ids, segments
+
+
+def is_thing_table(categories) -> np.ndarray:
+  """(len(categories) + 1,) bool: entry k + 1 tells whether categories[k] is a thing; 0 = void."""
+  return np.array([False] + [bool(c['isthing']) for c in categories])

@@ -25,14 +25,14 @@ from typing import Sequence
 
 import numpy as np
 
-from pix2seq_d import workdir_files
-from pix2seq_d.evaluation.coco_format import (
-  PanopticFormatError,
-  load_json,
-  read_panoptic_png,
-  require_keys,
-)
+from pix2seq_d.evaluation.coco_format import PanopticFormatError, read_panoptic_png
 from pix2seq_d.evaluation.pq_accumulator import PQAccumulator, print_table
+from pix2seq_d.runtime.json_files import (
+  FileFormatError,
+  load_json,
+  require_keys,
+  write_json_atomically,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -188,13 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, args.num_workers
     )
     categories = load_json(args.gt_json, 'ground truth')['categories'] if args.per_class else None
-  except (PanopticFormatError, FileNotFoundError) as error:
+  except (FileFormatError, FileNotFoundError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
   print_table(results, categories, args.per_class)
   print(f'Time elapsed: {time.time() - start:0.2f} seconds')
   if args.output_json:
-    workdir_files.write_json_atomically(args.output_json, results, indent=1)
+    write_json_atomically(args.output_json, results, indent=1)
   return 0
 
 

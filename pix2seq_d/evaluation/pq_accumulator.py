@@ -32,9 +32,9 @@ from pix2seq_d.evaluation.coco_format import (
   MAX_SEGMENT_ID,
   PanopticFormatError,
   check_segment_ids,
-  require_keys,
   segment_index,
 )
+from pix2seq_d.runtime.json_files import require_keys
 
 VOID = 0
 OFFSET = 256 * 256 * 256  # panopticapi's key: gt_id * OFFSET + pred_id.

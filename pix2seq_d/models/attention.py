@@ -35,8 +35,8 @@ IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash', 'chunked')
 CUDNN_SEQ_MULTIPLE = 64
 # The splash kernel's tiles are multiples of the TPU vector lane count.
 SPLASH_BLOCK_MULTIPLE = 128
-# The mesh axis that splits attention heads (pix2seq_d.sharding maps the logical 'heads' axis to
-# it); every other mesh axis splits the batch.
+# The mesh axis that splits attention heads (pix2seq_d.parallel.sharding maps the logical 'heads'
+# axis to it); every other mesh axis splits the batch.
 HEADS_MESH_AXIS = 'model'
 
 
@@ -182,7 +182,7 @@ def _per_device(fn, batch: int, num_heads: int):
   """`fn` on (B, H, n, D) arrays, run per device under `jax.shard_map` when a mesh is set.
 
   A Pallas kernel is a custom call that XLA's partitioner cannot split, so on a mesh (the context
-  mesh that `jax.set_mesh` sets; pix2seq_d.sharding's jitted steps run under it) each device runs
+  mesh that `jax.set_mesh` sets; pix2seq_d.loops.state's jitted steps run under it) each device runs
   the kernel on its own rows and heads: the batch split over every mesh axis but
   HEADS_MESH_AXIS, the heads over that one, each only where the sizes divide.
   """

@@ -1,7 +1,8 @@
 """Building blocks shared by the Pix2Seq-D modules (Flax NNX).
 
 Every parameter carries logical axis names in its `out_sharding` metadata so that
-`pix2seq_d.sharding` maps them to mesh axes through a rule table without touching model code:
+`pix2seq_d.parallel.sharding` maps them to mesh axes through a rule table without touching model
+code:
 
   embed     width of a transformer's residual stream
   mlp       hidden width of a transformer MLP, or of the time-embedding MLP

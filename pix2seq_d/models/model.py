@@ -299,21 +299,20 @@ class Pix2SeqD(nnx.Module):
     return self.denoise(x_t, gamma, self.encode(images), extra)
 
 
-def extra_channels(config) -> int:
-  """Extra denoiser input channels the task needs: self-conditioning and earlier frames' masks."""
-  extra = bits.MASK_BITS if config.diffusion.self_cond else 0
-  if config.task == 'video_panoptic':
-    extra += bits.MASK_BITS * config.diffusion.num_cond_frames
-  elif config.task != 'panoptic':
-    raise ValueError(f"config.task={config.task!r}: use 'panoptic' or 'video_panoptic'.")
-  return extra
+def build_model(config, *, rngs: nnx.Rngs, cond_channels: int = 0) -> Pix2SeqD:
+  """The model that `config` (the whole experiment config) describes.
 
-
-def build_model(config, *, rngs: nnx.Rngs) -> Pix2SeqD:
-  """The model that `config` (the whole experiment config) describes."""
+  Args:
+    config: the experiment config (model and diffusion sections are read).
+    rngs: the parameter (and dropout) random streams.
+    cond_channels: denoiser input channels the task conditions on beyond the noisy mask and the
+      image features (the task's `cond_channels()`: the analog bits of earlier frames' masks for
+      video, 0 for images). Self-conditioning (config.diffusion.self_cond) adds its own 16.
+  """
+  self_cond = bits.MASK_BITS if config.diffusion.self_cond else 0
   return Pix2SeqD(
     config.model,
-    extra_channels=extra_channels(config),
+    extra_channels=self_cond + cond_channels,
     semantic_head=config.diffusion.semantic_aux_weight > 0,
     rngs=rngs,
   )

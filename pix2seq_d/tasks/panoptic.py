@@ -1,127 +1,146 @@
-"""Panoptic post-processing: from the model's mask-size ids to original-size panoptic maps.
+"""The image task ('panoptic'): panoptic segmentation of one image at a time, scored by PQ.
 
-Runs on the host in numpy, one image at a time, because every image has its own original size.
+The model reads the image and the noisy mask only. Evaluation batches are images padded to
+config.model.image_size (data/eval_pipeline.py `make_eval_iterator`); each prediction is resized
+back to its image's original size, every instance takes its majority class, small segments become
+void and each stuff class one segment (postprocess.py). Predictions are written in the COCO
+panoptic format (PNGs + one JSON); --mode=predict reads images or folders of images.
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import jax
 import numpy as np
+from flax import nnx
+from PIL import Image
+
+from pix2seq_d.evaluation import coco_format
+from pix2seq_d.evaluation.base import Panoptic
+from pix2seq_d.models import layers, sampling
+from pix2seq_d.tasks import base, pictures, postprocess, predict_inputs
+
+_VIDEO_OPTIONS = ('use_gt_cond_frames', 'single_frames')
 
 
-def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """(H, W, ...) -> (h, w, ...) by nearest neighbour with half-pixel centres (as tf.image)."""
-  in_h, in_w = x.shape[:2]
-  out_h, out_w = int(size[0]), int(size[1])
-  rows = np.minimum(((np.arange(out_h) + 0.5) * in_h / out_h).astype(np.int64), in_h - 1)
-  cols = np.minimum(((np.arange(out_w) + 0.5) * in_w / out_w).astype(np.int64), in_w - 1)
-  return x[rows[:, None], cols[None, :]]
+class ImagePanoptic(base.Task):
+  """Images in, COCO panoptic maps out."""
+
+  name = 'panoptic'
+  metrics = ('pq',)
+  reads_clips = False
+  picture_tag = 'eval/input_gt_prediction'
+
+  def check_config(self) -> None:
+    for field in _VIDEO_OPTIONS:
+      if self.config.eval[field]:
+        raise ValueError(
+          f'config.eval.{field}=True: is a video option, and the task {self.name!r} segments '
+          "images; leave it False or use a video config (task 'video_panoptic')."
+        )
+
+  def sample(self, graphdef, params, model_state, inputs, key) -> jax.Array:
+    """{'image': (B, H, W, 3)} -> (B, Hm, Wm, 2) ids, config.diffusion.steps sampling steps."""
+    model = nnx.merge(graphdef, params, model_state, copy=True)
+    return sampling.sample_ids(model, inputs['image'], key, self.config)
+
+  # -------------------------------------------------------------------------- evaluation
+
+  def eval_iterator(self, source):
+    from pix2seq_d.data import eval_pipeline  # TensorFlow only where a dataset is read.
+
+    return eval_pipeline.make_eval_iterator(self.config, source=source)
+
+  def eval_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {'image': batch['image']}
+
+  def _postprocess(self, pred, unpadded_size, orig_size, is_thing) -> Panoptic:
+    model = self.config.model
+    semantic, instance = postprocess.postprocess(
+      pred,
+      layers.static_tuple(model.image_size),
+      unpadded_size,
+      orig_size,
+      num_classes=model.num_classes,
+      max_instances=model.max_instances,
+      min_pixels=self.config.eval.min_pixels,
+      is_thing=is_thing,
+    )
+    return Panoptic(semantic, instance)
+
+  def eval_examples(self, batch, pred, categories) -> Iterator[base.Example]:
+    is_thing = coco_format.is_thing_table(categories)
+    for row in np.flatnonzero(batch['valid']):
+      orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
+      image_id = int(batch['image_id'][row])
+      yield base.Example(
+        example_id=image_id,
+        name=f'{image_id:012d}',
+        prediction=self._postprocess(
+          pred[row], batch['unpadded_size'][row], (orig_h, orig_w), is_thing
+        ),
+        ground_truth=batch['orig_label'][row, :orig_h, :orig_w],
+        row=int(row),
+      )
+
+  def eval_picture(self, batch, pred, row, categories) -> np.ndarray:
+    """[input | ground truth | prediction] at the input size."""
+    return pictures.summary_image(batch['image'][row], batch['label'][row], pred[row], categories)
+
+  def prediction_files(self, output_dir: str, categories) -> base.PredictionFiles:
+    return PanopticImageFiles(output_dir, categories)
+
+  # ------------------------------------------------------------------------- predict mode
+
+  def predict_sources(self, input_path: str) -> dict[str, str]:
+    """{file stem: path} of an image or of the images of a folder."""
+    return {predict_inputs.stem(path): path for path in predict_inputs.list_images(input_path)}
+
+  def load_predict_input(self, source: str) -> base.PredictInput:
+    padded, original, unpadded = predict_inputs.load_image(
+      source, layers.static_tuple(self.config.model.image_size), self.config.data.image_pad_value
+    )
+    return base.PredictInput(padded, original, unpadded)
+
+  def predict_inputs(self, loaded: Sequence[base.PredictInput], rows: int):
+    images = [item.model_input for item in loaded]
+    return {'image': np.stack(images + [images[0]] * (rows - len(images)))}
+
+  def postprocess_input(self, pred, loaded: base.PredictInput, categories) -> Panoptic:
+    return self._postprocess(
+      pred, loaded.unpadded_size, loaded.originals.shape[:2], coco_format.is_thing_table(categories)
+    )
 
 
-def majority_vote(
-  semantic: np.ndarray,
-  instance: np.ndarray,
-  num_classes: int,
-  max_instances: int,
-  min_pixels: int,
-  class_zero_is_void: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-  """Every instance id takes the most frequent class among its pixels (over all of the maps).
+class PanopticImageFiles(base.PredictionFiles):
+  """COCO panoptic predictions: output_dir/panoptic/<name>.png and output_dir/panoptic.json,
+  committed all at once (coco_format.PanopticWriter); with the original images also the
+  prediction coloured over each, output_dir/overlays/<name>.png. In a multi-process evaluation
+  each process writes its own examples into output_dir/process_<i>."""
 
-  Ids with fewer than `min_pixels` pixels and instance 0 become void (0, 0), and so do ids whose
-  majority is class 0 unless `class_zero_is_void` is False (DAVIS objects have class 0).
+  def __init__(self, output_dir: str, categories):
+    if jax.process_count() > 1:
+      output_dir = os.path.join(output_dir, f'process_{jax.process_index()}')
+    self.output_dir = output_dir
+    self.categories = list(categories)
+    self._writer = coco_format.PanopticWriter(output_dir, self.categories)
 
-  Args:
-    semantic, instance: int maps of one shape, (H, W) for an image or (T, H, W) for a clip (an id
-      then takes one class in every frame).
-    num_classes, max_instances: the id ranges (semantic < num_classes, instance < max_instances).
-    min_pixels: the smallest segment kept.
-    class_zero_is_void: whether class 0 voids the ids it wins.
+  def add(self, example: base.Example) -> None:
+    semantic, instance = example.prediction
+    ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, self.categories)
+    self._writer.add(example.example_id, example.name, ids, segments)
+    if example.originals is not None:
+      coloured = pictures.colorize_panoptic(semantic, instance, self.categories)
+      folder = os.path.join(self.output_dir, 'overlays')
+      os.makedirs(folder, exist_ok=True)
+      Image.fromarray(pictures.overlay(example.originals, coloured)).save(
+        os.path.join(folder, example.name + '.png')
+      )
 
-  Returns:
-    (semantic, instance), int32 each, of the input shape.
-  """
-  semantic = np.clip(semantic, 0, num_classes - 1).astype(np.int64)
-  instance = np.clip(instance, 0, max_instances - 1).astype(np.int64)
-  joint = np.bincount(
-    (instance * num_classes + semantic).ravel(), minlength=max_instances * num_classes
-  ).reshape(max_instances, num_classes)
-  votes = joint.argmax(axis=1)
-  keep = joint.sum(axis=1) >= min_pixels
-  keep[0] = False
-  if class_zero_is_void:
-    keep &= votes > 0
-  kept = keep[instance]
-  new_semantic = np.where(kept, votes[instance], 0)
-  return new_semantic.astype(np.int32), np.where(kept, instance, 0).astype(np.int32)
+  def close(self) -> str:
+    return self._writer.commit()
 
-
-def merge_stuff(semantic: np.ndarray, instance: np.ndarray, is_thing: np.ndarray) -> np.ndarray:
-  """Gives all pixels of each stuff class one instance id (the smallest one it used).
-
-  Args:
-    semantic, instance: (H, W) int maps after `majority_vote`.
-    is_thing: (num_classes,) bool, True where a semantic id is a thing class (index 0 = void).
-
-  Returns:
-    (H, W) int32 instance map in which each stuff class is a single segment.
-  """
-  instance = instance.astype(np.int32).copy()
-  stuff = (~is_thing[semantic]) & (semantic > 0)
-  for cls in np.unique(semantic[stuff]):
-    pixels = stuff & (semantic == cls)
-    instance[pixels] = instance[pixels].min()
-  return instance
-
-
-def to_original_size(
-  pred: np.ndarray,
-  padded_size: tuple[int, int],
-  unpadded_size: tuple[int, int],
-  orig_size: tuple[int, int],
-) -> np.ndarray:
-  """(Hm, Wm, ...) mask-size map -> (Ho, Wo, ...): nearest resize to the padded input size, crop of
-  the padding, nearest resize to the original size."""
-  full = resize_nearest(pred, padded_size)
-  full = full[: int(unpadded_size[0]), : int(unpadded_size[1])]
-  return resize_nearest(full, orig_size)
-
-
-def postprocess(
-  pred: np.ndarray,
-  padded_size: tuple[int, int],
-  unpadded_size: tuple[int, int],
-  orig_size: tuple[int, int],
-  *,
-  num_classes: int,
-  max_instances: int,
-  min_pixels: int,
-  is_thing: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-  """Mask-size prediction -> original-size (semantic, instance).
-
-  Nearest resize to the padded input size, crop of the padding, nearest resize to the original
-  size, majority vote of the class per instance with the min-pixel rule, and, when `is_thing` is
-  given, one segment per stuff class.
-
-  Args:
-    pred: (Hm, Wm, 2) int [semantic, instance] decoded from bits.
-    padded_size: (H, W) of the model input.
-    unpadded_size: (h, w) of the resized image inside the padded input.
-    orig_size: (Ho, Wo) of the original image.
-    num_classes, max_instances: id ranges.
-    min_pixels: smallest segment kept (at original size).
-    is_thing: (num_classes,) bool per semantic id, or None to keep stuff segments apart.
-
-  Returns:
-    (semantic, instance), each (Ho, Wo) int32.
-  """
-  full = to_original_size(pred, padded_size, unpadded_size, orig_size)
-  semantic, instance = majority_vote(
-    full[..., 0], full[..., 1], num_classes, max_instances, min_pixels
-  )
-  if is_thing is not None:
-    instance = merge_stuff(semantic, instance, np.asarray(is_thing, bool))
-  return semantic, instance
-
-
-def is_thing_table(categories) -> np.ndarray:
-  """(len(categories) + 1,) bool: entry k + 1 tells whether categories[k] is a thing; 0 = void."""
-  return np.array([False] + [bool(c['isthing']) for c in categories])
+  def abort(self) -> None:
+    self._writer.abort()

@@ -1,0 +1,215 @@
+"""Defaults shared by every experiment config: the published COCO Pix2Seq-D settings.
+
+Each experiment config (configs/*.py, loaded by file path) starts from `get_base_config()` and
+overrides what differs. It lives in the package, so a config file works from any directory and
+the installation adds no top-level `configs` package to clash with other projects'. Every number
+the model, diffusion, data, optimisation and evaluation code uses lives here, so a run is described
+by its config alone (`--config.a.b=value` overrides any of them on the command line).
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Returns the COCO panoptic stage-1 settings of the paper (Chen et al. 2022, Pix2Seq-D)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+  # The task (pix2seq_d/tasks/): 'panoptic' segments images; 'video_panoptic' streams videos,
+  # each frame conditioned on the masks of earlier frames.
+  config.task = 'panoptic'
+
+  # ---------------------------------------------------------------- model
+  config.model = model = ml_collections.ConfigDict()
+  model.image_size = (1024, 1024)  # (H, W) of the padded input image.
+  model.mask_size = (512, 512)  # (Hm, Wm) of the generated mask; must divide image_size.
+  # Semantic ids incl. 0 = void: COCO's 133 classes + 1; at most 256. 0 takes it from the dataset
+  # (its categories + 1), e.g. for a COCO-format folder of one's own.
+  model.num_classes = 134
+  model.max_instances = 101  # instance ids 0..100, 0 = void. At most 256.
+  # Compute dtype: 'auto' = bfloat16 on GPU / TPU, float32 on CPU. Norms, softmax and the loss
+  # always run in float32; parameters are `param_dtype`.
+  model.dtype = 'auto'
+  model.param_dtype = 'float32'
+  # Attention (pix2seq_d/models/attention.py): 'auto' = cuDNN flash attention (sequences padded to
+  # multiples of 64) on GPU in half precision, Pallas splash attention on TPU, memory-efficient
+  # chunked attention elsewhere; 'xla' is the reference (memory grows with tokens squared);
+  # 'cudnn', 'splash', 'chunked' force one.
+  model.attention_impl = 'auto'
+  model.attention_block = 512  # token tile of 'splash' and 'chunked' (sequences padded to it).
+  # Rematerialisation policy per part, applied to each ResNet bottleneck block, encoder layer,
+  # fusion block and TransUNet stage (stem, ResBlocks, bottleneck layers, up-sampling, head):
+  # 'none', 'nothing_saveable', 'dots_saveable' or 'dots_with_no_batch_dims_saveable'
+  # (pix2seq_d/models/layers.py says what each keeps). Chosen so that a per-device batch of 16
+  # 1024x1024 images trains in 80 GB: the activations kept for the backward pass, bfloat16, per
+  # image (`python -m pix2seq_d.tools.benchmark --parts=memory`, docs/performance.md) are
+  # 17.6 GiB with no remat, 3.7 GiB with these three parts remat'd and the encoder not, 2.0 GiB
+  # as set here; the recomputation adds ~30% to the FLOPs of a step.
+  model.remat = ml_collections.ConfigDict()
+  model.remat.resnet = 'nothing_saveable'
+  model.remat.encoder = 'dots_with_no_batch_dims_saveable'
+  model.remat.fusion = 'nothing_saveable'
+  model.remat.denoiser = 'nothing_saveable'
+  model.gn_max_groups = 32  # GroupNorm groups = min(channels // 4, gn_max_groups).
+  model.gn_eps = 1e-5
+  model.ln_eps = 1e-6
+  model.zero_init_scale = 1e-10  # variance scale of the near-zero output convolutions.
+  # 2-D sin-cos position embeddings (encoder tokens, denoiser bottleneck): row and column indices
+  # are scaled to [0, pos_emb_max] over the grid, as the reference (2 pi, written 6.2831852).
+  model.pos_emb_max = 6.2831852
+
+  model.resnet = ml_collections.ConfigDict()
+  model.resnet.stage_sizes = (3, 4, 6)  # ResNet-50 block groups 1-3 ("C4").
+  model.resnet.width = 64  # stem channels; bottleneck widths 64, 128, 256 (x4 out).
+  model.resnet.bn_momentum = 0.9
+  model.resnet.bn_eps = 1e-5
+
+  model.encoder = ml_collections.ConfigDict()
+  model.encoder.num_layers = 12
+  model.encoder.dim = 512
+  model.encoder.num_heads = 16
+  model.encoder.mlp_dim = 2048
+  model.encoder.dropout = 0.1
+  model.encoder.drop_path = 0.1
+
+  model.fusion = ml_collections.ConfigDict()
+  model.fusion.dim = 256  # channels of the fused features handed to the denoiser.
+
+  model.denoiser = ml_collections.ConfigDict()
+  model.denoiser.dim = 128
+  model.denoiser.dim_mults = (1, 1, 2, 2)
+  model.denoiser.num_res_blocks = 1  # per down level; the up path uses num_res_blocks + 1.
+  model.denoiser.dropout = 0.0
+  model.denoiser.time_scaling = 1000.0  # gamma is embedded as sin/cos of gamma * time_scaling.
+  model.denoiser.time_mlp_mult = 4  # time embedding width = dim * time_mlp_mult.
+  model.denoiser.transformer_layers = 6
+  model.denoiser.transformer_dim = 512
+  model.denoiser.transformer_heads = 8
+  model.denoiser.transformer_mlp_ratio = 4
+  model.denoiser.transformer_dropout = 0.0
+
+  # ------------------------------------------------------------ diffusion
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.b_scale = 0.1
+  diffusion.schedule = 'cosine'  # 'cosine', 'sigmoid' or 'linear' gamma(t).
+  diffusion.loss_weight_p = 0.2  # pixel weight (1 / (count + 1)) ** p per instance id.
+  # Weight of an auxiliary loss that is not in the paper: per-pixel class cross-entropy of a linear
+  # head on the fused encoder features (trained only; sampling never uses it). 0 = off (the paper).
+  diffusion.semantic_aux_weight = 0.0
+  diffusion.self_cond = False
+  diffusion.self_cond_rate = 0.5  # fraction of the batch that gets an x0 estimate when on.
+  diffusion.sampler = 'ddim'  # 'ddim' or 'ddpm'.
+  diffusion.steps = 20
+  # Video: sampling steps of frames 1.. (frame 0 takes `steps`); the reference's 'iterations_2'.
+  diffusion.steps_later_frames = 20
+  diffusion.td = 1.0  # asymmetric time interval.
+  diffusion.x0_clip = True  # clip the x0 estimate to [-b_scale, b_scale].
+  # Video: chance each conditioning mask is replaced by zeros in training (the authors' video
+  # configs use 0.2).
+  diffusion.frames_dropout = 0.2
+  diffusion.num_cond_frames = 2  # video: masks of t-2 and t-1 condition frame t.
+
+  # ----------------------------------------------------------------- data
+  config.data = data = ml_collections.ConfigDict()
+  data.name = 'coco/2017_panoptic'  # a TFDS name, 'coco_folder', 'davis', 'shapes', 'shapes_video'.
+  data.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets).
+  data.coco_root = ''  # a folder in the official COCO panoptic layout (name 'coco_folder').
+  data.davis_root = ''  # a folder in the official DAVIS 2017 layout (name 'davis').
+  data.davis_resolution = '480p'  # DAVIS frame folder: '480p' or 'Full-Resolution'.
+  # DAVIS annotation folder: 'Annotations_unsupervised' or 'Annotations' (semi-supervised).
+  data.davis_annotations = 'Annotations_unsupervised'
+  data.davis_void_id = 255  # DAVIS annotation value of void pixels.
+  data.train_split = 'train2017'
+  data.eval_split = 'val2017'
+  data.shuffle_buffer = 10_000
+  data.scale_jitter = (1.0, 3.0)  # s ~ U(min, max); 1.0, 1.0 turns jitter off.
+  data.flip = True
+  data.color_jitter_strength = 1.0  # 0 turns colour jitter off.
+  data.color_jitter_prob = 0.8  # SimCLR: chance the colour jitter is applied to an image.
+  data.grayscale_prob = 0.2  # SimCLR: chance an image is turned grayscale.
+  data.image_pad_value = 0.3
+  # How training gives segments their instance ids (the same mapping for all frames of a video
+  # window): 'random' = distinct ids drawn from 1..max_instances-1 (images, the paper);
+  # 'shuffle' = a random permutation of 1..N for the N segments (the authors' video setting);
+  # 'location' = not random: the cell of a grid over the mask (about sqrt(ids) cells a side) that
+  # holds the segment's centroid, the nearest free cell when taken (configs/shapes.py).
+  data.instance_id_order = 'random'
+  # Image resampling of the training augmentation: 'bilinear', or 'bicubic' as the authors' video
+  # training. Evaluation and prediction resize bilinearly (with antialiasing) either way.
+  data.train_resize_method = 'bilinear'
+  data.eval_orig_size = (640, 640)  # original-size eval labels are zero-padded to this (H, W).
+  data.num_parallel_calls = -1  # tf.data.AUTOTUNE
+  # Training stops with an error when this many examples in a row are broken (skipped, no good one
+  # between them): a folder of unreadable files fails at once instead of skipping forever (0 = no
+  # limit).
+  data.max_skips_in_a_row = 1000
+  data.prefetch = 2
+  data.video_window = 3  # frames per training window (video).
+  # Video training windows are drawn round-robin from this many decoded clips (all held in
+  # memory), then shuffled in a buffer of this many decoded windows, so batches mix clips.
+  data.video_clips_interleaved = 8
+  data.video_window_shuffle_buffer = 64
+
+  # ---------------------------------------------------------------- train
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 512  # global.
+  train.num_steps = 185_000  # ≈ 800 epochs of COCO train2017 at batch 512.
+  train.learning_rate = 1e-4
+  train.warmup_steps = 1_150  # ≈ 5 epochs.
+  train.end_lr_factor = 0.1
+  train.lr_schedule = 'linear'  # warm-up then linear decay; 'constant' after warm-up.
+  train.weight_decay = 0.05
+  train.b1 = 0.9
+  train.b2 = 0.999
+  train.eps = 1e-8
+  train.grad_clip_norm = 1.0
+  train.ema_decay = 0.999
+  train.log_every = 100
+  train.image_summary_every = 5_000
+  train.checkpoint_every = 5_000
+  train.keep_checkpoints = 5
+  train.eval_every = 0  # 0 = only at the end of train_and_eval.
+
+  # ----------------------------------------------------------------- eval
+  config.eval = evaluation = ml_collections.ConfigDict()
+  # The evaluators (pix2seq_d/evaluation/registry.py) run over each evaluation, any the task can
+  # produce: 'pq' (COCO panoptic quality) for images, 'davis_jf' (DAVIS 2017 J&F) for videos.
+  evaluation.metrics = ('pq',)
+  evaluation.batch_size = 8  # global.
+  evaluation.num_examples = 0  # 0 = the whole eval split.
+  evaluation.min_pixels = 40  # instances smaller than this (original size) become void.
+  # Write predictions under <workdir>/predictions/step_<N>: COCO panoptic PNG + JSON for images;
+  # for video per clip the DAVIS results layout, <video>/<frame>.png indexed PNGs of object ids,
+  # and COCO panoptic PNGs + JSON whose segment ids persist over time.
+  evaluation.write_predictions = False
+  evaluation.num_image_summaries = 4
+  # Video: condition each frame on the ground-truth masks of earlier frames instead of the model's
+  # own predictions (an upper bound on tracking), or on nothing (every frame on its own).
+  evaluation.use_gt_cond_frames = False
+  evaluation.single_frames = False
+  # Video: clips are padded with blank frames to a multiple of this many frames (the padding is
+  # sampled after the real frames and dropped), so the sampler compiles once per bucket length,
+  # not once per video length.
+  evaluation.video_length_bucket = 16
+  evaluation.video_strip_frames = 8  # video: frames per TensorBoard strip (evenly spaced).
+
+  # ----------------------------------------------------------------- mesh
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # -1 fills with the remaining devices.
+  mesh.fsdp = 1
+  mesh.model = 1
+
+  # -------------------------------------------------------------- predict
+  config.predict = ml_collections.ConfigDict()
+  # An image or a folder of images; for a video task a folder of frames, a folder of such
+  # folders, or a video file.
+  config.predict.input = ''
+  config.predict.output = ''  # folder for COCO panoptic PNG + JSON and coloured overlays.
+
+  # ------------------------------------------------------------ init from
+  config.init_from = ml_collections.ConfigDict()
+  config.init_from.path = ''  # a workdir or checkpoint step directory of another run.
+  config.init_from.mode = 'all'  # 'all' or 'encoder'.
+  # 'pix2seq_d': a run of ours; 'tf': a TF checkpoint of the reference's image encoder (mode
+  # 'encoder'), e.g. its Objects365-pretrained ResNet-50 C4 (pix2seq_d/runtime/tf_weights.py).
+  config.init_from.format = 'pix2seq_d'
+  return config

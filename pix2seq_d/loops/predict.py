@@ -1,0 +1,144 @@
+"""`--mode=predict`, one runner for every task: segment new inputs with a trained run's EMA weights.
+
+  python -m pix2seq_d.main --config=configs/shapes.py --workdir=RUN --mode=predict \
+      --config.predict.input=IMAGE_FOLDER_OR_VIDEO --config.predict.output=OUT
+
+The task says what the input may be (images and folders of images; for a video task folders of
+frames, folders of such folders and video files) and what it writes into OUT (COCO panoptic PNGs
++ JSON and coloured overlays; for videos per video the DAVIS-layout object PNGs, COCO panoptic
+and overlays). Outputs are named by the input's name, so two inputs with one name (a.png, a.jpg)
+are refused before anything runs. Inputs are read a batch at a time (one per data-parallel
+device); an input that cannot be read is skipped with a warning naming it, and the others are
+all written: the run fails only when none could be read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+
+from pix2seq_d.config import data_facts
+from pix2seq_d.loops import state as state_lib
+from pix2seq_d.parallel import sharding
+from pix2seq_d.runtime import checkpoints, workdir_files
+from pix2seq_d.tasks import base, registry
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A trained run's EMA weights and the compiled sampler of its task (`state.jit_predict`)."""
+
+  config: Any
+  task: base.Task
+  predict_fn: Callable
+  params: Any
+  model_state: Any
+  step: int
+  categories: list
+  mesh: jax.sharding.Mesh
+
+  @property
+  def batch_size(self) -> int:
+    """Rows per call: one per data-parallel device."""
+    return self.mesh.shape['data'] * self.mesh.shape['fsdp']
+
+
+def load_predictor(config, workdir: str) -> Predictor:
+  """Restores the newest checkpoint of `workdir` and compiles its task's sampler.
+
+  Raises:
+    FileNotFoundError: no categories.json or no checkpoint in `workdir`.
+  """
+  categories = workdir_files.read_categories(workdir)
+  config = data_facts.apply(
+    config, categories, str(epath.Path(workdir) / workdir_files.CATEGORIES_FILE)
+  )
+  task = registry.get_task(config)
+  mesh = sharding.make_mesh(config.mesh)
+  state, state_shardings, _, eval_graphdef, _ = state_lib.build_train_state(config, mesh)
+  abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
+  manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
+  restored = manager.restore_latest(abstract_state)
+  manager.close()
+  if restored is None:
+    raise FileNotFoundError(f'--mode=predict: no checkpoint in {workdir}.')
+  state, step = restored
+  predict_fn = state_lib.jit_predict(
+    task, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
+  )
+  return Predictor(
+    config, task, predict_fn, state.ema_params, state.ema_model_state, step, categories, mesh
+  )
+
+
+def run(config, workdir: str) -> str:
+  """Predicts every input; returns what the task's prediction files return (the panoptic JSON
+  of images, the output folder of videos)."""
+  output = config.predict.output
+  if not output:
+    raise ValueError('--mode=predict needs --config.predict.output=DIR.')
+  if not config.predict.input:
+    raise ValueError('--mode=predict needs --config.predict.input=PATH.')
+  sources = registry.get_task(config).predict_sources(config.predict.input)
+  predictor = load_predictor(config, workdir)
+  task, categories, rows = predictor.task, predictor.categories, predictor.batch_size
+  files = task.prediction_files(output, categories)
+  names = list(sources)
+  written, skipped = 0, []
+  try:
+    for start in range(0, len(names), rows):
+      chunk = []  # (input index, name, PredictInput) of the readable inputs
+      for index in range(start, min(start + rows, len(names))):
+        try:
+          chunk.append((index, names[index], task.load_predict_input(sources[names[index]])))
+        except ValueError as error:
+          logging.warning('Skipping %s', error)
+          skipped.append(names[index])
+      if not chunk:
+        continue
+      inputs = task.predict_inputs([item for _, _, item in chunk], rows)
+      pred = np.asarray(
+        predictor.predict_fn(
+          predictor.params,
+          predictor.model_state,
+          sharding.make_global_batch(inputs, predictor.mesh),
+          jax.random.key(config.seed + start),
+        )
+      )
+      for row, (index, name, item) in enumerate(chunk):
+        files.add(
+          base.Example(
+            example_id=index,
+            name=name,
+            prediction=task.postprocess_input(pred[row], item, categories),
+            originals=item.originals,
+            row=row,
+          )
+        )
+        written += 1
+        logging.info('Predicted %s -> %s', name, output)
+    if not written:
+      raise ValueError(
+        f'config.predict.input={config.predict.input}: none of its {len(names)} inputs could be '
+        'read (see the warnings above).'
+      )
+    result = files.close()
+  finally:
+    files.abort()
+  logging.info(
+    'Predicted %d inputs with the EMA weights of step %d: %s', written, predictor.step, result
+  )
+  if skipped:
+    logging.warning(
+      '%d of %d inputs could not be read and have no prediction: %s',
+      len(skipped),
+      len(names),
+      skipped,
+    )
+  return result

@@ -1,0 +1,176 @@
+"""The train state on the mesh and the jitted programs: the one place that calls `jax.jit`.
+
+  state, shardings, train_graphdef, eval_graphdef, tx = state.build_train_state(config, mesh)
+  train_step = state.jit_train_step(config, tx, train_graphdef, shardings, mesh)
+  predict = state.jit_predict(task, eval_graphdef, shardings.ema_params,
+                              shardings.ema_model_state, mesh)
+
+Weights are born sharded (abstract init, shardings from their logical axis names, then a jitted
+init with those out_shardings), the state's buffers are donated to the train step, and every
+batch array is split on its leading dimension over ('data', 'fsdp'). Used by the training loop,
+the evaluation loop, the predict runner and the benchmark.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from pix2seq_d.loops import steps
+from pix2seq_d.models import model as p2s
+from pix2seq_d.parallel import sharding
+from pix2seq_d.tasks import base as task_base
+from pix2seq_d.tasks import registry
+
+
+def build_model(config, *, rngs: nnx.Rngs) -> p2s.Pix2SeqD:
+  """The model of `config` with the denoiser inputs its task conditions on."""
+  return p2s.build_model(config, rngs=rngs, cond_channels=registry.get_task(config).cond_channels())
+
+
+def init_sharded(
+  init_fn: Callable[[], Any], mesh: jax.sharding.Mesh, rules: sharding.Rules | None = None
+) -> tuple[Any, Any]:
+  """Initialises a train state directly into its shardings.
+
+  `jax.eval_shape(init_fn)` traces the initialiser without allocating anything; the shardings
+  follow from the abstract state's metadata; then `jax.jit(init_fn, out_shardings=...)` runs it
+  so that each device only ever holds its own shards (no full copy on one device first, which
+  would not fit for large models).
+
+  Args:
+    init_fn: () -> state, e.g.
+      `lambda: steps.create_train_state(build_model(config, rngs=nnx.Rngs(config.seed)), tx)`.
+      It must be deterministic (it is traced twice).
+    mesh: the device mesh.
+    rules: the logical-axis rule table; defaults to sharding.DEFAULT_RULES.
+
+  Returns:
+    (state, shardings): the initialised state and the matching NamedSharding tree
+    (see `sharding.state_shardings`).
+  """
+  abstract_state = jax.eval_shape(init_fn)
+  shardings = sharding.state_shardings(abstract_state, mesh, rules)
+  state = jax.jit(init_fn, out_shardings=shardings)()
+  return state, shardings
+
+
+def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False):
+  """Abstract model -> shardings -> train state initialised on the mesh.
+
+  Args:
+    config: the experiment config.
+    mesh: the device mesh.
+    abstract: return the state as sharded `jax.ShapeDtypeStruct`s without allocating it (for
+      lowering, cost and memory analysis).
+
+  Returns:
+    (state, state_shardings, train_graphdef, eval_graphdef, tx): the TrainState born sharded,
+    its NamedSharding tree, the model's graphdefs in training and evaluation mode, the optimiser.
+  """
+  tx = steps.make_optimizer(config.train)
+  rngs = lambda: nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  new_model = lambda: build_model(config, rngs=rngs())
+  abstract_model = nnx.eval_shape(new_model)
+  abstract_model.train()
+  train_graphdef = nnx.graphdef(abstract_model)
+  # Sampling has no backward pass, so rematerialisation would only recompute (and nnx.remat
+  # cannot write its modules' state back from inside the sampler's lax.scan): the evaluation
+  # model is the same model built without it, with the same variables.
+  eval_config = config.copy_and_resolve_references()
+  for part in eval_config.model.remat:
+    eval_config.model.remat[part] = 'none'
+  eval_model = nnx.eval_shape(lambda: build_model(eval_config, rngs=rngs()))
+  eval_model.eval()
+  eval_graphdef = nnx.graphdef(eval_model)
+  init_fn = lambda: steps.create_train_state(new_model(), tx)
+  if abstract:
+    abstract_state = jax.eval_shape(init_fn)
+    state_shardings = sharding.state_shardings(abstract_state, mesh)
+    state = sharding.with_shardings(abstract_state, state_shardings)
+  else:
+    state, state_shardings = init_sharded(init_fn, mesh)
+  return state, state_shardings, train_graphdef, eval_graphdef, tx
+
+
+def jit_predict(
+  task: task_base.Task,
+  eval_graphdef: nnx.GraphDef,
+  params_shardings: Any,
+  model_state_shardings: Any,
+  mesh: jax.sharding.Mesh,
+) -> Callable:
+  """The task's sampler (`Task.sample`) compiled for `mesh`:
+  (params, model_state, inputs, key) -> ids, with every array of the `inputs` dict and the ids
+  split over ('data', 'fsdp') on their leading (batch) dimension and the key replicated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch = sharding.batch_sharding(mesh)
+  predict = functools.partial(task.sample, eval_graphdef)
+  return under_mesh(
+    jax.jit(
+      predict,
+      in_shardings=(params_shardings, model_state_shardings, batch, replicated),
+      out_shardings=batch,
+    ),
+    mesh,
+  )
+
+
+def jit_train_step(
+  config,
+  tx: optax.GradientTransformation,
+  graphdef: nnx.GraphDef,
+  state_shardings: Any,
+  mesh: jax.sharding.Mesh,
+) -> Callable:
+  """`steps.train_step` compiled for `mesh`: (state, batch, key) -> (state, metrics).
+
+  The state keeps its shardings in and out and its buffers are donated (updated in place);
+  every batch array is split on its leading dimension over ('data', 'fsdp'); the key and the
+  scalar metrics are replicated.
+
+  Args:
+    config: the experiment config.
+    tx: the optimiser the state was created with.
+    graphdef: the model's graphdef in training mode.
+    state_shardings: from `init_sharded` / `sharding.state_shardings`.
+    mesh: the device mesh.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+  step = functools.partial(steps.train_step, graphdef, config=config, tx=tx)
+  return under_mesh(
+    jax.jit(
+      step,
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
+    ),
+    mesh,
+  )
+
+
+def under_mesh(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """`fn` called with `mesh` as the context mesh (`jax.set_mesh`).
+
+  Code that must be written per device, such as the Pallas splash-attention kernel
+  (models/attention.py), reads the mesh while the jitted function is traced. The returned
+  function keeps `fn`'s `lower` for cost and memory analysis.
+  """
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+
+  def lower(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn.lower(*args, **kwargs)
+
+  call.lower = lower
+  return call

@@ -1,0 +1,291 @@
+"""The training loop, in sections that read top to bottom:
+
+mesh -> data -> abstract state -> shardings -> jitted init -> restore -> jitted step -> loop with
+periodic logging, image summaries, checkpoints and evaluation.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from etils import epath
+
+from pix2seq_d.config import data_facts
+from pix2seq_d.data import pipeline
+from pix2seq_d.data import registry as data_registry
+from pix2seq_d.loops import evaluate
+from pix2seq_d.loops import state as state_lib
+from pix2seq_d.parallel import sharding
+from pix2seq_d.runtime import (
+  checkpoints,
+  init_from,
+  preemption,
+  stream_positions,
+  tf_weights,
+  workdir_files,
+  workdir_lock,
+)
+from pix2seq_d.tasks import registry as task_registry
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+def flat_hparams(tree: dict, prefix: str = '') -> dict[str, bool | int | float | str]:
+  """The whole config as TensorBoard hparams: {'model.encoder.dim': 512, ...}; values that are
+  not a bool, int, float or str (tuples, None) are written as their str()."""
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(flat_hparams(value, f'{name}.'))
+    else:
+      flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+  return flat
+
+
+def _first_non_finite(pending: list[tuple[int, jax.Array]]) -> tuple[list[float], int | None]:
+  """Fetches the pending per-step losses; returns them and the first non-finite step."""
+  losses = [float(v) for v in jax.device_get([loss for _, loss in pending])]
+  for (step, _), loss in zip(pending, losses, strict=True):
+    if not np.isfinite(loss):
+      return losses, step
+  return losses, None
+
+
+def _logged_tags(workdir: str) -> dict[int, set[str]]:
+  """{step: tags} of every summary the TensorBoard event files in `workdir` hold."""
+  from tensorboard.backend.event_processing import event_file_loader
+
+  logged: dict[int, set[str]] = {}
+  for path in epath.Path(workdir).glob('events.out.tfevents.*'):
+    for event in event_file_loader.EventFileLoader(str(path)).Load():
+      if event.HasField('summary'):
+        logged.setdefault(int(event.step), set()).update(v.tag for v in event.summary.value)
+  return logged
+
+
+class _SkipLoggedSteps:
+  """A clu MetricWriter that drops the summaries (step, tag) a run before a resume already
+  logged: the resumed run recomputes them exactly (same state, data stream and keys), so
+  TensorBoard shows each one once. Per tag, not per step: a run killed while writing a step's
+  summaries leaves some of them, and the resumed run writes the others."""
+
+  _STEPPED = (
+    'write_scalars',
+    'write_images',
+    'write_texts',
+    'write_histograms',
+    'write_videos',
+    'write_audios',
+    'write_summaries',
+    'write_pointcloud',
+  )
+
+  def __init__(self, writer, logged: dict[int, set[str]]):
+    self._writer = writer
+    self._logged = logged
+
+  def __getattr__(self, name):
+    method = getattr(self._writer, name)
+    if name not in self._STEPPED:
+      return method
+
+    def write(step, values, *args, **kwargs):
+      done = self._logged.get(int(step), ())
+      values = {tag: value for tag, value in values.items() if tag not in done}
+      return method(step, values, *args, **kwargs) if values else None
+
+    return write
+
+
+def _resume_position(config, workdir: str, start_step: int) -> int:
+  """Where this process's training stream continues after `start_step` (0 for a new run).
+
+  The position saved with the checkpoint; without one (a checkpoint of an older version, or a
+  different process count) the position of an uninterrupted stream with no skipped examples.
+  """
+  if start_step == 0:
+    return 0
+  position = stream_positions.load(workdir, start_step, jax.process_index(), jax.process_count())
+  if position is None:
+    position = start_step * (config.train.batch_size // jax.process_count())
+    logging.warning(
+      'No stream position saved for step %d of process %d/%d: continuing the '
+      'training stream at %d (exact unless examples were skipped).',
+      start_step,
+      jax.process_index(),
+      jax.process_count(),
+      position,
+    )
+  return position
+
+
+def run(config, workdir: str, mode: str) -> dict | None:
+  """Trains and/or evaluates as `mode` says ('train', 'eval' or 'train_and_eval').
+
+  A training run holds the workdir's lock (process 0 takes it), so a second run on the same
+  workdir stops at start instead of interleaving checkpoints with this one.
+
+  Returns:
+    The last evaluation record, or None when no evaluation ran.
+  """
+  lock = None
+  if mode != 'eval' and jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir)
+    lock.acquire()
+  try:
+    return _run(config, workdir, mode)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir: str, mode: str) -> dict | None:
+  # ------------------------------------------------------------------ mesh and data
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
+  source = data_registry.get_source(config)
+  task_registry.check_source(task_registry.get_task(config), source)
+  info = pipeline.dataset_info(config, source)
+  # The class count may come from the dataset: applied here, once, to a copy of the config.
+  config = data_facts.apply(config, info.categories, f'dataset {source.name!r}')
+  task = task_registry.get_task(config)
+  if mode == 'eval' and not checkpoints.saved_steps(workdir):
+    # Checked before anything is written: an eval of the wrong folder leaves it as it was.
+    raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
+  if jax.process_index() == 0:
+    workdir_files.write_categories(workdir, info.categories)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if jax.process_index() == 0 and mode != 'eval':
+    logged = _logged_tags(workdir)
+    if logged:
+      writer = _SkipLoggedSteps(writer, logged)
+
+  # ------------------------------------------------ state, shardings, checkpoints
+  state, state_shardings, train_graphdef, eval_graphdef, tx = state_lib.build_train_state(
+    config, mesh
+  )
+  abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
+  manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
+  restored = manager.restore_latest(abstract_state)
+  if restored is not None:
+    state, start_step = restored
+    logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
+  else:
+    start_step = 0
+    if config.init_from.path and config.init_from.format == 'tf':
+      state = tf_weights.restore_encoder(
+        config.init_from.path,
+        state,
+        config.model.resnet.stage_sizes,
+        config.model.encoder.num_layers,
+      )
+    elif config.init_from.path:
+      state = init_from.restore_for_init(config.init_from.path, state, config.init_from.mode)
+      logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
+
+  predict_fn = state_lib.jit_predict(
+    task, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
+  )
+
+  def run_eval(state, step):
+    return evaluate.evaluate(
+      config,
+      task=task,
+      predict_fn=predict_fn,
+      params=state.ema_params,
+      model_state=state.ema_model_state,
+      mesh=mesh,
+      categories=info.categories,
+      eval_iterator=task.eval_iterator(source),
+      step=step,
+      workdir=workdir,
+      writer=writer,
+    )
+
+  if mode == 'eval':
+    if restored is None:
+      raise FileNotFoundError(f'--mode=eval: no complete checkpoint in {workdir}; train first.')
+    record = run_eval(state, start_step)
+    manager.close()
+    writer.close()
+    return record
+
+  # ------------------------------------------------------------------------ loop
+  train_step = state_lib.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
+  train_iter = pipeline.make_train_iterator(
+    config, source=source, start_position=_resume_position(config, workdir, start_step)
+  )
+  num_steps = config.train.num_steps
+  report = periodic_actions.ReportProgress(
+    num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every
+  )
+  preemption.install_preemption_handler()
+  key = jax.random.key(config.seed)
+  pending: list[tuple[int, jax.Array]] = []
+  last_metrics, window_start, window_examples = None, time.time(), 0
+  record = None
+  if start_step == 0 and jax.process_index() == 0:
+    writer.write_hparams(flat_hparams(config.to_dict()))
+
+  def check_losses():
+    """Stops the run at the first non-finite loss; returns the mean of the pending losses."""
+    losses, bad_step = _first_non_finite(pending)
+    pending.clear()
+    if bad_step is not None:
+      raise NonFiniteLossError(
+        f'The loss became non-finite at step {bad_step}; the run stops here. The last good '
+        f'checkpoint in {workdir} is kept (step {manager.latest_step()}).'
+      )
+    return float(np.mean(losses)) if losses else float('nan')
+
+  step, preempted = start_step, False
+  for step in range(start_step + 1, num_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      batch = next(train_iter)
+      global_batch = sharding.make_global_batch(batch, mesh)
+      state, metrics = train_step(state, global_batch, jax.random.fold_in(key, step))
+    pending.append((step, metrics['loss']))
+    last_metrics = metrics
+    window_examples += config.train.batch_size
+    report(step)
+
+    preempted = preemption.preemption_requested(step)
+    if step % config.train.log_every == 0 or step == num_steps or preempted:
+      mean_loss = check_losses()
+      scalars = {f'train/{k}': float(v) for k, v in jax.device_get(last_metrics).items()}
+      scalars['train/loss'] = mean_loss
+      elapsed = time.time() - window_start
+      scalars['train/examples_per_sec'] = window_examples / max(elapsed, 1e-9)
+      window_start, window_examples = time.time(), 0
+      writer.write_scalars(step, scalars)
+      if hasattr(train_iter, 'skipped') and train_iter.skipped:
+        writer.write_scalars(step, {'train/skipped_examples': train_iter.skipped})
+    if step % config.train.image_summary_every == 0 and jax.process_index() == 0:
+      writer.write_images(step, {'train/input_gt': task.train_pictures(batch, info.categories)})
+    if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
+      check_losses()
+      manager.save(step, state, force=preempted or step == num_steps)
+      stream_positions.save(
+        workdir, step, jax.process_index(), jax.process_count(), train_iter.position
+      )
+      stream_positions.prune(workdir, set(manager.all_steps()) | {step})
+    if preempted:
+      logging.warning('Preemption requested: saved step %d, exiting.', step)
+      break
+    if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
+      record = run_eval(state, step)
+  # Stop the endless training input pipeline: its tf.data threads would otherwise keep filling
+  # buffers during evaluation and delay the interpreter's exit.
+  del train_iter
+  manager.wait_until_finished()
+  if mode == 'train_and_eval' and not preempted:
+    record = run_eval(state, step)
+  manager.close()
+  writer.flush()
+  writer.close()
+  return record

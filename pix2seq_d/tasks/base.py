@@ -1,0 +1,190 @@
+"""The task interface: everything that differs between segmenting images and streaming videos.
+
+The loops (training, the one evaluation loop, the one predict runner) call a task and nothing
+else for these questions; tasks/registry.py picks the task once, from the config's `task`:
+
+  what the model reads     `cond_channels` (denoiser inputs beyond the noisy mask and the image
+                           features), `train_batch_spec` (the training batch's arrays)
+  which metrics it feeds   `metrics` (names of evaluation/registry.py's evaluators)
+  sampling                 `sample`: the pure predict function loops/state.py jits, on a dict of
+                           batch-sharded inputs from `eval_inputs` or `predict_inputs`
+  evaluation               `eval_iterator`, `eval_inputs` (padding that keeps processes in
+                           lockstep), `eval_examples` (post-processing to original size),
+                           `eval_picture` (TensorBoard) and `prediction_files`
+  --mode=predict           `predict_sources`, `load_predict_input`, `predict_inputs`,
+                           `postprocess_input`, and the same `prediction_files`
+
+A task holds the experiment config; methods that need the dataset's categories take them.
+Images are one frame without a time axis: image maps are (H, W), clip maps (T, H, W).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+
+from pix2seq_d.evaluation.base import Panoptic
+from pix2seq_d.tasks import pictures
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One example post-processed at its original size.
+
+  Attributes:
+    example_id: what the evaluators and prediction files call it (a COCO image id, a video name).
+    name: the file stem (images) or folder name (videos) of its prediction files.
+    prediction: the post-processed maps, (Ho, Wo) or (T, Ho, Wo).
+    ground_truth: int (..., Ho, Wo, 3) [semantic, instance, crowd]; None in --mode=predict.
+    originals: the uint8 (..., Ho, Wo, 3) input, for overlays; None in evaluation.
+    row: its row in the batch.
+  """
+
+  example_id: int | str
+  name: str
+  prediction: Panoptic
+  ground_truth: np.ndarray | None = None
+  originals: np.ndarray | None = None
+  row: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictInput:
+  """One input of --mode=predict, read and fitted to the model.
+
+  Attributes:
+    model_input: float32 (H, W, 3) or (T, H, W, 3) in [0, 1], padded to config.model.image_size.
+    originals: uint8 (Ho, Wo, 3) or (T, Ho, Wo, 3) as read.
+    unpadded_size: (h, w) of the resized image inside the padded input.
+  """
+
+  model_input: np.ndarray
+  originals: np.ndarray
+  unpadded_size: tuple[int, int]
+
+
+class PredictionFiles(abc.ABC):
+  """Where a task writes its predictions: `add` each example, then `close` (or `abort`)."""
+
+  @abc.abstractmethod
+  def add(self, example: Example) -> None:
+    """Writes (or stages) one example's files; with `example.originals`, also its overlays."""
+
+  @abc.abstractmethod
+  def close(self) -> str:
+    """Completes the files and returns the path a reader opens (a JSON file or a folder)."""
+
+  def abort(self) -> None:  # noqa: B027 (files that stage nothing have nothing to remove)
+    """Removes what a failed pass staged; files completed before are kept."""
+
+
+class Task(abc.ABC):
+  """One task (see the module docstring).
+
+  Attributes:
+    name: the value of the config's `task` field that selects it.
+    metrics: the evaluators (config.eval.metrics) it can feed.
+    reads_clips: whether its examples are clips (a dataset's `Source.clips`).
+    picture_tag: the TensorBoard tag of its evaluation pictures.
+  """
+
+  name: ClassVar[str]
+  metrics: ClassVar[tuple[str, ...]]
+  reads_clips: ClassVar[bool]
+  picture_tag: ClassVar[str]
+
+  def __init__(self, config):
+    self.config = config
+
+  # ------------------------------------------------------------------------------ config
+
+  def check_config(self) -> None:  # noqa: B027 (a task without fields of its own checks none)
+    """Raises ValueError naming a field of the config that this task cannot use."""
+
+  # ------------------------------------------------------------------------------- model
+
+  def cond_channels(self) -> int:
+    """Denoiser input channels beyond the noisy mask and the image features."""
+    return 0
+
+  def train_batch_spec(self, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The arrays of `rows` rows of a training batch (what the input pipeline yields): 'image'
+    float32 (rows, H, W, 3) in [0, 1] and 'label' int32 (rows, Hm, Wm, 2) [semantic, instance];
+    int arrays interleave semantic and instance channels."""
+    height, width = self.config.model.image_size
+    mask_h, mask_w = self.config.model.mask_size
+    return {
+      'image': jax.ShapeDtypeStruct((rows, height, width, 3), np.float32),
+      'label': jax.ShapeDtypeStruct((rows, mask_h, mask_w, 2), np.int32),
+    }
+
+  def train_pictures(self, batch: dict[str, np.ndarray], categories) -> np.ndarray:
+    """(N, H, 2 W, 3) uint8 [input | ground truth] of the first rows of a training batch."""
+    count = min(self.config.eval.num_image_summaries, len(batch['image']))
+    width = batch['image'].shape[2]
+    return np.stack(
+      [
+        pictures.summary_image(batch['image'][i], batch['label'][i], batch['label'][i], categories)[
+          :, : 2 * width
+        ]
+        for i in range(count)
+      ]
+    )
+
+  # ---------------------------------------------------------------------------- sampling
+
+  @abc.abstractmethod
+  def sample(self, graphdef, params, model_state, inputs: dict[str, jax.Array], key) -> jax.Array:
+    """The predict function: int32 [semantic, instance] ids at mask size, (B, Hm, Wm, 2) or
+    (B, T, Hm, Wm, 2), of `inputs` from `eval_inputs` or `predict_inputs`. Pure (jitted by
+    loops/state.py); `graphdef` is the model's in evaluation mode."""
+
+  # -------------------------------------------------------------------------- evaluation
+
+  @abc.abstractmethod
+  def eval_iterator(self, source):
+    """One pass of this process's evaluation batches of `source` (data/eval_pipeline.py)."""
+
+  @abc.abstractmethod
+  def eval_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's rows of the sampler's inputs for an evaluation batch, padded to shapes
+    every process shares."""
+
+  @abc.abstractmethod
+  def eval_examples(
+    self, batch: dict[str, np.ndarray], pred: np.ndarray, categories
+  ) -> Iterator[Example]:
+    """The valid examples of an evaluation batch, with their ground truth, post-processed from
+    `pred` (this process's rows of `sample`'s output)."""
+
+  @abc.abstractmethod
+  def eval_picture(self, batch: dict[str, np.ndarray], pred: np.ndarray, row: int, categories):
+    """A uint8 (H, W, 3) picture of input, ground truth and prediction of one row."""
+
+  @abc.abstractmethod
+  def prediction_files(self, output_dir: str, categories) -> PredictionFiles:
+    """Writes predictions into `output_dir` (in evaluation <workdir>/predictions/step_<N>)."""
+
+  # ------------------------------------------------------------------------- predict mode
+
+  @abc.abstractmethod
+  def predict_sources(self, input_path: str) -> dict[str, Any]:
+    """{name: what to read} for config.predict.input; names are distinct and name the outputs.
+    Problems that can be seen before reading anything raise ValueError / FileNotFoundError."""
+
+  @abc.abstractmethod
+  def load_predict_input(self, source: Any) -> PredictInput:
+    """Reads one source; ValueError naming the file when it cannot be read."""
+
+  @abc.abstractmethod
+  def predict_inputs(self, loaded: Sequence[PredictInput], rows: int) -> dict[str, np.ndarray]:
+    """The sampler's inputs for `loaded`, padded to `rows` rows (repeating the first input)."""
+
+  @abc.abstractmethod
+  def postprocess_input(self, pred: np.ndarray, loaded: PredictInput, categories) -> Panoptic:
+    """One row of `sample`'s output at the original size of `loaded`."""

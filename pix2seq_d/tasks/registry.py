@@ -1,0 +1,38 @@
+"""config.task -> its Task (tasks/base.py): the one place that reads config.task.
+
+  task = registry.get_task(config)
+  registry.check_source(task, source)   # the dataset holds what the task reads
+
+Every other module asks the task.
+"""
+
+from __future__ import annotations
+
+from pix2seq_d.tasks import base, panoptic, video_panoptic
+
+TASKS: dict[str, type[base.Task]] = {
+  task.name: task for task in (panoptic.ImagePanoptic, video_panoptic.VideoPanoptic)
+}
+
+
+def get_task(config) -> base.Task:
+  """The task config.task names, holding `config`.
+
+  Raises:
+    ValueError: no task has that name (the message lists the tasks).
+  """
+  if config.task not in TASKS:
+    raise ValueError(
+      f'config.task={config.task!r}: use one of {", ".join(repr(name) for name in TASKS)}.'
+    )
+  return TASKS[config.task](config)
+
+
+def check_source(task: base.Task, source) -> None:
+  """Raises ValueError naming config.task and config.data.name when the dataset holds images and
+  the task reads clips, or the reverse."""
+  if source.clips != task.reads_clips:
+    raise ValueError(
+      f'config.task={task.name!r} does not fit config.data.name={source.name!r} '
+      f'({"a video" if source.clips else "an image"} dataset).'
+    )

@@ -1,0 +1,279 @@
+"""The video task ('video_panoptic'): streaming segmentation of clips, conditioned on past masks.
+
+The denoiser also reads the analog bits of the masks of frames t-2 and t-1
+(config.diffusion.num_cond_frames of them, 16 channels each): the ground truth in training (each
+replaced by zeros with probability config.diffusion.frames_dropout), the model's own predictions
+in inference, where each video streams through `models.sampling.sample_video` (frame 0 with
+config.diffusion.steps sampling steps, later frames config.diffusion.steps_later_frames).
+Tracking is the model copying ids from its conditioning: post-processing only gives each id one
+class over the clip (postprocess.py `postprocess_clip`).
+
+Evaluation batches clips (data/eval_pipeline.py `make_video_eval_iterator`) whose frame axis is
+padded with blank frames to a multiple of config.eval.video_length_bucket, the same length on
+every process (the longest clip of the batch over all processes decides): the sampler compiles
+once per bucket and all hosts run the same program. The sampler is causal, so the padding frames,
+sampled after the real ones, change nothing and are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from pix2seq_d.diffusion import bits
+from pix2seq_d.evaluation import coco_format, davis, davis_metrics
+from pix2seq_d.evaluation.base import Panoptic
+from pix2seq_d.models import layers, sampling
+from pix2seq_d.parallel import hosts
+from pix2seq_d.tasks import base, pictures, postprocess, predict_inputs
+
+
+def padded_length(num_frames: int, bucket: int) -> int:
+  """The frame count a batch is padded to: `num_frames` rounded up to a multiple of `bucket`."""
+  return max(1, math.ceil(num_frames / bucket)) * bucket
+
+
+def _pad_frames(array: np.ndarray, length: int, value: float) -> np.ndarray:
+  """(B, T, ...) -> (B, length, ...), new frames filled with `value`."""
+  pad = [(0, 0), (0, length - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+  return np.pad(array, pad, constant_values=value)
+
+
+class VideoPanoptic(base.Task):
+  """Clips in, a panoptic map per frame out whose instance ids persist over time."""
+
+  name = 'video_panoptic'
+  metrics = ('davis_jf',)
+  reads_clips = True
+  picture_tag = 'eval/video_input_gt_prediction'
+
+  def check_config(self) -> None:
+    config = self.config
+    for section, field in (
+      ('diffusion', 'steps_later_frames'),
+      ('eval', 'video_length_bucket'),
+      ('eval', 'video_strip_frames'),
+    ):
+      value = config[section][field]
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f'config.{section}.{field}={value!r}: must be >= 1.')
+    if config.eval.use_gt_cond_frames and config.eval.single_frames:
+      raise ValueError(
+        'config.eval.single_frames=True: conditions every frame on nothing, and '
+        'config.eval.use_gt_cond_frames=True on the ground truth: set one of them.'
+      )
+
+  def cond_channels(self) -> int:
+    return bits.MASK_BITS * self.config.diffusion.num_cond_frames
+
+  def train_batch_spec(self, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The image batch and 'cond_label' int32 (rows, Hm, Wm, 2 * num_cond_frames) = the ids of
+    frames t-2 and t-1, oldest first."""
+    spec = super().train_batch_spec(rows)
+    mask_h, mask_w = self.config.model.mask_size
+    channels = 2 * self.config.diffusion.num_cond_frames
+    spec['cond_label'] = jax.ShapeDtypeStruct((rows, mask_h, mask_w, channels), np.int32)
+    return spec
+
+  def sample(self, graphdef, params, model_state, inputs, key) -> jax.Array:
+    """{'frames': (B, T, H, W, 3)[, 'gt_cond': (B, T, Hm, Wm, 2)]} -> (B, T, Hm, Wm, 2) ids.
+
+    Frames are conditioned on the model's own earlier masks; with config.eval.use_gt_cond_frames
+    on 'gt_cond', with config.eval.single_frames on nothing.
+    """
+    evaluation = self.config.eval
+    gt_cond = inputs.get('gt_cond')
+    if evaluation.use_gt_cond_frames and gt_cond is None:
+      raise ValueError('config.eval.use_gt_cond_frames is set: pass the ground-truth ids.')
+    model = nnx.merge(graphdef, params, model_state, copy=True)
+    return sampling.sample_video(
+      model,
+      inputs['frames'],
+      key,
+      self.config,
+      first_steps=self.config.diffusion.steps,
+      later_steps=self.config.diffusion.steps_later_frames,
+      gt_cond=gt_cond if evaluation.use_gt_cond_frames else None,
+      single_frames=evaluation.single_frames,
+    )
+
+  # -------------------------------------------------------------------------- evaluation
+
+  def eval_iterator(self, source):
+    from pix2seq_d.data import eval_pipeline  # TensorFlow only where a dataset is read.
+
+    return eval_pipeline.make_video_eval_iterator(self.config, source=source)
+
+  def eval_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Frames (and with config.eval.use_gt_cond_frames the mask-size labels) padded to the
+    bucket of the longest clip of this batch on any process."""
+    bucket = int(self.config.eval.video_length_bucket)
+    length = padded_length(hosts.max_over_processes(batch['frames'].shape[1]), bucket)
+    inputs = {
+      'frames': _pad_frames(batch['frames'], length, float(self.config.data.image_pad_value))
+    }
+    if self.config.eval.use_gt_cond_frames:
+      inputs['gt_cond'] = _pad_frames(batch['label'], length, 0)
+    return inputs
+
+  def _postprocess(self, pred, unpadded_size, orig_size) -> Panoptic:
+    model = self.config.model
+    semantic, instance = postprocess.postprocess_clip(
+      pred,
+      layers.static_tuple(model.image_size),
+      unpadded_size,
+      orig_size,
+      num_classes=model.num_classes,
+      max_instances=model.max_instances,
+      min_pixels=self.config.eval.min_pixels,
+    )
+    return Panoptic(semantic, instance)
+
+  def eval_examples(self, batch, pred, categories) -> Iterator[base.Example]:
+    for row in np.flatnonzero(batch['valid']):
+      num_frames = int(batch['num_frames'][row])
+      orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
+      name = batch['video_name'][row].decode()
+      yield base.Example(
+        example_id=name,
+        name=name,
+        prediction=self._postprocess(
+          pred[row, :num_frames], batch['unpadded_size'][row], (orig_h, orig_w)
+        ),
+        ground_truth=batch['orig_label'][row, :num_frames, :orig_h, :orig_w],
+        row=int(row),
+      )
+
+  def eval_picture(self, batch, pred, row, categories) -> np.ndarray:
+    """Rows of frames, ground-truth objects and predicted objects, at the mask size."""
+    is_thing = coco_format.is_thing_table(categories)
+    num_frames = int(batch['num_frames'][row])
+    mask_gt, mask_pred = batch['label'][row, :num_frames], pred[row, :num_frames]
+    return pictures.video_strip(
+      batch['frames'][row, :num_frames],
+      davis_metrics.object_ids(mask_gt[..., 0], mask_gt[..., 1], is_thing, by='id'),
+      davis_metrics.object_ids(mask_pred[..., 0], mask_pred[..., 1], is_thing, by='size'),
+      max_frames=self.config.eval.video_strip_frames,
+    )
+
+  def prediction_files(self, output_dir: str, categories) -> base.PredictionFiles:
+    return VideoFiles(output_dir, categories)
+
+  # ------------------------------------------------------------------------- predict mode
+
+  def predict_sources(self, input_path: str) -> dict[str, list[str] | str]:
+    """{video name: its sorted frame paths, or a video file's path}."""
+    if self.config.eval.use_gt_cond_frames:
+      raise ValueError(
+        'config.eval.use_gt_cond_frames=True: new videos have no ground truth to condition on.'
+      )
+    return predict_inputs.list_videos(input_path)
+
+  def load_predict_input(self, source) -> base.PredictInput:
+    frames, originals, unpadded = predict_inputs.load_frames(
+      source,
+      layers.static_tuple(self.config.model.image_size),
+      float(self.config.data.image_pad_value),
+    )
+    return base.PredictInput(frames, np.stack(originals), unpadded)
+
+  def predict_inputs(self, loaded: Sequence[base.PredictInput], rows: int):
+    """One video per row, padded with blank frames to the bucket of the longest."""
+    longest = max(len(item.model_input) for item in loaded)
+    length = padded_length(longest, self.config.eval.video_length_bucket)
+    frames = loaded[0].model_input
+    batch = np.full(
+      (rows, length) + frames.shape[1:], float(self.config.data.image_pad_value), np.float32
+    )
+    for row in range(rows):
+      clip = loaded[row if row < len(loaded) else 0].model_input
+      batch[row, : len(clip)] = clip
+    return {'frames': batch}
+
+  def postprocess_input(self, pred, loaded: base.PredictInput, categories) -> Panoptic:
+    return self._postprocess(
+      pred[: len(loaded.model_input)], loaded.unpadded_size, loaded.originals.shape[1:3]
+    )
+
+
+def panoptic_frames(semantic, instance, categories):
+  """A clip's (semantic, instance) (T, H, W) -> (COCO panoptic ids (T, H, W), per-frame segment
+  lists, the classes (T, H, W) they were given).
+
+  The segment id is the instance id, so a track keeps its id in every frame (post-processing
+  gave each id one class over the clip). Class 0 with an instance id is an object of a dataset
+  whose semantic channel is 0 (DAVIS): it takes the dataset's category when there is only one,
+  and is void otherwise.
+  """
+  semantic = np.asarray(semantic)
+  if len(categories) == 1:
+    semantic = np.where(instance > 0, np.maximum(semantic, 1), semantic)
+  ids = np.where((semantic > 0) & (instance > 0), instance, 0).astype(np.int32)
+  segments = []
+  for k in range(len(ids)):
+    present = np.unique(ids[k][ids[k] > 0])
+    classes = [int(semantic[k][ids[k] == i][0]) for i in present]
+    segments.append(
+      [
+        {'id': int(i), 'category_id': int(categories[c - 1]['id'])}
+        for i, c in zip(present, classes, strict=True)
+      ]
+    )
+  return ids, segments, semantic
+
+
+class VideoFiles(base.PredictionFiles):
+  """Per video <name>, written into a staging folder and moved into place whole:
+
+  - output_dir/<name>/<k:05d>.png: the objects as a palette PNG (the DAVIS results layout that
+    `python -m pix2seq_d.evaluation.davis` reads; object ids the same in every frame, largest
+    object first, at most 20);
+  - output_dir/<name>/panoptic/<k:05d>.png + <name>/panoptic.json: COCO panoptic, the segment id
+    of a track the same in every frame;
+  - with the original frames, output_dir/<name>/overlays/<k:05d>.png: the panoptic prediction
+    coloured over each frame.
+  """
+
+  def __init__(self, output_dir: str, categories):
+    self.output_dir = output_dir
+    self.categories = list(categories)
+    self._is_thing = coco_format.is_thing_table(self.categories)
+    os.makedirs(output_dir, exist_ok=True)
+
+  def add(self, example: base.Example) -> None:
+    semantic, instance = example.prediction
+    objects = davis_metrics.object_ids(
+      semantic, instance, self._is_thing, by='size', limit=davis_metrics.MAX_PROPOSALS
+    )
+    ids, segments, classes = panoptic_frames(semantic, instance, self.categories)
+    out_dir = os.path.join(self.output_dir, example.name)
+    staging = tempfile.mkdtemp(prefix='.video-tmp-', dir=self.output_dir)
+    try:
+      annotations = []
+      for k in range(len(ids)):
+        stem = f'{k:05d}'
+        davis.write_indexed_png(os.path.join(staging, f'{stem}.png'), objects[k])
+        annotations.append((k, stem, ids[k], segments[k]))
+        if example.originals is not None:
+          coloured = pictures.colorize_panoptic(classes[k], instance[k], self.categories)
+          os.makedirs(os.path.join(staging, 'overlays'), exist_ok=True)
+          Image.fromarray(pictures.overlay(example.originals[k], coloured)).save(
+            os.path.join(staging, 'overlays', f'{stem}.png')
+          )
+      coco_format.write_panoptic_predictions(staging, annotations, self.categories)
+      if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+      os.replace(staging, out_dir)
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
+
+  def close(self) -> str:
+    return self.output_dir

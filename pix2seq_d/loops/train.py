@@ -1,7 +1,9 @@
 """The training loop, in sections that read top to bottom:
 
-mesh -> data -> abstract state -> shardings -> jitted init -> restore -> jitted step -> loop with
-periodic logging, image summaries, checkpoints and evaluation.
+mesh -> data and task -> abstract state -> shardings -> jitted init -> restore -> jitted step ->
+loop with periodic logging, image summaries, checkpoints and evaluation (evaluate.py, with the
+evaluators of config.eval.metrics). Images and videos run through this same loop: the task
+(tasks/registry.py) says what differs.
 """
 
 import time
@@ -151,7 +153,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   source = data_registry.get_source(config)
   task_registry.check_source(task_registry.get_task(config), source)
   info = pipeline.dataset_info(config, source)
-  # The class count may come from the dataset: applied here, once, to a copy of the config.
+  # The class count may come from the dataset: applied here, once, to a copy of the config, and
+  # the task holds that copy.
   config = data_facts.apply(config, info.categories, f'dataset {source.name!r}')
   task = task_registry.get_task(config)
   if mode == 'eval' and not checkpoints.saved_steps(workdir):

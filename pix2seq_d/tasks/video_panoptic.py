@@ -29,7 +29,7 @@ from flax import nnx
 from PIL import Image
 
 from pix2seq_d.diffusion import bits
-from pix2seq_d.evaluation import coco_format, davis, davis_metrics
+from pix2seq_d.evaluation import coco_format, davis, davis_evaluator
 from pix2seq_d.evaluation.base import Panoptic
 from pix2seq_d.models import layers, sampling
 from pix2seq_d.parallel import hosts
@@ -159,8 +159,8 @@ class VideoPanoptic(base.Task):
     mask_gt, mask_pred = batch['label'][row, :num_frames], pred[row, :num_frames]
     return pictures.video_strip(
       batch['frames'][row, :num_frames],
-      davis_metrics.object_ids(mask_gt[..., 0], mask_gt[..., 1], is_thing, by='id'),
-      davis_metrics.object_ids(mask_pred[..., 0], mask_pred[..., 1], is_thing, by='size'),
+      davis_evaluator.object_ids(mask_gt[..., 0], mask_gt[..., 1], is_thing, by='id'),
+      davis_evaluator.object_ids(mask_pred[..., 0], mask_pred[..., 1], is_thing, by='size'),
       max_frames=self.config.eval.video_strip_frames,
     )
 
@@ -250,8 +250,8 @@ class VideoFiles(base.PredictionFiles):
 
   def add(self, example: base.Example) -> None:
     semantic, instance = example.prediction
-    objects = davis_metrics.object_ids(
-      semantic, instance, self._is_thing, by='size', limit=davis_metrics.MAX_PROPOSALS
+    objects = davis_evaluator.object_ids(
+      semantic, instance, self._is_thing, by='size', limit=davis.MAX_PROPOSALS
     )
     ids, segments, classes = panoptic_frames(semantic, instance, self.categories)
     out_dir = os.path.join(self.output_dir, example.name)

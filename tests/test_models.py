@@ -12,7 +12,6 @@ from configs import coco, shapes
 from pix2seq_d.diffusion import bits
 from pix2seq_d.loops import state as state_lib
 from pix2seq_d.models import fusion, layers, resnet, transformer, transunet
-from pix2seq_d.models import model as p2s
 
 PRECISION = layers.Precision()
 
@@ -103,8 +102,8 @@ def test_extra_channels_for_video_and_self_conditioning():
   config = shapes.get_config('tiny')
   config.task = 'video_panoptic'
   config.diffusion.self_cond = True
-  assert p2s.extra_channels(config) == 16 + 32
   model = state_lib.build_model(config, rngs=nnx.Rngs(0))
+  assert model.extra_channels == 16 + 32  # self-conditioning's x0 + the masks of 2 frames
   encoded = model.encode(jnp.zeros((1, 32, 32, 3)))
   extra = jnp.zeros((1, 16, 16, 48))
   logits = model.denoise(jnp.zeros((1, 16, 16, 16)), jnp.ones(1), encoded, extra)

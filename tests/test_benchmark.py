@@ -112,3 +112,24 @@ def test_peak_table_matches_device_kinds(kind, peak):
 def test_bad_parts_are_refused():
   with pytest.raises(ValueError, match='--parts=eval'):
     benchmark.run(shapes.get_config('tiny'), parts=['eval'], warmup=1, repeats=1, sample_repeats=1)
+
+
+@pytest.mark.parametrize('arg', ['tiny', 'video'])
+def test_synthetic_batches_are_shaped_as_the_tasks(arg):
+  """The benchmark's random batches carry the arrays the task's pipeline yields, ids in range."""
+  from pix2seq_d.tasks import registry
+
+  config = shapes.get_config(arg)
+  task = registry.get_task(config)
+  batch = benchmark.synthetic_batch(config, 4)
+  spec = task.train_batch_spec(4)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+    k: (s.shape, s.dtype) for k, s in spec.items()
+  }
+  for name, value in batch.items():
+    if name != 'image':
+      assert value[..., 0::2].max() < config.model.num_classes and value.min() >= 0
+      assert value[..., 1::2].max() < config.model.max_instances
+  (inputs,) = benchmark.synthetic_sample_inputs(config, 4).values()
+  frames = (config.eval.video_length_bucket,) if task.reads_clips else ()
+  assert inputs.shape == (4, *frames, *config.model.image_size, 3)

@@ -252,7 +252,7 @@ def make_train_iterator(
   the last batch handed out: save it with a checkpoint and pass it back here on resume.
 
   Args:
-    config: the experiment config (data, model, train, diffusion, seed, task).
+    config: the experiment config (data, model, train, diffusion, seed).
     process_index, process_count: default jax.process_index() / jax.process_count().
     source: a Source to read instead of registry.get_source(config).
     start_position: the first element of this process's stream to use (0 = from the start).

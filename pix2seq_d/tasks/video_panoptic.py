@@ -18,6 +18,7 @@ sampled after the real ones, change nothing and are dropped.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -63,7 +64,7 @@ class VideoPanoptic(base.Task):
       ('eval', 'video_strip_frames'),
     ):
       value = config[section][field]
-      if not isinstance(value, int) or value < 1:
+      if not isinstance(value, numbers.Number) or value < 1:
         raise ValueError(f'config.{section}.{field}={value!r}: must be >= 1.')
     if config.eval.use_gt_cond_frames and config.eval.single_frames:
       raise ValueError(

@@ -20,8 +20,8 @@ from pix2seq_d.models import model as p2s
 from pix2seq_d.tasks import registry as tasks
 
 # config.data.name values that never read config.data.coco_root (any other name does: a set
-# coco_root replaces a TFDS COCO name), and the only name that reads config.data.davis_root.
-_NOT_COCO = ('shapes', 'shapes_video', 'davis')
+# coco_root replaces a TFDS COCO name).
+_NOT_COCO = ('shapes', 'shapes_video', 'davis', 'kitti_step')
 
 
 def _fail(field: str, value, why: str) -> None:
@@ -167,6 +167,8 @@ def check_config(config, mode: str) -> None:
     unused.append(('coco_root', 'coco_folder'))
   if data.davis_root and data.name != 'davis':
     unused.append(('davis_root', 'davis'))
+  if data.step_root and data.name != 'kitti_step':
+    unused.append(('step_root', 'kitti_step'))
   for field, name in unused:
     _fail(
       f'data.{field}',

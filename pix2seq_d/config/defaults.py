@@ -110,10 +110,14 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------------- data
   config.data = data = ml_collections.ConfigDict()
-  data.name = 'coco/2017_panoptic'  # a TFDS name, 'coco_folder', 'davis', 'shapes', 'shapes_video'.
+  # A TFDS name, 'coco_folder', 'davis', 'kitti_step', 'shapes', 'shapes_video'.
+  data.name = 'coco/2017_panoptic'
   data.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets).
   data.coco_root = ''  # a folder in the official COCO panoptic layout (name 'coco_folder').
   data.davis_root = ''  # a folder in the official DAVIS 2017 layout (name 'davis').
+  # A folder in the KITTI-STEP layout, images/<split>/<seq>/ and panoptic_maps/<split>/<seq>/
+  # (name 'kitti_step').
+  data.step_root = ''
   data.davis_resolution = '480p'  # DAVIS frame folder: '480p' or 'Full-Resolution'.
   # DAVIS annotation folder: 'Annotations_unsupervised' or 'Annotations' (semi-supervised).
   data.davis_annotations = 'Annotations_unsupervised'

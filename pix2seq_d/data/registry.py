@@ -15,14 +15,14 @@ def get_source(config) -> Source:
   """Returns the Source named by config.data.name (prepares embedded datasets when needed).
 
   'shapes[/cfg]' and 'shapes_video[/cfg]' -> the embedded synthetic sets; 'coco_folder' -> a folder
-  in the COCO panoptic layout; 'davis' -> DAVIS 2017; any other name is a TFDS COCO panoptic name
-  such as 'coco/2017_panoptic'.
+  in the COCO panoptic layout; 'davis' -> DAVIS 2017; 'kitti_step' -> a folder in the KITTI-STEP
+  layout; any other name is a TFDS COCO panoptic name such as 'coco/2017_panoptic'.
   """
   name = config.data.name
   if not name:
     raise ValueError('config.data.name is empty; use e.g. "shapes" or "coco/2017_panoptic".')
   # Imported lazily: each module pulls in its own builder code and only the chosen one is needed.
-  if config.data.coco_root and name.split('/')[0] not in _SHAPES_NAMES + ('davis',):
+  if config.data.coco_root and name.split('/')[0] not in _SHAPES_NAMES + ('davis', 'kitti_step'):
     # A COCO-format folder was given: that is the dataset, whatever TFDS name the config has.
     name = 'coco_folder'
   if name.split('/')[0] in _SHAPES_NAMES:
@@ -37,6 +37,10 @@ def get_source(config) -> Source:
     from pix2seq_d.data import davis
 
     return davis.make_source(config)
+  if name == 'kitti_step':
+    from pix2seq_d.data import kitti_step
+
+    return kitti_step.make_source(config)
   from pix2seq_d.data import coco
 
   return coco.make_source(config)

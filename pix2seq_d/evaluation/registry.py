@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pix2seq_d.evaluation import base, davis_evaluator, pq_evaluator
+from pix2seq_d.evaluation import base, davis_evaluator, pq_evaluator, stq_evaluator
 
 EVALUATORS: dict[str, type[base.Evaluator]] = {
   evaluator.name: evaluator
-  for evaluator in (pq_evaluator.PQEvaluator, davis_evaluator.DavisJFEvaluator)
+  for evaluator in (
+    pq_evaluator.PQEvaluator,
+    davis_evaluator.DavisJFEvaluator,
+    stq_evaluator.STQEvaluator,
+  )
 }
 
 

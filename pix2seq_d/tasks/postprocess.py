@@ -132,19 +132,22 @@ def postprocess_clip(
   num_classes: int,
   max_instances: int,
   min_pixels: int,
+  is_thing: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Mask-size predictions of a clip -> original-size (semantic, instance) per frame.
 
   Each frame is resized as an image is (`to_original_size`), then the class vote
   (`majority_vote`) runs over the whole clip with class 0 a class like the others (DAVIS
   objects have it), so an id keeps one class over time; ids with fewer than `min_pixels` pixels
-  over the clip become void.
+  over the clip become void. With `is_thing`, each stuff class is then one segment per frame
+  (`merge_stuff`), as the image task makes it.
 
   Args:
     pred: (T, Hm, Wm, 2) int [semantic, instance] of the clip's real frames.
     padded_size: (H, W) of the model input; unpadded_size: (h, w) of the frames inside it.
     orig_size: (Ho, Wo) of the original frames.
     num_classes, max_instances: the id ranges; min_pixels: the smallest track kept.
+    is_thing: (num_classes,) bool per semantic id, or None to keep stuff segments apart.
 
   Returns:
     (semantic, instance), each (T, Ho, Wo) int32.
@@ -152,6 +155,16 @@ def postprocess_clip(
   full = np.stack(
     [to_original_size(frame, padded_size, unpadded_size, orig_size) for frame in pred]
   )
-  return majority_vote(
+  semantic, instance = majority_vote(
     full[..., 0], full[..., 1], num_classes, max_instances, min_pixels, class_zero_is_void=False
   )
+  if is_thing is not None:
+    is_thing = np.asarray(is_thing, bool)
+    frames = zip(semantic, instance, strict=True)
+    instance = np.stack(
+      [
+        merge_stuff(frame_semantic, frame_instance, is_thing)
+        for frame_semantic, frame_instance in frames
+      ]
+    )
+  return semantic, instance

@@ -30,7 +30,7 @@ from flax import nnx
 from PIL import Image
 
 from pix2seq_d.diffusion import bits
-from pix2seq_d.evaluation import coco_format, davis, davis_evaluator
+from pix2seq_d.evaluation import coco_format, davis, davis_evaluator, stq
 from pix2seq_d.evaluation.base import Panoptic
 from pix2seq_d.models import layers, sampling
 from pix2seq_d.parallel import hosts
@@ -52,7 +52,7 @@ class VideoPanoptic(base.Task):
   """Clips in, a panoptic map per frame out whose instance ids persist over time."""
 
   name = 'video_panoptic'
-  metrics = ('davis_jf',)
+  metrics = ('davis_jf', 'stq', 'pq')
   reads_clips = True
   picture_tag = 'eval/video_input_gt_prediction'
 
@@ -125,7 +125,7 @@ class VideoPanoptic(base.Task):
       inputs['gt_cond'] = _pad_frames(batch['label'], length, 0)
     return inputs
 
-  def _postprocess(self, pred, unpadded_size, orig_size) -> Panoptic:
+  def _postprocess(self, pred, unpadded_size, orig_size, is_thing) -> Panoptic:
     model = self.config.model
     semantic, instance = postprocess.postprocess_clip(
       pred,
@@ -135,10 +135,12 @@ class VideoPanoptic(base.Task):
       num_classes=model.num_classes,
       max_instances=model.max_instances,
       min_pixels=self.config.eval.min_pixels,
+      is_thing=is_thing,
     )
     return Panoptic(semantic, instance)
 
   def eval_examples(self, batch, pred, categories) -> Iterator[base.Example]:
+    is_thing = coco_format.is_thing_table(categories)
     for row in np.flatnonzero(batch['valid']):
       num_frames = int(batch['num_frames'][row])
       orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
@@ -147,7 +149,7 @@ class VideoPanoptic(base.Task):
         example_id=name,
         name=name,
         prediction=self._postprocess(
-          pred[row, :num_frames], batch['unpadded_size'][row], (orig_h, orig_w)
+          pred[row, :num_frames], batch['unpadded_size'][row], (orig_h, orig_w), is_thing
         ),
         ground_truth=batch['orig_label'][row, :num_frames, :orig_h, :orig_w],
         row=int(row),
@@ -201,7 +203,10 @@ class VideoPanoptic(base.Task):
 
   def postprocess_input(self, pred, loaded: base.PredictInput, categories) -> Panoptic:
     return self._postprocess(
-      pred[: len(loaded.model_input)], loaded.unpadded_size, loaded.originals.shape[1:3]
+      pred[: len(loaded.model_input)],
+      loaded.unpadded_size,
+      loaded.originals.shape[1:3],
+      coco_format.is_thing_table(categories),
     )
 
 
@@ -231,12 +236,27 @@ def panoptic_frames(semantic, instance, categories):
   return ids, segments, semantic
 
 
+def step_maps(semantic, instance, categories) -> tuple[np.ndarray, np.ndarray]:
+  """(T, H, W) maps in KITTI-STEP's terms: class = the category's 'id' (void 255), instance =
+  the id of thing pixels (stuff 0)."""
+  ids = np.array([stq.VOID] + [int(c['id']) for c in categories])
+  if ids[1:].size and (ids[1:].min() < 0 or ids[1:].max() >= stq.VOID):
+    raise ValueError(f'category ids {ids[1:].tolist()} do not fit KITTI-STEP classes 0..254')
+  is_thing = coco_format.is_thing_table(categories)
+  semantic = np.asarray(semantic)
+  return ids[semantic], np.where(is_thing[semantic], instance, 0)
+
+
 class VideoFiles(base.PredictionFiles):
   """Per video <name>, written into a staging folder and moved into place whole:
 
   - output_dir/<name>/<k:05d>.png: the objects as a palette PNG (the DAVIS results layout that
     `python -m pix2seq_d.evaluation.davis` reads; object ids the same in every frame, largest
     object first, at most 20);
+  - output_dir/<name>/<k:06d>.png: the KITTI-STEP panoptic map (R = the category's id, 255 void;
+    G * 256 + B = the track id of thing pixels, 0 on stuff) that `python -m
+    pix2seq_d.evaluation.stq` reads (the frame's position names it, as KITTI-STEP numbers its
+    frames from 000000);
   - output_dir/<name>/panoptic/<k:05d>.png + <name>/panoptic.json: COCO panoptic, the segment id
     of a track the same in every frame;
   - with the original frames, output_dir/<name>/overlays/<k:05d>.png: the panoptic prediction
@@ -259,9 +279,13 @@ class VideoFiles(base.PredictionFiles):
     staging = tempfile.mkdtemp(prefix='.video-tmp-', dir=self.output_dir)
     try:
       annotations = []
+      step_classes, step_instances = step_maps(semantic, instance, self.categories)
       for k in range(len(ids)):
         stem = f'{k:05d}'
         davis.write_indexed_png(os.path.join(staging, f'{stem}.png'), objects[k])
+        stq.write_step_png(
+          os.path.join(staging, f'{k:06d}.png'), step_classes[k], step_instances[k]
+        )
         annotations.append((k, stem, ids[k], segments[k]))
         if example.originals is not None:
           coloured = pictures.colorize_panoptic(classes[k], instance[k], self.categories)

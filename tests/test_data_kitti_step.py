@@ -1,0 +1,163 @@
+"""KITTI-STEP-layout folders (data/kitti_step.py): conversion to canonical clips, bad input named
+before training, re-preparation when a file changes, and a folder's own categories."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from step_layout import CAR, PERSON, VOID, write_map, write_step_folder
+
+from configs import kitti_step as kitti_configs
+from pix2seq_d.data import kitti_step, pipeline
+
+
+def _rng():
+  seed = int(np.random.SeedSequence().entropy % 2**32)
+  print('seed', seed)
+  return np.random.default_rng(seed)
+
+
+def _config(root, data_dir):
+  config = kitti_configs.get_config('runlocal')
+  config.data.step_root = str(root)
+  config.data.data_dir = str(data_dir)
+  config.data.num_parallel_calls = 1
+  return config
+
+
+def _decoded(source, split):
+  dataset = source.builder.as_dataset(split=split).map(source.decode)
+  return {example['video_name'].decode(): example for example in tfds.as_numpy(dataset)}
+
+
+def test_sequences_become_clips_with_one_id_per_track_and_crowd_flagged(tmp_path):
+  rng = _rng()
+  written = write_step_folder(tmp_path / 'step', rng)
+  source = kitti_step.make_source(_config(tmp_path / 'step', tmp_path / 'tfds'))
+  assert source.clips and source.categories == kitti_step.CATEGORIES
+  for name, example in _decoded(source, 'val').items():
+    classes, instance = written['val'][name]
+    void = classes == VOID
+    np.testing.assert_array_equal(example['semantic'], np.where(void, 0, classes + 1))
+    thing = np.isin(classes, (PERSON, CAR))
+    np.testing.assert_array_equal(example['crowd'], (thing & (instance == 0)).astype(np.int32))
+    # One id per (class, track) pair over the whole sequence, and only there.
+    ours = example['instance']
+    assert (ours[void] == 0).all() and (ours[~void] > 0).all()
+    pairs = classes[~void] * 65536 + instance[~void]
+    assert len(np.unique(pairs)) == len(np.unique(ours[~void]))
+    for pair in np.unique(pairs):
+      assert len(np.unique(ours[~void][pairs == pair])) == 1
+    assert example['frames'].shape == classes.shape + (3,)
+
+
+def _write_image(path, shape, rng):
+  from PIL import Image
+
+  Image.fromarray(rng.integers(0, 255, shape + (3,), dtype=np.uint8)).save(path)
+
+
+BAD_INPUTS = {
+  'missing map': (
+    lambda root, rng: (root / 'panoptic_maps/val/0002/000001.png').unlink(),
+    '0002/000001.png: the panoptic map of this frame is missing',
+  ),
+  'map of another size': (
+    lambda root, rng: write_map(
+      str(root / 'panoptic_maps/val/0002/000002.png'), np.zeros((8, 8), int), np.zeros((8, 8), int)
+    ),
+    r'0002/000002.png: the map is \(8, 8\), its frame .*000002.png \(24, 40\)',
+  ),
+  'unknown class': (
+    lambda root, rng: write_map(
+      str(root / 'panoptic_maps/train/0001/000000.png'),
+      np.full((20, 36), 42),
+      np.zeros((20, 36), int),
+    ),
+    r'0001/000000.png: class 42 is neither a class of the folder \(0..18\) nor void \(255\)',
+  ),
+  'frames not numbered from 0': (
+    lambda root, rng: (root / 'images/val/0006/000001.png').rename(
+      root / 'images/val/0006/000009.png'
+    ),
+    r'0006/000002.png: frames must be numbered 000000.png, 000001.png, ... \(expected 000001.png',
+  ),
+  'frames of two sizes': (
+    lambda root, rng: _write_image(root / 'images/val/0006/000002.png', (10, 10), rng),
+    r'0006/000002.png: its size \(10, 10\) differs from the first frame of sequence 0006',
+  ),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_INPUTS))
+def test_bad_input_is_named_before_anything_trains(tmp_path, case):
+  rng = _rng()
+  root = tmp_path / 'step'
+  write_step_folder(root, rng)
+  damage, message = BAD_INPUTS[case]
+  damage(root, rng)
+  with pytest.raises(ValueError, match=message):
+    kitti_step.make_source(_config(root, tmp_path / 'tfds'))
+
+
+def test_a_changed_file_is_converted_again_and_test_has_no_maps(tmp_path):
+  rng = _rng()
+  root = tmp_path / 'step'
+  write_step_folder(root, rng)
+  config = _config(root, tmp_path / 'tfds')
+  first = kitti_step.make_builder(config).builder_config.name
+  assert kitti_step.make_builder(config).builder_config.name == first
+  classes, instance = np.full((24, 40), CAR), np.full((24, 40), 3)
+  write_map(str(root / 'panoptic_maps/val/0002/000000.png'), classes, instance)
+  assert kitti_step.make_builder(config).builder_config.name != first
+  config.data.eval_split = 'test'
+  write_step_folder(root, rng, {'test': {'0003': (2, 24, 40)}})
+  with pytest.raises(FileNotFoundError, match='test has none: use --mode=predict'):
+    kitti_step.make_builder(config)
+
+
+def test_a_short_training_sequence_is_named_and_gives_no_window(tmp_path, caplog):
+  rng = _rng()
+  root = tmp_path / 'step'
+  write_step_folder(
+    root, rng, {'train': {'0000': (2, 24, 40), '0001': (4, 20, 36)}, 'val': {'0002': (3, 24, 40)}}
+  )
+  config = _config(root, tmp_path / 'tfds')
+  source = kitti_step.make_source(config)
+  assert (
+    'sequence 0000 of split train has 2 frames, fewer than config.data.video_window=3'
+    in caplog.text
+  )
+  batch = next(
+    pipeline.make_train_iterator(config, source=source, process_index=0, process_count=1)
+  )
+  assert batch['image'].shape == (2, 64, 208, 3) and batch['cond_label'].shape == (2, 32, 104, 4)
+
+
+def test_a_folder_with_its_own_classes(tmp_path):
+  rng = _rng()
+  root = tmp_path / 'step'
+  categories = [
+    {'id': 3, 'name': 'ground', 'isthing': 0},
+    {'id': 7, 'name': 'ball', 'isthing': 1},
+  ]
+  (root).mkdir()
+  (root / 'categories.json').write_text(json.dumps(categories))
+  for split in ('train', 'val'):
+    for t in range(3):
+      classes = np.full((8, 8), 3)
+      classes[2:5, 2:5] = 7
+      instance = np.where(classes == 7, 40 + t % 2, 0)  # two balls alternate
+      write_map(str(root / f'panoptic_maps/{split}/0000/{t:06d}.png'), classes, instance)
+      (root / f'images/{split}/0000').mkdir(parents=True, exist_ok=True)
+      _write_image(root / f'images/{split}/0000/{t:06d}.png', (8, 8), rng)
+  config = _config(root, tmp_path / 'tfds')
+  source = kitti_step.make_source(config)
+  assert [c['name'] for c in source.categories] == ['ground', 'ball']
+  example = _decoded(source, 'val')['0000']
+  assert set(np.unique(example['semantic'])) == {1, 2}
+  assert len(np.unique(example['instance'][example['semantic'] == 2])) == 2
+  (root / 'categories.json').write_text(json.dumps([{'id': 300, 'name': 'x', 'isthing': 0}]))
+  with pytest.raises(ValueError, match='id 300 must be a distinct class value in 0..254'):
+    kitti_step.make_source(config)

@@ -1,0 +1,218 @@
+"""STQ (evaluation/stq.py, stq_evaluator.py): hand-derived cases, invariances, the command on
+KITTI-STEP-layout files, and the plug-in equal to the definitions.
+
+The hand-derived values below were also checked against deeplab2's numpy STQ
+(evaluation/numpy/segmentation_and_tracking_quality.py), which cannot run in CI.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pix2seq_d.evaluation import base, registry, stq
+
+SKY, ROAD, PERSON, CAR, VOID = 10, 0, 11, 13, 255
+
+
+def _rng():
+  seed = int(np.random.SeedSequence().entropy % 2**32)
+  print('seed', seed)
+  return np.random.default_rng(seed)
+
+
+def _score(frames, sequences=None):
+  """STQ of [(gt_sem, gt_inst, pred_sem, pred_inst)] frames, one sequence unless named."""
+  per = {}
+  for k, frame in enumerate(frames):
+    name = sequences[k] if sequences else 'seq'
+    per.setdefault(name, stq.SequenceSTQ(19, (PERSON, CAR)))
+    per[name].add_frame(*(np.asarray(a) for a in frame))
+  return stq.summarize({name: s.summary() for name, s in per.items()})
+
+
+def test_a_void_prediction_counts_against_its_class_and_as_a_class():
+  # 8 sky + 8 road pixels, one sky pixel predicted void: IoU (road 1 + sky 7/8 + void 0) / 3.
+  gt = np.array([[SKY] * 8, [ROAD] * 8])
+  pred = gt.copy()
+  pred[0, 0] = VOID
+  zeros = np.zeros_like(gt)
+  result = _score([(gt, zeros, pred, zeros)])
+  assert result['IoU'] == pytest.approx((1 + 7 / 8 + 0) / 3, abs=1e-15)
+  assert result['AQ'] == 0.0 and result['STQ'] == 0.0  # no thing tube
+  # A void ground-truth pixel counts for nothing, whatever is predicted there.
+  gt_void = gt.copy()
+  gt_void[0, 0] = VOID
+  assert _score([(gt_void, zeros, gt, zeros)])['IoU'] == 1.0
+
+
+def test_a_track_split_in_two_halves_its_association():
+  # One car of 2 pixels in each of 2 frames (tube size 4); the prediction calls it id 1 in the
+  # first frame and id 2 in the second: each predicted tube has TPA 2, IoU 2 / 4, so
+  # AQ = (2 * 0.5 + 2 * 0.5) / 4 = 0.5; classes are perfect, so STQ = sqrt(0.5).
+  gt_sem = np.array([[CAR, CAR, ROAD]])
+  gt_inst = np.array([[7, 7, 0]])
+  frames = [
+    (gt_sem, gt_inst, gt_sem, np.array([[1, 1, 0]])),
+    (gt_sem, gt_inst, gt_sem, np.array([[2, 2, 0]])),
+  ]
+  result = _score(frames)
+  assert result['AQ'] == pytest.approx(0.5, abs=1e-15) and result['IoU'] == 1.0
+  assert result['STQ'] == pytest.approx(math.sqrt(0.5), abs=1e-15)
+  assert result['per_sequence']['seq']['num_frames'] == 2
+  # Consistent ids over time: AQ 1.
+  frames[1] = (gt_sem, gt_inst, gt_sem, np.array([[1, 1, 0]]))
+  assert _score(frames)['AQ'] == 1.0
+
+
+def test_crowd_pixels_are_neither_a_tube_nor_a_false_positive():
+  # Person pixel 0 is crowd (thing, instance 0): not part of any gt tube, and predicting a
+  # person track over it costs nothing. Tube g = the 2 pixels of person 3, predicted as id 5
+  # over 3 pixels (1 of them crowd): TPA 2, |p| = 2 after removing crowd, AQ = 1.
+  gt_sem = np.array([[PERSON, PERSON, PERSON, SKY]])
+  gt_inst = np.array([[0, 3, 3, 0]])
+  pred_inst = np.array([[5, 5, 5, 0]])
+  result = _score([(gt_sem, gt_inst, gt_sem, pred_inst)])
+  assert result['AQ'] == 1.0
+  # Were pixel 0 a track of its own (person 4), the prediction would merge two tubes:
+  # g1 = {0}: TPA 1, IoU 1 / 3; g2 = {1, 2}: TPA 2, IoU 2 / 3;
+  # AQ = ((1 * 1/3) / 1 + (2 * 2/3) / 2) / 2 = 1/2.
+  merged = _score([(gt_sem, np.array([[4, 3, 3, 0]]), gt_sem, pred_inst)])
+  assert merged['AQ'] == pytest.approx(0.5, abs=1e-15)
+
+
+def test_sequences_are_scored_apart_and_the_set_averages_over_tubes():
+  # Sequence a: one tube, AQ 1. Sequence b: two tubes, both predicted as one id: each AQ(g) =
+  # (2 * 2/4) / 2 = 0.5. Set AQ = (1 + 0.5 + 0.5) / 3 tubes; the same id 1 in both sequences
+  # names two tubes.
+  sem = np.array([[CAR, CAR, CAR, CAR]])
+  a = (sem, np.array([[1, 1, 1, 1]]), sem, np.array([[1, 1, 1, 1]]))
+  b = (sem, np.array([[1, 1, 2, 2]]), sem, np.array([[1, 1, 1, 1]]))
+  result = _score([a, b], sequences=['a', 'b'])
+  assert result['per_sequence']['a']['AQ'] == 1.0
+  assert result['per_sequence']['b']['AQ'] == pytest.approx(0.5, abs=1e-15)
+  assert result['AQ'] == pytest.approx(2 / 3, abs=1e-15)
+
+
+def _random_sequence(rng, frames=4, shape=(12, 20)):
+  classes = np.array([ROAD, SKY, PERSON, CAR, VOID])
+  gt_sem = rng.choice(classes, size=(frames, *shape))
+  gt_inst = np.where(np.isin(gt_sem, (PERSON, CAR)), rng.integers(0, 4, (frames, *shape)), 0)
+  pred_sem = np.where(
+    rng.uniform(size=gt_sem.shape) < 0.2, rng.choice(classes, gt_sem.shape), gt_sem
+  )
+  pred_inst = np.where(
+    rng.uniform(size=gt_sem.shape) < 0.2, rng.integers(0, 6, gt_sem.shape), gt_inst
+  )
+  return gt_sem, gt_inst, pred_sem, pred_inst
+
+
+def test_relabelling_track_ids_consistently_changes_nothing():
+  rng = _rng()
+  gt_sem, gt_inst, pred_sem, pred_inst = _random_sequence(rng)
+  frames = list(zip(gt_sem, gt_inst, pred_sem, pred_inst, strict=True))
+  reference = _score(frames)
+  gt_map = np.concatenate([[0], rng.permutation(np.arange(100, 60000))[:3]])  # 0 (crowd) stays
+  pred_map = rng.permutation(65536)[:6]  # any ids, including 0 -> another id
+  relabelled = [(gs, gt_map[gi], ps, pred_map[pi]) for gs, gi, ps, pi in frames]
+  again = _score(relabelled)
+  for key in ('STQ', 'AQ', 'IoU'):
+    assert again[key] == pytest.approx(reference[key], abs=1e-12), key
+
+
+def test_bad_maps_are_named():
+  sequence = stq.SequenceSTQ(19, (PERSON, CAR))
+  ok = np.zeros((2, 2), np.int64)
+  with pytest.raises(ValueError, match='ground-truth class 19 is neither a class'):
+    sequence.add_frame(ok + 19, ok, ok, ok)
+  with pytest.raises(ValueError, match='predicted instance ids must lie in 0..65535'):
+    sequence.add_frame(ok, ok, ok, ok + 70000)
+  with pytest.raises(ValueError, match='differ in size'):
+    sequence.add_frame(ok, ok, np.zeros((3, 2)), np.zeros((3, 2)))
+
+
+def _write_step_folder(root, rng, sequences=('0002', '0006'), frames=3, shape=(10, 14)):
+  """A KITTI-STEP ground truth under root/panoptic_maps/val and perturbed predictions."""
+  predictions = root / 'results'
+  for name in sequences:
+    gt_sem, gt_inst, pred_sem, pred_inst = _random_sequence(rng, frames, shape)
+    for k in range(frames):
+      stq.write_step_png(
+        str(root / 'panoptic_maps' / 'val' / name / f'{k:06d}.png'), gt_sem[k], gt_inst[k]
+      )
+      stq.write_step_png(str(predictions / name / f'{k:06d}.png'), pred_sem[k], pred_inst[k] * 997)
+  return predictions
+
+
+def test_command_scores_step_files_as_the_definitions(tmp_path, capsys):
+  rng = _rng()
+  results = _write_step_folder(tmp_path, rng)
+  output = tmp_path / 'out' / 'stq.json'
+  args = ['--step_root', str(tmp_path), '--split', 'val', '--results_dir', str(results)]
+  assert stq.main([*args, '--output_json', str(output)]) == 0
+  printed = capsys.readouterr().out
+  saved = json.loads(output.read_text())
+  assert set(saved) == {'STQ', 'AQ', 'IoU', 'per_sequence'}
+  assert set(saved['per_sequence']) == {'0002', '0006'}
+  assert set(saved['per_sequence']['0002']) == {'STQ', 'AQ', 'IoU', 'num_frames'}
+  assert f'{100 * saved["STQ"]:6.2f}' in printed and '0006' in printed
+  # The same frames scored in memory.
+  per = {}
+  for name in ('0002', '0006'):
+    sequence = stq.SequenceSTQ(19, (PERSON, CAR))
+    for k in range(3):
+      gt = stq.read_step_png(str(tmp_path / 'panoptic_maps' / 'val' / name / f'{k:06d}.png'))
+      pred = stq.read_step_png(str(results / name / f'{k:06d}.png'))
+      sequence.add_frame(*gt, *pred)
+    per[name] = sequence.summary()
+  assert stq.summarize(per) == saved
+
+
+def test_command_names_a_missing_wrong_or_broken_prediction(tmp_path, capsys):
+  rng = _rng()
+  results = _write_step_folder(tmp_path, rng)
+  args = ['--step_root', str(tmp_path), '--results_dir', str(results)]
+  frame = results / '0006' / '000001.png'
+  stq.write_step_png(str(frame), np.zeros((4, 4)), np.zeros((4, 4)))
+  assert stq.main(args) == 1
+  assert f'error: {frame}: the prediction is 4x4, its ground truth 14x10' in capsys.readouterr().err
+  frame.write_bytes(b'\x89PNG\r\n\x1a\n broken')
+  assert stq.main(args) == 1
+  assert f'{frame}: cannot be decoded' in capsys.readouterr().err
+  frame.unlink()
+  assert stq.main(args) == 1
+  assert f'{frame}: no prediction for the ground-truth frame' in capsys.readouterr().err
+  nowhere = tmp_path / 'nowhere'
+  assert stq.main(['--step_root', str(nowhere), '--results_dir', str(results)]) == 1
+  assert f'is {nowhere} a KITTI-STEP root' in capsys.readouterr().err
+
+
+def test_the_plug_in_equals_the_definitions_on_our_maps_and_merges():
+  """Ground truth as the pipeline holds it (semantic = class + 1, void 0, a crowd flag, compact
+  ids) scores as the STEP maps it came from."""
+  rng = _rng()
+  categories = [{'id': k, 'name': str(k), 'isthing': int(k in (PERSON, CAR))} for k in range(19)]
+  names = ['0002', '0006', '0007']
+  step_scores = {}
+  evaluators = [registry.make_evaluators(['stq'], categories)[0] for _ in range(2)]
+  for k, name in enumerate(names):
+    gt_sem, gt_inst, pred_sem, pred_inst = _random_sequence(rng)
+    sequence = stq.SequenceSTQ(19, (PERSON, CAR))
+    for t in range(len(gt_sem)):
+      sequence.add_frame(gt_sem[t], gt_inst[t], pred_sem[t], pred_inst[t])
+    step_scores[name] = sequence.summary()
+    ours = lambda sem: np.where(sem == VOID, 0, sem + 1)
+    crowd = np.isin(gt_sem, (PERSON, CAR)) & (gt_inst == 0)
+    compact = np.where(gt_sem == VOID, 0, gt_sem * 10 + gt_inst + 1)  # any ids per (class, id)
+    ground_truth = np.stack([ours(gt_sem), compact, crowd.astype(np.int64)], axis=-1)
+    prediction = base.Panoptic(ours(pred_sem), pred_inst)
+    evaluators[k % 2].update(ground_truth, prediction, name)
+  (merged,) = registry.make_evaluators(['stq'], categories)
+  merged.merge([json.loads(json.dumps(e.state())) for e in evaluators])
+  expected = stq.summarize(step_scores)
+  results = merged.results()
+  for key in ('STQ', 'AQ', 'IoU'):
+    assert results.scalars[key] == pytest.approx(expected[key], abs=1e-12), key
+  assert results.scalars['num_sequences'] == 3
+  assert results.details['per_sequence'].keys() == expected['per_sequence'].keys()

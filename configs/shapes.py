@@ -8,9 +8,13 @@ machine in minutes, with nothing to download. `:video` selects the moving-shapes
 
 from pix2seq_d.config import defaults as config_defaults
 
+# Training steps of the video panoptic fine-tune (experiments.md: video panoptic).
+VIDEO_PANOPTIC_STEPS = 2_000
+
 
 def get_config(arg=None):
-  """Returns the shapes config; `arg` is '' (images), 'tiny' (unit-test model) or 'video'.
+  """Returns the shapes config; `arg` is '' (images), 'tiny' (unit-test model), 'video' (DAVIS-
+  style objects, J&F) or 'video_panoptic' (classes and tracks, STQ).
 
   Each choice that departs from the paper's settings (configs/coco.py) names its measurement in
   docs/experiments.md.
@@ -110,6 +114,26 @@ def get_config(arg=None):
     config.eval.video_length_bucket = 8  # the clips' length: one compiled sampler.
     config.diffusion.steps = 10  # and 10 for later frames (experiments.md: video steps).
     config.diffusion.steps_later_frames = 10
+  elif arg == 'video_panoptic':
+    # Classes and tracks through moving-shapes sequences in the KITTI-STEP layout, scored by STQ
+    # and the per-frame PQ; fine-tuned from a shapes image run (README: "Video"):
+    #   --config.init_from.path=IMAGE_RUN
+    config.task = 'video_panoptic'
+    config.eval.metrics = ('stq', 'pq')
+    data.name = 'shapes_step'
+    data.train_split = 'train'
+    data.eval_split = 'val'
+    data.train_resize_method = 'bicubic'
+    data.instance_id_order = 'location'  # as the image run (experiments.md: video ids).
+    train.num_steps = VIDEO_PANOPTIC_STEPS
+    train.learning_rate = 1e-3
+    config.eval.batch_size = 8
+    config.eval.num_examples = 0  # the 32 val sequences of 16 frames.
+    config.eval.video_length_bucket = 16
+    config.diffusion.steps = 10
+    config.diffusion.steps_later_frames = 10
   elif arg:
-    raise ValueError(f"configs/shapes.py: unknown arg {arg!r}; use '', 'tiny' or 'video'.")
+    raise ValueError(
+      f"configs/shapes.py: unknown arg {arg!r}; use '', 'tiny', 'video' or 'video_panoptic'."
+    )
   return config

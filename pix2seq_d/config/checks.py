@@ -21,7 +21,7 @@ from pix2seq_d.tasks import registry as tasks
 
 # config.data.name values that never read config.data.coco_root (any other name does: a set
 # coco_root replaces a TFDS COCO name).
-_NOT_COCO = ('shapes', 'shapes_video', 'davis', 'kitti_step')
+_NOT_COCO = ('shapes', 'shapes_video', 'davis', 'kitti_step', 'shapes_step')
 
 
 def _fail(field: str, value, why: str) -> None:

@@ -14,6 +14,9 @@ makes the next run prepare the folder again (an unchanged folder costs one direc
 second per 100k files on a local disk). A preparation that fails (e.g. invalid JSON) leaves no
 empty folders behind in data_dir.
 
+Image ids are the JSON's integers; a JSON whose ids are not all integers (Cityscapes' converter
+names images by their file stem) numbers its images 0, 1, ... in the order of their ids.
+
 Examples keep the encoded JPEG and panoptic PNG bytes with the segment lists; `decode` decodes
 them in tf.data, so shuffle buffers hold compressed bytes. Preparation decodes every image and PNG
 once to check it: a file that cannot be decoded, has the wrong size, or a PNG holding a segment id
@@ -229,10 +232,17 @@ class CocoPanopticFolder(LocalFilesBuilder):
     annotation_of = collections.defaultdict(list)
     for image_annotation in annotation['annotations']:
       annotation_of[image_annotation['image_id']].append(image_annotation)
-    images = sorted(annotation['images'], key=lambda image: image['id'])
+    images = sorted(annotation['images'], key=lambda image: str(image['id']))
+    # Integer ids are kept; a JSON with other ids (Cityscapes names its images) numbers its images
+    # by their position in id order.
+    numeric = all(isinstance(image['id'], int) for image in images)
+    number_of = {image['id']: image['id'] if numeric else k for k, image in enumerate(images)}
+    if numeric:
+      images = sorted(images, key=lambda image: image['id'])
 
     def build(image_info):
-      return _build_example(image_info, annotation_of[image_info['id']], label_of, paths)
+      example = _build_example(image_info, annotation_of[image_info['id']], label_of, paths)
+      return {**example, 'image_id': number_of[image_info['id']]}
 
     for image_info, example in zip(images, _ordered_parallel_map(build, images), strict=True):
       yield image_info['file_name'], example
@@ -326,7 +336,7 @@ def _build_example(image_info: dict, image_annotations: list[dict], label_of: di
       errors.append(f'{paths["json"]}: {png_path} uses unknown category ids {unknown}')
       segments = [s for s in segments if s['category_id'] in label_of]
   return {
-    'image_id': int(image_info['id']),
+    'image_id': -1,  # set by the caller
     'height': height,
     'width': width,
     'image/encoded': image_bytes,

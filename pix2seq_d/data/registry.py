@@ -9,6 +9,7 @@ from __future__ import annotations
 from pix2seq_d.data.source import Source
 
 _SHAPES_NAMES = ('shapes', 'shapes_video')
+_FOLDER_NAMES = ('davis', 'kitti_step', 'shapes_step')  # names that never read coco_root
 
 
 def get_source(config) -> Source:
@@ -16,13 +17,14 @@ def get_source(config) -> Source:
 
   'shapes[/cfg]' and 'shapes_video[/cfg]' -> the embedded synthetic sets; 'coco_folder' -> a folder
   in the COCO panoptic layout; 'davis' -> DAVIS 2017; 'kitti_step' -> a folder in the KITTI-STEP
-  layout; any other name is a TFDS COCO panoptic name such as 'coco/2017_panoptic'.
+  layout; 'shapes_step[/cfg]' -> moving shapes written in that layout; any other name is a TFDS
+  COCO panoptic name such as 'coco/2017_panoptic'.
   """
   name = config.data.name
   if not name:
     raise ValueError('config.data.name is empty; use e.g. "shapes" or "coco/2017_panoptic".')
   # Imported lazily: each module pulls in its own builder code and only the chosen one is needed.
-  if config.data.coco_root and name.split('/')[0] not in _SHAPES_NAMES + ('davis', 'kitti_step'):
+  if config.data.coco_root and name.split('/')[0] not in _SHAPES_NAMES + _FOLDER_NAMES:
     # A COCO-format folder was given: that is the dataset, whatever TFDS name the config has.
     name = 'coco_folder'
   if name.split('/')[0] in _SHAPES_NAMES:
@@ -41,6 +43,10 @@ def get_source(config) -> Source:
     from pix2seq_d.data import kitti_step
 
     return kitti_step.make_source(config)
+  if name.split('/')[0] == 'shapes_step':
+    from pix2seq_d.data import shapes_step
+
+    return shapes_step.make_source(config)
   from pix2seq_d.data import coco
 
   return coco.make_source(config)

@@ -1,0 +1,64 @@
+"""Cityscapes panoptic segmentation (images), scored by PQ: 1024x2048 images, 512x1024 masks.
+
+Cityscapes' own converter (PyPI `cityscapesscripts`) writes the COCO panoptic layout that
+`coco_folder` reads; README "Cityscapes" gives the commands. Then:
+
+  python -m pix2seq_d.main --config=configs/cityscapes.py --workdir=DIR \
+      --config.data.coco_root=CITYSCAPES_COCO --config.init_from.path=COCO_RUN
+  python -m pix2seq_d.main --config=configs/cityscapes.py:runlocal ...   # a tiny smoke run
+
+The categories come from the converter's JSON (19 train ids with `--use-train-id`; person, rider,
+car, truck, bus, train, motorcycle and bicycle are things).
+"""
+
+from pix2seq_d.config import defaults as config_defaults
+
+
+def get_config(arg=None):
+  """Returns the Cityscapes config; `arg` is '' or 'runlocal' (smoke run)."""
+  config = config_defaults.get_base_config()
+
+  model = config.model
+  model.image_size = (1024, 2048)
+  model.mask_size = (512, 1024)  # image / 2, as the COCO setting.
+  model.num_classes = 0  # from the JSON: its categories + void.
+
+  data = config.data
+  data.name = 'coco_folder'
+  data.train_split = 'train'
+  data.eval_split = 'val'
+  data.eval_orig_size = (1024, 2048)
+
+  train = config.train
+  train.batch_size = 32
+  train.num_steps = 50_000
+  train.learning_rate = 3e-5
+  train.warmup_steps = 0
+  train.checkpoint_every = 1_000
+  config.eval.batch_size = 8
+
+  if arg == 'runlocal':
+    model.image_size = (64, 128)
+    model.mask_size = (32, 64)
+    model.resnet.stage_sizes = (1, 1, 1)
+    model.resnet.width = 8
+    model.encoder.num_layers = 1
+    model.encoder.dim = 32
+    model.encoder.num_heads = 2
+    model.encoder.mlp_dim = 64
+    model.fusion.dim = 16
+    model.denoiser.dim = 16
+    model.denoiser.transformer_layers = 1
+    model.denoiser.transformer_dim = 32
+    model.denoiser.transformer_heads = 2
+    for part in model.remat:
+      model.remat[part] = 'none'
+    train.batch_size = 2
+    train.num_steps = 4
+    train.log_every = 1
+    train.checkpoint_every = 2
+    config.diffusion.steps = 2
+    config.eval.batch_size = 2
+  elif arg:
+    raise ValueError(f"configs/cityscapes.py: unknown arg {arg!r}; use '' or 'runlocal'.")
+  return config

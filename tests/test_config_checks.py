@@ -43,6 +43,7 @@ def test_shipped_configs_pass(make, mode):
     ('model.num_classes', 300, 'config.model.num_classes=300'),
     ('data.coco_root', '/data/coco', '--config.data.name=coco_folder'),
     ('data.davis_root', '/data/davis', '--config.data.name=davis'),
+    ('data.step_root', '/data/kitti_step', '--config.data.name=kitti_step'),
     ('init_from.format', 'keras', "config.init_from.format='keras'"),
     ('init_from.mode', 'decoder', "config.init_from.mode='decoder'"),
     ('task', 'video', "config.task='video': use one of 'panoptic', 'video_panoptic'"),
@@ -52,8 +53,9 @@ def test_shipped_configs_pass(make, mode):
     ('eval.single_frames', True, 'config.eval.single_frames=True: is a video option'),
     ('eval.metrics', (), 'config.eval.metrics=(): must be a non-empty tuple'),
     ('eval.metrics', 'pq', "config.eval.metrics='pq': must be a non-empty tuple"),
-    ('eval.metrics', ('pq', 'stq'), "no evaluator is named 'stq'; the evaluators are 'pq'"),
+    ('eval.metrics', ('pq', 'vpq'), "no evaluator is named 'vpq'; the evaluators are 'pq'"),
     ('eval.metrics', ('davis_jf',), "the task 'panoptic' cannot produce 'davis_jf'"),
+    ('eval.metrics', ('pq', 'stq'), "the task 'panoptic' cannot produce 'stq'; it produces 'pq'"),
     ('eval.metrics', ('pq', 'pq'), 'names a metric more than once'),
   ],
 )

@@ -161,3 +161,35 @@ def test_a_folder_with_its_own_classes(tmp_path):
   (root / 'categories.json').write_text(json.dumps([{'id': 300, 'name': 'x', 'isthing': 0}]))
   with pytest.raises(ValueError, match='id 300 must be a distinct class value in 0..254'):
     kitti_step.make_source(config)
+
+
+def test_moving_shapes_are_written_in_the_step_layout_with_entering_tracks(tmp_path):
+  from configs import shapes as shapes_configs
+  from pix2seq_d.data import registry, shapes, shapes_step
+  from pix2seq_d.evaluation import stq
+
+  config = shapes_configs.get_config('video_panoptic')
+  config.data.name = 'shapes_step/tiny'
+  config.data.data_dir = str(tmp_path)
+  source = registry.get_source(config)
+  assert source.name == 'shapes_step/tiny' and source.categories == tuple(
+    {k: c[k] for k in ('id', 'name', 'isthing', 'color')} for c in shapes.CATEGORIES
+  )
+  root = shapes_step.folder(config)
+  lengths = source.builder.info.metadata['lengths']
+  assert lengths == {
+    'train': {'0000': 6, '0001': 6, '0002': 6, '0003': 6},
+    'val': {'0000': 8, '0001': 8},
+  }
+  entered = 0
+  for split, sequences in lengths.items():
+    for name, frames in sequences.items():
+      first = set()
+      for t in range(frames):
+        classes, instance = stq.read_step_png(f'{root}/panoptic_maps/{split}/{name}/{t:06d}.png')
+        assert set(np.unique(classes)) <= {1, 2, 3, 4, 5}
+        assert (instance[np.isin(classes, (4, 5))] == 0).all()  # stuff carries no track id
+        tracks = set(np.unique(instance[instance > 0]).tolist())
+        entered += len(tracks - first) if t else 0
+        first |= tracks
+  assert entered > 0  # some object enters after the first frame

@@ -118,5 +118,5 @@ def test_davis_evaluator_equals_the_davis_definitions_and_merges_exactly():
 
 
 def test_unknown_evaluator_is_named():
-  with pytest.raises(ValueError, match="no evaluator is named 'stq'; the evaluators are 'pq', "):
-    registry.make_evaluators(['pq', 'stq'], CATEGORIES)
+  with pytest.raises(ValueError, match="no evaluator is named 'vpq'; the evaluators are 'pq', "):
+    registry.make_evaluators(['pq', 'vpq'], CATEGORIES)

@@ -65,10 +65,10 @@ def test_video_from_an_image_run_to_davis_scores_and_predictions(
   tags = _event_tags(video_run)
   assert {'eval/J&F-Mean', 'eval/J-Mean', 'eval/F-Mean', 'eval/video_input_gt_prediction'} <= tags
   # The predictions in the DAVIS results layout: 8 indexed PNGs per clip at the clip's size,
-  # beside the clip's COCO panoptic PNGs and JSON.
+  # beside the clip's COCO panoptic PNGs and JSON and its KITTI-STEP maps.
   predictions = video_run / 'predictions' / 'step_2'
   assert sorted(p.name for p in predictions.iterdir()) == sorted(names)
-  frames = sorted((predictions / 'clip_00001').glob('*.png'))
+  frames = sorted((predictions / 'clip_00001').glob('?????.png'))
   panoptic = json.loads((predictions / 'clip_00001' / 'panoptic.json').read_text())
   assert len(panoptic['annotations']) == 8
   assert [f.name for f in frames] == [f'{k:05d}.png' for k in range(8)]
@@ -106,7 +106,7 @@ def test_video_from_an_image_run_to_davis_scores_and_predictions(
     )
     assert code == 0, log[-3000:]
     video = out / name
-    objects = sorted(video.glob('*.png'))
+    objects = sorted(video.glob('?????.png'))
     assert [p.name for p in objects] == [f'{k:05d}.png' for k in range(count)]
     assert davis.read_indexed_png(str(objects[0])).shape == (40, 56)
     panoptic = json.loads((video / 'panoptic.json').read_text())

@@ -100,6 +100,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   diffusion.sampler = 'ddim'  # 'ddim' or 'ddpm'.
   diffusion.steps = 20
   # Video: sampling steps of frames 1.. (frame 0 takes `steps`); the reference's 'iterations_2'.
+  # The authors' video inference takes 100 + 100 steps with td 0, which scored lower on the
+  # shapes video sets (docs/experiments.md: video sampling steps).
   diffusion.steps_later_frames = 20
   diffusion.td = 1.0  # asymmetric time interval.
   diffusion.x0_clip = True  # clip the x0 estimate to [-b_scale, b_scale].

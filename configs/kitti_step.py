@@ -65,19 +65,7 @@ def get_config(arg=None):
   if arg == 'runlocal':
     model.image_size = (64, 208)
     model.mask_size = (32, 104)
-    model.resnet.stage_sizes = (1, 1, 1)
-    model.resnet.width = 8
-    model.encoder.num_layers = 1
-    model.encoder.dim = 32
-    model.encoder.num_heads = 2
-    model.encoder.mlp_dim = 64
-    model.fusion.dim = 16
-    model.denoiser.dim = 16
-    model.denoiser.transformer_layers = 1
-    model.denoiser.transformer_dim = 32
-    model.denoiser.transformer_heads = 2
-    for part in model.remat:
-      model.remat[part] = 'none'
+    config_defaults.shrink_to_tiny_model(model)
     train.batch_size = 2
     train.num_steps = 4
     train.log_every = 1

@@ -83,17 +83,7 @@ def get_config(arg=None):
     # A minimal model for unit tests: 32x32 images, 16x16 masks, 2x2 token grid.
     model.image_size = (32, 32)
     model.mask_size = (16, 16)
-    model.resnet.width = 8
-    model.encoder.num_layers = 1
-    model.encoder.dim = 32
-    model.encoder.num_heads = 2
-    model.encoder.mlp_dim = 64
-    model.fusion.dim = 16
-    model.denoiser.dim = 16
-    model.denoiser.dim_mults = (1, 1, 2, 2)
-    model.denoiser.transformer_layers = 1
-    model.denoiser.transformer_dim = 32
-    model.denoiser.transformer_heads = 2
+    config_defaults.shrink_to_tiny_model(model)
     # The paper's values: unit tests exercise the published setting.
     config.diffusion.b_scale = 0.1
     config.diffusion.semantic_aux_weight = 0.0

@@ -219,3 +219,23 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'encoder'), e.g. its Objects365-pretrained ResNet-50 C4 (pix2seq_d/runtime/tf_weights.py).
   config.init_from.format = 'pix2seq_d'
   return config
+
+
+def shrink_to_tiny_model(model) -> None:
+  """Makes config.model the tiny model of unit tests and `:runlocal` smoke runs (about 0.1M
+  parameters; image and mask sizes are the caller's): one-block ResNet stages of width 8, one
+  encoder and one bottleneck layer of width 32, a denoiser of width 16, no rematerialisation."""
+  model.resnet.stage_sizes = (1, 1, 1)
+  model.resnet.width = 8
+  model.encoder.num_layers = 1
+  model.encoder.dim = 32
+  model.encoder.num_heads = 2
+  model.encoder.mlp_dim = 64
+  model.fusion.dim = 16
+  model.denoiser.dim = 16
+  model.denoiser.dim_mults = (1, 1, 2, 2)
+  model.denoiser.transformer_layers = 1
+  model.denoiser.transformer_dim = 32
+  model.denoiser.transformer_heads = 2
+  for part in model.remat:
+    model.remat[part] = 'none'

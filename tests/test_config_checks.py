@@ -51,6 +51,7 @@ def test_shipped_configs_pass(make, mode):
     ('data.train_resize_method', 'area', "config.data.train_resize_method='area'"),
     ('eval.use_gt_cond_frames', True, 'config.eval.use_gt_cond_frames=True: is a video option'),
     ('eval.single_frames', True, 'config.eval.single_frames=True: is a video option'),
+    ('eval.new_track_after', 2, 'config.eval.new_track_after=2: is a video option'),
     ('eval.metrics', (), 'config.eval.metrics=(): must be a non-empty tuple'),
     ('eval.metrics', 'pq', "config.eval.metrics='pq': must be a non-empty tuple"),
     ('eval.metrics', ('pq', 'vpq'), "no evaluator is named 'vpq'; the evaluators are 'pq'"),
@@ -125,12 +126,15 @@ def test_tf_weights_need_the_encoder_mode_and_a_path():
     ('diffusion.steps_later_frames', 0, 'config.diffusion.steps_later_frames=0: must be >= 1'),
     ('eval.video_length_bucket', 0, 'config.eval.video_length_bucket=0: must be >= 1'),
     ('eval.video_strip_frames', 0, 'config.eval.video_strip_frames=0: must be >= 1'),
+    ('eval.new_track_after', -1, 'config.eval.new_track_after=-1: must be >= 0'),
+    ('eval.new_track_after', 1.5, r'config.eval.new_track_after=1.5: must be >= 0 \(an integer\)'),
   ],
 )
 def test_bad_video_field_is_named(field, value, message):
   config = shapes.get_config('video')
   section, name = field.split('.')
-  config[section][name] = value
+  with config.ignore_type():
+    config[section][name] = value
   with pytest.raises(ValueError, match=message):
     config_checks.check_config(config, 'eval')
 

@@ -135,6 +135,31 @@ def test_a_short_training_sequence_is_named_and_gives_no_window(tmp_path, caplog
   assert batch['image'].shape == (2, 64, 208, 3) and batch['cond_label'].shape == (2, 32, 104, 4)
 
 
+def test_training_windows_decode_only_their_frames_and_equal_whole_clip_windows(tmp_path):
+  import dataclasses
+  import itertools
+
+  rng = _rng()
+  root = tmp_path / 'step'
+  write_step_folder(root, rng)
+  config = _config(root, tmp_path / 'tfds')
+  config.data.train_crowd = 'segment'
+  source = kitti_step.make_source(config)
+  assert source.frame_keys  # windows are cut from the encoded sequence
+  whole = dataclasses.replace(source, frame_keys=())  # decode whole sequences, then cut
+  for position in (0, 5):
+    streams = [
+      pipeline.make_train_iterator(
+        config, source=s, process_index=0, process_count=1, start_position=position
+      )
+      for s in (source, whole)
+    ]
+    for ours, reference in itertools.islice(zip(*streams, strict=True), 4):
+      assert ours.keys() == reference.keys()
+      for key in ours:
+        np.testing.assert_array_equal(ours[key], reference[key], err_msg=key)
+
+
 def test_a_folder_with_its_own_classes(tmp_path):
   rng = _rng()
   root = tmp_path / 'step'

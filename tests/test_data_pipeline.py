@@ -154,7 +154,7 @@ def test_too_many_segments_keep_the_largest_and_are_counted(shapes_config, shape
   assert iterator.dropped_segments >= 2 * (len(ids) - 3)
 
 
-def test_crowd_is_void_for_training_and_kept_in_orig_label(shapes_config):
+def test_crowd_is_void_or_a_segment_for_training_and_kept_in_orig_label(shapes_config):
   config = _no_augmentation(shapes_config())
   base = registry.get_source(config)
 
@@ -182,6 +182,16 @@ def test_crowd_is_void_for_training_and_kept_in_orig_label(shapes_config):
     np.testing.assert_array_equal(orig[..., 1], expected['instance'][..., 0])
     np.testing.assert_array_equal(orig[..., 2], expected['semantic'][..., 0] == SKY)
     assert not (label[..., 0] == SKY).any()
+
+  # config.data.train_crowd='segment': the crowd is trained as a segment of its class.
+  config.data.train_crowd = 'segment'
+  batch = next(
+    pipeline.make_train_iterator(config, process_index=0, process_count=1, source=source)
+  )
+  sky = batch['label'][..., 0] == SKY
+  assert sky.any() and (batch['label'][..., 1][sky] > 0).all()
+  for label in batch['label']:  # one id per image for its sky
+    assert len(np.unique(label[..., 1][label[..., 0] == SKY])) <= 1
 
 
 def test_eval_batches_pad_and_stay_in_lockstep(shapes_config, shapes_data_dir):

@@ -66,6 +66,18 @@ def test_a_track_split_in_two_halves_its_association():
   assert _score(frames)['AQ'] == 1.0
 
 
+def test_a_track_switch_costs_both_tracks():
+  # Cars 1 and 2 (one pixel each, two frames); the prediction swaps their ids in frame 2. Each
+  # gt tube (size 2) meets both predicted tubes (size 2) once: TPA 1, IoU 1 / 3, so
+  # AQ(g) = (1 * 1/3 + 1 * 1/3) / 2 = 1/3 for both tubes.
+  sem = np.array([[CAR, CAR]])
+  gt_inst = np.array([[1, 2]])
+  frames = [(sem, gt_inst, sem, np.array([[1, 2]])), (sem, gt_inst, sem, np.array([[2, 1]]))]
+  result = _score(frames)
+  assert result['AQ'] == pytest.approx(1 / 3, abs=1e-15) and result['IoU'] == 1.0
+  assert result['STQ'] == pytest.approx(math.sqrt(1 / 3), abs=1e-15)
+
+
 def test_crowd_pixels_are_neither_a_tube_nor_a_false_positive():
   # Person pixel 0 is crowd (thing, instance 0): not part of any gt tube, and predicting a
   # person track over it costs nothing. Tube g = the 2 pixels of person 3, predicted as id 5

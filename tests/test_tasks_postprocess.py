@@ -59,3 +59,53 @@ def test_postprocess_merges_each_stuff_class_into_one_segment():
   )
   np.testing.assert_array_equal(sem, semantic)
   np.testing.assert_array_equal(inst, [[3, 4, 5, 5], [3, 4, 5, 5]])  # things stay apart.
+
+
+def test_an_id_back_after_its_conditioning_frames_is_a_new_track():
+  # Id 3 is in frames 0, 1, missing from 2 and 3, back in 4: with 2 conditioning frames the
+  # model cannot have copied it, so frames 4.. are a new track; id 5 misses one frame only.
+  present = {3: [0, 1, 4, 5], 5: [0, 2, 3]}
+  instance = np.zeros((6, 1, 2), np.int64)
+  for column, (track, frames) in enumerate(present.items()):
+    instance[frames, 0, column] = track
+  split = postprocess.split_tracks(instance, absent_frames=2)
+  np.testing.assert_array_equal(split[:, 0, 0], [3, 3, 0, 0, 6, 6])  # 6: above every id
+  np.testing.assert_array_equal(split[:, 0, 1], [5, 0, 5, 5, 0, 0])
+  np.testing.assert_array_equal(postprocess.split_tracks(instance, absent_frames=0), instance)
+  np.testing.assert_array_equal(postprocess.split_tracks(instance, absent_frames=3), instance)
+
+
+def test_split_tracks_on_random_clips_renames_only_returning_lives():
+  seed = int(np.random.SeedSequence().entropy % 2**31)
+  print('seed', seed)
+  rng = np.random.default_rng(seed)
+  instance = rng.integers(0, 6, (12, 3, 3)) * (rng.random((12, 1, 1)) < 0.8)
+  gap = int(rng.integers(1, 4))
+  split = postprocess.split_tracks(instance, gap)
+  assert ((split > 0) == (instance > 0)).all()
+  # Within a frame distinct ids stay distinct, and a new id never meets another id's pixels.
+  pairs = np.unique(np.stack([instance.ravel(), split.ravel()], -1), axis=0)
+  assert len(np.unique(pairs[:, 1])) == len(pairs)
+  for old, new in pairs[pairs[:, 0] > 0]:
+    frames = np.flatnonzero((split == new).any(axis=(1, 2)))
+    # One life: never absent from `gap` frames in a row between its first and last frame.
+    assert (np.diff(frames) <= gap).all(), (old, new, frames)
+    if new != old:  # a later life starts after a gap of more than `gap` frames
+      before = np.flatnonzero((instance[: frames[0]] == old).any(axis=(1, 2)))
+      assert len(before) and frames[0] - before[-1] > gap
+
+
+def test_clip_postprocessing_votes_a_class_per_track_life():
+  # Id 2 is a car (class 1) in frames 0-1 and, after 3 frames without it, a person (class 3):
+  # split, each life keeps its own class; unsplit, one vote makes it a car throughout.
+  semantic = np.array([1, 1, 0, 0, 0, 3])[:, None, None] * np.ones((1, 1, 2), np.int64)
+  instance = np.array([2, 2, 0, 0, 0, 2])[:, None, None] * np.ones((1, 1, 2), np.int64)
+  pred = np.stack([semantic, instance], -1)
+  options = dict(num_classes=4, max_instances=4, min_pixels=0)
+  sem, inst = postprocess.postprocess_clip(pred, (1, 2), (1, 2), (1, 2), **options)
+  assert sem[5, 0, 0] == 1 and inst[5, 0, 0] == 2
+  sem, inst = postprocess.postprocess_clip(
+    pred, (1, 2), (1, 2), (1, 2), new_track_after=2, **options
+  )
+  np.testing.assert_array_equal(sem[:, 0, 0], [1, 1, 0, 0, 0, 3])
+  np.testing.assert_array_equal(inst[:, 0, 0], [2, 2, 0, 0, 0, 3])  # 3: above the clip's ids

@@ -119,6 +119,7 @@ def check_config(config, mode: str) -> None:
   _check_metrics(config, task)
   _check_choice(config, 'data.instance_id_order', ('random', 'shuffle', 'location'))
   _check_choice(config, 'data.train_resize_method', ('bilinear', 'bicubic'))
+  _check_choice(config, 'data.train_crowd', ('void', 'segment'))
   if mode in ('train', 'train_and_eval'):
     _check_at_least(config, 'train.num_steps', 1)
     for field in ('train.log_every', 'train.checkpoint_every', 'train.image_summary_every'):

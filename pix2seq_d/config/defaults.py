@@ -139,6 +139,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'location' = not random: the cell of a grid over the mask (about sqrt(ids) cells a side) that
   # holds the segment's centroid, the nearest free cell when taken (configs/shapes.py).
   data.instance_id_order = 'random'
+  # Crowd regions (a thing class without instances) in training: 'void' (not learned; PQ ignores
+  # them) or 'segment' (one segment of their class, as the authors' KITTI-STEP training: STQ's
+  # IoU scores crowd pixels by class).
+  data.train_crowd = 'void'
   # Image resampling of the training augmentation: 'bilinear', or 'bicubic' as the authors' video
   # training. Evaluation and prediction resize bilinearly (with antialiasing) either way.
   data.train_resize_method = 'bilinear'
@@ -192,6 +196,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # own predictions (an upper bound on tracking), or on nothing (every frame on its own).
   evaluation.use_gt_cond_frames = False
   evaluation.single_frames = False
+  # Video: an id that appears again after this many frames without it starts a new track (the
+  # model can only copy ids from the masks it is conditioned on; the authors' KITTI-STEP
+  # evaluation uses diffusion.num_cond_frames). 0: an id is one track over the whole clip.
+  evaluation.new_track_after = 0
   # Video: clips are padded with blank frames to a multiple of this many frames (the padding is
   # sampled after the real frames and dropped), so the sampler compiles once per bucket length,
   # not once per video length.

@@ -382,4 +382,5 @@ def make_source(config) -> Source:
     categories=CATEGORIES,
     decode=functools.partial(decode_folder_example, void_id=data.davis_void_id),
     clips=True,
+    frame_keys=('frames', 'segmentations'),
   )

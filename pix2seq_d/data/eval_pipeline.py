@@ -48,7 +48,7 @@ def _eval_image_fn(config) -> Callable[[dict], dict]:
       lambda: tuple(example[key] for key in parts),
       lambda: (tf.zeros([1, 1, 3], tf.uint8),) + (tf.zeros([1, 1], tf.int32),) * 3,
     )
-    label = pipeline.training_label(semantic, instance, crowd)
+    label = pipeline.training_label(semantic, instance, crowd, config.data.train_crowd)
     images, labels, unpadded = augment.eval_resize(
       image[None],
       label[None],
@@ -190,7 +190,10 @@ def _video_eval_fn(config) -> Callable[[dict], dict]:
     )
     geometry = augment.eval_geometry(tf.shape(frames)[1:3], image_size)
     labels = augment.resample_labels(
-      pipeline.training_label(semantic, instance, crowd), geometry, image_size, mask_size
+      pipeline.training_label(semantic, instance, crowd, config.data.train_crowd),
+      geometry,
+      image_size,
+      mask_size,
     )
     labels, _ = instance_ids.assign_instance_ids(labels, max_instances, seed=None)
     orig = tf.stack([semantic, instance, crowd], axis=-1)

@@ -401,4 +401,5 @@ def make_source(config) -> Source:
     decode=decode_example,
     clips=True,
     max_image_size={split: tuple(size) for split, size in metadata['max_image_size'].items()},
+    frame_keys=('frames', 'labels'),
   )

@@ -11,8 +11,10 @@ makes the canonical example (source.py).
 
 Training batches ('image' float32 (B, H, W, 3) in [0, 1], 'label' int32 (B, Hm, Wm, 2) =
 [semantic, instance]; video adds 'cond_label'):
-- Crowd rule: crowd pixels become void (0, 0) for training (and in the mask-size eval 'label');
-  only the original-size eval label 'orig_label' keeps them, as PQ needs them.
+- Crowd rule (config.data.train_crowd): crowd pixels become void (0, 0) for training (and in the
+  mask-size eval 'label'), or, with 'segment', each crowd region is trained as a segment of its
+  class (a metric that scores crowd pixels by class, as STQ's IoU, wants them predicted); only
+  the original-size eval label 'orig_label' keeps the crowd flag, as PQ and STQ need it.
 - Instance ids: per example, a fresh random permutation (a stateless seed from config.seed, the
   process and the example's position in the endless stream, so it changes every epoch) maps the
   segments onto distinct ids in 1..max_instances-1; 0 stays 0. With more segments than
@@ -185,8 +187,18 @@ def _count_dropped(stats: PipelineStats, dropped: tf.Tensor, example_id: tf.Tens
   return tf.cond(dropped > 0, record, lambda: dropped)
 
 
-def training_label(semantic: tf.Tensor, instance: tf.Tensor, crowd: tf.Tensor) -> tf.Tensor:
-  """[semantic, instance] (..., 2) with crowd pixels void (the crowd rule)."""
+CROWD_RULES = ('void', 'segment')
+
+
+def training_label(
+  semantic: tf.Tensor, instance: tf.Tensor, crowd: tf.Tensor, crowd_rule: str = 'void'
+) -> tf.Tensor:
+  """[semantic, instance] (..., 2) under the crowd rule (config.data.train_crowd): 'void' makes
+  crowd pixels void (0, 0); 'segment' keeps each crowd region as a segment of its class."""
+  if crowd_rule not in CROWD_RULES:
+    raise ValueError(f'config.data.train_crowd={crowd_rule!r}: use one of {CROWD_RULES}.')
+  if crowd_rule == 'segment':
+    return tf.stack([semantic, instance], axis=-1)
   not_crowd = tf.cast(tf.equal(crowd, 0), tf.int32)
   return tf.stack([semantic * not_crowd, instance * not_crowd], axis=-1)
 
@@ -299,10 +311,19 @@ def make_train_iterator(
   )
   dataset = dataset.repeat()
   if source.clips:
-    dataset = dataset.map(finish, num_parallel_calls=parallel)
+    # A source that keeps its frames encoded (`Source.frame_keys`) is cut into windows first, so
+    # only a window's frames are decoded and a resume skips windows without decoding them.
+    frame_keys = source.frame_keys or _CLIP_FRAME_KEYS
+    if not source.frame_keys:
+      dataset = dataset.map(finish, num_parallel_calls=parallel)
     dataset = _drop_broken(dataset, stats, id_key)
     window_seed = int(_derived_seed(config, process_index, _WINDOW_SHUFFLE_STREAM)[0])
-    dataset = _video_windows(dataset, config, window_seed).enumerate().skip(start_position)
+    dataset = _video_windows(dataset, config, window_seed, frame_keys)
+    dataset = dataset.enumerate().skip(start_position)
+    if source.frame_keys:
+      dataset = dataset.map(
+        lambda position, window: (position, finish(window)), num_parallel_calls=parallel
+      )
     preprocess = _video_train_fn(config, stats)
   else:
     # Numbered before decoding, so that a resume skips raw records without decoding them.
@@ -327,14 +348,19 @@ def make_train_iterator(
   return DataIterator(dataset, stats, start_position=start_position)
 
 
+# The per-frame features of a decoded (canonical) clip.
+_CLIP_FRAME_KEYS = ('frames', 'semantic', 'instance', 'crowd')
+
+
 def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:
   kwargs = augment_kwargs(config)
+  crowd_rule = config.data.train_crowd
   max_instances = config.model.max_instances
   id_order = config.data.instance_id_order
 
   def preprocess(example, seed):
     augment_seed, id_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    label = training_label(example['semantic'], example['instance'], example['crowd'])
+    label = training_label(example['semantic'], example['instance'], example['crowd'], crowd_rule)
     images, labels, _ = augment.train_augment(
       example['image'][None], label[None], augment_seed, **kwargs
     )
@@ -346,11 +372,15 @@ def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
   return preprocess
 
 
-def _video_windows(dataset: tf.data.Dataset, config, shuffle_seed: int) -> tf.data.Dataset:
+def _video_windows(
+  dataset: tf.data.Dataset, config, shuffle_seed: int, frame_keys: tuple[str, ...]
+) -> tf.data.Dataset:
   """Clips -> windows of config.data.video_window consecutive frames (target = last).
 
-  Windows are drawn round-robin from config.data.video_clips_interleaved clips and then shuffled
-  in a buffer of config.data.video_window_shuffle_buffer, so a batch mixes many clips.
+  `frame_keys` are the clip's features with a leading frame axis (encoded or decoded); the others
+  are copied into every window. Windows are drawn round-robin from
+  config.data.video_clips_interleaved clips and then shuffled in a buffer of
+  config.data.video_window_shuffle_buffer, so a batch mixes many clips.
   """
   window = config.data.video_window
   needed = config.diffusion.num_cond_frames + 1
@@ -359,19 +389,19 @@ def _video_windows(dataset: tf.data.Dataset, config, shuffle_seed: int) -> tf.da
       f'config.data.video_window = {window} must be >= '
       f'config.diffusion.num_cond_frames + 1 = {needed}.'
     )
-  per_frame = ('frames', 'semantic', 'instance', 'crowd')
 
   def windows_of(clip):
-    num_frames = tf.shape(clip['frames'], out_type=tf.int64)[0]
+    num_frames = tf.shape(clip[frame_keys[0]], out_type=tf.int64)[0]
     starts = tf.data.Dataset.range(tf.maximum(num_frames - window + 1, 0))
 
     def cut(start):
-      cut_clip = {key: clip[key][start : start + window] for key in per_frame}
       cut_clip = {
-        key: tf.ensure_shape(value, [window] + value.shape[1:].as_list())
-        for key, value in cut_clip.items()
+        key: tf.ensure_shape(
+          clip[key][start : start + window], [window] + clip[key].shape[1:].as_list()
+        )
+        for key in frame_keys
       }
-      return {**cut_clip, 'video_id': clip['video_id']}
+      return {**clip, **cut_clip}
 
     return starts.map(cut)
 
@@ -391,6 +421,7 @@ def _video_windows(dataset: tf.data.Dataset, config, shuffle_seed: int) -> tf.da
 
 def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:
   kwargs = augment_kwargs(config)
+  crowd_rule = config.data.train_crowd
   max_instances = config.model.max_instances
   id_order = config.data.instance_id_order
   num_cond = config.diffusion.num_cond_frames
@@ -401,7 +432,7 @@ def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
     augment_seed, id_seed, dropout_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3)
     )
-    labels = training_label(window['semantic'], window['instance'], window['crowd'])
+    labels = training_label(window['semantic'], window['instance'], window['crowd'], crowd_rule)
     # One geometry for the window; the encoder only sees the target (last) frame.
     images, labels, _ = augment.train_augment(window['frames'][-1:], labels, augment_seed, **kwargs)
     labels, dropped = instance_ids.assign_instance_ids(labels, max_instances, id_seed, id_order)

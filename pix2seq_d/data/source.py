@@ -44,6 +44,11 @@ class Source:
     max_image_size: the builder's split name -> the largest (height, width) of its images, where
       the source knows it before reading the examples (checked against config.data.eval_orig_size
       at start); a split absent from it is not checked.
+    frame_keys: clips only: the raw features (as `builder.as_dataset` yields them) that hold one
+      encoded entry per frame, when `decode` can decode any run of consecutive entries and the
+      raw example carries 'error' and 'video_id'. Training then cuts windows from the raw clip
+      and decodes only their frames (a KITTI-STEP sequence has up to ~1,000 frames); empty: the
+      whole clip is decoded first.
   """
 
   name: str
@@ -54,6 +59,7 @@ class Source:
   decoders: Any = None
   split_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
   max_image_size: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+  frame_keys: tuple[str, ...] = ()
 
   def split(self, name: str) -> str:
     """The builder's name for the config split `name` (a split spec passes through)."""

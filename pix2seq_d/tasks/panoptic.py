@@ -22,7 +22,7 @@ from pix2seq_d.evaluation.base import Panoptic
 from pix2seq_d.models import layers, sampling
 from pix2seq_d.tasks import base, pictures, postprocess, predict_inputs
 
-_VIDEO_OPTIONS = ('use_gt_cond_frames', 'single_frames')
+_VIDEO_OPTIONS = ('use_gt_cond_frames', 'single_frames', 'new_track_after')
 
 
 class ImagePanoptic(base.Task):
@@ -35,10 +35,12 @@ class ImagePanoptic(base.Task):
 
   def check_config(self) -> None:
     for field in _VIDEO_OPTIONS:
-      if self.config.eval[field]:
+      value = self.config.eval[field]
+      if value:
         raise ValueError(
-          f'config.eval.{field}=True: is a video option, and the task {self.name!r} segments '
-          "images; leave it False or use a video config (task 'video_panoptic')."
+          f'config.eval.{field}={value!r}: is a video option, and the task {self.name!r} '
+          'segments images; leave it unset (False / 0) or use a video config (task '
+          "'video_panoptic')."
         )
 
   def sample(self, graphdef, params, model_state, inputs, key) -> jax.Array:

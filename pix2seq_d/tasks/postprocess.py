@@ -123,6 +123,40 @@ def postprocess(
   return semantic, instance
 
 
+def split_tracks(instance: np.ndarray, absent_frames: int) -> np.ndarray:
+  """Gives an id that comes back after `absent_frames` or more frames without it a fresh id.
+
+  The model tracks by copying ids from the masks of the last few frames it is conditioned on;
+  an id absent from all of them cannot have been copied, so where it appears again it is a new
+  object that drew a used id (the authors' KITTI-STEP evaluation gives it a fresh id too).
+
+  Args:
+    instance: int (T, H, W) ids of a clip, 0 void.
+    absent_frames: frames an id must be missing to start a new track when it reappears; 0 keeps
+      every id one track over the whole clip.
+
+  Returns:
+    int64 (T, H, W): the same ids, each later life of a reused id renumbered to an id above all
+    ids of the clip (in order of appearance).
+  """
+  instance = np.asarray(instance).astype(np.int64)
+  if absent_frames <= 0 or instance.size == 0:
+    return instance
+  next_id = int(instance.max()) + 1
+  current = np.arange(next_id)  # original id -> its id in the current life
+  last_seen = np.full(next_id, -1, np.int64)
+  out = np.empty_like(instance)
+  for t, frame in enumerate(instance):
+    present = np.unique(frame)
+    present = present[present > 0]
+    returning = present[(last_seen[present] >= 0) & (t - last_seen[present] > absent_frames)]
+    current[returning] = np.arange(next_id, next_id + len(returning))
+    next_id += len(returning)
+    last_seen[present] = t
+    out[t] = current[frame]
+  return out
+
+
 def postprocess_clip(
   pred: np.ndarray,
   padded_size: tuple[int, int],
@@ -133,14 +167,16 @@ def postprocess_clip(
   max_instances: int,
   min_pixels: int,
   is_thing: np.ndarray | None = None,
+  new_track_after: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Mask-size predictions of a clip -> original-size (semantic, instance) per frame.
 
-  Each frame is resized as an image is (`to_original_size`), then the class vote
-  (`majority_vote`) runs over the whole clip with class 0 a class like the others (DAVIS
-  objects have it), so an id keeps one class over time; ids with fewer than `min_pixels` pixels
-  over the clip become void. With `is_thing`, each stuff class is then one segment per frame
-  (`merge_stuff`), as the image task makes it.
+  An id that reappears after `new_track_after` frames without it becomes a new track
+  (`split_tracks`). Each frame is resized as an image is (`to_original_size`), then the class
+  vote (`majority_vote`) runs over each track's frames with class 0 a class like the others
+  (DAVIS objects have it), so a track keeps one class over time; tracks with fewer than
+  `min_pixels` pixels over the clip become void. With `is_thing`, each stuff class is then one
+  segment per frame (`merge_stuff`), as the image task makes it.
 
   Args:
     pred: (T, Hm, Wm, 2) int [semantic, instance] of the clip's real frames.
@@ -148,15 +184,21 @@ def postprocess_clip(
     orig_size: (Ho, Wo) of the original frames.
     num_classes, max_instances: the id ranges; min_pixels: the smallest track kept.
     is_thing: (num_classes,) bool per semantic id, or None to keep stuff segments apart.
+    new_track_after: see `split_tracks` (0: an id is one track over the clip).
 
   Returns:
-    (semantic, instance), each (T, Ho, Wo) int32.
+    (semantic, instance), each (T, Ho, Wo) int32; instance ids of split tracks may exceed
+    max_instances - 1.
   """
+  pred = np.asarray(pred).astype(np.int64)
+  instance = np.clip(pred[..., 1], 0, max_instances - 1)
+  tracks = np.stack([pred[..., 0], split_tracks(instance, new_track_after)], axis=-1)
   full = np.stack(
-    [to_original_size(frame, padded_size, unpadded_size, orig_size) for frame in pred]
+    [to_original_size(frame, padded_size, unpadded_size, orig_size) for frame in tracks]
   )
+  num_ids = max(max_instances, int(full[..., 1].max(initial=0)) + 1)
   semantic, instance = majority_vote(
-    full[..., 0], full[..., 1], num_classes, max_instances, min_pixels, class_zero_is_void=False
+    full[..., 0], full[..., 1], num_classes, num_ids, min_pixels, class_zero_is_void=False
   )
   if is_thing is not None:
     is_thing = np.asarray(is_thing, bool)

@@ -5,8 +5,9 @@ The denoiser also reads the analog bits of the masks of frames t-2 and t-1
 replaced by zeros with probability config.diffusion.frames_dropout), the model's own predictions
 in inference, where each video streams through `models.sampling.sample_video` (frame 0 with
 config.diffusion.steps sampling steps, later frames config.diffusion.steps_later_frames).
-Tracking is the model copying ids from its conditioning: post-processing only gives each id one
-class over the clip (postprocess.py `postprocess_clip`).
+Tracking is the model copying ids from its conditioning: post-processing only starts a new track
+where an id comes back after config.eval.new_track_after frames without it (it cannot have been
+copied), and gives each track one class (postprocess.py `postprocess_clip`).
 
 Evaluation batches clips (data/eval_pipeline.py `make_video_eval_iterator`) whose frame axis is
 padded with blank frames to a multiple of config.eval.video_length_bucket, the same length on
@@ -58,14 +59,15 @@ class VideoPanoptic(base.Task):
 
   def check_config(self) -> None:
     config = self.config
-    for section, field in (
-      ('diffusion', 'steps_later_frames'),
-      ('eval', 'video_length_bucket'),
-      ('eval', 'video_strip_frames'),
+    for section, field, minimum in (
+      ('diffusion', 'steps_later_frames', 1),
+      ('eval', 'video_length_bucket', 1),
+      ('eval', 'video_strip_frames', 1),
+      ('eval', 'new_track_after', 0),
     ):
       value = config[section][field]
-      if not isinstance(value, numbers.Number) or value < 1:
-        raise ValueError(f'config.{section}.{field}={value!r}: must be >= 1.')
+      if not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f'config.{section}.{field}={value!r}: must be >= {minimum} (an integer).')
     if config.eval.use_gt_cond_frames and config.eval.single_frames:
       raise ValueError(
         'config.eval.single_frames=True: conditions every frame on nothing, and '
@@ -136,6 +138,7 @@ class VideoPanoptic(base.Task):
       max_instances=model.max_instances,
       min_pixels=self.config.eval.min_pixels,
       is_thing=is_thing,
+      new_track_after=self.config.eval.new_track_after,
     )
     return Panoptic(semantic, instance)
 

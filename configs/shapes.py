@@ -122,6 +122,8 @@ def get_config(arg=None):
     config.eval.video_length_bucket = 16
     config.diffusion.steps = 10
     config.diffusion.steps_later_frames = 10
+    # An id back after 2 frames without it is a new track (experiments.md: video panoptic).
+    config.eval.new_track_after = 2
   elif arg:
     raise ValueError(
       f"configs/shapes.py: unknown arg {arg!r}; use '', 'tiny', 'video' or 'video_panoptic'."

@@ -108,6 +108,24 @@ def test_auto_picks_the_implementation_per_backend(backend, dtype, expected):
   assert attention.resolve('xla', dtype, backend) == 'xla'
 
 
+def test_cudnn_refusal_falls_back_with_one_warning_or_raises(caplog):
+  """Where cuDNN cannot take a call while tracing (on a CPU: no cuDNN at all), 'auto''s cuDNN
+  runs that attention chunked and says why once; asked for explicitly, it is an error."""
+  inputs = _inputs(SEED, 70, 70, dtype=jnp.bfloat16)
+  cudnn = functools.partial(attention.attend, implementation='cudnn', block=32)
+  reference, _ = _value_and_grads(functools.partial(attention.chunked, block=32), *inputs)
+  for _ in range(2):
+    out, _ = _value_and_grads(functools.partial(cudnn, fallback='chunked'), *inputs)
+    np.testing.assert_array_equal(out, reference)
+  warnings = [r for r in caplog.records if 'cuDNN attention refused' in r.getMessage()]
+  assert len(warnings) == 1 and "using 'chunked' attention there" in warnings[0].getMessage()
+  assert 'query (2, 70, 2, 16)' in warnings[0].getMessage()
+  with pytest.raises(RuntimeError):
+    _value_and_grads(cudnn, *inputs)
+  with pytest.raises(ValueError, match='cudnn_seq_multiple=96'):
+    attention.cudnn(*inputs[:3], multiple=96)
+
+
 def test_unknown_implementation_names_the_field():
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     attention.resolve('flash', jnp.float32)

@@ -1,4 +1,5 @@
-"""`python -m pix2seq_d.tools.benchmark` on CPU: figures, JSON layout, no TensorFlow or clu."""
+"""`python -m pix2seq_d.tools.benchmark` and the GPU suite on CPU: figures, JSON layout, no
+TensorFlow or clu."""
 
 import json
 import os
@@ -91,6 +92,68 @@ def test_benchmark_runs_on_cpu_without_tensorflow(tmp_path):
   forward = summary.forward_flops(shapes.get_config('tiny'))
   ratio = train['tflop_per_img'] * 1e12 / (forward['encoder'] + forward['denoiser_step'])
   assert 2.0 < ratio < 4.5, ratio
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_on_cpu_writing_a_file_per_part(tmp_path):
+  """The GPU suite on the tiny config: every part in its own JSON, the table last, no
+  TensorFlow; a deadline already spent skips the optional parts instead of running them."""
+  (tmp_path / 'sitecustomize.py').write_text(BLOCKER)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=os.pathsep.join([str(tmp_path), REPO, os.environ.get('PYTHONPATH', '')]),
+  )
+  out = tmp_path / 'suite'
+  command = [
+    sys.executable,
+    '-m',
+    'pix2seq_d.tools.gpu_suite',
+    f'--output_dir={out}',
+    '--config=configs/shapes.py:tiny',
+    '--batch=2',
+    '--train_steps=3',
+  ]
+  result = subprocess.run(
+    command + ['--deadline_s=1'], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  parts = {p.stem: json.loads(p.read_text()) for p in out.glob('*.json')}
+  assert set(parts) == {
+    'environment',
+    'attention',
+    'train_batch2',
+    'sample_batch2',
+    'train_batch4',
+    'train_batch2_encoder_remat_none',
+  }
+  assert parts['environment']['device_kind'] == 'cpu'
+  checks = parts['attention']['checks']
+  assert {(c['site'], c['multiple']) for c in checks} == {
+    (site, multiple)
+    for site in (
+      'bottleneck self-attention',
+      'bottleneck cross-attention',
+      'encoder self-attention',
+    )
+    for multiple in (64, 128)
+  }
+  tiny = shapes.get_config('tiny').model
+  bottleneck = checks[0]
+  # The tiny denoiser's 16x16 mask goes down 3 times: 2x2 tokens and the time token.
+  assert bottleneck['query_tokens'] == 5 and bottleneck['head_dim'] == 16
+  assert checks[-1]['heads'] == tiny.encoder.num_heads
+  for check in checks:  # float32 on CPU: the padded path equals the reference closely
+    assert check['error'] is None and not check['nan'], check
+    assert check['forward_max_rel_err'] < 1e-5
+    assert max(check['grad_max_rel_err'].values()) < 1e-4
+  train = parts['train_batch2']
+  assert TRAIN_KEYS <= set(train) and len(train['step_s_median_rounds']) == 2
+  assert SAMPLE_KEYS <= set(parts['sample_batch2'])
+  assert 'deadline' in parts['train_batch4']['skipped']
+  lines = result.stdout.strip().splitlines()
+  assert lines[-1].startswith('train_batch2_encoder_remat_none: skipped')
+  assert any(line.startswith('train_batch2: compile') for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -109,8 +109,14 @@ def check_config(config, mode: str) -> None:
     )
   p2s.validate_model_config(config.model, num_classes_from_data=True)
 
-  for field in ('train.batch_size', 'eval.batch_size', 'diffusion.steps'):
+  for field in ('train.batch_size', 'eval.batch_size', 'diffusion.steps', 'train.microbatches'):
     _check_at_least(config, field, 1)
+  if config.train.batch_size % config.train.microbatches:
+    _fail(
+      'train.microbatches',
+      config.train.microbatches,
+      f'must divide config.train.batch_size={config.train.batch_size}.',
+    )
   # Read in every mode: a positive weight gives the model its class head, so a run's checkpoints
   # restore only with the weight it was trained with.
   _check_at_least(config, 'diffusion.semantic_aux_weight', 0)

@@ -31,11 +31,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.dtype = 'auto'
   model.param_dtype = 'float32'
   # Attention (pix2seq_d/models/attention.py): 'auto' = cuDNN flash attention (sequences padded to
-  # multiples of 64) on GPU in half precision, Pallas splash attention on TPU, memory-efficient
-  # chunked attention elsewhere; 'xla' is the reference (memory grows with tokens squared);
-  # 'cudnn', 'splash', 'chunked' force one.
+  # multiples of cudnn_seq_multiple) on GPU in half precision, Pallas splash attention on TPU,
+  # memory-efficient chunked attention elsewhere; 'xla' is the reference (memory grows with
+  # tokens squared); 'cudnn', 'splash', 'chunked' force one.
   model.attention_impl = 'auto'
   model.attention_block = 512  # token tile of 'splash' and 'chunked' (sequences padded to it).
+  # 'cudnn' pads sequences to a multiple of this (of 64, what cuDNN trains on). 128, not 64: the
+  # COCO bottleneck's 4097 tokens would pad to 4160, and cuDNN's fused attention backward has a
+  # reported bug on H100 / H200 at lengths of 64 mod 128 (the GPU suite checks both paddings).
+  # Where cuDNN refuses a shape, 'auto' runs that attention 'chunked' and warns once.
+  model.cudnn_seq_multiple = 128
   # Rematerialisation policy per part, applied to each ResNet bottleneck block, encoder layer,
   # fusion block and TransUNet stage (stem, ResBlocks, bottleneck layers, up-sampling, head):
   # 'none', 'nothing_saveable', 'dots_saveable' or 'dots_with_no_batch_dims_saveable'
@@ -162,6 +167,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- train
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 512  # global.
+  # Gradient accumulation: each step splits every device's rows into this many microbatches and
+  # makes one update from their mean gradient, so a large batch trains on few devices (memory
+  # follows the microbatch; BatchNorm statistics are per microbatch). 1 = off.
+  train.microbatches = 1
   train.num_steps = 185_000  # ≈ 800 epochs of COCO train2017 at batch 512.
   train.learning_rate = 1e-4
   train.warmup_steps = 1_150  # ≈ 5 epochs.

@@ -84,8 +84,20 @@ def _slice_batch(tree, size):
   return jax.tree.map(lambda x: x[:size], tree)
 
 
+def draw_noise(key: jax.Array, label_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """The diffusion's random draws for labels of `label_shape` (B, Hm, Wm, 2): t (B,) ~ U(0, 1)
+  and the noise (B, Hm, Wm, MASK_BITS) ~ N(0, I)."""
+  t_key, noise_key = jax.random.split(key)
+  t = jax.random.uniform(t_key, label_shape[:1])
+  return t, jax.random.normal(noise_key, tuple(label_shape[:-1]) + (bits.MASK_BITS,))
+
+
 def diffusion_loss(
-  model: p2s.Pix2SeqD, batch: dict[str, jax.Array], key: jax.Array, config
+  model: p2s.Pix2SeqD,
+  batch: dict[str, jax.Array],
+  key: jax.Array,
+  config,
+  draws: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The Pix2Seq-D loss of one batch.
 
@@ -93,8 +105,9 @@ def diffusion_loss(
     model: the model in training mode.
     batch: 'image' (B, H, W, 3) float in [0, 1], 'label' (B, Hm, Wm, 2) int ids, and for video
       'cond_label' (B, Hm, Wm, 2 * frames) int ids of earlier frames.
-    key: PRNG key for t, the noise and self-conditioning.
+    key: PRNG key of t and the noise (`draw_noise`).
     config: the experiment config (diffusion and model sections are read).
+    draws: (t, noise) to use instead of drawing them from `key`.
 
   Returns:
     (loss, aux) where loss is the weighted softmax cross-entropy plus, when
@@ -105,10 +118,9 @@ def diffusion_loss(
   label = batch['label'].astype(jnp.int32)
   batch_size = label.shape[0]
   x0 = bits.label_to_bits(label, d.b_scale)
-  t_key, noise_key = jax.random.split(key)
-  t = jax.random.uniform(t_key, (batch_size,))
+  t, noise = draw_noise(key, label.shape) if draws is None else draws
   gamma = schedules.get_schedule(d.schedule)(t)
-  x_t = schedules.q_sample(x0, gamma, jax.random.normal(noise_key, x0.shape))
+  x_t = schedules.q_sample(x0, gamma, noise)
   encoded = model.encode(batch['image'])
 
   extra = []
@@ -142,6 +154,25 @@ def diffusion_loss(
   return loss, {'loss': loss, **metrics}
 
 
+def split_microbatches(tree, count: int):
+  """Leaves (B, ...) -> (count, B / count, ...), microbatch j = rows j, j + count, j + 2 count, ...
+
+  The batch is split over the devices in contiguous blocks of rows, so this takes the same
+  number of rows from every device's block: each microbatch stays spread over all devices
+  (when each device's rows divide by `count`).
+  """
+
+  def split(x):
+    return jnp.swapaxes(x.reshape((x.shape[0] // count, count) + x.shape[1:]), 0, 1)
+
+  return jax.tree.map(split, tree)
+
+
+def microbatch_key(key: jax.Array, index, count: int) -> jax.Array:
+  """The key of microbatch `index` of `count`; one microbatch keeps the step's key as it is."""
+  return key if count == 1 else jax.random.fold_in(key, index)
+
+
 def train_step(
   graphdef: nnx.GraphDef,
   state: TrainState,
@@ -153,19 +184,47 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser update and EMA update; returns the new state and scalar metrics.
 
-  `graphdef` must come from the model in training mode (`model.train()`).
+  With config.train.microbatches = k > 1 the batch is split into k microbatches
+  (`split_microbatches`) whose gradients are summed in a `lax.scan`, so only one microbatch's
+  activations are alive at a time; the update is the one of their mean gradient. BatchNorm
+  computes its statistics per microbatch, and its running averages are updated k times a step.
+  Metrics are the means over the microbatches. `graphdef` must come from the model in training
+  mode (`model.train()`).
   """
+  count = int(config.train.microbatches)
 
-  def loss_fn(params, model_state):
+  def loss_fn(params, model_state, micro_batch, micro_key):
     # The model is merged inside the differentiated function so that BatchNorm statistics and
     # RNG counters are updated at this trace level.
     model = nnx.merge(graphdef, params, model_state, copy=True)
-    loss, aux = diffusion_loss(model, batch, key, config)
+    loss, aux = diffusion_loss(model, micro_batch, micro_key, config)
     return loss, (aux, nnx.state(model, nnx.Not(nnx.Param)))
 
-  (_, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, state.model_state
-  )
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if count == 1:
+    (_, (aux, model_state)), grads = grad_fn(state.params, state.model_state, batch, key)
+  else:
+
+    def accumulate(carry, inputs):
+      grad_sum, aux_sum, model_state = carry
+      index, micro_batch = inputs
+      (_, (aux, model_state)), grads = grad_fn(
+        state.params, model_state, micro_batch, microbatch_key(key, index, count)
+      )
+      add = lambda total, new: jax.tree.map(jnp.add, total, new)
+      return (add(grad_sum, grads), add(aux_sum, aux), model_state), None
+
+    micro_batches = split_microbatches(batch, count)
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    _, (aux_shape, _) = jax.eval_shape(loss_fn, state.params, state.model_state, first, key)
+    zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+    (grad_sum, aux_sum, model_state), _ = jax.lax.scan(
+      accumulate,
+      (zeros(state.params), zeros(aux_shape), state.model_state),
+      (jnp.arange(count), micro_batches),
+    )
+    grads = jax.tree.map(lambda g: g / count, grad_sum)
+    aux = jax.tree.map(lambda a: a / count, aux_sum)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = config.train.ema_decay

@@ -150,6 +150,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   # ------------------------------------------------------------------ mesh and data
   mesh = sharding.make_mesh(config.mesh)
   logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
+  sharding.check_batch_sizes(config, sharding.data_parallel_size(mesh), training=mode != 'eval')
   source = data_registry.get_source(config)
   task_registry.check_source(task_registry.get_task(config), source)
   info = pipeline.dataset_info(config, source)

@@ -8,8 +8,10 @@ bottleneck (64x64 mask tokens + 1 time token = 4097 tokens at 512x512 masks):
            (B, H, L, S) probability matrix for the backward pass, so its memory grows with tokens
            squared (about 24 GiB per 1024x1024 image in the COCO train step).
   cudnn    cuDNN's fused flash attention (GPU, bfloat16 / float16). cuDNN trains only on sequence
-           lengths that are multiples of 64, so L and S are zero-padded up to one and the padded
-           keys are masked out through `key_value_seq_lengths`; padded queries are dropped.
+           lengths that are multiples of 64, so L and S are zero-padded up to a multiple of
+           config.model.cudnn_seq_multiple and the padded keys are masked out through
+           `key_value_seq_lengths`; padded queries are dropped. Chosen by 'auto', a call cuDNN
+           refuses while tracing runs 'chunked' instead, with one warning naming the reason.
   splash   the Pallas TPU splash-attention kernel (`jax.experimental.pallas.ops.tpu`). L and S are
            padded to a multiple of the kernel's block; segment ids keep real and padded tokens
            apart. On other backends it runs in Pallas interpret mode (slow; for tests).
@@ -28,11 +30,17 @@ import math
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax.sharding import PartitionSpec
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash', 'chunked')
-# cuDNN's fused attention supports training only on sequence lengths that are multiples of 64.
+# cuDNN's fused attention supports training only on sequence lengths that are multiples of 64
+# (config.model.cudnn_seq_multiple picks a multiple of it).
 CUDNN_SEQ_MULTIPLE = 64
+# Errors jax.nn.dot_product_attention raises while tracing when cuDNN cannot take a call (an
+# unsupported length or head size, no cuDNN on the machine).
+CUDNN_REFUSALS = (NotImplementedError, ValueError, RuntimeError)
+_warned_fallbacks: set[str] = set()
 # The splash kernel's tiles are multiples of the TPU vector lane count.
 SPLASH_BLOCK_MULTIPLE = 128
 # The mesh axis that splits attention heads (pix2seq_d.parallel.sharding maps the logical 'heads'
@@ -105,9 +113,16 @@ def padded_fused(
   return attended[:, :length]
 
 
-def cudnn(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
-  """cuDNN flash attention with L and S padded to multiples of 64."""
-  return padded_fused(query, key, value, multiple=CUDNN_SEQ_MULTIPLE, implementation='cudnn')
+def cudnn(
+  query: jax.Array, key: jax.Array, value: jax.Array, *, multiple: int = CUDNN_SEQ_MULTIPLE
+) -> jax.Array:
+  """cuDNN flash attention with L and S padded to multiples of `multiple` (of 64)."""
+  if multiple % CUDNN_SEQ_MULTIPLE:
+    raise ValueError(
+      f'config.model.cudnn_seq_multiple={multiple}: cuDNN trains on multiples of '
+      f'{CUDNN_SEQ_MULTIPLE}; use one of them.'
+    )
+  return padded_fused(query, key, value, multiple=multiple, implementation='cudnn')
 
 
 # ----------------------------------------------------------------------------------- splash
@@ -304,7 +319,14 @@ def chunked(query: jax.Array, key: jax.Array, value: jax.Array, *, block: int) -
 
 # --------------------------------------------------------------------------------- dispatch
 def attend(
-  query: jax.Array, key: jax.Array, value: jax.Array, *, implementation: str, block: int
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  *,
+  implementation: str,
+  block: int,
+  cudnn_multiple: int = CUDNN_SEQ_MULTIPLE,
+  fallback: str = '',
 ) -> jax.Array:
   """softmax(Q K^T / sqrt(D)) V by `implementation` (resolved: not 'auto').
 
@@ -313,6 +335,9 @@ def attend(
     key, value: (B, S, H, D).
     implementation: 'xla', 'cudnn', 'splash' or 'chunked'.
     block: the tile of 'splash' and 'chunked' (tokens).
+    cudnn_multiple: 'cudnn' pads L and S to multiples of this.
+    fallback: with 'cudnn', the implementation used when cuDNN refuses the call while tracing
+      (one warning per reason names it); '' raises instead. 'auto' falls back to 'chunked'.
 
   Returns:
     (B, L, H, D) in query's dtype.
@@ -320,7 +345,19 @@ def attend(
   if implementation == 'xla':
     return xla(query, key, value)
   if implementation == 'cudnn':
-    return cudnn(query, key, value)
+    try:
+      return cudnn(query, key, value, multiple=cudnn_multiple)
+    except CUDNN_REFUSALS as refusal:
+      if not fallback:
+        raise
+      reason = (
+        f'cuDNN attention refused query {tuple(query.shape)} / key {tuple(key.shape)} '
+        f'{query.dtype} ({type(refusal).__name__}: {refusal})'
+      )
+      if reason not in _warned_fallbacks:
+        _warned_fallbacks.add(reason)
+        logging.warning('%s; using %r attention there instead.', reason, fallback)
+      return attend(query, key, value, implementation=fallback, block=block)
   if implementation == 'splash':
     return splash(query, key, value, block=block)
   if implementation == 'chunked':

@@ -49,12 +49,16 @@ class Precision:
     attention_impl: a resolved implementation of `models.attention` ('xla', 'cudnn', 'splash',
       'chunked').
     attention_block: the token tile of the 'splash' and 'chunked' implementations.
+    cudnn_seq_multiple: 'cudnn' pads sequences to multiples of this.
+    attention_fallback: what 'cudnn' falls back to where cuDNN refuses a shape ('' = an error).
   """
 
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str = 'xla'
   attention_block: int = 512
+  cudnn_seq_multiple: int = 64
+  attention_fallback: str = ''
 
 
 def sharding_metadata(axes: Sequence[str | None]) -> dict[str, Any]:
@@ -278,6 +282,8 @@ class Attention(nnx.Module):
       value,
       implementation=self.precision.attention_impl,
       block=self.precision.attention_block,
+      cudnn_multiple=self.precision.cudnn_seq_multiple,
+      fallback=self.precision.attention_fallback,
     )
     return self.out(attended.reshape(x.shape[:2] + (-1,)))
 

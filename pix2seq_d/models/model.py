@@ -106,6 +106,11 @@ def validate_model_config(model_config, num_classes_from_data: bool = False) -> 
     )
   if m.attention_block < 1:
     raise ValueError(f'config.model.attention_block={m.attention_block} must be positive.')
+  if m.cudnn_seq_multiple < 1 or m.cudnn_seq_multiple % attention.CUDNN_SEQ_MULTIPLE:
+    raise ValueError(
+      f'config.model.cudnn_seq_multiple={m.cudnn_seq_multiple}: cuDNN trains on sequence '
+      f'lengths that are multiples of {attention.CUDNN_SEQ_MULTIPLE}; use one of them.'
+    )
   remat_parts = set(m.remat.keys()) if hasattr(m.remat, 'keys') else None
   if remat_parts != set(REMAT_PARTS):
     raise ValueError(
@@ -180,11 +185,17 @@ class Pix2SeqD(nnx.Module):
     validate_model_config(model_config)
     m = model_config
     self.dtype = resolve_dtype(m.dtype)
+    attention_impl = resolve_attention_impl(m.attention_impl, self.dtype)
     precision = layers.Precision(
       dtype=self.dtype,
       param_dtype=jnp.dtype(m.param_dtype),
-      attention_impl=resolve_attention_impl(m.attention_impl, self.dtype),
+      attention_impl=attention_impl,
       attention_block=int(m.attention_block),
+      cudnn_seq_multiple=int(m.cudnn_seq_multiple),
+      # 'auto' must not strand a run on a shape cuDNN refuses: that call runs chunked instead.
+      attention_fallback='chunked'
+      if (m.attention_impl, attention_impl) == ('auto', 'cudnn')
+      else '',
     )
     gn = (m.gn_max_groups, m.gn_eps)
     image_size = layers.static_tuple(m.image_size)

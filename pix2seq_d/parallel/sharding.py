@@ -257,6 +257,39 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
+  """The devices a batch is split over: mesh data x fsdp."""
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def check_batch_sizes(config, parallel: int, training: bool = True) -> None:
+  """Checks before anything compiles that the batches split over the `parallel` data-parallel
+  devices (`data_parallel_size`; the training batch only when `training`).
+
+  Raises:
+    ValueError: config.train.batch_size or config.eval.batch_size is not a multiple of the
+      data-parallel devices (mesh data x fsdp), or a device's training rows do not divide into
+      config.train.microbatches; the message names the field and what would work.
+  """
+  for field in ('train.batch_size', 'eval.batch_size') if training else ('eval.batch_size',):
+    section, name = field.split('.')
+    value = config[section][name]
+    if value % parallel:
+      nearest = max(parallel, value // parallel * parallel)
+      raise ValueError(
+        f'config.{field}={value}: must be a multiple of the {parallel} data-parallel devices '
+        f'(config.mesh.data x config.mesh.fsdp), e.g. {nearest}.'
+      )
+  rows = config.train.batch_size // parallel
+  microbatches = config.train.microbatches
+  if training and rows % microbatches:
+    raise ValueError(
+      f'config.train.microbatches={microbatches}: must divide the {rows} training rows of each '
+      f'of the {parallel} data-parallel devices (config.train.batch_size='
+      f'{config.train.batch_size}), so that every microbatch is spread over all devices.'
+    )
+
+
 def make_global_batch(
   batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
 ) -> dict[str, jax.Array]:
@@ -274,7 +307,7 @@ def make_global_batch(
     ValueError: when the global batch does not split evenly over the data-parallel devices.
   """
   sharding = batch_sharding(mesh)
-  parallel = mesh.shape['data'] * mesh.shape['fsdp']
+  parallel = data_parallel_size(mesh)
   result = {}
   for name, local in batch.items():
     local = np.asarray(local)

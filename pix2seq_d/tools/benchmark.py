@@ -3,6 +3,8 @@
   python -m pix2seq_d.tools.benchmark --config=configs/coco.py --config.train.batch_size=16 \
       --config.eval.batch_size=16 [--output_json=F]
 
+The GPU suite (gpu_suite.py) runs these measurements in the order a first GPU session needs.
+
 The train step and the sampler are the ones training and evaluation run (`loops.state`'s
 `jit_train_step`, and `jit_predict` of the configured task, on the configured mesh); only the
 batches are synthetic, so this imports no TensorFlow, TFDS or clu and runs on a bare accelerator
@@ -18,8 +20,9 @@ Reported:
   mfu             achieved FLOP/s over the devices' dense bf16 peak (PEAK_TFLOPS).
   peak_mem_gib    the devices' peak bytes in use (`memory_stats`), or where a backend keeps no
                   statistics (CPU) the compiled program's arguments + outputs + temporaries.
-  memory          (--parts=memory) the train state's bytes and the activations the step keeps
-                  for its backward pass, from abstract tracing (no device needed), and the
+  memory          (--parts=memory) the train state's bytes, the batch's, and the activations
+                  the step keeps for the backward pass of one microbatch
+                  (config.train.microbatches), from abstract tracing (no device needed), and the
                   compiled step's memory analysis: plans a batch size for a device one lacks.
 """
 
@@ -43,20 +46,26 @@ from pix2seq_d.parallel import sharding
 from pix2seq_d.tasks import registry
 from pix2seq_d.tools import summary
 
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON file.')
-flags.DEFINE_integer('train_steps', 20, 'Timed train steps (after the warm-up).')
-flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps after compilation.')
-flags.DEFINE_integer('sample_repeats', 5, 'Timed sampling batches (after one warm-up batch).')
-flags.DEFINE_list(
-  'parts',
-  ['train', 'sample'],
-  'What to measure: train, sample, memory (the activations the train step keeps '
-  'and its compiled memory analysis, without running it: plans batch sizes for '
-  'devices one does not have).',
-)
-flags.DEFINE_bool('compile_memory', True, 'With --parts=memory, also compile the train step.')
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command's flags (defined only when it runs, so that other tools can import this
+  module and define their own)."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON file.')
+  flags.DEFINE_integer('train_steps', 20, 'Timed train steps (after the warm-up).')
+  flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps after compilation.')
+  flags.DEFINE_integer('sample_repeats', 5, 'Timed sampling batches (after one warm-up batch).')
+  flags.DEFINE_list(
+    'parts',
+    ['train', 'sample'],
+    'What to measure: train, sample, memory (the activations the train step keeps '
+    'and its compiled memory analysis, without running it: plans batch sizes for '
+    'devices one does not have).',
+  )
+  flags.DEFINE_bool('compile_memory', True, 'With --parts=memory, also compile the train step.')
+
 
 # Dense bf16 peak TFLOP/s per chip (datasheets), by the start of `jax.Device.device_kind`; the
 # longest matching prefix wins.
@@ -191,10 +200,15 @@ def bench_memory(config, mesh, *, compile_step: bool = True) -> dict:
     config, mesh, abstract=True
   )
   local = synthetic_batch(config, config.train.batch_size)
+  microbatches = int(config.train.microbatches)
+  # With accumulation only one microbatch's activations are alive at a time.
+  one_microbatch = {k: v[: len(v) // microbatches] for k, v in local.items()}
   record = {
     'batch': config.train.batch_size,
+    'microbatches': microbatches,
     'state_gib': _tree_gib(state),
-    'residual_gib': residual_gib(config, local),
+    'batch_gib': _tree_gib(local),
+    'residual_gib': residual_gib(config, one_microbatch),
   }
   if not compile_step:
     return record
@@ -237,12 +251,20 @@ def _timed(fn, repeats: int) -> list[float]:
   return times
 
 
-def bench_train(config, mesh, *, warmup: int, repeats: int) -> dict:
-  """Compiles and times the train step; returns the 'train' record."""
+def bench_train(
+  config, mesh, *, warmup: int, repeats: int, rounds: int = 1, flops: float | None = None
+) -> dict:
+  """Compiles and times the train step; returns the 'train' record.
+
+  `rounds` > 1 times `repeats` steps that many times over ('step_s_median_rounds': the median
+  of each round, to see whether a measurement repeats); `flops` per image saves counting them
+  again for a config of the same model.
+  """
   batch_size = config.train.batch_size
   local = synthetic_batch(config, batch_size)
   key = jax.random.key(config.seed)
-  flops = model_flops_per_image(config, mesh, local, key)
+  if flops is None:
+    flops = model_flops_per_image(config, mesh, local, key)
 
   state, state_shardings, train_graphdef, _, tx = state_lib.build_train_state(config, mesh)
   batch = sharding.make_global_batch(local, mesh)
@@ -261,7 +283,8 @@ def bench_train(config, mesh, *, warmup: int, repeats: int) -> dict:
     return holder['state'], metrics
 
   _timed(one_step, warmup)
-  times = _timed(one_step, repeats)
+  round_times = [_timed(one_step, repeats) for _ in range(rounds)]
+  times = round_times[0]
   loss = float(one_step()[1]['loss'])
   step_s = statistics.median(times)
   img_per_s = batch_size / step_s
@@ -280,6 +303,8 @@ def bench_train(config, mesh, *, warmup: int, repeats: int) -> dict:
     'peak_mem_gib': memory,
     'peak_mem_source': memory_source,
     'loss': loss,
+    'microbatches': int(config.train.microbatches),
+    'step_s_median_rounds': [statistics.median(t) for t in round_times],
   }
 
 
@@ -335,8 +360,9 @@ def format_report(report: dict) -> str:
   memory = report.get('memory')
   if memory:
     line = (
-      f'memory  batch {memory["batch"]}: train state {memory["state_gib"]:.2f} GiB, '
-      f'activations kept for the backward pass {memory["residual_gib"]:.2f} GiB'
+      f'memory  batch {memory["batch"]} in {memory["microbatches"]} microbatch(es): train state '
+      f'{memory["state_gib"]:.2f} GiB, batch {memory["batch_gib"]:.2f} GiB, activations kept '
+      f'for the backward pass of a microbatch {memory["residual_gib"]:.2f} GiB'
     )
     if 'temp_gib' in memory:
       line += (
@@ -355,7 +381,7 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def _write(path: str | None, report: dict) -> None:
+def write_json(path: str | None, report: dict) -> None:
   """Writes the report atomically (a partial run still leaves valid JSON)."""
   if not path or jax.process_index() != 0:
     return
@@ -397,13 +423,13 @@ def run(
   }
   if 'memory' in parts:
     report['memory'] = bench_memory(config, mesh, compile_step=compile_memory)
-    _write(output_json, report)
+    write_json(output_json, report)
   if 'train' in parts:
     report['train'] = bench_train(config, mesh, warmup=warmup, repeats=repeats)
-    _write(output_json, report)
+    write_json(output_json, report)
   if 'sample' in parts:
     report['sample'] = bench_sample(config, mesh, repeats=sample_repeats)
-    _write(output_json, report)
+    write_json(output_json, report)
   return report
 
 
@@ -426,4 +452,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

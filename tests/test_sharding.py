@@ -247,6 +247,16 @@ def test_sharded_training_matches_one_device():
 
 
 @pytest.mark.slow
+def test_microbatches_stay_on_their_devices_and_train_as_on_one():
+  """Gradient accumulation on 4 data-parallel devices: the same losses as one device, and no
+  rows move between devices (each device splits its own rows into microbatches)."""
+  report = _run_worker('microbatches', timeout=900)
+  np.testing.assert_allclose(report['four']['losses'], report['one']['losses'], rtol=1e-4)
+  np.testing.assert_allclose(report['four']['grad_norms'], report['one']['grad_norms'], rtol=1e-3)
+  assert not report['moves_rows']
+
+
+@pytest.mark.slow
 def test_splash_attention_runs_per_device_on_a_mesh():
   """On a (2, 2, 2) mesh the Pallas kernel runs under shard_map and trains as XLA attention."""
   report = _run_worker('splash', timeout=900)
@@ -330,6 +340,21 @@ def _worker(task):
     step_fn = state_lib.jit_train_step(config, tx, _train_graphdef(config), shardings, mesh)
     lowered = step_fn.lower(state, sharding.make_global_batch(batch, mesh), jax.random.key(0))
     report['manual_sharding'] = 'manual_computation' in lowered.as_text()
+  elif task == 'microbatches':
+    # Accumulation over 2 microbatches of a batch of 16 on 4 data-parallel devices (2 rows per
+    # device and microbatch) against one device.
+    config.train.microbatches = 2
+    batch = _fixed_batch(config, batch_size=16)
+    report = {}
+    for name, devices in (('one', jax.devices()[:1]), ('four', jax.devices()[:4])):
+      mesh = sharding.make_mesh(_mesh_config(-1, 1, 1), devices=devices)
+      _, losses, grad_norms = _train(config, tx, mesh, batch, num_steps=2)
+      report[name] = {'losses': losses, 'grad_norms': grad_norms}
+    state, shardings = state_lib.init_sharded(_init_fn(config, tx), mesh)
+    step_fn = state_lib.jit_train_step(config, tx, _train_graphdef(config), shardings, mesh)
+    compiled = step_fn.lower(state, sharding.make_global_batch(batch, mesh), jax.random.key(0))
+    text = compiled.compile().as_text()
+    report['moves_rows'] = any(op in text for op in ('all-gather', 'all-to-all'))
   elif task == 'init':
     mesh = sharding.make_mesh(_mesh_config(2, 2, 2))
     state, _ = state_lib.init_sharded(_init_fn(config, tx), mesh)

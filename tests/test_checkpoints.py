@@ -135,6 +135,22 @@ def test_restoring_another_model_size_names_the_parameter_and_shapes(
   manager.close()
 
 
+def test_a_step_without_its_state_folder_is_named(tmp_path, mesh, image_abstract):
+  import shutil
+
+  manager = checkpoints.CheckpointManager(tmp_path)
+  manager.save(5, _random_state(image_abstract, 0, mesh)[0])
+  manager.close()
+  shutil.rmtree(tmp_path / 'checkpoints' / '5' / checkpoints.ITEM)
+  manager = checkpoints.CheckpointManager(tmp_path)
+  with pytest.raises(ValueError) as error:
+    manager.restore_latest(image_abstract)
+  message = str(error.value)
+  assert f'{tmp_path}/checkpoints/5 holds no {checkpoints.ITEM!r} item' in message
+  assert f'{tmp_path}/checkpoints/5/state is missing' in message and 'remove' in message
+  manager.close()
+
+
 @pytest.fixture
 def image_run(tmp_path, mesh, image_abstract):
   """A finished image run's workdir (one checkpoint at step 7) and the state it saved."""

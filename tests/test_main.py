@@ -90,6 +90,13 @@ def _a_file(tmp_path):
   return path
 
 
+def _results_file(workdir, text):
+  """`workdir` holding an eval_results.json of `text`."""
+  workdir.mkdir(parents=True)
+  (workdir / 'eval_results.json').write_text(text)
+  return workdir
+
+
 def _first_png(folder):
   return sorted(folder.iterdir())[0]
 
@@ -220,6 +227,14 @@ CASES = {
     'no_davis',
   ),
   # Runs and workdirs.
+  'eval_results.json of another shape': (
+    lambda t, d: main_command(_results_file(t / 'run', '[{"step": 2}]'), d),
+    "eval_results.json must hold an object with a 'history' list",
+  ),
+  "microbatches not dividing a device's rows": (
+    lambda t, d: main_command(t / 'run', d, '--config.train.microbatches=8', mode='train'),
+    'config.train.microbatches=8: must divide config.train.batch_size=4',
+  ),
   'eval of an empty workdir': (
     lambda t, d: main_command(t / 'run', d, mode='eval'),
     'no checkpoint in',
@@ -281,6 +296,7 @@ BEFORE_THE_RUN = (
   'misspelt field',
   'coco_root with data.name=shapes',
   'summary with num_classes=0',
+  "microbatches not dividing a device's rows",
 )
 
 

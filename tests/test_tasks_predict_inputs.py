@@ -1,5 +1,8 @@
 """--mode=predict's input handling: names checked before inference, unreadable images named."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,7 +33,19 @@ def test_inputs_sharing_a_stem_are_refused_before_inference(tmp_path):
   ]
 
 
-@pytest.mark.parametrize('content', [b'', b'\xff\xd8 truncated', b'\x89PNG\r\n\x1a\n broken'])
+def huge_png_header(width: int = 20_000, height: int = 20_000) -> bytes:
+  """A PNG whose header declares width x height RGB pixels (and holds none): Pillow refuses it
+  as a decompression bomb when opening it."""
+  header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+  chunk = lambda kind, data: (
+    struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+  )
+  return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IEND', b'')
+
+
+@pytest.mark.parametrize(
+  'content', [b'', b'\xff\xd8 truncated', b'\x89PNG\r\n\x1a\n broken', huge_png_header()]
+)
 def test_unreadable_image_error_names_the_file(tmp_path, content):
   path = tmp_path / 'x.png'
   path.write_bytes(content)

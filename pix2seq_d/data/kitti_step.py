@@ -38,7 +38,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from pix2seq_d.data.source import LocalFilesBuilder, Source
-from pix2seq_d.runtime import json_files
+from pix2seq_d.runtime import image_files, json_files
 
 BUILDER_NAME = 'step_folder'
 CATEGORIES_FILE = 'categories.json'
@@ -211,31 +211,23 @@ def read_step_map(path: str, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]
   names a bad file."""
   if not os.path.isfile(path):
     raise ValueError(f'{path}: the panoptic map of this frame is missing')
-  try:
-    with PIL.Image.open(path) as image:
-      if image.mode != 'RGB':
-        raise ValueError(
-          f'{path}: a panoptic map is RGB (R class, G * 256 + B id), not {image.mode}'
-        )
-      rgb = np.asarray(image).astype(np.int32)
-  except (OSError, SyntaxError) as e:
-    raise ValueError(f'{path}: cannot be decoded as a PNG ({e})') from None
-  semantic = table[rgb[..., 0]]
+  classes, instance = image_files.read_step_png(path)
+  semantic = table[classes]
   if (semantic < 0).any():
-    value = int(rgb[..., 0][semantic < 0][0])
+    value = int(classes[semantic < 0][0])
     valid = sorted(int(v) for v in np.flatnonzero(table > 0))
     raise ValueError(
       f'{path}: class {value} is neither a class of the folder ({valid[0]}..{valid[-1]}) nor '
       f'void ({VOID})'
     )
-  return semantic, rgb[..., 1] * 256 + rgb[..., 2]
+  return semantic, instance
 
 
 def _frame_size(path: str) -> tuple[int, int]:
   try:
     with PIL.Image.open(path) as image:
       return image.height, image.width
-  except (OSError, SyntaxError) as e:
+  except image_files.READ_ERRORS as e:
     raise ValueError(f'{path}: cannot be read as an image ({e})') from None
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from pix2seq_d.runtime import json_files
+from pix2seq_d.runtime import image_files, json_files
 
 # Segment ids are 24-bit: three 8-bit colour channels.
 MAX_SEGMENT_ID = 256**3 - 1
@@ -83,7 +83,7 @@ def read_panoptic_png(path: str) -> np.ndarray:
         )
       # RGBA bytes read as little-endian int32 are R + 256 G + 256^2 B + 256^3 A: one C pass.
       rgba = np.asarray(image.convert('RGBA'))
-  except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for corrupt or truncated files.
+  except image_files.READ_ERRORS as e:  # PIL's errors for corrupt or truncated files.
     if isinstance(e, PanopticFormatError):
       raise
     raise PanopticFormatError(f'{path}: cannot be decoded as a PNG ({e})') from None

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, optimize
 
+from pix2seq_d.runtime import image_files
 from pix2seq_d.runtime.json_files import write_json_atomically
 
 VOID_ID = 255
@@ -199,7 +200,7 @@ def read_indexed_png(path: str) -> np.ndarray:
       return np.asarray(image).astype(np.int64)
   except FileNotFoundError:
     raise FileNotFoundError(f'{path} does not exist') from None
-  except (OSError, SyntaxError, ValueError) as e:
+  except image_files.READ_ERRORS as e:
     raise ValueError(f'{path}: cannot be decoded as a PNG ({e})') from None
 
 

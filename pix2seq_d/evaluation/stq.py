@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from pix2seq_d.runtime import image_files
 from pix2seq_d.runtime.json_files import write_json_atomically
 
 VOID = 255  # the class value of void pixels in KITTI-STEP maps
@@ -215,16 +216,7 @@ def read_step_png(path: str) -> tuple[np.ndarray, np.ndarray]:
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} does not exist')
-  try:
-    with Image.open(path) as image:
-      if image.mode != 'RGB':
-        raise ValueError(
-          f'{path}: a STEP panoptic PNG is RGB (R class, G * 256 + B id), got mode {image.mode}'
-        )
-      rgb = np.asarray(image).astype(np.int32)
-  except (OSError, SyntaxError) as e:  # Pillow's errors for corrupt or truncated files
-    raise ValueError(f'{path}: cannot be decoded as a PNG ({e})') from None
-  return rgb[..., 0], rgb[..., 1] * 256 + rgb[..., 2]
+  return image_files.read_step_png(path)
 
 
 def write_step_png(path: str, semantic: np.ndarray, instance: np.ndarray) -> None:

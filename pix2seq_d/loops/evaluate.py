@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 
 from pix2seq_d.evaluation import registry
-from pix2seq_d.parallel import hosts, sharding
+from pix2seq_d.parallel import distributed, hosts, sharding
 from pix2seq_d.runtime import workdir_files
 from pix2seq_d.tasks import base
 
@@ -77,6 +77,7 @@ def evaluate(
     ..., num_videos).
   """
   evaluators = registry.make_evaluators(config.eval.metrics, categories)
+  distributed.wait_for_peers('evaluation')  # before its first collective (eval padding)
   files = None
   if config.eval.write_predictions:
     files = task.prediction_files(predictions_dir(workdir, step), categories)

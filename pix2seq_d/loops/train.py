@@ -19,7 +19,7 @@ from pix2seq_d.data import pipeline
 from pix2seq_d.data import registry as data_registry
 from pix2seq_d.loops import evaluate
 from pix2seq_d.loops import state as state_lib
-from pix2seq_d.parallel import sharding
+from pix2seq_d.parallel import distributed, sharding
 from pix2seq_d.runtime import (
   checkpoints,
   init_from,
@@ -161,6 +161,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   if mode == 'eval' and not checkpoints.saved_steps(workdir):
     # Checked before anything is written: an eval of the wrong folder leaves it as it was.
     raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
+  # An evaluation's results could not be added to a broken eval_results.json: found now.
+  workdir_files.read_results_history(workdir)
   if jax.process_index() == 0:
     workdir_files.write_categories(workdir, info.categories)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -174,6 +176,9 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     config, mesh
   )
   abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
+  # The checkpoint manager's start is the first collective; data and state took each process
+  # its own time.
+  distributed.wait_for_peers('checkpoints')
   manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
   restored = manager.restore_latest(abstract_state)
   if restored is not None:
@@ -247,6 +252,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
       )
     return float(np.mean(losses)) if losses else float('nan')
 
+  distributed.wait_for_peers('training')
   step, preempted = start_step, False
   for step in range(start_step + 1, num_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):

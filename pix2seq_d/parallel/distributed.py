@@ -16,6 +16,11 @@
 `check_same_config` compares the whole config of every process with process 0's through the
 coordination service's key-value store, and stops a run whose processes were started with
 different configs (or different code), naming the fields that differ.
+
+`wait_for_peers` holds a process at a named point until every process reaches it, through the
+coordination service (waiting up to the initialization timeout). The loops call it before the
+first collective of a phase in which processes may drift apart (preparing data, restoring,
+compiling): JAX's CPU collectives (Gloo) give a late peer only 30 s, which a loaded host exceeds.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ _CONFIG_KEY = 'pix2seq_d/config/'
 _ALIVE_KEY = 'pix2seq_d/alive/'  # + process index -> beat counter
 _HOST_KEY = 'pix2seq_d/host/'  # + process index -> "host (pid N)"
 _DONE_KEY = 'pix2seq_d/done/'  # + process index, once it finished normally
+_BARRIER = 'pix2seq_d/barrier/'  # + a counter and a name
+# How long `wait_for_peers` waits: `initialize`'s timeout.
+_peer_timeout_s = 300
+_barriers_passed = 0
 
 
 class DistributedError(RuntimeError):
@@ -99,11 +108,13 @@ def initialize(
   """
   import jax
 
+  global _peer_timeout_s
   if timeout_s < 1 or heartbeat_timeout_s < 1:
     raise DistributedError(
       f'--coordinator_timeout_s={timeout_s} and --heartbeat_timeout_s={heartbeat_timeout_s} '
       'must be >= 1 (seconds).'
     )
+  _peer_timeout_s = timeout_s
   remaining = timeout_s
   if coordinator_address:
     if num_processes is None or process_id is None:
@@ -327,6 +338,23 @@ class PeerMonitor:
       )
       logging.flush()
       os._exit(1)
+
+
+def wait_for_peers(name: str) -> None:
+  """Returns once every process has called this with `name` (at once for one process).
+
+  Every process must pass the same points in the same order. A peer that does not arrive within
+  the initialization timeout (--coordinator_timeout_s) ends the wait with JAX's deadline error.
+  """
+  import jax
+  from jax._src import distributed as jax_distributed
+
+  global _barriers_passed
+  if jax.process_count() == 1:
+    return
+  _barriers_passed += 1
+  barrier = f'{_BARRIER}{_barriers_passed}/{name}'
+  jax_distributed.global_state.client.wait_at_barrier(barrier, _peer_timeout_s * 1000)
 
 
 def start_peer_monitor(heartbeat_timeout_s: int) -> PeerMonitor | None:

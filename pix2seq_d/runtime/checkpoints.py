@@ -95,11 +95,22 @@ def _rebuild(template_leaf: Any, stored: jax.Array) -> Any:
 
 def shapes_in_checkpoint(manager: ocp.CheckpointManager, step: int) -> dict[Path, tuple]:
   """{path: shape} of every array saved at `step`, read from metadata only (no array I/O)."""
-  metadata = manager.item_metadata(step)
-  item = metadata[ITEM] if metadata is not None else None
+  folder = epath.Path(manager.directory) / str(step)
+  try:
+    metadata = manager.item_metadata(step)
+    item = metadata[ITEM] if metadata is not None else None
+  except KeyError:  # orbax's 'Unknown key' for an item whose folder is gone
+    item = None
   if item is None:
+    missing = (
+      f'{folder / ITEM} is missing'
+      if not (folder / ITEM).exists()
+      else f'{folder / ITEM} has no metadata'
+    )
     raise ValueError(
-      f'{manager.directory}/{step} holds no {ITEM!r} item; is it a pix2seq_d checkpoint?'
+      f'{folder} holds no {ITEM!r} item ({missing}): the checkpoint is incomplete or not a '
+      f'pix2seq_d checkpoint. To resume from the step before, remove {folder}; to start '
+      'afresh, use another --workdir.'
     )
   tree = getattr(item, 'tree', item)
   return {path: tuple(meta.shape) for path, meta in _unnest(tree).items()}

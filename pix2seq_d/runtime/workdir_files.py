@@ -9,10 +9,9 @@ object): a reader never sees half a file.
 
 import json
 
-from absl import logging
 from etils import epath
 
-from pix2seq_d.runtime.json_files import write_json_atomically
+from pix2seq_d.runtime.json_files import FileFormatError, write_json_atomically
 
 CATEGORIES_FILE = 'categories.json'
 RESULTS_FILE = 'eval_results.json'
@@ -31,21 +30,52 @@ def read_categories(workdir: str) -> list[dict]:
   return json.loads(path.read_text())
 
 
+def read_results_history(workdir: str) -> list[dict]:
+  """The evaluations recorded in <workdir>/eval_results.json, oldest first ([] without one).
+
+  The training loop reads it at start, so that a file it could not extend stops the run before
+  anything is trained or evaluated, rather than after an evaluation whose results it would lose.
+
+  Raises:
+    FileFormatError: the file is not JSON, or not an object whose 'history' is a list of
+      records each with an integer 'step'; the message names the file and what to do.
+  """
+  path = epath.Path(workdir) / RESULTS_FILE
+  if not path.exists():
+    return []
+  advice = f'move {path} away (a new one is started) or fix it'
+  try:
+    content = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise FileFormatError(f'{path} is not valid JSON ({e}): {advice}.') from None
+  history = content.get('history', []) if isinstance(content, dict) else None
+  if not isinstance(history, list):
+    raise FileFormatError(
+      f"{path} must hold an object with a 'history' list of evaluation records, not "
+      f'{json.dumps(content)[:80]}: {advice}.'
+    )
+  for k, entry in enumerate(history):
+    if not isinstance(entry, dict) or type(entry.get('step')) is not int:
+      raise FileFormatError(
+        f"{path}: history[{k}] = {json.dumps(entry)[:80]} is not a record with an integer "
+        f"'step': {advice}."
+      )
+  return history
+
+
 def write_results(workdir: str, record: dict, **details: dict) -> None:
   """Adds `record` to <workdir>/eval_results.json (latest on top, history below).
 
   `details` are written beside the latest record only, one table of tables per evaluator, e.g.
   pq={'per_class': {class: {...}}} or davis_jf={'per_sequence': {name: {...}}}; their keys
   become strings.
+
+  Raises:
+    FileFormatError: the existing file cannot be extended (`read_results_history`); it is kept.
   """
   path = epath.Path(workdir) / RESULTS_FILE
-  history = []
-  if path.exists():
-    try:
-      history = json.loads(path.read_text()).get('history', [])
-    except (json.JSONDecodeError, AttributeError):
-      logging.warning('%s was unreadable; starting a new history.', path)
-  history = [h for h in history if h.get('step') != record['step']] + [record]
+  history = read_results_history(workdir)
+  history = [h for h in history if h['step'] != record['step']] + [record]
   details = {name: {str(k): v for k, v in tables.items()} for name, tables in details.items()}
   content = dict(record, **details, history=history)
   write_json_atomically(path, content, indent=2)

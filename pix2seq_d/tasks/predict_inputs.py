@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image, ImageSequence
 
+from pix2seq_d.runtime import image_files
+
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 
@@ -61,7 +63,7 @@ def load_image(path: str, image_size: tuple[int, int], pad_value: float):
   try:
     with Image.open(path) as img:
       original = np.asarray(img.convert('RGB'))
-  except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for corrupt files
+  except image_files.READ_ERRORS as e:  # Pillow's errors for corrupt files
     raise ValueError(f'{path}: cannot be read as an image ({e}).') from e
   return fit_image(original, image_size, pad_value)
 
@@ -128,7 +130,7 @@ def read_video_file(path: str) -> list[np.ndarray]:
     try:
       with Image.open(path) as image:
         return [np.asarray(frame.convert('RGB')) for frame in ImageSequence.Iterator(image)]
-    except (OSError, SyntaxError, ValueError) as e:
+    except image_files.READ_ERRORS as e:
       raise ValueError(f'{path}: cannot be read as a GIF ({e}).') from e
   try:
     import cv2

@@ -342,6 +342,47 @@ def test_fixed_image_is_read_again_after_the_error_named_it(tmp_path):
   assert decoded_examples(coco_folder.make_source(config))[broken['id']]['error'] == b''
 
 
+@pytest.mark.parametrize(
+  'field, file_name',
+  [
+    ('images', '../../val2017/000000439180.jpg'),
+    ('images', '/etc/passwd'),
+    ('annotations', '../annotations/x.png'),
+  ],
+)
+def test_file_names_outside_the_folder_are_refused_before_anything_is_read(
+  tmp_path, field, file_name
+):
+  root = copy_sample(tmp_path)
+  annotation = read_json(root)
+  annotation[field][1]['file_name'] = file_name
+  write_json(root, annotation)
+  data_dir = tmp_path / 'tfds'
+  with pytest.raises(ValueError) as error:
+    coco_folder.make_source(folder_config(root, data_dir))
+  message = str(error.value)
+  assert str(root / 'annotations' / f'panoptic_{SPLIT}.json') in message and file_name in message
+  assert 'outside' in message or 'must be a file name relative to' in message
+  left = [os.path.join(d, n) for d, dirs, files in os.walk(data_dir) for n in dirs + files]
+  assert not left, left
+
+
+def test_a_file_in_a_subfolder_is_read_and_keys_the_prepared_copy(tmp_path):
+  root = copy_sample(tmp_path)
+  annotation = read_json(root)
+  moved = annotation['images'][0]
+  (root / SPLIT / 'sub').mkdir()
+  (root / SPLIT / moved['file_name']).rename(root / SPLIT / 'sub' / moved['file_name'])
+  moved['file_name'] = f'sub/{moved["file_name"]}'
+  write_json(root, annotation)
+  config = folder_config(root, tmp_path / 'tfds')
+  first = coco_folder.make_builder(config).builder_config.name
+  assert decoded_examples(coco_folder.make_source(config))[moved['id']]['error'] == b''
+  path = root / SPLIT / moved['file_name']
+  path.write_bytes(path.read_bytes() + b'\0')  # a change below the split's folder
+  assert coco_folder.make_builder(config).builder_config.name != first
+
+
 @pytest.mark.parametrize('damage', ['truncated', 'no_images_key', 'segment_without_id'])
 def test_invalid_json_names_the_file_and_leaves_no_prepared_folder(tmp_path, damage):
   root = copy_sample(tmp_path)

@@ -145,6 +145,22 @@ def test_missing_folder_or_split_file_names_it(tmp_path, davis_root, relative_pa
   assert 'ImageSets/2017/<split>.txt' in str(error.value)
 
 
+def test_a_video_name_outside_the_frames_folder_is_refused(tmp_path, davis_root):
+  split_file = davis_root / 'ImageSets' / '2017' / 'val.txt'
+  split_file.write_text(split_file.read_text() + '\n../../outside\n')
+  with pytest.raises(ValueError) as error:
+    davis.make_source(davis_config(davis_root, tmp_path / 'tfds'))
+  assert f"{split_file} line 3: '../../outside' points outside" in str(error.value)
+
+
+def test_a_changed_frame_is_prepared_again(tmp_path, davis_root):
+  config = davis_config(davis_root, tmp_path / 'tfds')
+  first = davis.make_builder(config).builder_config.name
+  frame = davis_root / 'JPEGImages' / RESOLUTION / list(VIDEOS)[1] / '00001.jpg'
+  frame.write_bytes(frame.read_bytes() + b'\0')
+  assert davis.make_builder(config).builder_config.name != first
+
+
 def test_corrupt_frame_and_missing_annotation_are_recorded(tmp_path, davis_root):
   val_video = list(VIDEOS)[1]
   frame_path = davis_root / 'JPEGImages' / RESOLUTION / val_video / '00001.jpg'

@@ -38,7 +38,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from pix2seq_d.data import coco
-from pix2seq_d.data.source import LocalFilesBuilder, Source
+from pix2seq_d.data.source import LocalFilesBuilder, Source, add_file_stamps, inside_root
 from pix2seq_d.runtime import json_files
 
 BUILDER_NAME = 'coco_panoptic_folder'
@@ -121,23 +121,12 @@ class CocoFolderConfig(tfds.core.BuilderConfig):
     self.splits = splits
 
 
-def _hash_folder(digest, folder: str) -> None:
-  """Adds the (name, size, modification time) of every file directly in `folder` to `digest`."""
-  with os.scandir(folder) as entries:
-    stamps = sorted(
-      (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-      for entry in entries
-      if entry.is_file()
-    )
-  for name, size, mtime in stamps:
-    digest.update(f'{name}\0{size}\0{mtime}\n'.encode())
-
-
 def builder_config(root: str, splits: tuple[str, ...]) -> CocoFolderConfig:
   """Returns the builder config of `root`, named by a hash of the path, splits and file stamps.
 
-  The stamps are the name, size and modification time of each split's JSON and of every file in
-  its PNG and image folders, so any change to the data makes a new config (a fresh preparation).
+  The stamps are the name, size and modification time of each split's JSON and of every file
+  under its PNG and image folders (`source.add_file_stamps`; the JSON's file names must lie
+  there), so any change to the data makes a new config (a fresh preparation).
   """
   root = os.path.abspath(root)
   digest = hashlib.sha1(root.encode())
@@ -145,8 +134,8 @@ def builder_config(root: str, splits: tuple[str, ...]) -> CocoFolderConfig:
     paths = split_paths(root, split)
     stat = os.stat(paths['json'])
     digest.update(f'|{split}:{stat.st_size}:{stat.st_mtime_ns}|'.encode())
-    _hash_folder(digest, paths['png_dir'])
-    _hash_folder(digest, paths['image_dir'])
+    add_file_stamps(digest, paths['png_dir'], root)
+    add_file_stamps(digest, paths['image_dir'], root)
   return CocoFolderConfig(
     name=f'root_{digest.hexdigest()[:_HASH_CHARS]}',
     description=f'COCO panoptic folder {root}, splits {", ".join(splits)}',
@@ -209,7 +198,7 @@ class CocoPanopticFolder(LocalFilesBuilder):
     max_image_size = {}
     for split in self.builder_config.splits:
       paths = split_paths(root, split)
-      annotation = read_annotation(paths['json'])
+      annotation = read_annotation(paths['json'], paths)
       split_categories = categories_from_json(annotation['categories'], paths['json'])
       if categories is not None and split_categories != categories:
         raise ValueError(
@@ -248,21 +237,33 @@ class CocoPanopticFolder(LocalFilesBuilder):
       yield image_info['file_name'], example
 
 
-def read_annotation(json_path: str) -> dict:
+def read_annotation(json_path: str, paths: dict[str, str] | None = None) -> dict:
   """Reads a split's panoptic JSON and checks the fields preparation reads.
+
+  With the split's `paths`, every image and PNG file name must also lie inside the split's image
+  and PNG folders (`source.inside_root`).
 
   Raises:
     json_files.FileFormatError (a ValueError): invalid JSON or a missing field; the message
       names the file and the record.
+    ValueError: a file name pointing outside its folder (named with its record).
   """
   annotation = json_files.load_json(
     json_path, 'COCO panoptic', required=('images', 'annotations', 'categories')
   )
   for image in annotation['images']:
     json_files.require_keys(image, ('id', 'file_name', 'height', 'width'), f'{json_path} image')
+    if paths:
+      inside_root(paths['image_dir'], image['file_name'], f'{json_path} image {image["id"]!r}')
   for image_annotation in annotation['annotations']:
     where = f'{json_path} annotation'
     json_files.require_keys(image_annotation, ('image_id', 'file_name', 'segments_info'), where)
+    if paths:
+      inside_root(
+        paths['png_dir'],
+        image_annotation['file_name'],
+        f'{where} of image {image_annotation["image_id"]!r}',
+      )
     for segment in image_annotation['segments_info']:
       json_files.require_keys(
         segment, ('id', 'category_id'), f'{where} of image {image_annotation["image_id"]}'
@@ -303,7 +304,7 @@ def _build_example(image_info: dict, image_annotations: list[dict], label_of: di
   """Returns one example of the builder, with every problem of its files in 'error'."""
   errors = []
   height, width = int(image_info['height']), int(image_info['width'])
-  image_path = os.path.join(paths['image_dir'], image_info['file_name'])
+  image_path = inside_root(paths['image_dir'], image_info['file_name'], paths['json'])
   image_bytes, image, error = _read_and_decode(
     image_path, lambda b: tf.io.decode_image(b, channels=3, expand_animations=False)
   )
@@ -320,7 +321,7 @@ def _build_example(image_info: dict, image_annotations: list[dict], label_of: di
       f'{len(image_annotations)} panoptic annotations instead of 1'
     )
   else:
-    png_path = os.path.join(paths['png_dir'], image_annotations[0]['file_name'])
+    png_path = inside_root(paths['png_dir'], image_annotations[0]['file_name'], paths['json'])
     segments = image_annotations[0]['segments_info']
     png_bytes, png, error = _read_and_decode(png_path, lambda b: tf.io.decode_png(b, channels=3))
     errors.append(error)

@@ -34,7 +34,13 @@ import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pix2seq_d.data.source import LocalFilesBuilder, Source, check_splits
+from pix2seq_d.data.source import (
+  LocalFilesBuilder,
+  Source,
+  add_file_stamps,
+  check_splits,
+  inside_root,
+)
 
 BUILDER_NAME = 'davis_folder'
 TFDS_NAME = 'davis'
@@ -99,17 +105,32 @@ class DavisFolderConfig(tfds.core.BuilderConfig):
     self.splits = splits
 
 
+def split_videos(image_sets: str, split: str, frames: str) -> list[str]:
+  """The video names of ImageSets/2017/<split>.txt, each checked to name a folder inside the
+  frames folder (`source.inside_root`: a line naming '../x' is refused, naming the line)."""
+  path = os.path.join(image_sets, f'{split}.txt')
+  with open(path) as f:
+    lines = [(k, line.strip()) for k, line in enumerate(f, 1) if line.strip()]
+  for k, name in lines:
+    inside_root(frames, name, f'{path} line {k}')
+  return [name for _, name in lines]
+
+
 def builder_config(
   root: str, resolution: str, annotations: str, splits: tuple[str, ...]
 ) -> DavisFolderConfig:
-  """Returns the builder config of a DAVIS root, named by a hash of what it reads."""
+  """Returns the builder config of a DAVIS root, named by a hash of what it reads: the split
+  lists and the stamps of every frame and annotation of the listed videos."""
   root = os.path.abspath(root)
-  key = [root, resolution, annotations]
-  image_sets = folder_paths(root, resolution, annotations)['image_sets']
+  paths = folder_paths(root, resolution, annotations)
+  digest = hashlib.sha1('|'.join([root, resolution, annotations]).encode())
   for split in splits:
-    with open(os.path.join(image_sets, f'{split}.txt')) as f:
-      key.append(f'{split}:{f.read()}')
-  digest = hashlib.sha1('|'.join(key).encode()).hexdigest()[:_HASH_CHARS]
+    videos = split_videos(paths['image_sets'], split, paths['frames'])
+    digest.update(f'|{split}:{",".join(videos)}|'.encode())
+    for video in videos:
+      for folder in (paths['frames'], paths['annotations']):
+        add_file_stamps(digest, os.path.join(folder, video), root)
+  digest = digest.hexdigest()[:_HASH_CHARS]
   return DavisFolderConfig(
     name=f'root_{digest}',
     description=f'DAVIS folder {root} ({annotations}, {resolution}), splits {", ".join(splits)}',
@@ -157,8 +178,7 @@ class DavisFolder(LocalFilesBuilder):
     video_id_of = {name: k for k, name in enumerate(all_videos)}
     generators = {}
     for split in cfg.splits:
-      with open(os.path.join(paths['image_sets'], f'{split}.txt')) as f:
-        videos = [line.strip() for line in f if line.strip()]
+      videos = split_videos(paths['image_sets'], split, paths['frames'])
       generators[split] = self._generate_examples(videos, video_id_of, paths)
     return generators
 

@@ -37,7 +37,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from pix2seq_d.data.source import LocalFilesBuilder, Source
+from pix2seq_d.data.source import LocalFilesBuilder, Source, add_file_stamps
 from pix2seq_d.runtime import image_files, json_files
 
 BUILDER_NAME = 'step_folder'
@@ -182,12 +182,7 @@ def builder_config(root: str, splits: tuple[str, ...]) -> StepFolderConfig:
   for split in splits:
     digest.update(f'|{split}|'.encode())
     for folder in split_paths(root, split).values():
-      for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-          stat = os.stat(os.path.join(dirpath, name))
-          relative = os.path.relpath(os.path.join(dirpath, name), root)
-          digest.update(f'{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+      add_file_stamps(digest, folder, root)
   return StepFolderConfig(
     name=f'root_{digest.hexdigest()[:_HASH_CHARS]}',
     description=f'KITTI-STEP-layout folder {root}, splits {", ".join(splits)}',

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +81,38 @@ class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
     a builder of local files does not have.
     """
     return epath.Path(inspect.getfile(cls))
+
+
+def inside_root(root: str, relative, where: str) -> str:
+  """root/relative, refused unless it stays inside root: the one rule for every file name a
+  user's data names (a COCO JSON's file_name, a DAVIS image-set line).
+
+  The check is on the path as written: an absolute path or '..' climbing out of root is refused;
+  links a user placed inside the root (as the Cityscapes recipe does) are read as they are.
+
+  Raises:
+    ValueError: naming `where` (the file and record that holds the name), the name and the root.
+  """
+  if not isinstance(relative, str) or not relative.strip() or os.path.isabs(relative):
+    raise ValueError(f'{where}: {relative!r} must be a file name relative to {root}')
+  base = os.path.normpath(root)
+  path = os.path.normpath(os.path.join(base, relative))
+  if path == base or os.path.commonpath([base, path]) != base:
+    raise ValueError(f'{where}: {relative!r} points outside {root}; only files inside it are read')
+  return path
+
+
+def add_file_stamps(digest, folder: str, root: str) -> None:
+  """Adds (path relative to root, size, modification time) of every file under `folder`, in
+  sorted order, to `digest`: a prepared dataset's cache key, so a changed, added or removed file
+  is prepared again. Linked files count by their target's stamps."""
+  for dirpath, dirnames, filenames in os.walk(folder):
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      stat = os.stat(path)
+      relative = os.path.relpath(path, root)
+      digest.update(f'{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
 
 
 def check_splits(builder: tfds.core.DatasetBuilder, splits) -> None:

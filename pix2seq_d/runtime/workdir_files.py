@@ -57,7 +57,7 @@ def read_results_history(workdir: str) -> list[dict]:
   for k, entry in enumerate(history):
     if not isinstance(entry, dict) or type(entry.get('step')) is not int:
       raise FileFormatError(
-        f"{path}: history[{k}] = {json.dumps(entry)[:80]} is not a record with an integer "
+        f'{path}: history[{k}] = {json.dumps(entry)[:80]} is not a record with an integer '
         f"'step': {advice}."
       )
   return history

@@ -253,6 +253,30 @@ def test_eval_of_an_empty_workdir_names_it_and_writes_nothing(tmp_path, shapes_d
   assert sorted(os.listdir(workdir)) == []
 
 
+def test_only_the_steps_a_resumed_run_replays_are_skipped(tmp_path):
+  """A run killed after logging steps 2-6 and checkpointing step 4: resumed at step 4 it skips
+  what it replays (steps 5, 6) and writes step 4's evaluation again (e.g. on more images). (A
+  new run on the same folder, its checkpoints deleted, wraps no writer: it writes every step.)"""
+  from clu import metric_writers
+
+  from pix2seq_d.loops import train
+
+  first = metric_writers.create_default_writer(str(tmp_path), asynchronous=False)
+  for step in (2, 4, 6):
+    first.write_scalars(step, {'train/loss': 1.0})
+  first.write_scalars(4, {'eval/PQ': 0.1})
+  first.close()
+
+  resumed = metric_writers.create_default_writer(str(tmp_path), asynchronous=False)
+  writer = train.skip_replayed_summaries(resumed, str(tmp_path), start_step=4)
+  writer.write_scalars(4, {'eval/PQ': 0.2})
+  writer.write_scalars(6, {'train/loss': 1.0})
+  writer.write_scalars(8, {'train/loss': 1.0})
+  writer.close()
+  tags = _event_tags(tmp_path)
+  assert tags['eval/PQ'] == [4, 4] and tags['train/loss'] == [2, 4, 6, 8]
+
+
 def test_resumed_writer_skips_exactly_the_summaries_already_logged(tmp_path):
   """A run killed while writing step 14's summaries left 'uptime' but not 'train/loss': the
   resumed run writes the loss of step 14 (dropping the whole step lost it) and nothing twice."""

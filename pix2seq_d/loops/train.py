@@ -72,9 +72,9 @@ def _logged_tags(workdir: str) -> dict[int, set[str]]:
 
 class _SkipLoggedSteps:
   """A clu MetricWriter that drops the summaries (step, tag) a run before a resume already
-  logged: the resumed run recomputes them exactly (same state, data stream and keys), so
-  TensorBoard shows each one once. Per tag, not per step: a run killed while writing a step's
-  summaries leaves some of them, and the resumed run writes the others."""
+  logged for the steps the resumed run replays: it recomputes them exactly (same state, data
+  stream and keys), so TensorBoard shows each one once. Per tag, not per step: a run killed
+  while writing a step's summaries leaves some of them, and the resumed run writes the others."""
 
   _STEPPED = (
     'write_scalars',
@@ -102,6 +102,17 @@ class _SkipLoggedSteps:
       return method(step, values, *args, **kwargs) if values else None
 
     return write
+
+
+def skip_replayed_summaries(writer, workdir: str, start_step: int):
+  """The writer of a run resumed at `start_step`: summaries of the steps after it that the
+  killed run logged before its end are not written twice (`_SkipLoggedSteps`). Everything else
+  is written: a new run on an old workdir (its checkpoints deleted) logs all its steps, and an
+  evaluation of the checkpoint's own step again (more images, other settings) logs its results."""
+  if jax.process_index() != 0:
+    return writer
+  replayed = {step: tags for step, tags in _logged_tags(workdir).items() if step > start_step}
+  return _SkipLoggedSteps(writer, replayed) if replayed else writer
 
 
 def _resume_position(config, workdir: str, start_step: int) -> int:
@@ -166,10 +177,6 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   if jax.process_index() == 0:
     workdir_files.write_categories(workdir, info.categories)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  if jax.process_index() == 0 and mode != 'eval':
-    logged = _logged_tags(workdir)
-    if logged:
-      writer = _SkipLoggedSteps(writer, logged)
 
   # ------------------------------------------------ state, shardings, checkpoints
   state, state_shardings, train_graphdef, eval_graphdef, tx = state_lib.build_train_state(
@@ -184,6 +191,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   if restored is not None:
     state, start_step = restored
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
+    if mode != 'eval':
+      writer = skip_replayed_summaries(writer, workdir, start_step)
   else:
     start_step = 0
     if config.init_from.path and config.init_from.format == 'tf':

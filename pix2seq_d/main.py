@@ -122,10 +122,17 @@ def main(argv) -> None:
       sys.stderr.write(f'error: {error}\n')
     sys.stderr.flush()
     os._exit(1)  # without joining JAX's coordination threads
+  from pix2seq_d.runtime import preemption
+
+  # Before any dataset preparation or compilation: Ctrl-C and SIGTERM stop at a safe point.
+  preemption.install_stop_handlers()
   _enable_compilation_cache(FLAGS.jax_cache_dir)
   workdir = _check_workdir(FLAGS.workdir, FLAGS.mode)
   try:
     _run(config, workdir, FLAGS.mode)
+  except preemption.StopRequested as stop:
+    logging.warning('%s', stop)
+    _exit_now(stop.exit_status)
   except Exception as error:  # every failure ends the process, see _exit_on_failure
     _exit_on_failure(monitor, error)
   if monitor is not None:
@@ -166,9 +173,15 @@ def _exit_on_failure(monitor, error: Exception) -> None:
     if lost:
       logging.error('Peers: %s.', lost)
       logging.flush()
+  _exit_now(1)
+
+
+def _exit_now(status: int) -> None:
+  """Ends the process with `status` without joining library threads (see _exit_on_failure)."""
+  logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(1)
+  os._exit(status)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

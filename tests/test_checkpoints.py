@@ -1,12 +1,8 @@
-"""Checkpoint save / resume, keep-N, model mismatch messages, partial init and SIGTERM handling.
+"""Checkpoint save / resume, keep-N, model mismatch messages and partial init.
 
 States are the tiny model's TrainState structure filled with random numbers (no initialiser is
 compiled, which would take ~20 s on CPU); what is checked is that every array comes back bitwise.
 """
-
-import os
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +14,7 @@ from configs import shapes
 from pix2seq_d.loops import state as state_lib
 from pix2seq_d.loops import steps
 from pix2seq_d.parallel import sharding
-from pix2seq_d.runtime import checkpoints, init_from, preemption
+from pix2seq_d.runtime import checkpoints, init_from
 
 _is_variable = lambda x: isinstance(x, nnx.Variable)
 
@@ -219,19 +215,3 @@ def test_init_from_all_rejects_other_mismatches_and_bad_paths(image_run, tmp_pat
     init_from.restore_for_init(workdir, fresh, mode='bogus')
   with pytest.raises(FileNotFoundError, match='config.init_from.path'):
     init_from.restore_for_init(tmp_path / 'nowhere', fresh)
-
-
-def test_sigterm_sets_the_preemption_flag_and_uninstall_restores_the_handler():
-  previous = signal.getsignal(signal.SIGTERM)
-  assert preemption.install_preemption_handler()
-  try:
-    assert not preemption.preemption_requested(0)
-    os.kill(os.getpid(), signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while not preemption.preemption_requested(1) and time.monotonic() < deadline:
-      time.sleep(0.01)
-    assert preemption.preemption_requested(1)
-  finally:
-    preemption.uninstall_preemption_handler()
-  assert signal.getsignal(signal.SIGTERM) == previous
-  assert not preemption.preemption_requested(2)

@@ -29,7 +29,7 @@ from etils import epath
 
 from pix2seq_d.evaluation import registry
 from pix2seq_d.parallel import distributed, hosts, sharding
-from pix2seq_d.runtime import workdir_files
+from pix2seq_d.runtime import preemption, workdir_files
 from pix2seq_d.tasks import base
 
 
@@ -78,6 +78,7 @@ def evaluate(
   """
   evaluators = registry.make_evaluators(config.eval.metrics, categories)
   distributed.wait_for_peers('evaluation')  # before its first collective (eval padding)
+  logging.info('Evaluating step %d: %s.', step, ', '.join(config.eval.metrics))
   files = None
   if config.eval.write_predictions:
     files = task.prediction_files(predictions_dir(workdir, step), categories)
@@ -85,6 +86,10 @@ def evaluate(
   pictures, num_examples = [], 0
   try:
     for batch_index, batch in enumerate(eval_iterator):
+      preemption.check_stop(
+        f'evaluating step {step} at batch {batch_index} (no results written; the checkpoint '
+        'is complete: run the same command to evaluate)'
+      )
       inputs = sharding.make_global_batch(task.eval_inputs(batch), mesh)
       ids = predict_fn(params, model_state, inputs, jax.random.fold_in(key, batch_index))
       pred = hosts.local_rows(ids, mesh)

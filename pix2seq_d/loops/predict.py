@@ -26,7 +26,7 @@ from etils import epath
 from pix2seq_d.config import data_facts
 from pix2seq_d.loops import state as state_lib
 from pix2seq_d.parallel import sharding
-from pix2seq_d.runtime import checkpoints, workdir_files
+from pix2seq_d.runtime import checkpoints, preemption, workdir_files
 from pix2seq_d.tasks import base, registry
 
 
@@ -93,6 +93,9 @@ def run(config, workdir: str) -> str:
   written, skipped = 0, []
   try:
     for start in range(0, len(names), rows):
+      preemption.check_stop(
+        f'after {start} of {len(names)} inputs (their files are written; run again for all)'
+      )
       chunk = []  # (input index, name, PredictInput) of the readable inputs
       for index in range(start, min(start + rows, len(names))):
         try:

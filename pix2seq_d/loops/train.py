@@ -242,7 +242,6 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   report = periodic_actions.ReportProgress(
     num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every
   )
-  preemption.install_preemption_handler()
   key = jax.random.key(config.seed)
   pending: list[tuple[int, jax.Array]] = []
   last_metrics, window_start, window_examples = None, time.time(), 0
@@ -262,8 +261,12 @@ def _run(config, workdir: str, mode: str) -> dict | None:
     return float(np.mean(losses)) if losses else float('nan')
 
   distributed.wait_for_peers('training')
-  step, preempted = start_step, False
-  for step in range(start_step + 1, num_steps + 1):
+  step, preempted = start_step, preemption.stop_requested()
+  last_step = num_steps
+  if preempted:  # a signal while data, state or the step were prepared: nothing new to save
+    logging.warning('Stopping before the first step; the workdir is as it was at step %d.', step)
+    last_step = start_step
+  for step in range(start_step + 1, last_step + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = next(train_iter)
       global_batch = sharding.make_global_batch(batch, mesh)

@@ -194,6 +194,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as error:
     text = str(error).replace('\\', '')
+    if "has no attribute 'get_config'" in text:
+      path = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), '?')
+      sys.stderr.write(
+        f'error: --config={path}: the file defines no get_config(); a config file defines '
+        'get_config(arg=None) returning an ml_collections.ConfigDict (e.g. configs/shapes.py).\n'
+      )
+      sys.exit(2)
     match = re.search(r'[A-Za-z_]\w*', text)
     name = match.group(0) if match else ''
     culprits = [

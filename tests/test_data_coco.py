@@ -342,6 +342,35 @@ def test_fixed_image_is_read_again_after_the_error_named_it(tmp_path):
   assert decoded_examples(coco_folder.make_source(config))[broken['id']]['error'] == b''
 
 
+def _duplicate_id(annotation):
+  annotation['images'][1]['id'] = annotation['images'][0]['id']
+  return f'image id {annotation["images"][0]["id"]} is listed twice'
+
+
+def _no_images(annotation):
+  annotation['images'] = []
+  return 'lists no images: the split would be empty'
+
+
+def _isthing_yes(annotation):
+  annotation['categories'][0]['isthing'] = 'yes'
+  return "has isthing 'yes': use 1 (things) or 0 (stuff)"
+
+
+def _huge_id(annotation):
+  annotation['images'][0]['id'] = 2**70
+  return f'has id {2**70}: use an integer in 0..2^63-1 or a string'
+
+
+# damage -> function changing the annotation and returning the expected message fragment
+INVALID_JSON = {
+  'duplicate_image_id': _duplicate_id,
+  'no_images': _no_images,
+  'isthing_yes': _isthing_yes,
+  'image_id_beyond_int64': _huge_id,
+}
+
+
 @pytest.mark.parametrize(
   'field, file_name',
   [
@@ -383,12 +412,26 @@ def test_a_file_in_a_subfolder_is_read_and_keys_the_prepared_copy(tmp_path):
   assert coco_folder.make_builder(config).builder_config.name != first
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'no_images_key', 'segment_without_id'])
+@pytest.mark.parametrize(
+  'damage',
+  [
+    'truncated',
+    'no_images_key',
+    'segment_without_id',
+    'duplicate_image_id',
+    'no_images',
+    'isthing_yes',
+    'image_id_beyond_int64',
+  ],
+)
 def test_invalid_json_names_the_file_and_leaves_no_prepared_folder(tmp_path, damage):
   root = copy_sample(tmp_path)
   json_path = root / 'annotations' / f'panoptic_{SPLIT}.json'
   annotation = read_json(root)
-  if damage == 'truncated':
+  if damage in INVALID_JSON:
+    expected = INVALID_JSON[damage](annotation)
+    write_json(root, annotation)
+  elif damage == 'truncated':
     json_path.write_text(json.dumps(annotation)[:-20])
     expected = 'not valid JSON'
   elif damage == 'no_images_key':

@@ -90,6 +90,18 @@ def _a_file(tmp_path):
   return path
 
 
+def _no_get_config(tmp_path):
+  path = tmp_path / 'my_config.py'
+  path.write_text('import ml_collections\nCONFIG = ml_collections.ConfigDict()\n')
+  return path
+
+
+def _checkpoint_folder(workdir, step):
+  """`workdir` as a run that reached `step` leaves it (as far as the step folders go)."""
+  (workdir / 'checkpoints' / str(step)).mkdir(parents=True)
+  return workdir
+
+
 def _results_file(workdir, text):
   """`workdir` holding an eval_results.json of `text`."""
   workdir.mkdir(parents=True)
@@ -227,6 +239,18 @@ CASES = {
     'no_davis',
   ),
   # Runs and workdirs.
+  'config file without get_config': (
+    lambda t, d: [
+      *main_command(t / 'run', d)[:3],
+      f'--config={_no_get_config(t)}',
+      f'--workdir={t / "run"}',
+    ],
+    'the file defines no get_config()',
+  ),
+  'num_steps below the latest checkpoint': (
+    lambda t, d: main_command(_checkpoint_folder(t / 'run', 8), d, '--config.train.num_steps=4'),
+    'config.train.num_steps=4: ',
+  ),
   'eval_results.json of another shape': (
     lambda t, d: main_command(_results_file(t / 'run', '[{"step": 2}]'), d),
     "eval_results.json must hold an object with a 'history' list",
@@ -297,6 +321,7 @@ BEFORE_THE_RUN = (
   'coco_root with data.name=shapes',
   'summary with num_classes=0',
   "microbatches not dividing a device's rows",
+  'config file without get_config',
 )
 
 

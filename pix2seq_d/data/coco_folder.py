@@ -100,6 +100,15 @@ def categories_from_json(categories: list[dict], json_path: str) -> tuple[dict, 
     missing = [key for key in ('id', 'name', 'isthing') if key not in category]
     if missing:
       raise ValueError(f'{json_path}: category {category} lacks {missing}.')
+    if not _is_int(category['id']) or not 0 <= category['id'] < 2**31:
+      raise ValueError(
+        f'{json_path}: category {category} has id {category["id"]!r}: use 0..2^31-1.'
+      )
+    if category['isthing'] not in (0, 1) or isinstance(category['isthing'], float):
+      raise ValueError(
+        f'{json_path}: category {category["id"]} ({category["name"]}) has isthing '
+        f'{category["isthing"]!r}: use 1 (things) or 0 (stuff).'
+      )
     result.append(
       {
         'id': int(category['id']),
@@ -237,6 +246,30 @@ class CocoPanopticFolder(LocalFilesBuilder):
       yield image_info['file_name'], example
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_image_ids(images: list[dict], json_path: str) -> None:
+  """Image ids are distinct JSON integers in int64's range, or distinct strings."""
+  if not images:
+    raise ValueError(
+      f'{json_path} lists no images: the split would be empty. Check the file, or choose '
+      'another split with --config.data.train_split / eval_split.'
+    )
+  seen = set()
+  for image in images:
+    image_id = image['id']
+    if not (isinstance(image_id, str) or (_is_int(image_id) and 0 <= image_id < 2**63)):
+      raise ValueError(
+        f'{json_path}: image {image.get("file_name")!r} has id {image_id!r}: use an integer in '
+        '0..2^63-1 or a string.'
+      )
+    if image_id in seen:
+      raise ValueError(f'{json_path}: image id {image_id!r} is listed twice in "images".')
+    seen.add(image_id)
+
+
 def read_annotation(json_path: str, paths: dict[str, str] | None = None) -> dict:
   """Reads a split's panoptic JSON and checks the fields preparation reads.
 
@@ -253,6 +286,8 @@ def read_annotation(json_path: str, paths: dict[str, str] | None = None) -> dict
   )
   for image in annotation['images']:
     json_files.require_keys(image, ('id', 'file_name', 'height', 'width'), f'{json_path} image')
+  _check_image_ids(annotation['images'], json_path)
+  for image in annotation['images']:
     if paths:
       inside_root(paths['image_dir'], image['file_name'], f'{json_path} image {image["id"]!r}')
   for image_annotation in annotation['annotations']:

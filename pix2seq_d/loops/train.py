@@ -157,11 +157,37 @@ def run(config, workdir: str, mode: str) -> dict | None:
       lock.release()
 
 
+def _check_num_steps(config, workdir: str, mode: str) -> None:
+  """Says before anything is built what a resumed run will do with config.train.num_steps.
+
+  Raises:
+    ValueError: the workdir's latest checkpoint lies beyond num_steps (training cannot go back;
+      evaluating that checkpoint is --mode=eval).
+  """
+  saved = checkpoints.saved_steps(workdir)
+  if mode == 'eval' or not saved:
+    return
+  latest, num_steps = saved[-1], config.train.num_steps
+  if latest > num_steps:
+    raise ValueError(
+      f'config.train.num_steps={num_steps}: {workdir} holds a checkpoint of step {latest}, '
+      f'beyond it, so there is nothing to train. Raise num_steps to train on, use --mode=eval '
+      'to evaluate that checkpoint, or a new --workdir to start afresh.'
+    )
+  if latest == num_steps:
+    logging.info(
+      'The checkpoint of step %d is the last step (config.train.num_steps): nothing to train%s.',
+      latest,
+      '; evaluating it' if mode == 'train_and_eval' else '',
+    )
+
+
 def _run(config, workdir: str, mode: str) -> dict | None:
   # ------------------------------------------------------------------ mesh and data
   mesh = sharding.make_mesh(config.mesh)
   logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
   sharding.check_batch_sizes(config, sharding.data_parallel_size(mesh), training=mode != 'eval')
+  _check_num_steps(config, workdir, mode)
   source = data_registry.get_source(config)
   task_registry.check_source(task_registry.get_task(config), source)
   info = pipeline.dataset_info(config, source)

@@ -147,6 +147,21 @@ def test_a_step_without_its_state_folder_is_named(tmp_path, mesh, image_abstract
   manager.close()
 
 
+def test_a_step_whose_metadata_is_garbage_is_named(tmp_path, mesh, image_abstract):
+  manager = checkpoints.CheckpointManager(tmp_path)
+  manager.save(5, _random_state(image_abstract, 0, mesh)[0])
+  manager.close()
+  step = tmp_path / 'checkpoints' / '5'
+  metadata = [p for p in step.rglob('_METADATA')]
+  assert metadata
+  for path in metadata:
+    path.write_bytes(b'\xff\xfe garbage \x00')
+  manager = checkpoints.CheckpointManager(tmp_path)
+  with pytest.raises(ValueError, match=f'{step} cannot be read as a checkpoint'):
+    manager.restore_latest(image_abstract)
+  manager.close()
+
+
 @pytest.fixture
 def image_run(tmp_path, mesh, image_abstract):
   """A finished image run's workdir (one checkpoint at step 7) and the state it saved."""

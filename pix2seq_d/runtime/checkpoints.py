@@ -14,6 +14,7 @@ Paths are `etils.epath` paths, so workdirs may be local or gs://. Starting from 
 weights is init_from.py; SIGTERM handling is preemption.py.
 """
 
+import json
 from typing import Any
 
 import jax
@@ -101,6 +102,11 @@ def shapes_in_checkpoint(manager: ocp.CheckpointManager, step: int) -> dict[Path
     item = metadata[ITEM] if metadata is not None else None
   except KeyError:  # orbax's 'Unknown key' for an item whose folder is gone
     item = None
+  except (UnicodeDecodeError, json.JSONDecodeError, OSError) as e:  # garbage in its metadata
+    raise ValueError(
+      f'{folder} cannot be read as a checkpoint ({type(e).__name__}: {e}). To resume from the '
+      f'step before, remove {folder}; to start afresh, use another --workdir.'
+    ) from None
   if item is None:
     missing = (
       f'{folder / ITEM} is missing'

@@ -16,7 +16,7 @@ def _all_examples(builder, split):
   return list(tfds.as_numpy(builder.as_dataset(split=split)))
 
 
-def test_default_sets_prepare_in_seconds_without_network(tmp_path, monkeypatch):
+def test_default_sets_prepare_without_network(tmp_path, monkeypatch):
   def no_network(*args, **kwargs):
     raise AssertionError(f'shapes tried to open a network connection: {args}')
 
@@ -27,9 +27,8 @@ def test_default_sets_prepare_in_seconds_without_network(tmp_path, monkeypatch):
     builder.download_and_prepare()
     assert set(builder.info.splits) == {'train', 'test'}
     assert builder.info.splits['train'].num_examples > builder.info.splits['test'].num_examples
-  elapsed = time.time() - start
-  # ~8 s on one idle core; generous for shared CI machines.
-  assert elapsed < 60.0, f'preparing shapes + shapes_video took {elapsed:.1f} s'
+  # ~8 s on one idle core (printed, not asserted: speed is a benchmark's business).
+  print(f'preparing shapes + shapes_video took {time.time() - start:.1f} s')
   assert shapes.make_builder('shapes', str(tmp_path)).info.splits['train'].num_examples >= 1000
 
 

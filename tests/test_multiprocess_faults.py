@@ -47,10 +47,11 @@ def test_an_unreachable_coordinator_is_named_within_the_timeout(
   proc = _process(
     tmp_path / 'run', shapes_data_dir, jax_cache, 1, port, '--coordinator_timeout_s=3'
   )
-  code, log = _finish(proc, timeout=120)
+  code, log = _finish(proc, timeout=280)
   assert code == 1, log[-3000:]
   assert f'could not reach the coordinator at localhost:{port} within 3 s' in log, log[-3000:]
-  assert time.monotonic() - start < 60
+  # Well before JAX's own 300 s, however slow the process's start on a loaded machine.
+  assert time.monotonic() - start < 240
 
 
 def test_processes_with_different_configs_stop_at_start(tmp_path, shapes_data_dir, jax_cache):

@@ -165,3 +165,13 @@ def test_command_on_the_official_layout(tmp_path, capsys):
   missing.write_bytes(b'\x89PNG broken')
   assert davis.main(['--davis_root', str(root), '--results_dir', str(results)]) == 1
   assert f'{missing}: cannot be decoded' in capsys.readouterr().err
+  # One frame of another size, and an RGB picture instead of an indexed PNG: both named.
+  from PIL import Image
+
+  Image.fromarray(np.zeros((5, 7), np.uint8)).save(missing)
+  assert davis.main(['--davis_root', str(root), '--results_dir', str(results)]) == 1
+  assert f'{missing}: the prediction is 7x5, its annotation' in capsys.readouterr().err
+  height, width = davis.read_indexed_png(str(results / 'cows' / '00000.png')).shape
+  Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(missing)
+  assert davis.main(['--davis_root', str(root), '--results_dir', str(results)]) == 1
+  assert f'{missing}: a prediction is an indexed (palette or grey) PNG' in capsys.readouterr().err

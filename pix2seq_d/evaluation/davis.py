@@ -259,15 +259,22 @@ def evaluate_folder(
     if not os.path.isdir(folder):
       raise FileNotFoundError(f'{folder} does not exist (sequence {sequence} of {set_file}).')
     frames = sorted(name for name in os.listdir(folder) if name.endswith('.png'))
-    gt = np.stack([read_indexed_png(os.path.join(folder, name)) for name in frames])
-    pred = np.stack(
-      [read_indexed_png(os.path.join(results_dir, sequence, name)) for name in frames]
-    )
-    if pred.shape != gt.shape:
-      raise ValueError(
-        f'{os.path.join(results_dir, sequence)}: predictions {pred.shape[1:]} '
-        f'and annotations {gt.shape[1:]} differ in size.'
-      )
+    gt, pred = [], []
+    for name in frames:
+      gt.append(read_indexed_png(os.path.join(folder, name)))
+      path = os.path.join(results_dir, sequence, name)
+      pred.append(read_indexed_png(path))
+      if pred[-1].ndim != 2:
+        raise ValueError(
+          f'{path}: a prediction is an indexed (palette or grey) PNG of object ids, not an '
+          f'image of {pred[-1].shape[-1]} channels'
+        )
+      if pred[-1].shape != gt[-1].shape:
+        raise ValueError(
+          f'{path}: the prediction is {pred[-1].shape[1]}x{pred[-1].shape[0]}, its annotation '
+          f'{gt[-1].shape[1]}x{gt[-1].shape[0]}'
+        )
+    gt, pred = np.stack(gt), np.stack(pred)
     try:
       per_sequence[sequence] = evaluate_sequence(gt, pred)
     except ValueError as e:

@@ -162,6 +162,20 @@ def test_a_step_whose_metadata_is_garbage_is_named(tmp_path, mesh, image_abstrac
   manager.close()
 
 
+def test_a_step_with_a_deleted_array_file_is_named(tmp_path, mesh, image_abstract):
+  manager = checkpoints.CheckpointManager(tmp_path)
+  manager.save(5, _random_state(image_abstract, 0, mesh)[0])
+  manager.close()
+  step = tmp_path / 'checkpoints' / '5'
+  data = [p for p in (step / checkpoints.ITEM).rglob('*') if p.is_file() and '/d/' in str(p)]
+  assert data, sorted(str(p) for p in step.rglob('*'))
+  max(data, key=lambda p: p.stat().st_size).unlink()  # the biggest block of arrays
+  manager = checkpoints.CheckpointManager(tmp_path)
+  with pytest.raises(ValueError, match=f'{step} cannot be restored: a file of it is missing'):
+    manager.restore_latest(image_abstract)
+  manager.close()
+
+
 @pytest.fixture
 def image_run(tmp_path, mesh, image_abstract):
   """A finished image run's workdir (one checkpoint at step 7) and the state it saved."""

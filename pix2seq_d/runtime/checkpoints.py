@@ -274,7 +274,15 @@ class CheckpointManager:
     self.check_compatible(step, abstract_state)
     flat = flat_state(abstract_state)
     targets = {path: storable_abstract(leaf_value(leaf)) for path, leaf in flat}
-    restored = restore_items(self._manager, step, targets, partial=False)
+    folder = self.directory / str(step)
+    try:
+      restored = restore_items(self._manager, step, targets, partial=False)
+    except (ValueError, OSError, RuntimeError) as e:  # a deleted or damaged array file
+      raise ValueError(
+        f'{folder} cannot be restored: a file of it is missing or damaged '
+        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). To resume from the '
+        f'step before, remove {folder}; to start afresh, use another --workdir.'
+      ) from e
     leaves = [_rebuild(leaf, restored[path]) for path, leaf in flat]
     treedef = jax.tree_util.tree_structure(abstract_state, is_leaf=is_variable)
     return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -37,85 +37,60 @@ TRAIN_KEYS = {
 SAMPLE_KEYS = {'batch', 'steps', 'compile_s', 'img_per_s', 'ms_per_img'}
 
 
-@pytest.mark.slow
-def test_benchmark_runs_on_cpu_without_tensorflow(tmp_path):
+def _run_without_tensorflow(tmp_path, module: str, *args: str) -> subprocess.CompletedProcess:
+  """`python -m module args` with TensorFlow, TFDS and clu impossible to import, as on the GPU
+  image."""
   (tmp_path / 'sitecustomize.py').write_text(BLOCKER)
-  output = tmp_path / 'bench.json'
   env = dict(
     os.environ,
     JAX_PLATFORMS='cpu',
     PYTHONPATH=os.pathsep.join([str(tmp_path), REPO, os.environ.get('PYTHONPATH', '')]),
   )
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'pix2seq_d.tools.benchmark',
-      '--config=configs/shapes.py:tiny',
-      '--config.train.batch_size=2',
-      '--config.eval.batch_size=2',
-      '--train_steps=3',
-      '--warmup_steps=1',
-      '--sample_repeats=1',
-      f'--output_json={output}',
-    ],
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
     cwd=REPO,
     env=env,
     capture_output=True,
     text=True,
     timeout=900,
   )
+
+
+def test_memory_plan_runs_without_tensorflow(tmp_path):
+  """The benchmark command (its train and sample parts run in the GPU suite's test below): the
+  memory plan of a batch in microbatches, as table and JSON."""
+  output = tmp_path / 'bench.json'
+  result = _run_without_tensorflow(
+    tmp_path,
+    'pix2seq_d.tools.benchmark',
+    '--config=configs/shapes.py:tiny',
+    '--config.train.batch_size=8',
+    '--config.train.microbatches=4',
+    '--parts=memory',
+    '--compile_memory=false',
+    f'--output_json={output}',
+  )
   assert result.returncode == 0, result.stderr[-4000:]
-  assert 'train   batch 2' in result.stdout and 'sample  batch 2, 20 steps' in result.stdout
-
+  assert 'memory  batch 8 in 4 microbatch(es)' in result.stdout
   report = json.loads(output.read_text())
-  assert report['device_kind'] == 'cpu' and report['attention'] == 'chunked'
-  assert TRAIN_KEYS <= set(report['train']) and SAMPLE_KEYS <= set(report['sample'])
-  train, sample = report['train'], report['sample']
-  assert train['batch'] == 2 and sample['batch'] == 2 and sample['steps'] == 20
-  assert train['mfu'] is None  # no bf16 peak is known for a CPU
-  for value in (
-    train['compile_s'],
-    train['step_s_median'],
-    train['img_per_s'],
-    train['peak_mem_gib'],
-    sample['img_per_s'],
-    sample['ms_per_img'],
-  ):
-    assert value > 0
-  assert train['step_s_min'] <= train['step_s_median']
-  assert abs(train['img_per_s'] * train['step_s_median'] - 2) < 1e-6
-  assert abs(train['tflop_per_s'] - train['tflop_per_img'] * train['img_per_s']) < 1e-9
-
-  # A train step is one forward and one backward pass (about 2x the forward) of the encoder and
-  # one denoiser step: XLA's count must land between 2x and 4.5x the forward FLOPs.
-  forward = summary.forward_flops(shapes.get_config('tiny'))
-  ratio = train['tflop_per_img'] * 1e12 / (forward['encoder'] + forward['denoiser_step'])
-  assert 2.0 < ratio < 4.5, ratio
+  memory = report['memory']
+  assert report['device_kind'] == 'cpu' and memory['batch'] == 8 and memory['microbatches'] == 4
+  assert memory['state_gib'] > 0 and memory['batch_gib'] > 0 and memory['residual_gib'] > 0
 
 
 @pytest.mark.slow
 def test_gpu_suite_runs_on_cpu_writing_a_file_per_part(tmp_path):
   """The GPU suite on the tiny config: every part in its own JSON, the table last, no
   TensorFlow; a deadline already spent skips the optional parts instead of running them."""
-  (tmp_path / 'sitecustomize.py').write_text(BLOCKER)
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    PYTHONPATH=os.pathsep.join([str(tmp_path), REPO, os.environ.get('PYTHONPATH', '')]),
-  )
   out = tmp_path / 'suite'
-  command = [
-    sys.executable,
-    '-m',
+  result = _run_without_tensorflow(
+    tmp_path,
     'pix2seq_d.tools.gpu_suite',
     f'--output_dir={out}',
     '--config=configs/shapes.py:tiny',
     '--batch=2',
     '--train_steps=3',
-  ]
-  result = subprocess.run(
-    command + ['--deadline_s=1'], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    '--deadline_s=1',
   )
   assert result.returncode == 0, result.stderr[-4000:]
   parts = {p.stem: json.loads(p.read_text()) for p in out.glob('*.json')}
@@ -147,9 +122,22 @@ def test_gpu_suite_runs_on_cpu_writing_a_file_per_part(tmp_path):
     assert check['error'] is None and not check['nan'], check
     assert check['forward_max_rel_err'] < 1e-5
     assert max(check['grad_max_rel_err'].values()) < 1e-4
-  train = parts['train_batch2']
+  train, sample = parts['train_batch2'], parts['sample_batch2']
   assert TRAIN_KEYS <= set(train) and len(train['step_s_median_rounds']) == 2
-  assert SAMPLE_KEYS <= set(parts['sample_batch2'])
+  assert SAMPLE_KEYS <= set(sample)
+  assert train['batch'] == 2 and sample['batch'] == 2 and sample['steps'] == 20
+  assert train['mfu'] is None  # no bf16 peak is known for a CPU
+  for value in (train['compile_s'], train['step_s_median'], train['peak_mem_gib']):
+    assert value > 0
+  assert sample['img_per_s'] > 0 and sample['ms_per_img'] > 0
+  assert train['step_s_min'] <= train['step_s_median']
+  assert abs(train['img_per_s'] * train['step_s_median'] - 2) < 1e-6
+  assert abs(train['tflop_per_s'] - train['tflop_per_img'] * train['img_per_s']) < 1e-9
+  # A train step is one forward and one backward pass (about 2x the forward) of the encoder and
+  # one denoiser step: XLA's count must land between 2x and 4.5x the forward FLOPs.
+  forward = summary.forward_flops(shapes.get_config('tiny'))
+  ratio = train['tflop_per_img'] * 1e12 / (forward['encoder'] + forward['denoiser_step'])
+  assert 2.0 < ratio < 4.5, ratio
   assert 'deadline' in parts['train_batch4']['skipped']
   lines = result.stdout.strip().splitlines()
   assert lines[-1].startswith('train_batch2_encoder_remat_none: skipped')

@@ -3,9 +3,18 @@
 # format check), then every test, slow ones included (pass -m "not slow" for the quick subset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -e '.[test]'
+# Installs are serialised: two runs at once (two clones, or one twice) would race on pip's files.
+pip_install() {
+  if command -v flock >/dev/null 2>&1; then
+    mkdir -p "$HOME/.cache/pix2seq_d"
+    flock "$HOME/.cache/pix2seq_d/install.lock" python -m pip install -q "$@"
+  else
+    python -m pip install -q "$@"
+  fi
+}
+pip_install -e '.[test]'
 # The reference PQ implementation; its metadata pins old numpy, so it is installed without deps.
-python -m pip install -q --no-deps 'panopticapi-lite>=0.2'
+pip_install --no-deps 'panopticapi-lite>=0.2'
 python -m ruff check .
 python -m ruff format --check .
 # Compiled XLA programs persist between runs (and are shared by the test subprocesses).

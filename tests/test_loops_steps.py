@@ -99,13 +99,11 @@ def _compiled_temp_bytes(batch_size, microbatches):
 
 
 def test_step_memory_follows_the_microbatch_not_the_batch():
-  one_pass = {batch: _compiled_temp_bytes(batch, 1) for batch in (4, 16)}
-  accumulated = _compiled_temp_bytes(16, 4)  # microbatches of 4
-  print(
-    'temporaries (bytes): batch 4', one_pass[4], 'batch 16', one_pass[16], '16 in 4', accumulated
-  )
-  assert one_pass[16] > 2.5 * one_pass[4]  # activations grow with the batch...
-  assert accumulated < 1.5 * one_pass[4]  # ...and with accumulation only with the microbatch
+  # Microbatches of 4 at two global batches: the compiled step's temporaries barely differ,
+  # although the batch is 4x larger (one pass over 16 rows needs about 3x those of 4 rows).
+  small, large = _compiled_temp_bytes(8, 2), _compiled_temp_bytes(32, 8)
+  print('temporaries (bytes): batch 8 in 2 microbatches', small, '32 in 8', large)
+  assert large < 1.25 * small
 
 
 @pytest.mark.parametrize(

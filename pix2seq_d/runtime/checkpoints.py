@@ -11,7 +11,7 @@ renames it (or, on gs://, writes a commit marker) when complete, so a crash neve
 half-written step that `restore_latest` would pick up. Call `wait_until_finished()` before exit.
 
 Paths are `etils.epath` paths, so workdirs may be local or gs://. Starting from another run's
-weights is init_from.py; SIGTERM handling is preemption.py.
+weights is init_from.py; signal handling (SIGINT, SIGTERM) is preemption.py.
 """
 
 import json

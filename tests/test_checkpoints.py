@@ -4,6 +4,8 @@ States are the tiny model's TrainState structure filled with random numbers (no 
 compiled, which would take ~20 s on CPU); what is checked is that every array comes back bitwise.
 """
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,48 +133,41 @@ def test_restoring_another_model_size_names_the_parameter_and_shapes(
   manager.close()
 
 
-def test_a_step_without_its_state_folder_is_named(tmp_path, mesh, image_abstract):
-  import shutil
+def _remove_state_folder(step):
+  shutil.rmtree(step / checkpoints.ITEM)
+  return f'{step} holds no {checkpoints.ITEM!r} item ({step}/state is missing)'
 
+
+def _garbage_metadata(step):
+  metadata = list(step.rglob('_METADATA'))
+  assert metadata
+  for path in metadata:
+    path.write_bytes(b'\xff\xfe garbage \x00')
+  return f'{step} cannot be read as a checkpoint'
+
+
+def _delete_an_array_file(step):
+  data = [p for p in (step / checkpoints.ITEM).rglob('*') if p.is_file() and '/d/' in str(p)]
+  assert data, sorted(str(p) for p in step.rglob('*'))
+  max(data, key=lambda p: p.stat().st_size).unlink()  # the biggest block of arrays
+  return f'{step} cannot be restored: a file of it is missing'
+
+
+@pytest.mark.parametrize(
+  'damage',
+  [_remove_state_folder, _garbage_metadata, _delete_an_array_file],
+  ids=lambda f: f.__name__,
+)
+def test_a_damaged_step_is_named_with_what_to_do(tmp_path, mesh, image_abstract, damage):
   manager = checkpoints.CheckpointManager(tmp_path)
   manager.save(5, _random_state(image_abstract, 0, mesh)[0])
   manager.close()
-  shutil.rmtree(tmp_path / 'checkpoints' / '5' / checkpoints.ITEM)
+  expected = damage(tmp_path / 'checkpoints' / '5')
   manager = checkpoints.CheckpointManager(tmp_path)
   with pytest.raises(ValueError) as error:
     manager.restore_latest(image_abstract)
   message = str(error.value)
-  assert f'{tmp_path}/checkpoints/5 holds no {checkpoints.ITEM!r} item' in message
-  assert f'{tmp_path}/checkpoints/5/state is missing' in message and 'remove' in message
-  manager.close()
-
-
-def test_a_step_whose_metadata_is_garbage_is_named(tmp_path, mesh, image_abstract):
-  manager = checkpoints.CheckpointManager(tmp_path)
-  manager.save(5, _random_state(image_abstract, 0, mesh)[0])
-  manager.close()
-  step = tmp_path / 'checkpoints' / '5'
-  metadata = [p for p in step.rglob('_METADATA')]
-  assert metadata
-  for path in metadata:
-    path.write_bytes(b'\xff\xfe garbage \x00')
-  manager = checkpoints.CheckpointManager(tmp_path)
-  with pytest.raises(ValueError, match=f'{step} cannot be read as a checkpoint'):
-    manager.restore_latest(image_abstract)
-  manager.close()
-
-
-def test_a_step_with_a_deleted_array_file_is_named(tmp_path, mesh, image_abstract):
-  manager = checkpoints.CheckpointManager(tmp_path)
-  manager.save(5, _random_state(image_abstract, 0, mesh)[0])
-  manager.close()
-  step = tmp_path / 'checkpoints' / '5'
-  data = [p for p in (step / checkpoints.ITEM).rglob('*') if p.is_file() and '/d/' in str(p)]
-  assert data, sorted(str(p) for p in step.rglob('*'))
-  max(data, key=lambda p: p.stat().st_size).unlink()  # the biggest block of arrays
-  manager = checkpoints.CheckpointManager(tmp_path)
-  with pytest.raises(ValueError, match=f'{step} cannot be restored: a file of it is missing'):
-    manager.restore_latest(image_abstract)
+  assert expected in message and 'To resume from the step before, remove' in message, message
   manager.close()
 
 

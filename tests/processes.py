@@ -10,6 +10,11 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# How long a test waits for a process step that includes compiling (starting, the first train
+# step, a first checkpoint) before calling it hung. Only a hang should reach it: two test suites at
+# once on two cores compile about five times slower than one.
+PATIENCE_S = 1200
+
 
 def main_command(
   workdir, data_dir, *overrides, mode='train_and_eval', config='configs/shapes.py:tiny'
@@ -50,7 +55,7 @@ def process_env(jax_cache: str) -> dict[str, str]:
   return env
 
 
-def run(cmd, jax_cache: str, timeout: float = 600) -> tuple[int, str]:
+def run(cmd, jax_cache: str, timeout: float = PATIENCE_S) -> tuple[int, str]:
   """Runs `cmd` from the repository root; returns (exit status, stdout + stderr)."""
   proc = subprocess.run(
     cmd, cwd=ROOT, env=process_env(jax_cache), capture_output=True, text=True, timeout=timeout

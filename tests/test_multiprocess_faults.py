@@ -9,7 +9,7 @@ import time
 
 import processes
 import pytest
-from processes import main_command
+from processes import PATIENCE_S, main_command
 
 
 def _free_port() -> int:
@@ -64,7 +64,7 @@ def test_processes_with_different_configs_stop_at_start(tmp_path, shapes_data_di
     for i, n in enumerate(steps)
   ]
   for proc in procs:
-    code, log = _finish(proc, timeout=300)
+    code, log = _finish(proc, timeout=PATIENCE_S)
     # 1, or JAX's abort when process 0 (the coordinator) left first: both after the message.
     assert code != 0, log[-3000:]
     assert 'the processes were started with different configs' in log, log[-3000:]
@@ -87,10 +87,10 @@ def test_a_killed_process_ends_its_peer_and_a_rerun_resumes(tmp_path, shapes_dat
     )
     for i in range(2)
   ]
-  deadline = time.monotonic() + 600
+  deadline = time.monotonic() + PATIENCE_S
   while max(_checkpoint_steps(workdir), default=0) < 4:
     assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
-    assert time.monotonic() < deadline, 'no checkpoint of step 4 within 600 s'
+    assert time.monotonic() < deadline, f'no checkpoint of step 4 within {PATIENCE_S} s'
     time.sleep(0.5)
   procs[victim].kill()
   killed_at = time.monotonic()
@@ -114,7 +114,7 @@ def test_a_killed_process_ends_its_peer_and_a_rerun_resumes(tmp_path, shapes_dat
     for i in range(2)
   ]  # fmt: skip
   for proc in rerun:
-    code, log = _finish(proc, timeout=600)
+    code, log = _finish(proc, timeout=PATIENCE_S)
     assert code == 0, log[-3000:]
     assert f'Resumed from the checkpoint of step {last}' in log, log[-3000:]
   assert max(_checkpoint_steps(workdir)) == last + 2

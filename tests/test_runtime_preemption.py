@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from processes import main_command, start
+from processes import PATIENCE_S, main_command, start
 
 from pix2seq_d.runtime import preemption
 
@@ -52,7 +52,7 @@ class _Output:
   def text(self) -> str:
     return ''.join(self.lines)
 
-  def wait_for(self, fragment: str, timeout: float = 400, poll: float = 0.2) -> None:
+  def wait_for(self, fragment: str, timeout: float = PATIENCE_S, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while fragment not in self.text():
       assert self.proc.poll() is None, f'ended before {fragment!r}:\n{self.text()[-3000:]}'
@@ -90,7 +90,7 @@ def test_signals_stop_training_compilation_and_evaluation_cleanly(
   early = _Output(start(main_command(workdir, shapes_data_dir, *long_run, mode='train'), jax_cache))
   early.wait_for('Mesh ')
   early.proc.send_signal(signal.SIGINT)
-  code, _ = early.finish(timeout=300)
+  code, _ = early.finish(timeout=PATIENCE_S)
   assert code == 0, early.text()[-3000:]
   assert 'Stopping before the first step' in early.text() and 'Fatal Python' not in early.text()
   assert _steps(workdir) == []

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from processes import ROOT, main_command, run, start
+from processes import PATIENCE_S, ROOT, main_command, run, start
 
 
 def _event_files(workdir):
@@ -132,7 +132,7 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
   )
   proc = start(long_run, jax_cache)
   try:
-    _wait_for_checkpoint(workdir, proc, time.time() + 400)
+    _wait_for_checkpoint(workdir, proc, time.time() + PATIENCE_S)
     time.sleep(2.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait(60)
@@ -153,7 +153,7 @@ def test_sigkill_then_resume_and_sigterm_saves(tmp_path, shapes_data_dir, jax_ca
   proc = start(resumed, jax_cache)
   try:
     # Wait until the resumed run has logged twice (in its own event file).
-    deadline = time.time() + 400
+    deadline = time.time() + PATIENCE_S
     while time.time() < deadline and len(_event_tags(workdir, old_files).get('train/loss', [])) < 2:
       assert proc.poll() is None, proc.stdout.read()[-3000:]
       time.sleep(1.0)
@@ -206,7 +206,7 @@ def test_two_processes_train_and_evaluate_in_lockstep(tmp_path, shapes_data_dir,
       '--config.eval.num_examples=6',
     )[3:],
   ]
-  code, log = run(cmd, jax_cache, timeout=900)
+  code, log = run(cmd, jax_cache)
   assert code == 0, log[-4000:]
   results = json.loads((workdir / 'eval_results.json').read_text())
   # 6 examples over 2 processes and global batches of 4: every example counted exactly once.
@@ -229,14 +229,14 @@ def test_failed_checkpoint_write_ends_the_process(tmp_path, shapes_data_dir, jax
   proc = start(cmd, jax_cache)
   try:
     checkpoints = workdir / 'checkpoints'
-    deadline = time.time() + 300
+    deadline = time.time() + PATIENCE_S
     while not checkpoints.is_dir() and proc.poll() is None and time.time() < deadline:
       time.sleep(0.5)
     assert checkpoints.is_dir(), 'the run never created its checkpoints folder'
     shutil.rmtree(checkpoints)
     checkpoints.write_text('not a folder')
     broken_at = time.time()
-    log, _ = proc.communicate(timeout=300)
+    log, _ = proc.communicate(timeout=PATIENCE_S)
   finally:
     proc.kill()
   assert proc.returncode == 1, log[-3000:]

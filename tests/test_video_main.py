@@ -164,7 +164,7 @@ def test_two_processes_evaluate_video_in_lockstep(tmp_path, shapes_data_dir, jax
     '2',
     *main_command(workdir, shapes_data_dir, *VIDEO, '--config.train.num_steps=1')[3:],
   ]
-  code, log = run(cmd, jax_cache, timeout=900)
+  code, log = run(cmd, jax_cache)
   assert code == 0, log[-4000:]
   results = json.loads((workdir / 'eval_results.json').read_text())
   assert results['num_videos'] == 3 and results['step'] == 1

@@ -1,6 +1,7 @@
 """Entry point: `python -m pix2seq_d.main --config=configs/NAME.py[:arg] --workdir=DIR --mode=M`.
 
-Modes: train, eval, train_and_eval (default), predict, summary. Any config field can be overridden
+Modes: train, eval (with --config.eval.follow=True: every checkpoint of a live training run, as it
+appears), train_and_eval (default), predict, summary. Any config field can be overridden
 with `--config.a.b=value`. On a TPU pod, a Slurm GPU cluster or with explicit
 `--coordinator_address/--num_processes/--process_id`, `jax.distributed.initialize` runs before
 anything asks JAX about devices.
@@ -145,9 +146,14 @@ def _run(config, workdir: str, mode: str) -> None:
 
     predict.run(config, workdir)
     return
-  from pix2seq_d.loops import train
+  if mode == 'eval':
+    from pix2seq_d.loops import eval_checkpoints
 
-  record = train.run(config, workdir, mode)
+    record = eval_checkpoints.run(config, workdir)
+  else:
+    from pix2seq_d.loops import train
+
+    record = train.run(config, workdir, mode)
   if record is not None:
     logging.info('Evaluation: %s', record)
 

@@ -4,6 +4,7 @@ States are the tiny model's TrainState structure filled with random numbers (no 
 compiled, which would take ~20 s on CPU); what is checked is that every array comes back bitwise.
 """
 
+import logging
 import shutil
 
 import jax
@@ -186,11 +187,34 @@ def _paths(state, field, prefixes=None):
   return [p for p in _flat(state) if p[0] == field and (prefixes is None or p[1] in prefixes)]
 
 
-def test_init_from_encoder_copies_only_the_image_encoder(image_run, mesh):
+def _assert_logged_counts(log: str, state, old, fresh) -> None:
+  """The counts init_from logs equal those found by comparing arrays: of the params and BatchNorm
+  statistics (random in every state, so equal values tell where one came from), how many hold
+  the checkpoint's values, how many their fresh ones, and how many neither (grown)."""
+  weights = _paths(fresh, 'params') + [
+    p for p in _paths(fresh, 'model_state') if p[-1] in ('mean', 'var')
+  ]
+  new, saved, initial = _flat(state), _flat(old), _flat(fresh)
+
+  def same(a, b):
+    return a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
+
+  copied = sum(1 for p in weights if p in saved and same(new[p], saved[p]))
+  kept = sum(1 for p in weights if same(new[p], initial[p]))
+  grown = len(weights) - copied - kept
+  assert (
+    f'of {len(weights)} parameters and BatchNorm statistics, copied {copied}, grew {grown} ' in log
+  ), log
+  assert f'kept {kept} fresh.' in log, log
+
+
+def test_init_from_encoder_copies_only_the_image_encoder(image_run, mesh, caplog):
   workdir, old = image_run
   config = _config(denoiser__dim=8)  # another denoiser: 'all' could not copy it.
   fresh, _ = _random_state(_abstract_state(config), 2, mesh)
+  caplog.set_level(logging.INFO)
   state = init_from.restore_for_init(str(workdir), fresh, mode='encoder')
+  _assert_logged_counts(caplog.text, state, old, fresh)
   encoder = init_from.ENCODER_MODULES
   _assert_equal(state, old, _paths(fresh, 'params', encoder))
   batch_stats = [p for p in _paths(fresh, 'model_state', encoder) if p[-1] in ('mean', 'var')]
@@ -205,13 +229,15 @@ def test_init_from_encoder_copies_only_the_image_encoder(image_run, mesh):
     init_from.restore_for_init(str(workdir), fresh, mode='all')
 
 
-def test_init_from_all_grows_the_denoiser_input_conv_for_video(image_run, mesh):
+def test_init_from_all_grows_the_denoiser_input_conv_for_video(image_run, mesh, caplog):
   workdir, old = image_run
   config = _config()
   config.task = 'video_panoptic'  # 2 earlier frames' masks: 32 more denoiser input channels.
   fresh, _ = _random_state(_abstract_state(config), 3, mesh)
   step_dir = workdir / 'checkpoints' / '7'
+  caplog.set_level(logging.INFO)
   state = init_from.restore_for_init(step_dir, fresh, mode='all')
+  _assert_logged_counts(caplog.text, state, old, fresh)
 
   kernel_path = ('params', 'denoiser', 'conv_in', 'kernel')
   new_kernel = np.asarray(_flat(state)[kernel_path])
@@ -239,3 +265,40 @@ def test_init_from_all_rejects_other_mismatches_and_bad_paths(image_run, tmp_pat
     init_from.restore_for_init(workdir, fresh, mode='bogus')
   with pytest.raises(FileNotFoundError, match='config.init_from.path'):
     init_from.restore_for_init(tmp_path / 'nowhere', fresh)
+
+
+def test_a_read_only_manager_changes_nothing_and_restores_the_ema_part(
+  tmp_path, mesh, image_abstract
+):
+  """What evaluation, a follower and predict open beside a live training run."""
+  seed = int(np.random.default_rng().integers(1 << 30))
+  print('seed', seed)
+  writer = checkpoints.CheckpointManager(tmp_path, keep=5)
+  state, shardings = _random_state(image_abstract, seed, mesh)
+  writer.save(10, state)
+  writer.wait_until_finished()
+  # The step a live trainer is writing right now: a temporary folder that only it may remove.
+  being_written = tmp_path / 'checkpoints' / '20.orbax-checkpoint-tmp-1796655622'
+  (being_written / 'state').mkdir(parents=True)
+  (being_written / 'state' / 'part').write_bytes(b'half')
+
+  reader = checkpoints.CheckpointManager(tmp_path, read_only=True)
+  assert reader.reload() == [10] and reader.latest_step() == 10
+  abstract = sharding.with_shardings(image_abstract, shardings)
+  ema = {'ema_params': abstract.ema_params, 'ema_model_state': abstract.ema_model_state}
+  restored = reader.restore(10, ema, partial=True)
+  expected = {'ema_params': state.ema_params, 'ema_model_state': state.ema_model_state}
+  _assert_equal(restored, expected)
+  with pytest.raises(PermissionError, match='read-only'):
+    reader.save(30, state)
+  reader.close()
+  assert (being_written / 'state' / 'part').read_bytes() == b'half'
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == [
+    '10',
+    being_written.name,
+  ]
+  # A workdir without checkpoints is not created by a reader.
+  empty = tmp_path / 'not_yet'
+  assert checkpoints.CheckpointManager(empty, read_only=True).reload() == []
+  assert not empty.exists()
+  writer.close()

@@ -70,15 +70,24 @@ def test_train_eval_tensorboard_resume_and_predict(tmp_path, shapes_data_dir, ja
   assert sorted(p.name for p in positions.iterdir()) == ['3', '6']
   assert json.loads((positions / '6' / '0_of_1.json').read_text()) == {'position': 24}
 
-  # The same command with more steps resumes from step 6, continues the curve and the stream.
+  # The same command with more steps resumes from step 6, continues the curve and the stream;
+  # what differs from the config the run was trained with is said (log, TensorBoard text).
   code, log = run(
     main_command(
-      workdir, shapes_data_dir, '--config.train.num_steps=8', '--config.train.checkpoint_every=3'
+      workdir,
+      shapes_data_dir,
+      '--config.train.num_steps=8',
+      '--config.train.checkpoint_every=3',
+      '--config.train.microbatches=2',
     ),
     jax_cache,
   )
   assert code == 0, log[-3000:]
   assert 'Resumed from the checkpoint of step 6' in log
+  assert 'differs from the one the run was trained with' in log
+  assert 'train.microbatches: 1 -> 2' in log and 'train.num_steps: 6 -> 8' in log
+  assert _event_tags(workdir)['config_changes'] == [6]
+  assert json.loads((workdir / 'config.json').read_text())['train']['microbatches'] == 2
   assert 'from stream position 24' in log
   assert _event_tags(workdir)['train/loss'] == [2, 4, 6, 8]
   assert json.loads((positions / '8' / '0_of_1.json').read_text()) == {'position': 32}

@@ -201,6 +201,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # and COCO panoptic PNGs + JSON whose segment ids persist over time.
   evaluation.write_predictions = False
   evaluation.num_image_summaries = 4
+  # --mode=eval only: follow a training run in the same workdir, evaluating each checkpoint once
+  # as it appears, until the checkpoint of train.num_steps (pix2seq_d/loops/eval_checkpoints.py).
+  evaluation.follow = False
+  evaluation.follow_poll_s = 30.0  # how often the follower looks for a new checkpoint.
+  # The follower stops with an error when no training run has held the workdir's run.lock for
+  # this long and the final checkpoint has not appeared (a trainer restarted within it is fine).
+  evaluation.follow_timeout_s = 3600.0
   # Video: condition each frame on the ground-truth masks of earlier frames instead of the model's
   # own predictions (an upper bound on tracking), or on nothing (every frame on its own).
   evaluation.use_gt_cond_frames = False

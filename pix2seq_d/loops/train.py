@@ -6,6 +6,7 @@ evaluators of config.eval.metrics). Images and videos run through this same loop
 (tasks/registry.py) says what differs.
 """
 
+import json
 import time
 
 import jax
@@ -14,10 +15,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from pix2seq_d.config import data_facts
 from pix2seq_d.data import pipeline
-from pix2seq_d.data import registry as data_registry
-from pix2seq_d.loops import evaluate
+from pix2seq_d.loops import setup as setup_lib
 from pix2seq_d.loops import state as state_lib
 from pix2seq_d.parallel import distributed, sharding
 from pix2seq_d.runtime import (
@@ -29,7 +28,6 @@ from pix2seq_d.runtime import (
   workdir_files,
   workdir_lock,
 )
-from pix2seq_d.tasks import registry as task_registry
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,6 +45,43 @@ def flat_hparams(tree: dict, prefix: str = '') -> dict[str, bool | int | float |
     else:
       flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
   return flat
+
+
+def config_changes(previous: dict, current: dict) -> list[str]:
+  """'field: old -> new' for every field of two config dicts that differs, sorted by field."""
+  before, after = flat_hparams(previous), flat_hparams(current)
+  missing = '(absent)'
+  return [
+    f'{field}: {before.get(field, missing)!r} -> {after.get(field, missing)!r}'
+    for field in sorted(set(before) | set(after))
+    if before.get(field, missing) != after.get(field, missing)
+  ]
+
+
+def _record_config(config, workdir: str, start_step: int, writer) -> None:
+  """Stores the run's config in the workdir (process 0), and on a resume says what changed.
+
+  A resumed run with another batch size, microbatches or learning rate trains a different
+  experiment from the checkpoint on: the changes are logged, written to TensorBoard as text at
+  the resume step, and the hyperparameters are written again with the new values.
+  """
+  if jax.process_index() != 0:
+    return
+  current = json.loads(config.to_json_best_effort())
+  previous = workdir_files.read_config(workdir) if start_step else None
+  changes = config_changes(previous, current) if previous is not None else []
+  if start_step == 0 or changes:
+    writer.write_hparams(flat_hparams(current))
+  if changes:
+    logging.warning(
+      'Resuming step %d with a config that differs from the one the run was trained with '
+      '(%s):\n  %s',
+      start_step,
+      workdir_files.CONFIG_FILE,
+      '\n  '.join(changes),
+    )
+    writer.write_texts(start_step, {'config_changes': '\n\n'.join(changes)})
+  workdir_files.write_config(workdir, config.to_json_best_effort())
 
 
 def _first_non_finite(pending: list[tuple[int, jax.Array]]) -> tuple[list[float], int | None]:
@@ -138,16 +173,17 @@ def _resume_position(config, workdir: str, start_step: int) -> int:
 
 
 def run(config, workdir: str, mode: str) -> dict | None:
-  """Trains and/or evaluates as `mode` says ('train', 'eval' or 'train_and_eval').
+  """Trains, and with mode 'train_and_eval' evaluates at the end ('train' or 'train_and_eval').
 
   A training run holds the workdir's lock (process 0 takes it), so a second run on the same
-  workdir stops at start instead of interleaving checkpoints with this one.
+  workdir stops at start instead of interleaving checkpoints with this one. (`--mode=eval` and
+  its follower are eval_checkpoints.py: they only read the workdir.)
 
   Returns:
     The last evaluation record, or None when no evaluation ran.
   """
   lock = None
-  if mode != 'eval' and jax.process_index() == 0:
+  if jax.process_index() == 0:
     lock = workdir_lock.WorkdirLock(workdir)
     lock.acquire()
   try:
@@ -165,7 +201,7 @@ def _check_num_steps(config, workdir: str, mode: str) -> None:
       evaluating that checkpoint is --mode=eval).
   """
   saved = checkpoints.saved_steps(workdir)
-  if mode == 'eval' or not saved:
+  if not saved:
     return
   latest, num_steps = saved[-1], config.train.num_steps
   if latest > num_steps:
@@ -184,20 +220,9 @@ def _check_num_steps(config, workdir: str, mode: str) -> None:
 
 def _run(config, workdir: str, mode: str) -> dict | None:
   # ------------------------------------------------------------------ mesh and data
-  mesh = sharding.make_mesh(config.mesh)
-  logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
-  sharding.check_batch_sizes(config, sharding.data_parallel_size(mesh), training=mode != 'eval')
   _check_num_steps(config, workdir, mode)
-  source = data_registry.get_source(config)
-  task_registry.check_source(task_registry.get_task(config), source)
-  info = pipeline.dataset_info(config, source)
-  # The class count may come from the dataset: applied here, once, to a copy of the config, and
-  # the task holds that copy.
-  config = data_facts.apply(config, info.categories, f'dataset {source.name!r}')
-  task = task_registry.get_task(config)
-  if mode == 'eval' and not checkpoints.saved_steps(workdir):
-    # Checked before anything is written: an eval of the wrong folder leaves it as it was.
-    raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
+  setup = setup_lib.data_and_task(config, training=True)
+  config, source, info, task, mesh = setup.config, setup.source, setup.info, setup.task, setup.mesh
   # An evaluation's results could not be added to a broken eval_results.json: found now.
   workdir_files.read_results_history(workdir)
   if jax.process_index() == 0:
@@ -217,8 +242,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   if restored is not None:
     state, start_step = restored
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
-    if mode != 'eval':
-      writer = skip_replayed_summaries(writer, workdir, start_step)
+    writer = skip_replayed_summaries(writer, workdir, start_step)
   else:
     start_step = 0
     if config.init_from.path and config.init_from.format == 'tf':
@@ -232,32 +256,10 @@ def _run(config, workdir: str, mode: str) -> dict | None:
       state = init_from.restore_for_init(config.init_from.path, state, config.init_from.mode)
       logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
 
-  predict_fn = state_lib.jit_predict(
-    task, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
-  )
+  evaluation = setup.evaluation(eval_graphdef, state_shardings, workdir, writer)
 
   def run_eval(state, step):
-    return evaluate.evaluate(
-      config,
-      task=task,
-      predict_fn=predict_fn,
-      params=state.ema_params,
-      model_state=state.ema_model_state,
-      mesh=mesh,
-      categories=info.categories,
-      eval_iterator=task.eval_iterator(source),
-      step=step,
-      workdir=workdir,
-      writer=writer,
-    )
-
-  if mode == 'eval':
-    if restored is None:
-      raise FileNotFoundError(f'--mode=eval: no complete checkpoint in {workdir}; train first.')
-    record = run_eval(state, start_step)
-    manager.close()
-    writer.close()
-    return record
+    return evaluation(state.ema_params, state.ema_model_state, step)
 
   # ------------------------------------------------------------------------ loop
   train_step = state_lib.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
@@ -272,8 +274,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   pending: list[tuple[int, jax.Array]] = []
   last_metrics, window_start, window_examples = None, time.time(), 0
   record = None
-  if start_step == 0 and jax.process_index() == 0:
-    writer.write_hparams(flat_hparams(config.to_dict()))
+  _record_config(config, workdir, start_step, writer)
 
   def check_losses():
     """Stops the run at the first non-finite loss; returns the mean of the pending losses."""

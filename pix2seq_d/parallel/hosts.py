@@ -49,3 +49,10 @@ def gather_json(value: Any) -> list[Any]:
     json.loads(bytes(data[: int(size)]).decode())
     for size, data in zip(sizes, gathered, strict=True)
   ]
+
+
+def value_of_first(value: int) -> int:
+  """Process 0's `value` on every process: one decision that every process then follows."""
+  if jax.process_count() == 1:
+    return int(value)
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))

@@ -10,6 +10,11 @@ files are written in a background thread. Orbax writes a step into a temporary d
 renames it (or, on gs://, writes a commit marker) when complete, so a crash never leaves a
 half-written step that `restore_latest` would pick up. Call `wait_until_finished()` before exit.
 
+A manager opened with `read_only=True` (evaluation, a follower evaluator, predict) never creates,
+deletes or cleans anything: the temporary folder of a step that a live training run is writing
+right now is not a leftover to it, and orbax lists only completed steps, so such a step is
+simply not there yet.
+
 Paths are `etils.epath` paths, so workdirs may be local or gs://. Starting from another run's
 weights is init_from.py; signal handling (SIGINT, SIGTERM) is preemption.py.
 """
@@ -135,10 +140,12 @@ def new_manager(
 ) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
     max_to_keep=None if read_only else keep,
+    save_interval_steps=0 if read_only else 1,  # what orbax sets for read_only, with a warning
     enable_async_checkpointing=async_save,
     create=not read_only,
     read_only=read_only,
-    # Leftovers of a save that crashed midway are never restored; deleting them saves space.
+    # Leftovers of a save that crashed midway are never restored; deleting them saves space. A
+    # reader never does it: beside a live training run they are the step being written.
     cleanup_tmp_directories=not read_only,
   )
   return ocp.CheckpointManager(
@@ -186,23 +193,38 @@ class CheckpointManager:
   """
 
   def __init__(
-    self, workdir: str | epath.PathLike, *, keep: int | None = 5, async_save: bool = True
+    self,
+    workdir: str | epath.PathLike,
+    *,
+    keep: int | None = 5,
+    async_save: bool = True,
+    read_only: bool = False,
   ):
-    """Opens (and creates) `<workdir>/checkpoints`.
+    """Opens (and, unless read-only, creates) `<workdir>/checkpoints`.
 
     Args:
       workdir: the run's directory, local or gs://.
-      keep: how many of the newest steps to keep; None keeps all.
+      keep: how many of the newest steps to keep; None keeps all (ignored when read-only).
       async_save: write files in a background thread (save only blocks for the device-to-host
         copy).
+      read_only: restore only: nothing in the workdir is created, deleted or cleaned up, so it
+        is safe beside a training run that writes the same workdir (see the module docstring).
     """
     self.workdir = epath.Path(workdir)
     self.directory = self.workdir / CHECKPOINT_SUBDIR
-    self._manager = new_manager(self.directory, keep=keep, async_save=async_save)
+    self.read_only = read_only
+    self._manager = new_manager(
+      self.directory, keep=keep, async_save=async_save, read_only=read_only
+    )
 
   def all_steps(self) -> list[int]:
     """The steps saved so far (completed ones only), ascending."""
     return sorted(self._manager.all_steps())
+
+  def reload(self) -> list[int]:
+    """Reads the completed steps from storage again (another process writes them); returns them."""
+    self._manager.reload()
+    return self.all_steps()
 
   def latest_step(self) -> int | None:
     """The newest completed step, or None."""
@@ -217,6 +239,8 @@ class CheckpointManager:
       force: save even if orbax's save policy would skip this step (the interval is the
         caller's, so this only matters with a custom policy).
     """
+    if self.read_only:
+      raise PermissionError(f'{self.directory} was opened read-only: step {step} is not saved.')
     if step in self._manager.all_steps():
       return False
     tree = _nest({path: _storable(leaf_value(leaf)) for path, leaf in flat_state(state)})
@@ -224,10 +248,11 @@ class CheckpointManager:
       step, args=ocp.args.Composite(**{ITEM: ocp.args.PyTreeSave(tree)}), force=force
     )
 
-  def check_compatible(self, step: int, abstract_state: Any) -> None:
+  def check_compatible(self, step: int, abstract_state: Any, partial: bool = False) -> None:
     """Raises ValueError if the checkpoint at `step` has other arrays or shapes than the state.
 
     The message names the first mismatching path with both shapes and the checkpoint directory.
+    With `partial`, arrays of the checkpoint that `abstract_state` does not hold are allowed.
     """
     saved = shapes_in_checkpoint(self._manager, step)
     expected = {
@@ -250,13 +275,13 @@ class CheckpointManager:
           f'{step} but {tuple(shape)} in the model. {hint}'
         )
     extra = sorted(set(saved) - set(expected))
-    if extra:
+    if extra and not partial:
       raise ValueError(
         f'checkpoint step {step} holds {describe_path(extra[0])} {saved[extra[0]]}, '
         f'which the model does not have. {hint}'
       )
 
-  def restore(self, step: int, abstract_state: Any) -> Any:
+  def restore(self, step: int, abstract_state: Any, partial: bool = False) -> Any:
     """Restores `step` onto `abstract_state`'s structure, dtypes and shardings.
 
     Args:
@@ -264,20 +289,25 @@ class CheckpointManager:
       abstract_state: the state's tree with jax.ShapeDtypeStruct leaves carrying the target
         shardings (`sharding.with_shardings(jax.eval_shape(init_fn), shardings)`), so each
         process reads only its own shards.
+      partial: `abstract_state` holds a part of the saved state, keyed as in the saved one, e.g.
+        {'ema_params': ..., 'ema_model_state': ...} for evaluation; only that part is read.
 
     Returns:
       The restored state, the same structure as `abstract_state`.
 
     Raises:
       ValueError: when the checkpoint does not match the model (see `check_compatible`).
+      FileNotFoundError: the step's folder is gone (a training run deleted it meanwhile).
     """
-    self.check_compatible(step, abstract_state)
+    self.check_compatible(step, abstract_state, partial=partial)
     flat = flat_state(abstract_state)
     targets = {path: storable_abstract(leaf_value(leaf)) for path, leaf in flat}
     folder = self.directory / str(step)
     try:
-      restored = restore_items(self._manager, step, targets, partial=False)
+      restored = restore_items(self._manager, step, targets, partial=partial)
     except (ValueError, OSError, RuntimeError) as e:  # a deleted or damaged array file
+      if not folder.exists():
+        raise FileNotFoundError(f'{folder} was deleted while it was being restored.') from e
       raise ValueError(
         f'{folder} cannot be restored: a file of it is missing or damaged '
         f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). To resume from the '

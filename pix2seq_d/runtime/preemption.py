@@ -7,7 +7,8 @@ compilation) turns the first SIGINT or SIGTERM into a request that the loops pol
                checkpoint is written and the process exits with status 0; a request before the
                first step ends the run with nothing trained and nothing to save;
   evaluation   `check_stop('...')` between batches raises `StopRequested` within a batch's time
-  and predict  (main.py exits with 128 + the signal number; a rerun evaluates again).
+  and predict  (main.py exits with 128 + the signal number; a rerun evaluates again); a
+               follower waiting for the next checkpoint stops at once (`wait_or_stop`).
 
 Neither signal interrupts Python code mid-way (a KeyboardInterrupt raised inside a garbage
 collector callback is swallowed; one raised inside XLA compilation crashed the process). A
@@ -102,6 +103,12 @@ def stop_requested() -> bool:
 def check_stop(where: str) -> None:
   """Raises `StopRequested` naming `where` when a signal asked the run to stop."""
   if _stop_flag.is_set():
+    raise StopRequested(where)
+
+
+def wait_or_stop(seconds: float, where: str) -> None:
+  """Sleeps `seconds`, or raises `StopRequested` naming `where` as soon as a signal arrives."""
+  if _stop_flag.wait(seconds):
     raise StopRequested(where)
 
 

@@ -2,12 +2,20 @@
 
   <workdir>/categories.json     the dataset's categories, so that --mode=predict needs no dataset
   <workdir>/eval_results.json   the latest evaluation on top, every evaluation in 'history'
+  <workdir>/config.json         the config of the latest training start, so that a resumed run
+                                can say what changed
 
 Both are written whole to a temporary name and renamed (atomic on POSIX and for a single gs://
-object): a reader never sees half a file.
+object): a reader never sees half a file. A training run's evaluations and a follower evaluator
+(`--mode=eval --config.eval.follow=True`) may add records to one eval_results.json: on a local
+folder each read-modify-write holds an exclusive lock on <workdir>/.eval_results.lock, so
+neither record is lost.
 """
 
+import contextlib
+import fcntl
 import json
+import os
 
 from etils import epath
 
@@ -15,11 +23,40 @@ from pix2seq_d.runtime.json_files import FileFormatError, write_json_atomically
 
 CATEGORIES_FILE = 'categories.json'
 RESULTS_FILE = 'eval_results.json'
+RESULTS_LOCK_FILE = '.eval_results.lock'
+CONFIG_FILE = 'config.json'
+
+
+@contextlib.contextmanager
+def _results_lock(workdir: str):
+  """Holds the exclusive lock of eval_results.json while the block runs (local folders only;
+  gs:// has no file locks, and a follower there writes its own workdir's file alone)."""
+  if '://' in os.fspath(workdir):
+    yield
+    return
+  with open(os.path.join(os.fspath(workdir), RESULTS_LOCK_FILE), 'a') as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+    yield
 
 
 def write_categories(workdir: str, categories) -> None:
   """Stores the run's categories next to its checkpoints, for prediction without the dataset."""
   write_json_atomically(epath.Path(workdir) / CATEGORIES_FILE, list(categories))
+
+
+def write_config(workdir: str, config_json: str) -> None:
+  """Stores the config a training run starts with (`ConfigDict.to_json_best_effort()`)."""
+  write_json_atomically(epath.Path(workdir) / CONFIG_FILE, json.loads(config_json), indent=2)
+
+
+def read_config(workdir: str) -> dict | None:
+  """The config the last training start stored, or None (none yet, or unreadable)."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  try:
+    content = json.loads(path.read_text())
+  except (FileNotFoundError, ValueError):
+    return None
+  return content if isinstance(content, dict) else None
 
 
 def read_categories(workdir: str) -> list[dict]:
@@ -74,8 +111,9 @@ def write_results(workdir: str, record: dict, **details: dict) -> None:
     FileFormatError: the existing file cannot be extended (`read_results_history`); it is kept.
   """
   path = epath.Path(workdir) / RESULTS_FILE
-  history = read_results_history(workdir)
-  history = [h for h in history if h['step'] != record['step']] + [record]
   details = {name: {str(k): v for k, v in tables.items()} for name, tables in details.items()}
-  content = dict(record, **details, history=history)
-  write_json_atomically(path, content, indent=2)
+  with _results_lock(workdir):
+    history = read_results_history(workdir)
+    history = [h for h in history if h['step'] != record['step']] + [record]
+    content = dict(record, **details, history=history)
+    write_json_atomically(path, content, indent=2)

@@ -82,6 +82,16 @@ class WorkdirLock:
       return f'its heartbeat is {age:.0f} s old'
     return None
 
+  def live_holder(self) -> dict | None:
+    """The record of the run that holds the lock now, or None (no lock, or a stale one).
+
+    Only reads: a follower evaluator asks whether a training run is still alive.
+    """
+    holder = self.holder()
+    if holder is None or self.stale_reason(holder) is not None:
+      return None
+    return holder
+
   def _write(self) -> None:
     self.record['heartbeat'] = time.time()
     tmp = self.path.parent / f'{LOCK_FILE}.{self.record["token"]}.tmp'

@@ -1,6 +1,7 @@
 """eval_results.json: a file that cannot be extended is named before anything runs, and kept."""
 
 import json
+import multiprocessing
 
 import pytest
 
@@ -36,3 +37,28 @@ def test_results_keep_one_record_per_step_latest_on_top(tmp_path):
   content = json.loads((tmp_path / workdir_files.RESULTS_FILE).read_text())
   assert content['step'] == 2 and content['PQ'] == 0.2 and 'pq' not in content
   assert [(h['step'], h['PQ']) for h in content['history']] == [(4, 0.3), (2, 0.2)]
+
+
+def _write_records(workdir: str, first: int, count: int, go) -> None:
+  go.wait(60)
+  for step in range(first, first + count):
+    workdir_files.write_results(workdir, {'step': step, 'PQ': step / 1000})
+
+
+def test_two_processes_adding_results_at_once_lose_no_record(tmp_path):
+  """A training run's evaluation and a follower evaluator write one eval_results.json."""
+  count = 150
+  context = multiprocessing.get_context('spawn')
+  go = context.Event()
+  writers = [
+    context.Process(target=_write_records, args=(str(tmp_path), first, count, go))
+    for first in (1, 1001)
+  ]
+  for process in writers:
+    process.start()
+  go.set()
+  for process in writers:
+    process.join(120)
+    assert process.exitcode == 0
+  history = workdir_files.read_results_history(str(tmp_path))
+  assert sorted(h['step'] for h in history) == [*range(1, 1 + count), *range(1001, 1001 + count)]

@@ -2,6 +2,8 @@
 leave, road and sky, a void band and a crowd region, frames of two sizes across sequences."""
 
 import os
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -32,6 +34,27 @@ def write_map(path, classes, instance) -> None:
   rgb = np.stack([classes, instance // 256, instance % 256], axis=-1).astype(np.uint8)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(rgb, 'RGB').save(path)
+
+
+def write_png_16_bits(path, rgb) -> None:
+  """Writes an (H, W, 3) array of 0..65535 as an RGB PNG with 16 bits per channel.
+
+  Written chunk by chunk (Pillow writes no 16-bit RGB PNG): the signature, IHDR (bit depth 16,
+  colour type 2 = RGB), one IDAT of the zlib-compressed rows (filter byte 0, big-endian samples)
+  and IEND.
+  """
+  rgb = np.asarray(rgb)
+  height, width, _ = rgb.shape
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+  rows = b''.join(b'\0' + row.tobytes() for row in rgb.astype('>u2'))
+  with open(path, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n')
+    f.write(chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 16, 2, 0, 0, 0)))
+    f.write(chunk(b'IDAT', zlib.compress(rows)))
+    f.write(chunk(b'IEND', b''))
 
 
 def write_step_folder(root, rng, splits=None):

@@ -2,11 +2,14 @@
 before training, re-preparation when a file changes, and a folder's own categories."""
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from step_layout import CAR, PERSON, VOID, write_map, write_step_folder
+from processes import run
+from step_layout import CAR, PERSON, VOID, write_map, write_png_16_bits, write_step_folder
 
 from configs import kitti_step as kitti_configs
 from pix2seq_d.data import kitti_step, pipeline
@@ -58,6 +61,22 @@ def _write_image(path, shape, rng):
   Image.fromarray(rng.integers(0, 255, shape + (3,), dtype=np.uint8)).save(path)
 
 
+def _widen_to_16_bits(path):
+  """Rewrites a STEP map with the same values in 16 bits per channel (as a writer of uint16
+  arrays stores them): Pillow would keep only the high bytes, all zero."""
+  from PIL import Image
+
+  write_png_16_bits(path, np.asarray(Image.open(path)).astype(np.uint16))
+
+
+def _truncate(path, rng):
+  """Cuts a PNG short at a random point after its header (its size stays readable)."""
+  data = path.read_bytes()
+  cut = int(rng.integers(40, len(data) - 12))
+  print('cut', path, 'at', cut, 'of', len(data))
+  path.write_bytes(data[:cut])
+
+
 BAD_INPUTS = {
   'missing map': (
     lambda root, rng: (root / 'panoptic_maps/val/0002/000001.png').unlink(),
@@ -83,6 +102,14 @@ BAD_INPUTS = {
     ),
     r'0006/000002.png: frames must be numbered 000000.png, 000001.png, ... \(expected 000001.png',
   ),
+  'map with 16 bits per channel': (
+    lambda root, rng: _widen_to_16_bits(root / 'panoptic_maps/train/0000/000003.png'),
+    '0000/000003.png: a STEP panoptic map has 8 bits per channel .*; this file has 16',
+  ),
+  'truncated frame': (
+    lambda root, rng: _truncate(root / 'images/train/0001/000004.png', rng),
+    r'0001/000004.png: cannot be decoded as a PNG \(',
+  ),
   'frames of two sizes': (
     lambda root, rng: _write_image(root / 'images/val/0006/000002.png', (10, 10), rng),
     r'0006/000002.png: its size \(10, 10\) differs from the first frame of sequence 0006',
@@ -99,6 +126,8 @@ def test_bad_input_is_named_before_anything_trains(tmp_path, case):
   damage(root, rng)
   with pytest.raises(ValueError, match=message):
     kitti_step.make_source(_config(root, tmp_path / 'tfds'))
+  # No half-prepared copy (nor a leftover of one) that a later run could take for the data.
+  assert list(tmp_path.glob('tfds/step_folder/*/*')) == []
 
 
 def test_a_changed_file_is_converted_again_and_test_has_no_maps(tmp_path):
@@ -133,6 +162,104 @@ def test_a_short_training_sequence_is_named_and_gives_no_window(tmp_path, caplog
     pipeline.make_train_iterator(config, source=source, process_index=0, process_count=1)
   )
   assert batch['image'].shape == (2, 64, 208, 3) and batch['cond_label'].shape == (2, 32, 104, 4)
+
+
+def _first_batch_or_error(iterator, timeout_s=300):
+  """next(iterator), or the exception it raised; fails the test if it waits past timeout_s (the
+  stream would otherwise hang the test run for ever)."""
+  import threading
+
+  outcome = []
+
+  def take():
+    try:
+      outcome.append(next(iterator))
+    except Exception as e:  # the outcome under test
+      outcome.append(e)
+
+  thread = threading.Thread(target=take, daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  assert outcome, f'no batch and no error after {timeout_s} s: the training stream hangs'
+  return outcome[0]
+
+
+def test_a_split_without_any_window_stops_training_before_reading(tmp_path):
+  rng = _rng()
+  root = tmp_path / 'step'
+  short = int(rng.integers(1, 3))  # 1 or 2 frames, below the window of 3
+  write_step_folder(
+    root,
+    rng,
+    {'train': {'0000': (short, 24, 40), '0001': (2, 20, 36)}, 'val': {'0002': (3, 24, 40)}},
+  )
+  config = _config(root, tmp_path / 'tfds')
+  source = kitti_step.make_source(config)
+  with pytest.raises(
+    ValueError,
+    match=r"config.data.train_split 'train' of 'kitti_step': its longest sequence has 2 frames, "
+    r'fewer than config.data.video_window=3',
+  ):
+    pipeline.make_train_iterator(config, source=source, process_index=0, process_count=1)
+
+
+@pytest.mark.slow
+def test_training_on_a_split_without_any_window_stops_at_start_and_frees_the_workdir(
+  tmp_path, jax_cache
+):
+  rng = _rng()
+  root = tmp_path / 'step'
+  frames = [int(rng.integers(1, 3)) for _ in range(3)]  # every sequence shorter than 3 frames
+  train = {f'{k:04d}': (n, 24, 40) for k, n in enumerate(frames)}
+  write_step_folder(root, rng, {'train': train, 'val': {'0009': (3, 24, 40)}})
+  workdir = tmp_path / 'run'
+  command = [
+    sys.executable,
+    '-m',
+    'pix2seq_d.main',
+    '--config=configs/kitti_step.py:runlocal',
+    f'--workdir={workdir}',
+    f'--config.data.step_root={root}',
+    f'--config.data.data_dir={tmp_path / "tfds"}',
+    '--config.data.num_parallel_calls=1',
+  ]
+  code, log = run(command, jax_cache)
+  assert code != 0, log[-3000:]
+  assert (
+    f"config.data.train_split 'train' of 'kitti_step': its longest sequence has {max(frames)} "
+    'frames, fewer than config.data.video_window=3'
+  ) in log, log[-3000:]
+  assert not (workdir / 'run.lock').exists()
+
+
+def test_a_process_whose_share_has_no_window_stops_instead_of_waiting(tmp_path):
+  import dataclasses
+
+  rng = _rng()
+  root = tmp_path / 'step'
+  write_step_folder(
+    root, rng, {'train': {'0000': (5, 24, 40), '0001': (2, 24, 40)}, 'val': {'0002': (3, 24, 40)}}
+  )
+  config = _config(root, tmp_path / 'tfds')
+  source = kitti_step.make_source(config)
+  # The split has a window (checked before reading); each of two processes reads one sequence.
+  outcomes = [
+    _first_batch_or_error(
+      pipeline.make_train_iterator(config, source=source, process_index=k, process_count=2)
+    )
+    for k in range(2)
+  ]
+  errors = [o for o in outcomes if isinstance(o, Exception)]
+  assert len(errors) == 1, outcomes
+  assert 'none holds config.data.video_window=3 frames' in str(errors[0])
+  assert 'Frames in the longest:] [2]' in str(errors[0])
+  # The same without the lengths (a source that does not know them) stops the same way.
+  unknown = dataclasses.replace(source, clip_lengths={})
+  config.data.video_window = 6
+  error = _first_batch_or_error(
+    pipeline.make_train_iterator(config, source=unknown, process_index=0, process_count=1)
+  )
+  assert isinstance(error, Exception) and 'Frames in the longest:] [5]' in str(error)
 
 
 def test_training_windows_decode_only_their_frames_and_equal_whole_clip_windows(tmp_path):
@@ -196,7 +323,12 @@ def test_moving_shapes_are_written_in_the_step_layout_with_entering_tracks(tmp_p
   config = shapes_configs.get_config('video_panoptic')
   config.data.name = 'shapes_step/tiny'
   config.data.data_dir = str(tmp_path)
+  # What a writer killed half-way leaves: its staging folder, removed by the next writer.
+  killed = tmp_path / 'shapes_step' / 'tiny' / '.shapes-step-tmp-killed'
+  (killed / 'images').mkdir(parents=True)
+  (killed / 'categories.json').write_text('[')
   source = registry.get_source(config)
+  assert sorted(os.listdir(tmp_path / 'shapes_step' / 'tiny')) == [shapes_step.VERSION]
   assert source.name == 'shapes_step/tiny' and source.categories == tuple(
     {k: c[k] for k in ('id', 'name', 'isthing', 'color')} for c in shapes.CATEGORIES
   )

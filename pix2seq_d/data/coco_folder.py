@@ -38,7 +38,13 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from pix2seq_d.data import coco
-from pix2seq_d.data.source import LocalFilesBuilder, Source, add_file_stamps, inside_root
+from pix2seq_d.data.source import (
+  LocalFilesBuilder,
+  Source,
+  add_file_stamps,
+  inside_root,
+  prepare,
+)
 from pix2seq_d.runtime import json_files
 
 BUILDER_NAME = 'coco_panoptic_folder'
@@ -459,7 +465,7 @@ def make_source(config) -> Source:
   """
   builder = make_builder(config)
   if not builder.is_prepared():
-    _prepare(builder)
+    builder = _prepare(builder)
   metadata = builder.info.metadata
   return Source(
     name='coco_folder',
@@ -471,8 +477,9 @@ def make_source(config) -> Source:
   )
 
 
-def _prepare(builder: CocoPanopticFolder) -> None:
-  """download_and_prepare; on failure, removes the folders it created that hold no file."""
+def _prepare(builder: CocoPanopticFolder) -> CocoPanopticFolder:
+  """`source.prepare` (one process at a time, leftovers of a killed one removed); on failure,
+  removes the folders it created that hold no file. Returns the prepared builder."""
   version_dir = epath.Path(builder.data_dir)
   data_dir = version_dir.parents[2]
   created = [
@@ -481,7 +488,7 @@ def _prepare(builder: CocoPanopticFolder) -> None:
     if not path.exists()
   ]
   try:
-    builder.download_and_prepare()
+    return prepare(builder)
   except BaseException:
     for path in created:
       if path.is_dir() and not any(f for _, _, files in os.walk(path) for f in files):

@@ -40,6 +40,7 @@ from pix2seq_d.data.source import (
   add_file_stamps,
   check_splits,
   inside_root,
+  prepare,
 )
 
 BUILDER_NAME = 'davis_folder'
@@ -393,9 +394,7 @@ def make_source(config) -> Source:
   data = config.data
   if not data.davis_root:
     return _tfds_source(config)
-  builder = make_builder(config)
-  if not builder.is_prepared():
-    builder.download_and_prepare()
+  builder = prepare(make_builder(config))
   return Source(
     name=TFDS_NAME,
     builder=builder,

@@ -16,16 +16,19 @@ sequences have no maps and are segmented with --mode=predict on ROOT/images/test
 The folder is converted once into a TFDS dataset `step_folder/root_<hash>` under
 config.data.data_dir; the hash covers the path and the name, size and modification time of every
 file of the splits read, so a changed file is converted again. Conversion checks every frame and
-stops with an error naming the file: a frame without its map, a map of another size than its
-frame, a class outside 0..18 and 255, frames of one sequence of different sizes, or frames not
-numbered 000000, 000001, ... (predictions are named by position).
+stops with an error naming the file: a frame without its map, a frame that does not decode
+(truncated or corrupt: each is decoded once, as training will), a map that is not an 8-bit RGB
+PNG, a map of another size than its frame, a class outside 0..18 and 255, frames of one sequence
+of different sizes, or frames not numbered 000000, 000001, ... (predictions are named by
+position).
 
 Canonical example: one whole sequence. semantic = the class's category index + 1 (void 0);
 instance: every
 (class, id) pair of the sequence gets one id 1..S, the same in every frame (each stuff class is
 one segment, each track one, the crowd of a thing class one with crowd = 1); void pixels are
 (0, 0). Training cuts windows of config.data.video_window frames (a shorter training sequence is
-named in a warning and gives none); evaluation streams whole sequences.
+named in a warning and gives none; training stops at start when no sequence of its split is long
+enough); evaluation streams whole sequences.
 """
 
 import hashlib
@@ -37,7 +40,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from pix2seq_d.data.source import LocalFilesBuilder, Source, add_file_stamps
+from pix2seq_d.data.source import LocalFilesBuilder, Source, add_file_stamps, prepare
 from pix2seq_d.runtime import image_files, json_files
 
 BUILDER_NAME = 'step_folder'
@@ -219,11 +222,29 @@ def read_step_map(path: str, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _frame_size(path: str) -> tuple[int, int]:
+  """(height, width) from the image's header only."""
   try:
     with PIL.Image.open(path) as image:
       return image.height, image.width
   except image_files.READ_ERRORS as e:
     raise ValueError(f'{path}: cannot be read as an image ({e})') from None
+
+
+def _checked_frame(path: str) -> tuple[bytes, tuple[int, int]]:
+  """A frame's PNG bytes, as stored, and its (height, width), decoded once in full here as
+  training decodes it (`decode_example`): a truncated or corrupt frame is refused at preparation,
+  naming it, instead of failing inside tf.data mid-training where no file is named.
+
+  Raises:
+    ValueError: the frame cannot be decoded as a PNG; the message names it.
+  """
+  with open(path, 'rb') as f:
+    encoded = f.read()
+  try:
+    shape = tf.io.decode_png(encoded, channels=3).shape
+  except tf.errors.OpError as e:
+    raise ValueError(f'{path}: cannot be decoded as a PNG ({e.message})') from None
+  return encoded, (int(shape[0]), int(shape[1]))
 
 
 class StepFolder(LocalFilesBuilder):
@@ -286,12 +307,15 @@ def _build_sequence(
   map_paths = [os.path.join(paths['maps'], name, f) for f in frames]
   size = _frame_size(frame_paths[0])
   keys = set()
+  encoded_frames = []
   for frame_path, map_path in zip(frame_paths, map_paths, strict=True):
-    if _frame_size(frame_path) != size:
+    encoded, frame_size = _checked_frame(frame_path)
+    if frame_size != size:
       raise ValueError(
-        f'{frame_path}: its size {_frame_size(frame_path)} differs from the first frame of '
-        f'sequence {name} {size}'
+        f'{frame_path}: its size {frame_size} differs from the first frame of sequence {name} '
+        f'{size}'
       )
+    encoded_frames.append(encoded)
     semantic, instance = read_step_map(map_path, table)
     if semantic.shape != size:
       raise ValueError(f'{map_path}: the map is {semantic.shape}, its frame {frame_path} {size}')
@@ -300,10 +324,8 @@ def _build_sequence(
   if len(keys) >= _INSTANCE_SPAN:
     raise ValueError(f'sequence {name}: {len(keys)} segments do not fit 16-bit ids')
   table_keys = np.array(sorted(keys), np.int64)
-  encoded_frames, labels = [], []
-  for frame_path, map_path in zip(frame_paths, map_paths, strict=True):
-    with open(frame_path, 'rb') as f:
-      encoded_frames.append(f.read())
+  labels = []
+  for map_path in map_paths:
     semantic, instance = read_step_map(map_path, table)
     labelled = semantic > 0
     ids = np.searchsorted(table_keys, semantic.astype(np.int64) * _INSTANCE_SPAN + instance) + 1
@@ -360,14 +382,12 @@ def make_source(config) -> Source:
   """The source of config.data.step_root, converted on first use.
 
   Training sequences shorter than config.data.video_window are named in a warning (they give no
-  training window).
+  training window); when all are, training refuses the split at start (`Source.clip_lengths`).
 
   Raises:
     FileNotFoundError, ValueError: the layout or a file is wrong (the message names it).
   """
-  builder = make_builder(config)
-  if not builder.is_prepared():
-    builder.download_and_prepare()
+  builder = prepare(make_builder(config))
   metadata = builder.info.metadata
   train = config.data.train_split
   window = int(config.data.video_window)
@@ -389,4 +409,5 @@ def make_source(config) -> Source:
     clips=True,
     max_image_size={split: tuple(size) for split, size in metadata['max_image_size'].items()},
     frame_keys=('frames', 'labels'),
+    clip_lengths={split: dict(lengths) for split, lengths in metadata['lengths'].items()},
   )

@@ -134,6 +134,25 @@ def check_source(config, source: Source) -> None:
       )
 
 
+def check_train_windows(config, source: Source, split: str) -> None:
+  """Raises ValueError when no clip of the training `split` holds config.data.video_window
+  frames, where the source knows the lengths (`Source.clip_lengths`): such a split gives no
+  training window, and the endless stream would read it round and round for ever, waiting for
+  one. Checked before anything is read."""
+  lengths = source.clip_lengths.get(split)
+  if not source.clips or not lengths:
+    return
+  window = int(config.data.video_window)
+  longest = max(lengths.values())
+  if longest < window:
+    raise ValueError(
+      f'config.data.train_split {split!r} of {source.name!r}: its longest sequence has '
+      f'{longest} frames, fewer than config.data.video_window={window}, so it gives no training '
+      f'window. Train on a split with longer sequences or lower --config.data.video_window (at '
+      f'least config.diffusion.num_cond_frames + 1 = {config.diffusion.num_cond_frames + 1}).'
+    )
+
+
 def require_clips(source: Source, clips: bool, function: str) -> None:
   """Raises ValueError when `source` holds images where `function` reads clips, or the reverse."""
   if source.clips != clips:
@@ -283,6 +302,7 @@ def make_train_iterator(
     config.train.batch_size, process_count, 'config.train.batch_size'
   )
   split = source.split(config.data.train_split)
+  check_train_windows(config, source, split)
   instruction, size = splits.process_read_instruction(
     source.builder, split, process_index, process_count
   )
@@ -317,6 +337,11 @@ def make_train_iterator(
     if not source.frame_keys:
       dataset = dataset.map(finish, num_parallel_calls=parallel)
     dataset = _drop_broken(dataset, stats, id_key)
+    where = (
+      f'training split {split} of {source.name}, the {size} clips of process '
+      f'{process_index}/{process_count}'
+    )
+    dataset = _refuse_windowless(dataset, config, frame_keys[0], size, where)
     window_seed = int(_derived_seed(config, process_index, _WINDOW_SHUFFLE_STREAM)[0])
     dataset = _video_windows(dataset, config, window_seed, frame_keys)
     dataset = dataset.enumerate().skip(start_position)
@@ -370,6 +395,39 @@ def _image_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
       return {'image': images[0], 'label': tf.identity(labels[0])}
 
   return preprocess
+
+
+def _refuse_windowless(
+  dataset: tf.data.Dataset, config, frame_key: str, clips_per_epoch: int, where: str
+) -> tf.data.Dataset:
+  """Clips as they are, but raises (InvalidArgumentError, in the graph) once so many clips in a
+  row are shorter than config.data.video_window that none of this process's clips can be longer.
+
+  `check_train_windows` refuses such a split before reading where the source knows its lengths;
+  this covers the rest (a process whose share of the split holds only short clips, a source
+  without lengths), where the endless stream would otherwise wait for a window for ever. Each
+  epoch is a permutation of the `clips_per_epoch` clips, so a long clip ends every run of short
+  ones within 2 * clips_per_epoch - 2 clips.
+  """
+  window = tf.constant(int(config.data.video_window), tf.int64)
+  limit = 2 * max(clips_per_epoch, 1) - 1
+  message = (
+    f'{where}: none holds config.data.video_window={int(config.data.video_window)} frames '
+    f'({limit} read in a row without a window), so there is no training window; train on longer '
+    'sequences or lower --config.data.video_window. Frames in the longest:'
+  )
+
+  def count(state, clip):
+    run, longest = state
+    length = tf.shape(clip[frame_key], out_type=tf.int64)[0]
+    run = tf.where(length >= window, tf.zeros_like(run), run + 1)
+    longest = tf.maximum(longest, length)
+    check = tf.debugging.Assert(run < limit, [message, longest])
+    with tf.control_dependencies([check]):
+      return (tf.identity(run), longest), clip
+
+  zero = tf.constant(0, tf.int64)
+  return dataset.scan((zero, zero), count)
 
 
 def _video_windows(

@@ -8,13 +8,15 @@ outside the frame so that they enter, and others leaving. Written once as files 
 panoptic_maps/<split>/<seq>/<frame>.png with R = the shapes category id, G * 256 + B = the track
 id of an object, 0 on sky and ground; categories.json), then read like any KITTI-STEP-layout
 folder (kitti_step.py). Generation is seeded per (split, index), so every machine writes the same
-files.
+files. One process writes at a time (a lock file beside the folder), into a staging folder renamed
+when complete; the staging folder of a writer that was killed is removed by the next writer.
 
 Configs: 'default' (500 training sequences of 8 frames, 32 val sequences of 16 frames, 64x64) and
 'tiny' (4 + 2 sequences, for tests).
 """
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -24,10 +26,11 @@ import numpy as np
 from PIL import Image
 
 from pix2seq_d.data import kitti_step, shapes
-from pix2seq_d.data.source import Source
+from pix2seq_d.data.source import Source, preparation_lock
 
 VERSION = '1.0.0'
 _DONE = 'COMPLETE'
+_STAGING_PREFIX = '.shapes-step-tmp-'
 _SPLITS = ('train', 'val')
 
 
@@ -67,7 +70,7 @@ def write_folder(root: str, config: StepShapesConfig) -> None:
   """Writes the sequences of `config` under `root`, all or nothing."""
   parent = os.path.dirname(root)
   os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.shapes-step-tmp-', dir=parent)
+  staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=parent)
   try:
     categories = [{k: c[k] for k in ('id', 'name', 'isthing', 'color')} for c in shapes.CATEGORIES]
     with open(os.path.join(staging, kitti_step.CATEGORIES_FILE), 'w') as f:
@@ -111,8 +114,17 @@ def folder(config) -> str:
     )
   data_dir = config.data.data_dir or os.path.expanduser('~/tensorflow_datasets')
   root = os.path.join(data_dir, 'shapes_step', config_name, VERSION)
-  if not os.path.isfile(os.path.join(root, _DONE)):
-    write_folder(root, CONFIGS[config_name])
+  if os.path.isfile(os.path.join(root, _DONE)):
+    return root
+  parent = os.path.dirname(root)
+  os.makedirs(parent, exist_ok=True)
+  # One writer at a time: a second one would replace the folder while the first converts it. The
+  # holder removes the staging folders of writers that were killed.
+  with preparation_lock(os.path.join(parent, f'.write_{VERSION}.lock')) as locked:
+    if not os.path.isfile(os.path.join(root, _DONE)):
+      for staging in glob.glob(os.path.join(parent, _STAGING_PREFIX + '*')) if locked else ():
+        shutil.rmtree(staging)
+      write_folder(root, CONFIGS[config_name])
   return root
 
 

@@ -17,14 +17,23 @@ The semantic label of categories[k] is k + 1; 0 is void.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import inspect
 import os
+import shutil
 from collections.abc import Callable, Mapping
+from stat import S_ISDIR
 from typing import Any
 
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
+
+# TFDS writes a dataset into <config dir>/incomplete.<random>_<version>/ and renames it when done.
+_INCOMPLETE_PREFIX = 'incomplete.'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +59,9 @@ class Source:
       raw example carries 'error' and 'video_id'. Training then cuts windows from the raw clip
       and decodes only their frames (a KITTI-STEP sequence has up to ~1,000 frames); empty: the
       whole clip is decoded first.
+    clip_lengths: clips only: the builder's split name -> {clip name: number of frames}, where the
+      source knows them before reading the examples; training refuses a split none of whose clips
+      holds config.data.video_window frames (pipeline.py) before it reads anything.
   """
 
   name: str
@@ -61,6 +73,7 @@ class Source:
   split_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
   max_image_size: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
   frame_keys: tuple[str, ...] = ()
+  clip_lengths: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
   def split(self, name: str) -> str:
     """The builder's name for the config split `name` (a split spec passes through)."""
@@ -105,14 +118,115 @@ def inside_root(root: str, relative, where: str) -> str:
 def add_file_stamps(digest, folder: str, root: str) -> None:
   """Adds (path relative to root, size, modification time) of every file under `folder`, in
   sorted order, to `digest`: a prepared dataset's cache key, so a changed, added or removed file
-  is prepared again. Linked files count by their target's stamps."""
-  for dirpath, dirnames, filenames in os.walk(folder):
-    dirnames.sort()
-    for name in sorted(filenames):
-      path = os.path.join(dirpath, name)
-      stat = os.stat(path)
+  is prepared again.
+
+  Linked files and folders are followed and count by their targets' stamps under the path as
+  linked: a sequence folder that is a link to frames elsewhere is read through the link, so a frame
+  changed there must change the key too. Each folder's files come before its subfolders, both
+  sorted (the order of `os.walk`), so a tree without links keeps the key it had before links were
+  followed.
+
+  Raises:
+    ValueError: a link to a folder that holds it (a link cycle: the walk would never end), naming
+      the link and its target.
+  """
+
+  def visit(directory: str, ancestors: tuple[str, ...]) -> None:
+    files, folders = [], []
+    for name in sorted(os.listdir(directory)):
+      path = os.path.join(directory, name)
+      stat = os.stat(path)  # the target's, for a link
+      (folders if S_ISDIR(stat.st_mode) else files).append((path, stat))
+    for path, stat in files:
       relative = os.path.relpath(path, root)
       digest.update(f'{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+    for path, _ in folders:
+      real = os.path.realpath(path)
+      # A folder that is, or holds, one of the folders walked down to here leads back to it.
+      if any(a == real or a.startswith(real + os.sep) for a in ancestors):
+        raise ValueError(
+          f'{path}: a link to {real}, which holds {directory} (a link cycle: the folder would be '
+          'read for ever); remove the link or point it at a folder outside.'
+        )
+      visit(path, (*ancestors, real))
+
+  if os.path.isdir(folder):
+    visit(folder, (os.path.realpath(folder),))
+
+
+def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Prepares `builder` (download_and_prepare) one process at a time, first removing what a
+  killed preparation of the same version left behind; returns a builder of the prepared data.
+
+  A preparation killed with SIGKILL (or by the OOM killer, or preempted) leaves its
+  incomplete.<random>_<version> folder beside the version folder for good. Preparations of one
+  builder version hold an exclusive lock (`flock` on <config dir>/.prepare_<version>.lock, which
+  the kernel releases when its holder dies, however it dies), so the holder knows that every such
+  folder there belongs to a dead process and removes it. A process that finds the lock taken
+  waits for it, then finds the data prepared and returns a builder that reads it (the one it was
+  given was built before the data existed and lacks its metadata). A gs:// data_dir, or a folder
+  without file locks, is prepared without the lock and without the removal, as TFDS does.
+  """
+  if builder.is_prepared():
+    return builder
+  version_dir = os.fspath(builder.data_dir).rstrip('/')
+  if '://' in version_dir:
+    builder.download_and_prepare()
+    return builder
+  config_dir, version = os.path.split(version_dir)
+  os.makedirs(config_dir, exist_ok=True)
+  with preparation_lock(os.path.join(config_dir, f'.prepare_{version}.lock')) as locked:
+    ready = type(builder)(config=builder.builder_config, data_dir=builder.data_dir_root)
+    if ready.is_prepared():  # by the process that held the lock before us
+      return ready
+    for name in sorted(os.listdir(config_dir)) if locked else ():
+      if name.startswith(_INCOMPLETE_PREFIX) and name.endswith(f'_{version}'):
+        path = os.path.join(config_dir, name)
+        logging.warning('Removing %s, left by a preparation that was killed.', path)
+        shutil.rmtree(path)
+    builder.download_and_prepare()
+  return builder
+
+
+@contextlib.contextmanager
+def preparation_lock(path: str):
+  """Holds the exclusive lock of the file `path` while the block runs (yields True), or yields
+  False on a file system without file locks: whoever holds it may remove what a killed holder
+  left, since no live process is writing it.
+
+  The file is removed at the end, still locked, so none is left behind; a process that was
+  waiting on the removed file then finds its path gone (or another file there) and locks anew.
+  """
+  while True:
+    handle = open(path, 'a')
+    try:
+      try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        logging.warning('Waiting for another process that prepares this dataset (%s).', path)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError as e:
+      handle.close()
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise
+      logging.warning('%s: this file system has no file locks (%s); preparing without.', path, e)
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+      yield False
+      return
+    try:
+      same_file = os.path.samestat(os.stat(path), os.fstat(handle.fileno()))
+    except FileNotFoundError:
+      same_file = False
+    if not same_file:
+      handle.close()
+      continue
+    try:
+      yield True
+    finally:
+      os.unlink(path)
+      handle.close()
+    return
 
 
 def check_splits(builder: tfds.core.DatasetBuilder, splits) -> None:

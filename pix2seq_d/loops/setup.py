@@ -79,8 +79,9 @@ def data_and_task(config, *, training: bool) -> DataAndTask:
     training: the run trains (its batch sizes are checked against the devices too).
 
   Raises:
-    ValueError: a batch size does not split over the devices, or the dataset does not fit the
-      config or the task (each message names the field or file).
+    ValueError: a batch size does not split over the devices, the dataset does not fit the
+      config or the task, or (training) its training split gives no window of frames (each
+      message names the field or file).
   """
   mesh = sharding.make_mesh(config.mesh)
   logging.info('Mesh %s on %d processes.', dict(mesh.shape), jax.process_count())
@@ -88,5 +89,7 @@ def data_and_task(config, *, training: bool) -> DataAndTask:
   source = data_registry.get_source(config)
   task_registry.check_source(task_registry.get_task(config), source)
   info = pipeline.dataset_info(config, source)
+  if training:  # a split that gives no training window is named before any state is built
+    pipeline.check_train_windows(config, source, source.split(config.data.train_split))
   config = data_facts.apply(config, info.categories, f'dataset {source.name!r}')
   return DataAndTask(config, mesh, source, info, task_registry.get_task(config))

@@ -51,19 +51,43 @@ def resolve_checkpoint(path: str | epath.PathLike) -> tuple[epath.Path, int]:
   return root, step
 
 
+def _weights(state: Any) -> dict[Path, Any]:
+  """{path: leaf} of the arrays init_from may copy: every parameter and BatchNorm statistic.
+
+  The EMA weights follow the copied params; optimiser state, step and RNG streams start fresh
+  and are no part of it.
+  """
+  return {
+    path: leaf
+    for path, leaf in checkpoints.flat_state(state)
+    if path[0] == 'params' or (path[0] == 'model_state' and isinstance(leaf, nnx.BatchStat))
+  }
+
+
+def _plan_counts(state: Any, copy: dict[Path, Path], grow: dict[Path, Path]) -> dict[str, int]:
+  """How a plan (`_copy_plan`) treats the state's parameters and BatchNorm statistics: 'copied'
+  as they are, 'grown' (the denoiser's input conv), 'fresh' (kept as initialised: modules the
+  old model lacked, and in mode 'encoder' everything outside the encoder), and 'total'."""
+  total = len(_weights(state))
+  return {
+    'copied': len(copy),
+    'grown': len(grow),
+    'fresh': total - len(copy) - len(grow),
+    'total': total,
+  }
+
+
 def _copy_plan(
   state: Any, saved: dict[Path, tuple], mode: str, source: str, where: str
 ) -> tuple[dict[Path, Path], dict[Path, Path]]:
   """Which fresh-state paths take which checkpoint paths: (same shape, grown conv)."""
   copy, grow = {}, {}
-  for path, leaf in checkpoints.flat_state(state):
+  for path, leaf in _weights(state).items():
     field, rest = path[0], path[1:]
     if field == 'params':
       src = (source,) + rest
-    elif field == 'model_state' and isinstance(leaf, nnx.BatchStat):
-      src = ('ema_model_state' if source == 'ema_params' else 'model_state',) + rest
     else:
-      continue  # EMA follows the copied params; optimiser, step and RNG streams start fresh.
+      src = ('ema_model_state' if source == 'ema_params' else 'model_state',) + rest
     if mode == 'encoder' and rest[0] not in ENCODER_MODULES:
       continue
     shape = tuple(checkpoints.leaf_value(leaf).shape)
@@ -153,13 +177,19 @@ def restore_for_init(
     old = restored[src]
     kernel = jnp.zeros(value.shape, value.dtype).at[:, :, : old.shape[2], :].set(old)
     updates[dst] = jax.device_put(kernel, value.sharding)
+  # Counted over params and BatchNorm statistics alike: `copy` holds both (counting it against
+  # the params alone gave negative 'fresh' counts).
+  counts = _plan_counts(state, copy, grow)
   logging.info(
-    'init_from %s (mode %s): copied %d arrays, grew %s, kept %d fresh.',
+    'init_from %s (mode %s): of %d parameters and BatchNorm statistics, copied %d, grew %d %s, '
+    'kept %d fresh.',
     where,
     mode,
-    len(copy),
+    counts['total'],
+    counts['copied'],
+    counts['grown'],
     [checkpoints.describe_path(p) for p in grow],
-    sum(1 for p in fresh if p[0] == 'params') - len(copy) - len(grow),
+    counts['fresh'],
   )
 
   return with_arrays(state, updates)

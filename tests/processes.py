@@ -7,6 +7,8 @@ folder) so that later runs reuse the first run's compiled steps.
 import os
 import subprocess
 import sys
+import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,3 +75,33 @@ def start(cmd, jax_cache: str) -> subprocess.Popen:
     stderr=subprocess.STDOUT,
     text=True,
   )
+
+
+class Output:
+  """A running process's output lines, read in a thread so that the test can wait for one."""
+
+  def __init__(self, proc: subprocess.Popen):
+    self.proc, self.lines = proc, []
+    self._thread = threading.Thread(target=self._read, daemon=True)
+    self._thread.start()
+
+  def _read(self):
+    for line in self.proc.stdout:
+      self.lines.append(line)
+
+  def text(self) -> str:
+    return ''.join(self.lines)
+
+  def wait_for(self, fragment: str, timeout: float = PATIENCE_S, poll: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while fragment not in self.text():
+      assert self.proc.poll() is None, f'ended before {fragment!r}:\n{self.text()[-3000:]}'
+      assert time.monotonic() < deadline, f'no {fragment!r} within {timeout} s'
+      time.sleep(poll)
+
+  def finish(self, timeout: float) -> tuple[int, float]:
+    """(exit status, seconds it took to exit)."""
+    start_time = time.monotonic()
+    code = self.proc.wait(timeout)
+    self._thread.join(10)
+    return code, time.monotonic() - start_time

@@ -37,6 +37,12 @@ def test_shipped_configs_pass(make, mode):
     ('train.ema_decay', 1.0, 'config.train.ema_decay=1.0'),
     ('diffusion.steps', 0, 'config.diffusion.steps=0'),
     ('diffusion.semantic_aux_weight', -1.0, 'semantic_aux_weight=-1.0: must be >= 0'),
+    ('diffusion.sampler', 'ddin', "config.diffusion.sampler='ddin': use one of 'ddim', 'ddpm'."),
+    (
+      'diffusion.schedule',
+      'cosin',
+      "config.diffusion.schedule='cosin': use one of 'cosine', 'sigmoid', 'linear'.",
+    ),
     ('model.image_size', 64, 'config.model.image_size=64: must be a pair'),
     ('model.mask_size', (16, 0), 'config.model.mask_size=(16, 0): must be a pair'),
     ('data.eval_orig_size', (64, 64, 3), 'config.data.eval_orig_size'),

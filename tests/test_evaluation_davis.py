@@ -175,3 +175,17 @@ def test_command_on_the_official_layout(tmp_path, capsys):
   Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(missing)
   assert davis.main(['--davis_root', str(root), '--results_dir', str(results)]) == 1
   assert f'{missing}: a prediction is an indexed (palette or grey) PNG' in capsys.readouterr().err
+
+
+def test_command_refuses_an_output_json_under_a_file_before_scoring(tmp_path, capsys):
+  """The check the PQ and STQ commands make too (evaluation/base.py `run_command`)."""
+  root, results = tmp_path / 'DAVIS', tmp_path / 'results'
+  _write_davis(root, results, _rng())
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('kept')
+  output = a_file / 'davis.json'
+  argv = ['--davis_root', str(root), '--results_dir', str(results), '--output_json', str(output)]
+  assert davis.main(argv) == 1
+  captured = capsys.readouterr()
+  assert captured.err == f'error: --output_json={output}: {a_file} is a file, not a folder\n'
+  assert 'J&F-Mean' not in captured.out and a_file.read_text() == 'kept'

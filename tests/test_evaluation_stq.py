@@ -7,6 +7,8 @@ The hand-derived values below were also checked against deeplab2's numpy STQ
 
 import json
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -198,6 +200,82 @@ def test_command_names_a_missing_wrong_or_broken_prediction(tmp_path, capsys):
   nowhere = tmp_path / 'nowhere'
   assert stq.main(['--step_root', str(nowhere), '--results_dir', str(results)]) == 1
   assert f'is {nowhere} a KITTI-STEP root' in capsys.readouterr().err
+
+
+def _unwritable_folder(tmp_path):
+  """A folder this process cannot create files in: mode 0o555, or /proc for root (whom file
+  modes do not stop)."""
+  if os.geteuid() == 0:
+    return '/proc'
+  folder = tmp_path / 'read_only'
+  folder.mkdir()
+  folder.chmod(0o555)
+  return str(folder)
+
+
+@pytest.mark.parametrize(
+  'case, reason',
+  [
+    ('in a read-only folder', 'cannot create files in'),
+    ('a folder', 'is a folder, not a file'),
+    ('under a file', 'is a file, not a folder'),
+  ],
+)
+def test_command_refuses_an_output_json_it_cannot_write_before_scoring(
+  tmp_path, capsys, case, reason
+):
+  results = _write_step_folder(tmp_path, _rng())
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('kept')
+  output = {
+    'in a read-only folder': os.path.join(_unwritable_folder(tmp_path), 'stq.json'),
+    'a folder': str(results),
+    'under a file': str(a_file / 'out' / 'stq.json'),
+  }[case]
+  args = ['--step_root', str(tmp_path), '--results_dir', str(results), '--output_json', output]
+  assert stq.main(args) == 1
+  captured = capsys.readouterr()
+  assert captured.err.startswith(f'error: --output_json={output}: ') and reason in captured.err
+  assert len(captured.err.splitlines()) == 1 and 'STQ' not in captured.out  # before the table
+  assert a_file.read_text() == 'kept'
+  assert os.path.isdir(output) if case == 'a folder' else not os.path.exists(output)
+
+
+def test_command_names_an_output_json_lost_while_scoring_and_writes_nothing(tmp_path, capsys):
+  """A folder that could be written at start and is gone when the results are (another job
+  replaced it by a file): one error line after the table, no traceback, the file as it was."""
+  results = _write_step_folder(tmp_path, _rng())
+  out = tmp_path / 'out'
+  out.mkdir()
+  output = str(out / 'stq.json')
+
+  def score_while_the_folder_goes():
+    scores = stq.evaluate_folder(str(tmp_path), str(results))
+    shutil.rmtree(out)
+    out.write_text('replaced by a file')
+    return scores, stq.format_table(scores)
+
+  assert base.run_command(score_while_the_folder_goes, output) == 1
+  captured = capsys.readouterr()
+  assert 'STQ' in captured.out  # the table was printed
+  assert captured.err.startswith(f'error: --output_json={output}: cannot be written')
+  assert len(captured.err.splitlines()) == 1
+  assert out.read_text() == 'replaced by a file'
+
+
+@pytest.mark.parametrize(
+  'things, message',
+  [
+    ('11,x', "error: --things=11,x: 'x' is not an integer class id"),
+    ('11,19', 'error: --things=11,19: 19 is not a class of 0..18 (--num_classes=19)'),
+  ],
+)
+def test_command_names_a_bad_thing_class(tmp_path, capsys, things, message):
+  results = _write_step_folder(tmp_path, _rng())
+  args = ['--step_root', str(tmp_path), '--results_dir', str(results), f'--things={things}']
+  assert stq.main(args) == 1
+  captured = capsys.readouterr()
+  assert captured.err == message + '\n' and 'STQ' not in captured.out
 
 
 def test_the_plug_in_equals_the_definitions_on_our_maps_and_merges():

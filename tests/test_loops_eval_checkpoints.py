@@ -13,11 +13,10 @@ import time
 import jax
 import orbax.checkpoint as ocp
 import pytest
+from processes import PATIENCE_S, Output, main_command, start
 from tensorboard.backend.event_processing import event_file_loader
 
 from pix2seq_d.runtime import checkpoints
-from tests.processes import PATIENCE_S, main_command, start
-from tests.test_runtime_preemption import _Output
 
 NUM_STEPS, EVERY = 120, 10
 
@@ -52,7 +51,7 @@ def test_a_follower_beside_training_evaluates_every_checkpoint_once(
   tmp_path, shapes_data_dir, jax_cache
 ):
   workdir = tmp_path / 'run'
-  trainer = _Output(
+  trainer = Output(
     start(
       main_command(
         workdir,
@@ -76,7 +75,7 @@ def test_a_follower_beside_training_evaluates_every_checkpoint_once(
   # (the trainer removes such leftovers only when it starts).
   being_written = workdir / 'checkpoints' / f'{NUM_STEPS + EVERY}.orbax-checkpoint-tmp-1'
   (being_written / 'state').mkdir(parents=True)
-  follower = _Output(start(_follower(workdir, shapes_data_dir), jax_cache))
+  follower = Output(start(_follower(workdir, shapes_data_dir), jax_cache))
   trainer_status, _ = trainer.finish(timeout=PATIENCE_S)
   during_training = sorted(_evaluated_steps(follower.text()))
   follower_status, _ = follower.finish(timeout=PATIENCE_S)
@@ -99,7 +98,7 @@ def test_a_follower_beside_training_evaluates_every_checkpoint_once(
   print(f'evaluated while the trainer ran: {during_training} of {saved}')
 
   # Restarted after the end: every step is in eval_results.json, so nothing is evaluated again.
-  again = _Output(start(_follower(workdir, shapes_data_dir), jax_cache))
+  again = Output(start(_follower(workdir, shapes_data_dir), jax_cache))
   assert again.finish(timeout=PATIENCE_S)[0] == 0, again.text()[-3000:]
   assert not _evaluated_steps(again.text()) and 'to its final step' in again.text()
 
@@ -109,7 +108,7 @@ def test_a_follower_stops_on_a_signal_and_when_no_trainer_holds_the_workdir(
   tmp_path, shapes_data_dir, jax_cache
 ):
   workdir = tmp_path / 'run'
-  trainer = _Output(
+  trainer = Output(
     start(
       main_command(
         workdir, shapes_data_dir, '--config.train.num_steps=4', '--config.eval.num_examples=1'
@@ -120,7 +119,7 @@ def test_a_follower_stops_on_a_signal_and_when_no_trainer_holds_the_workdir(
   assert trainer.finish(timeout=PATIENCE_S)[0] == 0, trainer.text()[-3000:]
   # The trainer's own evaluation of step 4 is in eval_results.json: the follower of a run of
   # NUM_STEPS has nothing to evaluate and waits for the next checkpoint.
-  waiting = _Output(start(_follower(workdir, shapes_data_dir), jax_cache))
+  waiting = Output(start(_follower(workdir, shapes_data_dir), jax_cache))
   waiting.wait_for('Following ')
   time.sleep(1.0)
   waiting.proc.send_signal(signal.SIGTERM)
@@ -129,7 +128,7 @@ def test_a_follower_stops_on_a_signal_and_when_no_trainer_holds_the_workdir(
   print(f'SIGTERM while following: exited 143 after {seconds:.1f} s')
 
   # No training run holds run.lock: after follow_timeout_s the follower stops, naming the reason.
-  orphan = _Output(
+  orphan = Output(
     start(_follower(workdir, shapes_data_dir, '--config.eval.follow_timeout_s=1'), jax_cache)
   )
   status, _ = orphan.finish(timeout=PATIENCE_S)

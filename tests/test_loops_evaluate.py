@@ -2,15 +2,18 @@
 metrics the config lists; the results file, its history and the prediction files."""
 
 import json
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from pix2seq_d.data import pipeline
 from pix2seq_d.loops import evaluate
 from pix2seq_d.parallel import sharding
-from pix2seq_d.runtime import workdir_files
+from pix2seq_d.runtime import preemption, workdir_files
 from pix2seq_d.tasks import registry
 
 
@@ -103,3 +106,45 @@ def test_video_ground_truth_through_the_same_loop_with_two_evaluators(shapes_con
   saved = json.loads((tmp_path / workdir_files.RESULTS_FILE).read_text())
   assert {'clip_00000_1', 'clip_00002_1'} <= set(saved['davis_jf']['per_sequence'])
   assert set(saved['pq']['per_class']) == {str(c['id']) for c in info.categories}
+
+
+def _files(folder):
+  """{path relative to `folder`: bytes} of every file under it, hidden ones included."""
+  return {
+    os.path.relpath(os.path.join(parent, name), folder): open(
+      os.path.join(parent, name), 'rb'
+    ).read()
+    for parent, _, names in os.walk(folder)
+    for name in names
+  }
+
+
+@pytest.mark.parametrize('arg', ['', 'video'])
+def test_an_interrupted_pass_leaves_the_prediction_files_as_they_were(shapes_config, tmp_path, arg):
+  """Ctrl-C while the first batch is sampled stops the pass at the next batch: of that pass no
+  prediction file is left, whether the step's folder held an earlier pass (kept byte for byte)
+  or did not exist (it still does not), for the image and the video task alike."""
+  config = shapes_config(arg)
+  config.eval.batch_size = 2  # the video set's 3 clips, the image set's first 6 images: 3 batches
+  config.eval.num_examples = 0 if arg else 6
+  config.eval.min_pixels = 0
+  config.eval.write_predictions = True
+  _run(config, tmp_path, lambda batch, key: jnp.asarray(batch['label']), step=7)
+  before = _files(tmp_path / 'predictions')
+  assert any(name.endswith('panoptic.json') for name in before)
+
+  def interrupted(batch, key):
+    os.kill(os.getpid(), signal.SIGINT)  # handled as a request: the batch's files are written
+    return jnp.zeros_like(batch['label'])  # a prediction other than the earlier pass's
+
+  for step in (7, 9):
+    preemption.install_stop_handlers()  # also clears the previous request
+    try:
+      with pytest.raises(
+        preemption.StopRequested, match=f'stopped evaluating step {step} at batch 1'
+      ):
+        _run(config, tmp_path, interrupted, step=step)
+    finally:
+      preemption.uninstall_stop_handlers()
+  assert _files(tmp_path / 'predictions') == before
+  assert sorted(os.listdir(tmp_path / 'predictions')) == ['step_7']

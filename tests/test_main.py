@@ -144,6 +144,10 @@ CASES = {
     lambda t, d: main_command(t / 'run', d, '--config.train.learning_rate=-1.0'),
     'config.train.learning_rate=-1.0: must be positive',
   ),
+  'misspelt sampler': (
+    lambda t, d: main_command(t / 'run', d, '--config.diffusion.sampler=ddin'),
+    "config.diffusion.sampler='ddin': use one of 'ddim', 'ddpm'.",
+  ),
   'unknown field': (
     lambda t, d: main_command(t / 'run', d, '--config.train.bogus=1'),
     "--config.train.bogus: the config has no field 'bogus'",
@@ -316,6 +320,7 @@ BEFORE_THE_RUN = (
   'mask_size not dividing image_size',
   'num_classes=300',
   'negative learning rate',
+  'misspelt sampler',
   'unknown field',
   'misspelt field',
   'coco_root with data.name=shapes',

@@ -582,6 +582,15 @@ def test_cli_prints_table_and_writes_results(tmp_path, capsys):
   assert os.listdir(tmp_path / 'out') == ['results.json']
 
 
+def test_cli_refuses_an_output_json_that_names_a_folder_before_scoring(tmp_path, capsys):
+  """The check the DAVIS and STQ commands make too (evaluation/base.py `run_command`)."""
+  _, _, (pred_json, pred_folder) = _write_sample_predictions(tmp_path)
+  argv = ['--gt_json', GT_JSON, '--gt_folder', GT_FOLDER, '--pred_json', pred_json]
+  err = _cli_error(capsys, argv + ['--pred_folder', pred_folder, '--output_json', pred_folder])
+  assert err == f'error: --output_json={pred_folder}: is a folder, not a file\n'
+  assert sorted(os.listdir(pred_folder)) == sorted(os.listdir(GT_FOLDER))
+
+
 def test_accumulator_input_checks():
   categories = [{'id': 1, 'isthing': 1}]
   accumulator = pq_accumulator.PQAccumulator(categories)

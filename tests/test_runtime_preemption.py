@@ -1,14 +1,16 @@
 """Signals (runtime/preemption.py): Ctrl-C and SIGTERM stop a run at a safe point, a second one
 at once, and nothing half-written survives: the handlers in this process, then real runs."""
 
+import json
 import os
+import re
 import signal
-import subprocess
-import threading
 import time
 
+import numpy as np
 import pytest
-from processes import PATIENCE_S, main_command, start
+from PIL import Image
+from processes import PATIENCE_S, Output, main_command, run, start
 
 from pix2seq_d.runtime import preemption
 
@@ -37,36 +39,6 @@ def test_the_first_signal_is_a_request_and_uninstall_restores_the_handlers():
   assert not preemption.preemption_requested(2)
 
 
-class _Output:
-  """A running process's output lines, read in a thread so that the test can wait for one."""
-
-  def __init__(self, proc: subprocess.Popen):
-    self.proc, self.lines = proc, []
-    self._thread = threading.Thread(target=self._read, daemon=True)
-    self._thread.start()
-
-  def _read(self):
-    for line in self.proc.stdout:
-      self.lines.append(line)
-
-  def text(self) -> str:
-    return ''.join(self.lines)
-
-  def wait_for(self, fragment: str, timeout: float = PATIENCE_S, poll: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while fragment not in self.text():
-      assert self.proc.poll() is None, f'ended before {fragment!r}:\n{self.text()[-3000:]}'
-      assert time.monotonic() < deadline, f'no {fragment!r} within {timeout} s'
-      time.sleep(poll)
-
-  def finish(self, timeout: float) -> tuple[int, float]:
-    """(exit status, seconds it took to exit)."""
-    start_time = time.monotonic()
-    code = self.proc.wait(timeout)
-    self._thread.join(10)
-    return code, time.monotonic() - start_time
-
-
 def _steps(workdir):
   folder = workdir / 'checkpoints'
   return (
@@ -87,7 +59,7 @@ def test_signals_stop_training_compilation_and_evaluation_cleanly(
   long_run = ('--config.train.num_steps=100000', '--config.train.checkpoint_every=1000')
 
   # Ctrl-C while the state is built and the step compiled: no crash, nothing saved.
-  early = _Output(start(main_command(workdir, shapes_data_dir, *long_run, mode='train'), jax_cache))
+  early = Output(start(main_command(workdir, shapes_data_dir, *long_run, mode='train'), jax_cache))
   early.wait_for('Mesh ')
   early.proc.send_signal(signal.SIGINT)
   code, _ = early.finish(timeout=PATIENCE_S)
@@ -97,9 +69,7 @@ def test_signals_stop_training_compilation_and_evaluation_cleanly(
 
   # Ctrl-C during training: the step ends, a complete checkpoint of it is written, status 0
   # (checkpoint_every is 1000: the save is the signal's).
-  steady = _Output(
-    start(main_command(workdir, shapes_data_dir, *long_run, mode='train'), jax_cache)
-  )
+  steady = Output(start(main_command(workdir, shapes_data_dir, *long_run, mode='train'), jax_cache))
   steady.wait_for('train/loss=')
   steady.proc.send_signal(signal.SIGINT)
   code, seconds = steady.finish(timeout=120)
@@ -111,7 +81,7 @@ def test_signals_stop_training_compilation_and_evaluation_cleanly(
   # Twice: exits at once, status 130, keeping the last complete checkpoint. (The second is sent
   # once the first was handled, while the step's checkpoint is written: signals sent together
   # arrive as one.)
-  twice = _Output(start(main_command(workdir, shapes_data_dir, *long_run, mode='train'), jax_cache))
+  twice = Output(start(main_command(workdir, shapes_data_dir, *long_run, mode='train'), jax_cache))
   twice.wait_for('train/loss=')
   twice.proc.send_signal(signal.SIGINT)
   twice.wait_for('SIGINT received: stopping', poll=0.02)
@@ -131,7 +101,7 @@ def test_signals_stop_training_compilation_and_evaluation_cleanly(
     '--config.eval.num_examples=0',
     '--config.eval.batch_size=1',
   )
-  evaluation = _Output(start(finish, jax_cache))
+  evaluation = Output(start(finish, jax_cache))
   evaluation.wait_for(f'Evaluating step {last + 2}')
   evaluation.proc.send_signal(signal.SIGTERM)
   code, seconds = evaluation.finish(timeout=120)
@@ -140,3 +110,56 @@ def test_signals_stop_training_compilation_and_evaluation_cleanly(
   assert not (workdir / 'eval_results.json').exists()
   assert last + 2 in _steps(workdir) and not _temporary(workdir)
   print(f'SIGTERM in evaluation: exited 143 after {seconds:.1f} s')
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_folder_predict_keeps_whole_files_of_the_inputs_predicted(
+  tmp_path, shapes_data_dir, jax_cache
+):
+  """SIGTERM while a folder is predicted: exit 143 after the batch, and the inputs predicted so
+  far have all their files (panoptic PNG, overlay, and a panoptic.json naming exactly them), as
+  the message says; nothing staged is left."""
+  workdir = tmp_path / 'run'
+  code, log = run(
+    main_command(workdir, shapes_data_dir, '--config.train.num_steps=1', mode='train'), jax_cache
+  )
+  assert code == 0, log[-3000:]
+  inputs, out, count = tmp_path / 'inputs', tmp_path / 'out', 60
+  inputs.mkdir()
+  rng = np.random.default_rng(0)
+  for k in range(count):
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), np.uint8)).save(inputs / f'{k:03d}.png')
+  predict = Output(
+    start(
+      main_command(
+        workdir,
+        shapes_data_dir,
+        f'--config.predict.input={inputs}',
+        f'--config.predict.output={out}',
+        '--config.diffusion.steps=20',  # a slower sampler: the signal lands mid-folder
+        mode='predict',
+      ),
+      jax_cache,
+    )
+  )
+  predict.wait_for(f'Predicted 000 -> {out}', poll=0.02)
+  predict.proc.send_signal(signal.SIGTERM)
+  code, seconds = predict.finish(timeout=120)
+  text = predict.text()
+  assert code == 143, text[-3000:]
+  stopped = re.search(
+    rf'SIGTERM received: stopped predicting after (\d+) of {count} inputs: the files of the '
+    rf'(\d+) predicted are written \({out / "panoptic.json"}\); run the same command to predict '
+    rf'all {count}\.',
+    text,
+  )
+  assert stopped, text[-3000:]
+  done = int(stopped.group(2))
+  assert 1 <= done < count and int(stopped.group(1)) == done
+  names = [f'{k:03d}.png' for k in range(done)]
+  annotations = json.loads((out / 'panoptic.json').read_text())['annotations']
+  assert [a['file_name'] for a in annotations] == names
+  assert sorted(p.name for p in (out / 'panoptic').iterdir()) == names
+  assert sorted(p.name for p in (out / 'overlays').iterdir()) == names
+  assert sorted(p.name for p in out.iterdir()) == ['overlays', 'panoptic', 'panoptic.json']
+  print(f'SIGTERM in predict: exited 143 after {seconds:.1f} s, {done} of {count} inputs written')

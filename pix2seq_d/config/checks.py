@@ -15,6 +15,7 @@ The task checks its own fields (`Task.check_config`) and says which metrics
 from collections.abc import Sequence
 from numbers import Number
 
+from pix2seq_d.diffusion import sampler, schedules
 from pix2seq_d.evaluation import registry as evaluators
 from pix2seq_d.models import model as p2s
 from pix2seq_d.tasks import registry as tasks
@@ -126,6 +127,9 @@ def check_config(config, mode: str) -> None:
   _check_choice(config, 'data.instance_id_order', ('random', 'shuffle', 'location'))
   _check_choice(config, 'data.train_resize_method', ('bilinear', 'bicubic'))
   _check_choice(config, 'data.train_crowd', ('void', 'segment'))
+  # Read only when sampling (after training): a misspelt name would cost the whole run.
+  _check_choice(config, 'diffusion.sampler', tuple(sampler.SAMPLERS))
+  _check_choice(config, 'diffusion.schedule', tuple(schedules.SCHEDULES))
   if mode in ('train', 'train_and_eval'):
     _check_at_least(config, 'train.num_steps', 1)
     for field in ('train.log_every', 'train.checkpoint_every', 'train.image_summary_every'):
@@ -143,6 +147,18 @@ def check_config(config, mode: str) -> None:
       _fail('train.learning_rate', config.train.learning_rate, 'must be positive.')
     if not 0 <= config.train.ema_decay < 1:
       _fail('train.ema_decay', config.train.ema_decay, 'must be in [0, 1).')
+
+  if config.eval.follow and mode != 'eval':
+    _fail(
+      'eval.follow',
+      True,
+      f'follows a training run from a second job with --mode=eval, not with --mode={mode}.',
+    )
+  if config.eval.follow:
+    _check_at_least(config, 'train.num_steps', 1, ' (the follower stops after that step)')
+    if not config.eval.follow_poll_s > 0:
+      _fail('eval.follow_poll_s', config.eval.follow_poll_s, 'must be positive (seconds).')
+    _check_at_least(config, 'eval.follow_timeout_s', 0, ' (seconds)')
 
   init = config.init_from
   if init.format not in ('pix2seq_d', 'tf'):

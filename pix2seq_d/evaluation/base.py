@@ -12,17 +12,22 @@ whole eval split on every process:
   evaluator.merge(hosts.gather_json(evaluator.state()))
   results = evaluator.results()                  # scalars, details, table
 
-Evaluators receive numpy arrays only, so the same code scores a run and files on disk.
+Evaluators receive numpy arrays only, so the same code scores a run and files on disk: each
+metric is also a command on files (pq.py, davis.py, stq.py), and `run_command` is the end they
+share (bad input and an output file that cannot be written are one error line, exit status 1).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
+
+from pix2seq_d.runtime import json_files
 
 
 class Panoptic(NamedTuple):
@@ -86,3 +91,40 @@ class Evaluator(abc.ABC):
   @abc.abstractmethod
   def results(self) -> Results:
     """The metric over the examples of the merged statistics."""
+
+
+def run_command(
+  score: Callable[[], tuple[Any, str]],
+  output_json: str | None,
+  errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError),
+) -> int:
+  """The end of every evaluation command on files: check, score, print, write.
+
+  `output_json` is checked before `score` runs (`json_files.check_output_path`), so a path that
+  cannot be written costs no scoring; the results are then written whole or not at all. A bad
+  input (one of `errors`) or an output that cannot be written is one `error: ...` line on stderr,
+  without a traceback.
+
+  Args:
+    score: reads and scores the files; returns (the JSON-able results, the table to print).
+    output_json: where to write the results (--output_json), or None.
+    errors: the exceptions that mean bad input; their message names the file or flag.
+
+  Returns:
+    The exit status: 0, or 1 on an error.
+  """
+  try:
+    if output_json:
+      json_files.check_output_path(output_json, '--output_json')
+    results, table = score()
+  except (json_files.OutputPathError, *errors) as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 1
+  print(table, flush=True)
+  if output_json:
+    try:
+      json_files.write_output_json(output_json, results, '--output_json')
+    except json_files.OutputPathError as error:
+      print(f'error: {error}', file=sys.stderr)
+      return 1
+  return 0

@@ -42,8 +42,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, optimize
 
+from pix2seq_d.evaluation import base
 from pix2seq_d.runtime import image_files
-from pix2seq_d.runtime.json_files import write_json_atomically
 
 VOID_ID = 255
 MAX_PROPOSALS = 20
@@ -310,15 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--resolution', default='480p')
   parser.add_argument('--output_json', default=None, help='where to write the results as JSON')
   args = parser.parse_args(argv)
-  try:
+
+  def score() -> tuple[dict, str]:
     results = evaluate_folder(args.davis_root, args.results_dir, args.set, args.resolution)
-  except (FileNotFoundError, ValueError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 1
-  print(format_table(results))
-  if args.output_json:
-    write_json_atomically(args.output_json, results, indent=1)
-  return 0
+    return results, format_table(results)
+
+  return base.run_command(score, args.output_json)
 
 
 if __name__ == '__main__':

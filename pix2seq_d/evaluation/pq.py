@@ -5,9 +5,10 @@
 
 `pq_compute` takes panopticapi's arguments and returns its results: the PNGs are read and
 accumulated (`pq_accumulator.PQAccumulator`, where PQ is defined) in worker processes. Bad input
-(a missing or corrupt file, invalid JSON, a segment the PNG and JSON disagree on) is reported as
-"error: reason" with exit status 1; predictions for images absent from the ground truth are
-ignored, with a warning that counts them.
+(a missing or corrupt file, invalid JSON, a segment the PNG and JSON disagree on, an --output_json
+that cannot be written, checked before any PNG is read) is reported as "error: reason" with exit
+status 1; predictions for images absent from the ground truth are ignored, with a warning that
+counts them.
 
 Pure numpy: no jax, no tensorflow.
 """
@@ -25,14 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
+from pix2seq_d.evaluation import base
 from pix2seq_d.evaluation.coco_format import PanopticFormatError, read_panoptic_png
-from pix2seq_d.evaluation.pq_accumulator import PQAccumulator, print_table
-from pix2seq_d.runtime.json_files import (
-  FileFormatError,
-  load_json,
-  require_keys,
-  write_json_atomically,
-)
+from pix2seq_d.evaluation.pq_accumulator import PQAccumulator, format_table
+from pix2seq_d.runtime.json_files import FileFormatError, load_json, require_keys
 
 _log = logging.getLogger(__name__)
 
@@ -182,20 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--per_class', action='store_true', help='also print one row per class')
   args = parser.parse_args(argv)
 
-  start = time.time()
-  try:
+  def score() -> tuple[dict, str]:
+    start = time.time()
     results = pq_compute(
       args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, args.num_workers
     )
     categories = load_json(args.gt_json, 'ground truth')['categories'] if args.per_class else None
-  except (FileFormatError, FileNotFoundError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 1
-  print_table(results, categories, args.per_class)
-  print(f'Time elapsed: {time.time() - start:0.2f} seconds')
-  if args.output_json:
-    write_json_atomically(args.output_json, results, indent=1)
-  return 0
+    table = format_table(results, categories, args.per_class)
+    return results, f'{table}\nTime elapsed: {time.time() - start:0.2f} seconds'
+
+  return base.run_command(score, args.output_json, errors=(FileFormatError, FileNotFoundError))
 
 
 if __name__ == '__main__':

@@ -300,8 +300,3 @@ def format_table(
         )
       )
   return '\n'.join(lines)
-
-
-def print_table(results: dict, categories: Sequence[dict] | None = None, per_class: bool = False):
-  """Prints `format_table`."""
-  print(format_table(results, categories, per_class))

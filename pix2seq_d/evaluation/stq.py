@@ -22,7 +22,7 @@ Counts are exact integers here (the reference accumulates tube sizes in float32,
 up to 2^24 pixels per tube).
 
   python -m pix2seq_d.evaluation.stq --step_root=DIR --split=val --results_dir=RES
-    [--output_json=F]
+    [--output_json=F] [--num_classes=19 --things=11,13]
 
 reads DIR/panoptic_maps/<split>/<seq>/<frame>.png and RES/<seq>/<frame>.png (R = class, 255
 void; G * 256 + B = instance id), prints the table and writes {"STQ", "AQ", "IoU",
@@ -41,8 +41,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from pix2seq_d.evaluation import base
 from pix2seq_d.runtime import image_files
-from pix2seq_d.runtime.json_files import write_json_atomically
 
 VOID = 255  # the class value of void pixels in KITTI-STEP maps
 # KITTI-STEP: the 19 Cityscapes train ids; person (11) and car (13) carry track ids.
@@ -212,7 +212,7 @@ def read_step_png(path: str) -> tuple[np.ndarray, np.ndarray]:
 
   Raises:
     FileNotFoundError: no such file.
-    ValueError: the file cannot be decoded or is not an RGB image; the message names the file.
+    ValueError: the file cannot be decoded or is not an 8-bit RGB PNG; the message names it.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} does not exist')
@@ -281,6 +281,24 @@ def evaluate_folder(
   return summarize(per_sequence)
 
 
+def _thing_classes(text: str, num_classes: int) -> list[int]:
+  """The classes of --things ('11,13'); ValueError naming the flag and the value otherwise."""
+  things = []
+  for value in (v.strip() for v in text.split(',')):
+    if not value:
+      continue
+    try:
+      things.append(int(value))
+    except ValueError:
+      raise ValueError(f'--things={text}: {value!r} is not an integer class id') from None
+    if not 0 <= things[-1] < num_classes:
+      raise ValueError(
+        f'--things={text}: {things[-1]} is not a class of 0..{num_classes - 1} '
+        f'(--num_classes={num_classes})'
+      )
+  return things
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """CLI; returns the exit status (0 ok, 1 bad input with the reason on stderr)."""
   parser = argparse.ArgumentParser(
@@ -296,18 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   parser.add_argument('--output_json', default=None, help='where to write the results as JSON')
   args = parser.parse_args(argv)
-  try:
-    things = [int(v) for v in args.things.split(',') if v.strip()]
+
+  def score() -> tuple[dict, str]:
+    things = _thing_classes(args.things, args.num_classes)
     results = evaluate_folder(
       args.step_root, args.results_dir, args.split, args.num_classes, things
     )
-  except (FileNotFoundError, ValueError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 1
-  print(format_table(results))
-  if args.output_json:
-    write_json_atomically(args.output_json, results, indent=1)
-  return 0
+    return results, format_table(results)
+
+  return base.run_command(score, args.output_json)
 
 
 if __name__ == '__main__':

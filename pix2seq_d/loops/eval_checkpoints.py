@@ -66,14 +66,12 @@ def run(config, workdir: str) -> dict | None:
   state, state_shardings, _, eval_graphdef, _ = state_lib.build_train_state(
     config, setup.mesh, abstract=True
   )
-  ema = {'ema_params': state.ema_params, 'ema_model_state': state.ema_model_state}
   run_eval = setup.evaluation(eval_graphdef, state_shardings, workdir, writer)
   distributed.wait_for_peers('checkpoints')
   manager = checkpoints.CheckpointManager(workdir, read_only=True)
 
   def evaluate_step(step: int) -> dict:
-    weights = manager.restore(step, ema, partial=True)
-    return run_eval(weights['ema_params'], weights['ema_model_state'], step)
+    return run_eval(*state_lib.restore_ema(manager, step, state), step)
 
   try:
     if not follow:

@@ -14,7 +14,8 @@ results of the whole eval split. Process 0 writes eval_results.json (the flat re
 evaluator's scalars on top, each evaluator's tables under its name, and the history of records)
 and TensorBoard (eval/<scalar> and the task's pictures of the first examples); with
 config.eval.write_predictions every process writes its examples' prediction files under
-<workdir>/predictions/step_<N>.
+<workdir>/predictions/step_<N>, staged and moved into place when the pass completes: a pass that
+stops (a signal, an error) leaves that folder as it was.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def evaluate(
   try:
     for batch_index, batch in enumerate(eval_iterator):
       preemption.check_stop(
-        f'evaluating step {step} at batch {batch_index} (no results written; the checkpoint '
-        'is complete: run the same command to evaluate)'
+        f'evaluating step {step} at batch {batch_index} (no results and no prediction files '
+        'written; the checkpoint is complete: run the same command to evaluate)'
       )
       inputs = sharding.make_global_batch(task.eval_inputs(batch), mesh)
       ids = predict_fn(params, model_state, inputs, jax.random.fold_in(key, batch_index))

@@ -9,7 +9,10 @@ frames, folders of such folders and video files) and what it writes into OUT (CO
 and overlays). Outputs are named by the input's name, so two inputs with one name (a.png, a.jpg)
 are refused before anything runs. Inputs are read a batch at a time (one per data-parallel
 device); an input that cannot be read is skipped with a warning naming it, and the others are
-all written: the run fails only when none could be read.
+all written: the run fails only when none could be read. The files are staged and moved into
+place at the end; SIGINT or SIGTERM stops before the next batch and moves the files of the inputs
+predicted so far into place (the COCO panoptic JSON names exactly those), then exits with
+128 + the signal; an error leaves OUT as it was.
 """
 
 from __future__ import annotations
@@ -61,19 +64,28 @@ def load_predictor(config, workdir: str) -> Predictor:
   )
   task = registry.get_task(config)
   mesh = sharding.make_mesh(config.mesh)
-  state, state_shardings, _, eval_graphdef, _ = state_lib.build_train_state(config, mesh)
-  abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
-  manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
-  restored = manager.restore_latest(abstract_state)
-  manager.close()
-  if restored is None:
+  state, state_shardings, _, eval_graphdef, _ = state_lib.build_train_state(
+    config, mesh, abstract=True
+  )
+  # Read-only and the EMA weights only: safe beside a training run writing the same workdir.
+  manager = checkpoints.CheckpointManager(workdir, read_only=True)
+  step = manager.latest_step()
+  if step is None:
     raise FileNotFoundError(f'--mode=predict: no checkpoint in {workdir}.')
-  state, step = restored
+  params, model_state = state_lib.restore_ema(manager, step, state)
+  manager.close()
   predict_fn = state_lib.jit_predict(
     task, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
   )
   return Predictor(
-    config, task, predict_fn, state.ema_params, state.ema_model_state, step, categories, mesh
+    config,
+    task,
+    predict_fn,
+    params,
+    model_state,
+    step,
+    categories,
+    mesh,
   )
 
 
@@ -90,12 +102,12 @@ def run(config, workdir: str) -> str:
   task, categories, rows = predictor.task, predictor.categories, predictor.batch_size
   files = task.prediction_files(output, categories)
   names = list(sources)
-  written, skipped = 0, []
+  written, skipped, stopped_at = 0, [], None
   try:
     for start in range(0, len(names), rows):
-      preemption.check_stop(
-        f'after {start} of {len(names)} inputs (their files are written; run again for all)'
-      )
+      if preemption.stop_requested():
+        stopped_at = start
+        break
       chunk = []  # (input index, name, PredictInput) of the readable inputs
       for index in range(start, min(start + rows, len(names))):
         try:
@@ -126,14 +138,23 @@ def run(config, workdir: str) -> str:
         )
         written += 1
         logging.info('Predicted %s -> %s', name, output)
-    if not written:
+    if not written and stopped_at is None:
       raise ValueError(
         f'config.predict.input={config.predict.input}: none of its {len(names)} inputs could be '
         'read (see the warnings above).'
       )
-    result = files.close()
+    # On a stop too: the inputs predicted so far keep their files (a rerun predicts them all).
+    result = files.close() if written else None
   finally:
     files.abort()
+  if stopped_at is not None:
+    kept = f'the files of the {written} predicted are written ({result})'
+    if not written:
+      kept = 'nothing was written'
+    raise preemption.StopRequested(
+      f'predicting after {stopped_at} of {len(names)} inputs: {kept}; run the same command to '
+      f'predict all {len(names)}'
+    )
   logging.info(
     'Predicted %d inputs with the EMA weights of step %d: %s', written, predictor.step, result
   )

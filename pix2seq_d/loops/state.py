@@ -99,6 +99,14 @@ def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False
   return state, state_shardings, train_graphdef, eval_graphdef, tx
 
 
+def restore_ema(manager, step: int, abstract_state: Any) -> tuple[Any, Any]:
+  """(ema_params, ema_model_state) of checkpoint `step`, read alone (no optimiser state, no
+  second copy of the weights) onto the shardings of `build_train_state(..., abstract=True)`."""
+  ema = {'ema_params': abstract_state.ema_params, 'ema_model_state': abstract_state.ema_model_state}
+  weights = manager.restore(step, ema, partial=True)
+  return weights['ema_params'], weights['ema_model_state']
+
+
 def jit_predict(
   task: task_base.Task,
   eval_graphdef: nnx.GraphDef,

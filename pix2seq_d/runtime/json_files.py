@@ -1,11 +1,14 @@
 """JSON files read with messages that name the file, line and field, and written atomically.
 
 Used for every JSON file the project reads from a user (COCO panoptic annotations, prediction
-files) or writes for one (categories, evaluation results, the evaluators' outputs).
+files) or writes for one (categories, evaluation results, the evaluators' outputs). A file a
+command is told to write (`--output_json`) is checked before the work that fills it
+(`check_output_path`) and written whole or not at all (`write_output_json`).
 """
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +17,10 @@ from etils import epath
 
 class FileFormatError(ValueError):
   """A file that is not what it must be (invalid JSON, a missing field); the message says where."""
+
+
+class OutputPathError(ValueError):
+  """A file that cannot be written where a flag asks for it; the message names flag and path."""
 
 
 def load_json(path: str, what: str, required: Sequence[str] = ()) -> Any:
@@ -77,3 +84,43 @@ def write_json_atomically(path: str | epath.PathLike, data, indent: int | None =
     if tmp.exists():
       tmp.unlink()
     raise
+
+
+def check_output_path(path: str, flag: str) -> None:
+  """Raises OutputPathError unless a file can be written at `path`, before any work that fills it.
+
+  `path` must not be a folder, and its nearest existing ancestor must be a folder this process
+  can create files in (missing folders below it are created by the write). The test creates and
+  removes a file there: permission bits do not tell (root, read-only mounts, /proc). Paths with
+  a scheme (gs://) are left to the write.
+
+  Args:
+    path: the file to be written.
+    flag: names it in the message ('--output_json').
+  """
+  if '://' in str(path):
+    return
+  target = os.path.abspath(path)
+  if os.path.isdir(target):
+    raise OutputPathError(f'{flag}={path}: is a folder, not a file')
+  folder = os.path.dirname(target)
+  while not os.path.lexists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    raise OutputPathError(f'{flag}={path}: {folder} is a file, not a folder')
+  try:
+    handle, probe = tempfile.mkstemp(prefix='.write-test-', dir=folder)
+  except OSError as e:
+    why = e.strerror or e
+    raise OutputPathError(f'{flag}={path}: cannot create files in {folder} ({why})') from None
+  os.close(handle)
+  os.unlink(probe)
+
+
+def write_output_json(path: str, data, flag: str, indent: int | None = 1) -> None:
+  """`write_json_atomically`, with a failure raised as OutputPathError naming `flag` and `path`
+  (the file is then as it was)."""
+  try:
+    write_json_atomically(path, data, indent=indent)
+  except OSError as e:
+    raise OutputPathError(f'{flag}={path}: cannot be written ({e}); it is as it was') from None

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -69,18 +72,76 @@ class PredictInput:
 
 
 class PredictionFiles(abc.ABC):
-  """Where a task writes its predictions: `add` each example, then `close` (or `abort`)."""
+  """Where a task writes its predictions: `add` each example, then `close` (or `abort`).
+
+  A pass is all or nothing: `add` stages (`StagingFolder`) and `close` moves the files of every
+  example added into place, so an interrupted pass leaves the output folder as it was. A pass
+  stopped on purpose may `close` to keep the examples added so far (--mode=predict does).
+  """
 
   @abc.abstractmethod
   def add(self, example: Example) -> None:
-    """Writes (or stages) one example's files; with `example.originals`, also its overlays."""
+    """Stages one example's files; with `example.originals`, also its overlays."""
 
   @abc.abstractmethod
   def close(self) -> str:
-    """Completes the files and returns the path a reader opens (a JSON file or a folder)."""
+    """Moves the files of the examples added into place and returns the path a reader opens
+    (a JSON file or a folder)."""
 
   def abort(self) -> None:  # noqa: B027 (files that stage nothing have nothing to remove)
-    """Removes what a failed pass staged; files completed before are kept."""
+    """Removes what this pass staged (after `close`: nothing); files completed before are kept."""
+
+
+class StagingFolder:
+  """A hidden folder inside `output_dir` where a pass writes its files before they are moved into
+  place (a rename: the same file system), so that readers never see a pass half-written.
+
+  The staging folder, and `output_dir` with any missing parents, are created at the first use of
+  `path`; `remove` deletes the staging folder and those created folders that hold nothing, so a
+  pass that moved nothing into place leaves no trace (not even an empty predictions/step_N).
+  """
+
+  def __init__(self, output_dir: str):
+    self.output_dir = output_dir
+    self._path: str | None = None
+    self._created: list[str] = []  # folders made for it, innermost first
+
+  @property
+  def path(self) -> str:
+    """The staging folder (created on first use)."""
+    if self._path is None:
+      missing, folder = [], os.path.abspath(self.output_dir)
+      while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+      os.makedirs(self.output_dir, exist_ok=True)
+      self._created = missing
+      self._path = tempfile.mkdtemp(prefix='.staging-', dir=self.output_dir)
+    return self._path
+
+  def move_into_place(self, relative: str) -> None:
+    """Moves <staging>/`relative` (a file or folder) to `output_dir`/`relative`, replacing what
+    is there under that name."""
+    source = os.path.join(self.path, relative)
+    target = os.path.join(self.output_dir, relative)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.isdir(target) and not os.path.islink(target):
+      # Out of the way first, so that the name holds either the old folder or the new one.
+      old = tempfile.mkdtemp(prefix='.replaced-', dir=self.path)
+      os.replace(target, os.path.join(old, 'old'))
+    os.replace(source, target)
+
+  def remove(self) -> None:
+    """Deletes the staging folder and the created folders left empty; idempotent."""
+    if self._path is not None:
+      shutil.rmtree(self._path, ignore_errors=True)
+      self._path = None
+    for folder in self._created:
+      try:
+        os.rmdir(folder)
+      except OSError:  # it holds files (moved into place, or another writer's): keep it
+        break
+    self._created = []
 
 
 class Task(abc.ABC):

@@ -117,32 +117,53 @@ class ImagePanoptic(base.Task):
 
 
 class PanopticImageFiles(base.PredictionFiles):
-  """COCO panoptic predictions: output_dir/panoptic/<name>.png and output_dir/panoptic.json,
-  committed all at once (coco_format.PanopticWriter); with the original images also the
-  prediction coloured over each, output_dir/overlays/<name>.png. In a multi-process evaluation
-  each process writes its own examples into output_dir/process_<i>."""
+  """COCO panoptic predictions: output_dir/panoptic/<name>.png and output_dir/panoptic.json; with
+  the original images also the prediction coloured over each, output_dir/overlays/<name>.png.
+  Everything is staged (coco_format.PanopticWriter inside a `base.StagingFolder`) and moved into
+  place by `close`, the JSON last; `abort` leaves output_dir as it was. In a multi-process
+  evaluation each process writes its own examples into output_dir/process_<i>."""
 
   def __init__(self, output_dir: str, categories):
     if jax.process_count() > 1:
       output_dir = os.path.join(output_dir, f'process_{jax.process_index()}')
     self.output_dir = output_dir
     self.categories = list(categories)
-    self._writer = coco_format.PanopticWriter(output_dir, self.categories)
+    self._staging = base.StagingFolder(output_dir)
+    self._writer: coco_format.PanopticWriter | None = None
+    self._names: list[str] = []
+    self._overlays: list[str] = []
 
   def add(self, example: base.Example) -> None:
     semantic, instance = example.prediction
     ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, self.categories)
+    if self._writer is None:
+      self._writer = coco_format.PanopticWriter(self._staging.path, self.categories)
     self._writer.add(example.example_id, example.name, ids, segments)
+    self._names.append(example.name)
     if example.originals is not None:
       coloured = pictures.colorize_panoptic(semantic, instance, self.categories)
-      folder = os.path.join(self.output_dir, 'overlays')
+      folder = os.path.join(self._staging.path, 'overlays')
       os.makedirs(folder, exist_ok=True)
       Image.fromarray(pictures.overlay(example.originals, coloured)).save(
         os.path.join(folder, example.name + '.png')
       )
+      self._overlays.append(example.name)
 
   def close(self) -> str:
-    return self._writer.commit()
+    if self._writer is None:
+      self._writer = coco_format.PanopticWriter(self._staging.path, self.categories)
+    try:
+      self._writer.commit()  # the PNGs and the JSON, complete, inside the staging folder
+      for name in self._names:
+        self._staging.move_into_place(os.path.join('panoptic', name + '.png'))
+      for name in self._overlays:
+        self._staging.move_into_place(os.path.join('overlays', name + '.png'))
+      self._staging.move_into_place('panoptic.json')  # last: it names the PNGs moved before
+    finally:
+      self.abort()
+    return os.path.join(self.output_dir, 'panoptic.json')
 
   def abort(self) -> None:
-    self._writer.abort()
+    if self._writer is not None:
+      self._writer.abort()
+    self._staging.remove()

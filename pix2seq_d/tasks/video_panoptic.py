@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -251,7 +249,8 @@ def step_maps(semantic, instance, categories) -> tuple[np.ndarray, np.ndarray]:
 
 
 class VideoFiles(base.PredictionFiles):
-  """Per video <name>, written into a staging folder and moved into place whole:
+  """Per video <name>, staged (`base.StagingFolder`) and moved into place whole by `close`,
+  replacing an earlier output of that name (`abort` leaves output_dir as it was):
 
   - output_dir/<name>/<k:05d>.png: the objects as a palette PNG (the DAVIS results layout that
     `python -m pix2seq_d.evaluation.davis` reads; object ids the same in every frame, largest
@@ -270,38 +269,44 @@ class VideoFiles(base.PredictionFiles):
     self.output_dir = output_dir
     self.categories = list(categories)
     self._is_thing = coco_format.is_thing_table(self.categories)
-    os.makedirs(output_dir, exist_ok=True)
+    self._staging = base.StagingFolder(output_dir)
+    self._names: list[str] = []
 
   def add(self, example: base.Example) -> None:
+    if example.name in self._names:  # two videos would write one folder
+      raise ValueError(f'video {example.example_id}: the name {example.name!r} is used twice')
     semantic, instance = example.prediction
     objects = davis_evaluator.object_ids(
       semantic, instance, self._is_thing, by='size', limit=davis.MAX_PROPOSALS
     )
     ids, segments, classes = panoptic_frames(semantic, instance, self.categories)
-    out_dir = os.path.join(self.output_dir, example.name)
-    staging = tempfile.mkdtemp(prefix='.video-tmp-', dir=self.output_dir)
-    try:
-      annotations = []
-      step_classes, step_instances = step_maps(semantic, instance, self.categories)
-      for k in range(len(ids)):
-        stem = f'{k:05d}'
-        davis.write_indexed_png(os.path.join(staging, f'{stem}.png'), objects[k])
-        stq.write_step_png(
-          os.path.join(staging, f'{k:06d}.png'), step_classes[k], step_instances[k]
+    video_dir = os.path.join(self._staging.path, example.name)
+    os.makedirs(video_dir)
+    self._names.append(example.name)
+    annotations = []
+    step_classes, step_instances = step_maps(semantic, instance, self.categories)
+    for k in range(len(ids)):
+      stem = f'{k:05d}'
+      davis.write_indexed_png(os.path.join(video_dir, f'{stem}.png'), objects[k])
+      stq.write_step_png(
+        os.path.join(video_dir, f'{k:06d}.png'), step_classes[k], step_instances[k]
+      )
+      annotations.append((k, stem, ids[k], segments[k]))
+      if example.originals is not None:
+        coloured = pictures.colorize_panoptic(classes[k], instance[k], self.categories)
+        os.makedirs(os.path.join(video_dir, 'overlays'), exist_ok=True)
+        Image.fromarray(pictures.overlay(example.originals[k], coloured)).save(
+          os.path.join(video_dir, 'overlays', f'{stem}.png')
         )
-        annotations.append((k, stem, ids[k], segments[k]))
-        if example.originals is not None:
-          coloured = pictures.colorize_panoptic(classes[k], instance[k], self.categories)
-          os.makedirs(os.path.join(staging, 'overlays'), exist_ok=True)
-          Image.fromarray(pictures.overlay(example.originals[k], coloured)).save(
-            os.path.join(staging, 'overlays', f'{stem}.png')
-          )
-      coco_format.write_panoptic_predictions(staging, annotations, self.categories)
-      if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
-      os.replace(staging, out_dir)
-    finally:
-      shutil.rmtree(staging, ignore_errors=True)
+    coco_format.write_panoptic_predictions(video_dir, annotations, self.categories)
 
   def close(self) -> str:
+    try:
+      for name in self._names:
+        self._staging.move_into_place(name)
+    finally:
+      self.abort()
     return self.output_dir
+
+  def abort(self) -> None:
+    self._staging.remove()

@@ -82,3 +82,21 @@ def write_step_folder(root, rng, splits=None):
             instance[t],
           )
   return written
+
+
+def seeded_rng():
+  """A generator with a fresh seed, printed so that a failure can be replayed."""
+  seed = int(np.random.SeedSequence().entropy % 2**32)
+  print('seed', seed)
+  return np.random.default_rng(seed)
+
+
+def step_config(root, data_dir):
+  """configs/kitti_step.py:runlocal reading the STEP folder `root` into the TFDS `data_dir`."""
+  from configs import kitti_step as kitti_configs
+
+  config = kitti_configs.get_config('runlocal')
+  config.data.step_root = str(root)
+  config.data.data_dir = str(data_dir)
+  config.data.num_parallel_calls = 1
+  return config

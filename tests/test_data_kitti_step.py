@@ -9,24 +9,18 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from processes import run
-from step_layout import CAR, PERSON, VOID, write_map, write_png_16_bits, write_step_folder
+from step_layout import (
+  CAR,
+  PERSON,
+  VOID,
+  seeded_rng,
+  step_config,
+  write_map,
+  write_png_16_bits,
+  write_step_folder,
+)
 
-from configs import kitti_step as kitti_configs
 from pix2seq_d.data import kitti_step, pipeline
-
-
-def _rng():
-  seed = int(np.random.SeedSequence().entropy % 2**32)
-  print('seed', seed)
-  return np.random.default_rng(seed)
-
-
-def _config(root, data_dir):
-  config = kitti_configs.get_config('runlocal')
-  config.data.step_root = str(root)
-  config.data.data_dir = str(data_dir)
-  config.data.num_parallel_calls = 1
-  return config
 
 
 def _decoded(source, split):
@@ -35,9 +29,9 @@ def _decoded(source, split):
 
 
 def test_sequences_become_clips_with_one_id_per_track_and_crowd_flagged(tmp_path):
-  rng = _rng()
+  rng = seeded_rng()
   written = write_step_folder(tmp_path / 'step', rng)
-  source = kitti_step.make_source(_config(tmp_path / 'step', tmp_path / 'tfds'))
+  source = kitti_step.make_source(step_config(tmp_path / 'step', tmp_path / 'tfds'))
   assert source.clips and source.categories == kitti_step.CATEGORIES
   for name, example in _decoded(source, 'val').items():
     classes, instance = written['val'][name]
@@ -119,22 +113,22 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize('case', sorted(BAD_INPUTS))
 def test_bad_input_is_named_before_anything_trains(tmp_path, case):
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   write_step_folder(root, rng)
   damage, message = BAD_INPUTS[case]
   damage(root, rng)
   with pytest.raises(ValueError, match=message):
-    kitti_step.make_source(_config(root, tmp_path / 'tfds'))
+    kitti_step.make_source(step_config(root, tmp_path / 'tfds'))
   # No half-prepared copy (nor a leftover of one) that a later run could take for the data.
   assert list(tmp_path.glob('tfds/step_folder/*/*')) == []
 
 
 def test_a_changed_file_is_converted_again_and_test_has_no_maps(tmp_path):
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   write_step_folder(root, rng)
-  config = _config(root, tmp_path / 'tfds')
+  config = step_config(root, tmp_path / 'tfds')
   first = kitti_step.make_builder(config).builder_config.name
   assert kitti_step.make_builder(config).builder_config.name == first
   classes, instance = np.full((24, 40), CAR), np.full((24, 40), 3)
@@ -147,12 +141,12 @@ def test_a_changed_file_is_converted_again_and_test_has_no_maps(tmp_path):
 
 
 def test_a_short_training_sequence_is_named_and_gives_no_window(tmp_path, caplog):
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   write_step_folder(
     root, rng, {'train': {'0000': (2, 24, 40), '0001': (4, 20, 36)}, 'val': {'0002': (3, 24, 40)}}
   )
-  config = _config(root, tmp_path / 'tfds')
+  config = step_config(root, tmp_path / 'tfds')
   source = kitti_step.make_source(config)
   assert (
     'sequence 0000 of split train has 2 frames, fewer than config.data.video_window=3'
@@ -185,7 +179,7 @@ def _first_batch_or_error(iterator, timeout_s=300):
 
 
 def test_a_split_without_any_window_stops_training_before_reading(tmp_path):
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   short = int(rng.integers(1, 3))  # 1 or 2 frames, below the window of 3
   write_step_folder(
@@ -193,7 +187,7 @@ def test_a_split_without_any_window_stops_training_before_reading(tmp_path):
     rng,
     {'train': {'0000': (short, 24, 40), '0001': (2, 20, 36)}, 'val': {'0002': (3, 24, 40)}},
   )
-  config = _config(root, tmp_path / 'tfds')
+  config = step_config(root, tmp_path / 'tfds')
   source = kitti_step.make_source(config)
   with pytest.raises(
     ValueError,
@@ -207,7 +201,7 @@ def test_a_split_without_any_window_stops_training_before_reading(tmp_path):
 def test_training_on_a_split_without_any_window_stops_at_start_and_frees_the_workdir(
   tmp_path, jax_cache
 ):
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   frames = [int(rng.integers(1, 3)) for _ in range(3)]  # every sequence shorter than 3 frames
   train = {f'{k:04d}': (n, 24, 40) for k, n in enumerate(frames)}
@@ -235,12 +229,12 @@ def test_training_on_a_split_without_any_window_stops_at_start_and_frees_the_wor
 def test_a_process_whose_share_has_no_window_stops_instead_of_waiting(tmp_path):
   import dataclasses
 
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   write_step_folder(
     root, rng, {'train': {'0000': (5, 24, 40), '0001': (2, 24, 40)}, 'val': {'0002': (3, 24, 40)}}
   )
-  config = _config(root, tmp_path / 'tfds')
+  config = step_config(root, tmp_path / 'tfds')
   source = kitti_step.make_source(config)
   # The split has a window (checked before reading); each of two processes reads one sequence.
   outcomes = [
@@ -266,10 +260,10 @@ def test_training_windows_decode_only_their_frames_and_equal_whole_clip_windows(
   import dataclasses
   import itertools
 
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   write_step_folder(root, rng)
-  config = _config(root, tmp_path / 'tfds')
+  config = step_config(root, tmp_path / 'tfds')
   config.data.train_crowd = 'segment'
   source = kitti_step.make_source(config)
   assert source.frame_keys  # windows are cut from the encoded sequence
@@ -288,7 +282,7 @@ def test_training_windows_decode_only_their_frames_and_equal_whole_clip_windows(
 
 
 def test_a_folder_with_its_own_classes(tmp_path):
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   categories = [
     {'id': 3, 'name': 'ground', 'isthing': 0},
@@ -304,7 +298,7 @@ def test_a_folder_with_its_own_classes(tmp_path):
       write_map(str(root / f'panoptic_maps/{split}/0000/{t:06d}.png'), classes, instance)
       (root / f'images/{split}/0000').mkdir(parents=True, exist_ok=True)
       _write_image(root / f'images/{split}/0000/{t:06d}.png', (8, 8), rng)
-  config = _config(root, tmp_path / 'tfds')
+  config = step_config(root, tmp_path / 'tfds')
   source = kitti_step.make_source(config)
   assert [c['name'] for c in source.categories] == ['ground', 'ball']
   example = _decoded(source, 'val')['0000']

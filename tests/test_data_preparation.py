@@ -16,24 +16,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from processes import PATIENCE_S, ROOT, process_env, start
-from step_layout import CAR, write_map, write_step_folder
+from step_layout import CAR, seeded_rng, step_config, write_map, write_step_folder
 
-from configs import kitti_step as kitti_configs
 from pix2seq_d.data import kitti_step
-
-
-def _rng():
-  seed = int(np.random.SeedSequence().entropy % 2**32)
-  print('seed', seed)
-  return np.random.default_rng(seed)
-
-
-def _config(root, data_dir):
-  config = kitti_configs.get_config('runlocal')
-  config.data.step_root = str(root)
-  config.data.data_dir = str(data_dir)
-  config.data.num_parallel_calls = 1
-  return config
 
 
 def _labels(classes):
@@ -48,7 +33,7 @@ def _semantic(source, split, name):
 
 
 def test_a_frame_changed_inside_a_linked_sequence_folder_is_prepared_again(tmp_path):
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   written = write_step_folder(root, rng)
   # Sequence 0002 of val lives elsewhere; the split links to it, twice (two links to one folder
@@ -59,7 +44,7 @@ def test_a_frame_changed_inside_a_linked_sequence_folder_is_prepared_again(tmp_p
     shutil.move(root / kind / 'val' / '0002', elsewhere / kind / '0002')
     for name in ('0002', '0003'):
       (root / kind / 'val' / name).symlink_to(elsewhere / kind / '0002', target_is_directory=True)
-  config = _config(root, tmp_path / 'tfds')
+  config = step_config(root, tmp_path / 'tfds')
   first = kitti_step.make_source(config)
   classes, _ = written['val']['0002']
   np.testing.assert_array_equal(_semantic(first, 'val', '0002'), _labels(classes))
@@ -82,7 +67,7 @@ def test_a_frame_changed_inside_a_linked_sequence_folder_is_prepared_again(tmp_p
 
 
 def test_a_link_cycle_is_refused_naming_the_link(tmp_path):
-  rng = _rng()
+  rng = seeded_rng()
   root = tmp_path / 'step'
   write_step_folder(root, rng)
   split = str(rng.choice(['train', 'val']))
@@ -92,7 +77,7 @@ def test_a_link_cycle_is_refused_naming_the_link(tmp_path):
   target = os.path.realpath(root / 'images')
   message = f'{re.escape(str(link))}: a link to {re.escape(target)}, which holds .*a link cycle'
   with pytest.raises(ValueError, match=message):
-    kitti_step.make_builder(_config(root, tmp_path / 'tfds'))
+    kitti_step.make_builder(step_config(root, tmp_path / 'tfds'))
 
 
 # A preparation held after its first sequence, as if slow, until it is killed.
@@ -141,7 +126,7 @@ def _wait_for_line(lines: queue.Queue, text: str, log: list[str]) -> None:
 
 @pytest.mark.slow
 def test_a_preparation_killed_half_way_leaves_nothing_once_the_next_is_done(tmp_path, jax_cache):
-  rng = _rng()
+  rng = seeded_rng()
   root, data_dir, marker = tmp_path / 'step', tmp_path / 'tfds', tmp_path / 'held'
   written = write_step_folder(root, rng)
   command = [sys.executable, '-c', _HELD_PREPARATION, str(root), str(data_dir)]
@@ -190,7 +175,7 @@ def test_a_preparation_killed_half_way_leaves_nothing_once_the_next_is_done(tmp_
       waiting.stdout.close()
 
   assert sorted(os.listdir(config_dir)) == ['1.0.0']  # no leftover, no lock file
-  source = kitti_step.make_source(_config(root, data_dir))
+  source = kitti_step.make_source(step_config(root, data_dir))
   assert os.fspath(source.builder.data_dir) == os.fspath(config_dir / '1.0.0')
   for split, sequences in written.items():
     for name, (classes, _) in sequences.items():

@@ -64,6 +64,14 @@ def test_shipped_configs_pass(make, mode):
     ('eval.metrics', ('davis_jf',), "the task 'panoptic' cannot produce 'davis_jf'"),
     ('eval.metrics', ('pq', 'stq'), "the task 'panoptic' cannot produce 'stq'; it produces 'pq'"),
     ('eval.metrics', ('pq', 'pq'), 'names a metric more than once'),
+    ('eval.num_samples', 0, 'config.eval.num_samples=0: must be at least 1'),
+    ('eval.sample_match_iou', 1.0, 'config.eval.sample_match_iou=1.0: must be in'),
+    (
+      'eval.metrics',
+      ('pq', 'pq_single'),
+      'which compare several samples per image: set --config.eval.num_samples',
+    ),
+    ('eval.follow', True, 'with --mode=eval, not with --mode=train_and_eval'),
   ],
 )
 def test_bad_field_is_named(field, value, message):
@@ -82,6 +90,30 @@ def test_coco_root_is_fine_with_a_coco_name():
   config = coco.get_config()
   config.data.coco_root = '/data/coco'  # replaces the TFDS COCO set: read, so not an error
   config_checks.check_config(config, 'train')
+
+
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
+    ('eval.follow_poll_s', 0.0, 'config.eval.follow_poll_s=0.0: must be positive'),
+    ('eval.follow_timeout_s', -1.0, 'config.eval.follow_timeout_s=-1.0: must be >= 0'),
+    ('train.num_steps', 0, 'config.train.num_steps=0: must be >= 1 (the follower stops after'),
+  ],
+)
+def test_bad_follower_field_is_named(field, value, message):
+  config = shapes.get_config()
+  config.eval.follow = True
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    config_checks.check_config(config, 'eval')
+
+
+def test_several_samples_and_their_metrics_pass():
+  config = shapes.get_config()
+  config.eval.num_samples = 8
+  config.eval.metrics = ('pq', 'pq_single', 'uncertainty_auroc')
+  config_checks.check_config(config, 'eval')
 
 
 def test_eval_mode_does_not_check_training_fields():
@@ -134,6 +166,7 @@ def test_tf_weights_need_the_encoder_mode_and_a_path():
     ('eval.video_strip_frames', 0, 'config.eval.video_strip_frames=0: must be >= 1'),
     ('eval.new_track_after', -1, 'config.eval.new_track_after=-1: must be >= 0'),
     ('eval.new_track_after', 1.5, r'config.eval.new_track_after=1.5: must be >= 0 \(an integer\)'),
+    ('eval.num_samples', 4, 'config.eval.num_samples=4: the video task streams one sample'),
   ],
 )
 def test_bad_video_field_is_named(field, value, message):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from pix2seq_d.data import pipeline
 from pix2seq_d.loops import evaluate
@@ -90,6 +91,49 @@ def test_random_masks_score_low_and_results_history_grows(shapes_config, tmp_pat
   history = json.loads((tmp_path / workdir_files.RESULTS_FILE).read_text())['history']
   assert [h['step'] for h in history] == [7, 9]  # the same step is replaced, not duplicated.
   assert second['num_images'] == 8
+
+
+def test_several_samples_merge_score_and_write_their_uncertainty(shapes_config, tmp_path):
+  """K samples per image through the loop: a random map and two copies of the ground truth (with
+  other ids), all three random in one corner. They merge to the ground truth but in the corner,
+  the first sample alone scores PQ_single, the uncertainty (1 in the corner, where the merged map
+  is wrong, 0.5 elsewhere) finds the wrong pixels, and is written beside each prediction."""
+  config = shapes_config()
+  config.eval.batch_size = 4
+  config.eval.num_examples = 8
+  config.eval.min_pixels = 0
+  config.eval.num_samples = 3
+  config.eval.metrics = ('pq', 'pq_single', 'uncertainty_auroc')
+  config.eval.write_predictions = True
+  seed = int(np.random.default_rng().integers(1 << 31))
+  print('seed', seed)
+  rng = np.random.default_rng(seed)
+  num_ids = config.model.max_instances
+
+  def noise(shape):
+    return rng.integers(0, [config.model.num_classes, num_ids], shape)
+
+  def three_samples(batch, key):
+    label = np.asarray(batch['label'])
+    renamed = label.copy()
+    renamed[..., 1] = np.concatenate([[0], rng.permutation(np.arange(1, num_ids))])[label[..., 1]]
+    label, renamed = label.copy(), renamed.copy()
+    for sample in (label, renamed):
+      sample[:, :4, :4] = noise(sample[:, :4, :4].shape)
+    return jnp.asarray(np.stack([noise(label.shape), label, renamed], axis=1))  # (B, K, ...)
+
+  record, _ = _run(config, tmp_path, three_samples)
+  assert record['PQ'] > 0.5 > 0.2 > record['PQ_single']
+  assert record['uncertainty_auroc'] > 0.5 and 0.0 < record['wrong_pixel_rate'] < 0.3
+  step = tmp_path / 'predictions' / 'step_7'
+  names = sorted(p.name for p in (step / 'panoptic').glob('*.png'))
+  assert len(names) == 8 and sorted(p.name for p in (step / 'uncertainty').glob('*.png')) == names
+  for name in names:  # 8 bits: 255 where no two samples agree (in the corner, but where two
+    # random maps agree by chance), else 128 (2 of 3 agree) or 0 (all three void)
+    picture = np.asarray(Image.open(step / 'uncertainty' / name))
+    assert set(np.unique(picture)) <= {0, 128, 255}, name
+    assert (picture[:6, :6] == 255).mean() > 0.5, name
+    assert 0 < (picture == 255).mean() < 0.3, name
 
 
 def test_video_ground_truth_through_the_same_loop_with_two_evaluators(shapes_config, tmp_path):

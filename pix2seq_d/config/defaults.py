@@ -201,6 +201,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # and COCO panoptic PNGs + JSON whose segment ids persist over time.
   evaluation.write_predictions = False
   evaluation.num_image_summaries = 4
+  # Image task: K samples per image from independent noise (one compiled program, the encoder
+  # run once), merged into one panoptic map with a per-pixel uncertainty (tasks/samples.py);
+  # with K >= 2 config.eval.metrics may add 'pq_single' (PQ of the first sample alone) and
+  # 'uncertainty_auroc'. 1 = one sample, as in the paper.
+  evaluation.num_samples = 1
+  # Two samples' segments match (merge of several samples) when their class-aware IoU exceeds it.
+  evaluation.sample_match_iou = 0.5
   # --mode=eval only: follow a training run in the same workdir, evaluating each checkpoint once
   # as it appears, until the checkpoint of train.num_steps (pix2seq_d/loops/eval_checkpoints.py).
   evaluation.follow = False

@@ -8,7 +8,7 @@ whole eval split on every process:
 
   evaluator = registry.make_evaluators(('pq',), categories)[0]
   for example in examples:                       # this process's share
-    evaluator.update(example.ground_truth, example.prediction, example.example_id)
+    evaluator.update(example.ground_truth, evaluator.read(example), example.example_id)
   evaluator.merge(hosts.gather_json(evaluator.state()))
   results = evaluator.results()                  # scalars, details, table
 
@@ -68,6 +68,11 @@ class Evaluator(abc.ABC):
     """Args: categories: the dataset's panopticapi-style categories (semantic s is
     categories[s - 1])."""
     self.categories = [dict(category) for category in categories]
+
+  def read(self, example) -> Any:
+    """What `update` scores of a task's post-processed example (tasks/base.py `Example`): its
+    `prediction`; evaluators of several samples read its `single` or `uncertainty` too."""
+    return example.prediction
 
   @abc.abstractmethod
   def update(self, ground_truth: np.ndarray, prediction: Panoptic, example_id: Any) -> None:

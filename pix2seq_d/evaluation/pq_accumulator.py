@@ -97,8 +97,14 @@ class PQAccumulator:
     """
     self._state += self.image_state(gt_ids, gt_segments, pred_ids, pred_segments, image_id)
 
-  def image_state(self, gt_ids, gt_segments, pred_ids, pred_segments, image_id=None) -> np.ndarray:
-    """The (num_categories, 4) [tp, fp, fn, iou_sum] of one image; `update` adds it."""
+  def image_state(
+    self, gt_ids, gt_segments, pred_ids, pred_segments, image_id=None, matches=None
+  ) -> np.ndarray:
+    """The (num_categories, 4) [tp, fp, fn, iou_sum] of one image; `update` adds it.
+
+    With a dict `matches`, every matched pair is also stored in it: {gt segment id: predicted
+    segment id} (the uncertainty evaluator's right and wrong pixels follow from them).
+    """
     where = f'In the image with ID {image_id}'
     gt_ids = _id_map(gt_ids, where, 'gt')
     pred_ids = _id_map(pred_ids, where, 'prediction')
@@ -161,6 +167,10 @@ class PQAccumulator:
     matched = iou > 0.5
     np.add.at(state[:, TP], gt_cat[g[matched]], 1)
     np.add.at(state[:, IOU], gt_cat[g[matched]], iou[matched])
+    if matches is not None:
+      matches.update(
+        zip(gt_seg_ids[g[matched]].tolist(), pred_seg_ids[p[matched]].tolist(), strict=True)
+      )
     gt_matched = np.zeros(num_gt, bool)
     gt_matched[g[matched]] = True
     pred_matched = np.zeros(num_pred, bool)

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pix2seq_d.evaluation import base, davis_evaluator, pq_evaluator, stq_evaluator
+from pix2seq_d.evaluation import (
+  base,
+  davis_evaluator,
+  pq_evaluator,
+  samples_evaluators,
+  stq_evaluator,
+)
 
 EVALUATORS: dict[str, type[base.Evaluator]] = {
   evaluator.name: evaluator
@@ -18,6 +24,8 @@ EVALUATORS: dict[str, type[base.Evaluator]] = {
     pq_evaluator.PQEvaluator,
     davis_evaluator.DavisJFEvaluator,
     stq_evaluator.STQEvaluator,
+    samples_evaluators.PQSingleEvaluator,
+    samples_evaluators.UncertaintyAUROCEvaluator,
   )
 }
 

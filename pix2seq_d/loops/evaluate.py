@@ -96,7 +96,7 @@ def evaluate(
       pred = hosts.local_rows(ids, mesh)
       for example in task.eval_examples(batch, pred, categories):
         for evaluator in evaluators:
-          evaluator.update(example.ground_truth, example.prediction, example.example_id)
+          evaluator.update(example.ground_truth, evaluator.read(example), example.example_id)
         if files is not None:
           files.add(example)
         if len(pictures) < config.eval.num_image_summaries:

@@ -127,15 +127,7 @@ def run(config, workdir: str) -> str:
         )
       )
       for row, (index, name, item) in enumerate(chunk):
-        files.add(
-          base.Example(
-            example_id=index,
-            name=name,
-            prediction=task.postprocess_input(pred[row], item, categories),
-            originals=item.originals,
-            row=row,
-          )
-        )
+        files.add(task.predict_example(index, name, pred[row], item, categories, row))
         written += 1
         logging.info('Predicted %s -> %s', name, output)
     if not written and stopped_at is None:

@@ -13,6 +13,14 @@ from pix2seq_d.diffusion import bits, sampler
 from pix2seq_d.models import model as p2s
 
 
+def repeat_rows(tree, times: int):
+  """Every array of `tree` with each row repeated `times` times in place: (B, ...) -> (B * times,
+  ...), rows b * times .. b * times + times - 1 copies of row b."""
+  if times == 1:
+    return tree
+  return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0), tree)
+
+
 def sample_bits(
   model: p2s.Pix2SeqD,
   images: jax.Array,
@@ -20,6 +28,7 @@ def sample_bits(
   config,
   cond_label: jax.Array | None = None,
   steps: int | None = None,
+  num_samples: int = 1,
 ) -> jax.Array:
   """Samples analog mask bits for `images` with the encoder run once.
 
@@ -30,13 +39,17 @@ def sample_bits(
     config: the experiment config.
     cond_label: (B, Hm, Wm, 2 * frames) int ids of earlier frames (video), or None.
     steps: sampling steps; defaults to config.diffusion.steps.
+    num_samples: K samples per image, each from its own noise: the encoder output is repeated,
+      so the K denoiser passes of a step are one batch of B * K (1 is one sample, as before).
 
   Returns:
-    (B, Hm, Wm, 16) float32 analog bits (the last x0 estimate).
+    (B * K, Hm, Wm, 16) float32 analog bits (the last x0 estimate), the K samples of image b in
+    rows b * K .. b * K + K - 1.
   """
   d = config.diffusion
-  encoded = model.encode(images)
+  encoded = repeat_rows(model.encode(images), num_samples)
   cond = None if cond_label is None else bits.label_to_bits(cond_label.astype(jnp.int32), d.b_scale)
+  cond = repeat_rows(cond, num_samples)
 
   def predict_x0(x_t, gamma, x0_prev):
     extra = [] if cond is None else [cond]
@@ -45,7 +58,7 @@ def sample_bits(
     logits = model.denoise(x_t, gamma, encoded, jnp.concatenate(extra, axis=-1) if extra else None)
     return bits.logits_to_analog(logits, d.b_scale)
 
-  shape = (images.shape[0],) + tuple(model.mask_size) + (bits.MASK_BITS,)
+  shape = (images.shape[0] * num_samples,) + tuple(model.mask_size) + (bits.MASK_BITS,)
   return sampler.sample(
     predict_x0,
     shape,
@@ -66,10 +79,11 @@ def sample_ids(
   config,
   cond_label: jax.Array | None = None,
   steps: int | None = None,
+  num_samples: int = 1,
 ) -> jax.Array:
-  """Samples and decodes masks: images (B, H, W, 3) -> (B, Hm, Wm, 2) int32 [semantic, instance]
-  ids (`sample_bits`, then the bits thresholded and clamped to the id ranges)."""
-  analog = sample_bits(model, images, key, config, cond_label, steps)
+  """Samples and decodes masks: images (B, H, W, 3) -> (B * K, Hm, Wm, 2) int32 [semantic,
+  instance] ids (`sample_bits`, then the bits thresholded and clamped to the id ranges)."""
+  analog = sample_bits(model, images, key, config, cond_label, steps, num_samples)
   return bits.bits_to_panoptic(analog, config.model.num_classes, config.model.max_instances)
 
 

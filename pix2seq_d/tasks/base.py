@@ -46,6 +46,9 @@ class Example:
     ground_truth: int (..., Ho, Wo, 3) [semantic, instance, crowd]; None in --mode=predict.
     originals: the uint8 (..., Ho, Wo, 3) input, for overlays; None in evaluation.
     row: its row in the batch.
+    single: with several samples (config.eval.num_samples > 1), the first sample alone,
+      post-processed like `prediction` (which then merges them all); else None.
+    uncertainty: with several samples, float32 (..., Ho, Wo) in [0, 1], where they disagree.
   """
 
   example_id: int | str
@@ -54,6 +57,8 @@ class Example:
   ground_truth: np.ndarray | None = None
   originals: np.ndarray | None = None
   row: int = 0
+  single: Panoptic | None = None
+  uncertainty: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,3 +254,16 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def postprocess_input(self, pred: np.ndarray, loaded: PredictInput, categories) -> Panoptic:
     """One row of `sample`'s output at the original size of `loaded`."""
+
+  def predict_example(
+    self, index: int, name: str, pred: np.ndarray, loaded: PredictInput, categories, row: int
+  ) -> Example:
+    """The Example of one predicted input (its `prediction_files` entry): `postprocess_input`
+    of its row of `sample`'s output, with the originals for overlays."""
+    return Example(
+      example_id=index,
+      name=name,
+      prediction=self.postprocess_input(pred, loaded, categories),
+      originals=loaded.originals,
+      row=row,
+    )

@@ -150,8 +150,21 @@ def overlay(image: np.ndarray, colored: np.ndarray, alpha: float = 0.5) -> np.nd
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
-def summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, categories) -> np.ndarray:
-  """[input | ground truth | prediction] side by side: (H, 3 W, 3) uint8 at the input size."""
+def uncertainty_picture(uncertainty: np.ndarray) -> np.ndarray:
+  """Uncertainty (..., H, W) in [0, 1] -> uint8 (..., H, W): 0 certain (black), 255 where no two
+  samples agree (white); the 8-bit picture --mode=predict writes beside each prediction."""
+  return np.round(np.clip(uncertainty, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def summary_image(
+  image: np.ndarray,
+  gt: np.ndarray,
+  pred: np.ndarray,
+  categories,
+  uncertainty: np.ndarray | None = None,
+) -> np.ndarray:
+  """[input | ground truth | prediction (| uncertainty)] side by side: (H, 3 W, 3) uint8 at the
+  input size, (H, 4 W, 3) with a (h, w) `uncertainty` in [0, 1] (white: the samples disagree)."""
   size = image.shape[:2]
   colour = lambda label: colorize_panoptic(
     resize_nearest(label[..., 0], size),
@@ -159,7 +172,11 @@ def summary_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, categorie
     categories,
   )
   picture = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-  return np.concatenate([picture, colour(gt), colour(pred)], axis=1)
+  panels = [picture, colour(gt), colour(pred)]
+  if uncertainty is not None:
+    grey = uncertainty_picture(resize_nearest(uncertainty, size))
+    panels.append(np.repeat(grey[..., None], 3, axis=-1))
+  return np.concatenate(panels, axis=1)
 
 
 def colorize_objects(ids: np.ndarray) -> np.ndarray:

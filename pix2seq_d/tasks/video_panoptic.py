@@ -66,6 +66,12 @@ class VideoPanoptic(base.Task):
       value = config[section][field]
       if not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f'config.{section}.{field}={value!r}: must be >= {minimum} (an integer).')
+    if config.eval.num_samples != 1:
+      raise ValueError(
+        f'config.eval.num_samples={config.eval.num_samples}: the video task streams one sample '
+        'per frame (its next frame is conditioned on it); several samples are an image-task '
+        'option. Leave it at 1.'
+      )
     if config.eval.use_gt_cond_frames and config.eval.single_frames:
       raise ValueError(
         'config.eval.single_frames=True: conditions every frame on nothing, and '

@@ -174,3 +174,85 @@ def test_sampler_shape_determinism_and_self_conditioning_input():
   np.testing.assert_array_equal(run(jax.random.key(3), 'ddpm'), run(jax.random.key(3), 'ddpm'))
   with pytest.raises(ValueError, match='config.diffusion.sampler'):
     run(jax.random.key(0), 'euler')
+
+
+def _noisy_predict(calls=None):
+  """A denoiser stand-in whose estimate depends on x_t; records (x_t, gamma) of every call."""
+
+  def predict(x_t, gamma, x0_prev):
+    if calls is not None:
+      jax.debug.callback(lambda x, g: calls.append((np.asarray(x), np.asarray(g))), x_t, gamma)
+    return jnp.tanh(3.0 * x_t) * 0.1
+
+  return predict
+
+
+@pytest.mark.parametrize('name', ['ddim', 'ddpm'])
+def test_refinement_from_t0_one_is_plain_sampling(name):
+  seed = int(np.random.default_rng().integers(1 << 31))
+  print('seed', seed)
+  x0_in = bits.label_to_bits(_random_label(seed, (2, 5, 7)), 0.1)
+  kwargs = dict(steps=6, td=1.0, schedule='cosine', sampler=name, b_scale=0.1)
+  key = jax.random.key(seed)
+  plain = sampler.sample(_noisy_predict(), x0_in.shape, key, **kwargs)
+  refined = sampler.sample(_noisy_predict(), x0_in.shape, key, start=(x0_in, 1.0), **kwargs)
+  np.testing.assert_array_equal(np.asarray(refined), np.asarray(plain))
+
+
+def test_refinement_noises_the_input_to_t0_and_runs_the_remaining_steps():
+  seed = int(np.random.default_rng().integers(1 << 31))
+  print('seed', seed)
+  x0_in = bits.label_to_bits(_random_label(seed, (2, 5, 7)), 0.1)
+  key = jax.random.key(seed)
+  calls = []
+  sampler.sample(
+    _noisy_predict(calls),
+    x0_in.shape,
+    key,
+    steps=10,
+    td=0.0,
+    schedule='cosine',
+    sampler='ddim',
+    b_scale=0.1,
+    start=(x0_in, 0.4),
+  )
+  assert len(calls) == sampler.refine_steps(10, 0.4) == 4
+  gamma = float(schedules.cosine(jnp.float32(0.4)))
+  first_x, first_gamma = calls[0]
+  np.testing.assert_allclose(first_gamma, gamma, rtol=1e-6)
+  noise = jax.random.normal(jax.random.split(key)[0], x0_in.shape)
+  np.testing.assert_allclose(
+    first_x, np.sqrt(gamma) * x0_in + np.sqrt(1 - gamma) * noise, rtol=1e-5, atol=1e-6
+  )
+  # The remaining grid, scaled into [0, 0.4]: 0.4, 0.3, 0.2, 0.1.
+  np.testing.assert_allclose(
+    [float(g[0]) for _, g in calls], schedules.cosine(jnp.array([0.4, 0.3, 0.2, 0.1])), rtol=1e-6
+  )
+
+
+@pytest.mark.parametrize('name', ['ddim', 'ddpm'])
+def test_known_pixels_are_held_exactly_and_noised_to_each_level(name):
+  seed = int(np.random.default_rng().integers(1 << 31))
+  print('seed', seed)
+  rng = np.random.default_rng(seed)
+  x0_known = bits.label_to_bits(_random_label(seed, (2, 24, 24)), 0.1)
+  mask = jnp.asarray(rng.uniform(size=(2, 24, 24, 1)) < 0.5)
+  calls = []
+  out = sampler.sample(
+    _noisy_predict(calls),
+    x0_known.shape,
+    jax.random.key(seed),
+    steps=5,
+    td=0.0,
+    schedule='cosine',
+    sampler=name,
+    b_scale=0.1,
+    known=(x0_known, mask),
+  )
+  held = np.broadcast_to(np.asarray(mask), out.shape)
+  np.testing.assert_array_equal(np.asarray(out)[held], np.asarray(x0_known)[held])
+  assert not np.allclose(np.asarray(out)[~held], np.asarray(x0_known)[~held])
+  for x_t, gamma in calls[1:]:  # after the first update: known pixels at the step's level
+    g = float(gamma[0])
+    eps = (x_t[held] - np.sqrt(g) * np.asarray(x0_known)[held]) / np.sqrt(1 - g)
+    assert abs(eps.mean()) < 0.1 and abs(eps.std() - 1.0) < 0.1, (g, eps.mean(), eps.std())

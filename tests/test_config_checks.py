@@ -72,6 +72,10 @@ def test_shipped_configs_pass(make, mode):
       'which compare several samples per image: set --config.eval.num_samples',
     ),
     ('eval.follow', True, 'with --mode=eval, not with --mode=train_and_eval'),
+    ('eval.given_fraction', 1.0, 'config.eval.given_fraction=1.0: must be in'),
+    ('eval.refine_t0', 0.0, 'config.eval.refine_t0=0.0: must be in'),
+    ('eval.metrics', ('pq', 'pq_input'), "names 'pq_input', which needs config.eval.refine_from"),
+    ('eval.metrics', ('pq', 'pq_rest'), "names 'pq_rest', which needs config.eval.given_fraction"),
   ],
 )
 def test_bad_field_is_named(field, value, message):

@@ -31,16 +31,23 @@ class _Recorder:
       yield batch
 
 
-def _run(config, tmp_path, predict, step=7):
-  """Evaluates `predict(batch, key)` (a stand-in for the sampler) with the loop."""
+def _run(config, tmp_path, predict, step=7, with_inputs=False):
+  """Evaluates `predict(batch, key)` (a stand-in for the sampler; with `with_inputs`
+  `predict(batch, inputs, key)`, the task's sampler inputs) with the loop."""
   mesh = sharding.make_mesh(config.mesh)
   info = pipeline.dataset_info(config)
   task = registry.get_task(config)
   recorder = _Recorder(task.eval_iterator(None))
+
+  def predict_fn(params, state, inputs, key):
+    if with_inputs:
+      return predict(recorder.batch, jax.tree.map(np.asarray, inputs), key)
+    return predict(recorder.batch, key)
+
   record = evaluate.evaluate(
     config,
     task=task,
-    predict_fn=lambda params, state, inputs, key: predict(recorder.batch, key),
+    predict_fn=predict_fn,
     params=None,
     model_state=None,
     mesh=mesh,
@@ -134,6 +141,118 @@ def test_several_samples_merge_score_and_write_their_uncertainty(shapes_config, 
     assert set(np.unique(picture)) <= {0, 128, 255}, name
     assert (picture[:6, :6] == 255).mean() > 0.5, name
     assert 0 < (picture == 255).mean() < 0.3, name
+
+
+def test_completion_keeps_the_given_segments_and_scores_the_rest(shapes_config, tmp_path):
+  """Half of each image's segments given: the stand-in completes with the ground truth under
+  other ids (a perfect completer), its plain sample is noise. The given pixels come out exactly,
+  PQ_rest scores what was not given and PQ_rest_unaided the plain sample."""
+  config = shapes_config()
+  config.eval.batch_size = 4
+  config.eval.num_examples = 8
+  config.eval.min_pixels = 0
+  config.eval.given_fraction = 0.5
+  config.eval.metrics = ('pq', 'pq_rest', 'pq_rest_unaided', 'given_pixels_kept')
+  seed = int(np.random.default_rng().integers(1 << 31))
+  print('seed', seed)
+  rng = np.random.default_rng(seed)
+  num_ids = config.model.max_instances
+
+  def complete(batch, inputs, key):
+    """A perfect completer: the given ids where given, the ground truth's other segments under
+    ids the given segments do not use."""
+    label = np.asarray(batch['label'])
+    assert inputs['given'].shape == label.shape and inputs['given_mask'].any()
+    completed = label.copy()
+    for row in range(len(label)):
+      known = inputs['given_mask'][row]
+      free = np.setdiff1d(np.arange(1, num_ids), inputs['given'][row][..., 1][known])
+      table = np.zeros(num_ids, np.int64)
+      table[1:] = rng.permutation(free)[: num_ids - 1].tolist() + [0] * (num_ids - 1 - len(free))
+      completed[row, ..., 1] = np.where(
+        known, inputs['given'][row][..., 1], table[label[row, ..., 1]]
+      )
+    noise = rng.integers(0, [config.model.num_classes, num_ids], label.shape)
+    return jnp.asarray(np.stack([completed, noise], axis=1))  # (B, 2, Hm, Wm, 2)
+
+  record, _ = _run(config, tmp_path, complete, with_inputs=True)
+  assert record['given_pixels_kept'] == 1.0 and record['given_pixels'] > 0
+  assert record['PQ_rest'] > 0.6 > 0.2 > record['PQ_rest_unaided']
+  assert record['PQ'] > record['PQ_rest'] - 0.1
+
+
+def _bad_mask_file(tmp_path, folder, fault):
+  """A copy of an evaluation's prediction file with one fault."""
+  data = json.loads((folder / 'panoptic.json').read_text())
+  bad = tmp_path / 'bad'
+  (bad / 'panoptic').mkdir(parents=True)
+  for annotation in data['annotations']:
+    png = folder / 'panoptic' / annotation['file_name']
+    (bad / 'panoptic' / annotation['file_name']).write_bytes(png.read_bytes())
+  first = data['annotations'][0]
+  path = bad / 'panoptic' / first['file_name']
+  if fault == 'image not in the set':
+    first['image_id'] = 999_999
+  elif fault == 'wrong size':  # two more columns of void
+    ids = np.asarray(Image.open(path))
+    Image.fromarray(np.pad(ids, [(0, 0), (0, 2), (0, 0)])).save(path)
+  elif fault == 'segment id missing from its JSON':
+    first['segments_info'] = first['segments_info'][1:]
+  elif fault == 'unknown category':
+    first['segments_info'][0]['category_id'] = 4242
+  (bad / 'panoptic.json').write_text(json.dumps(data))
+  return str(bad / 'panoptic.json'), path
+
+
+@pytest.mark.parametrize(
+  'fault, message',
+  [
+    ('image not in the set', 'is of image 999999, which the eval set lacks'),
+    ('wrong size', r'is \d+x\d+ but image \d+ is'),
+    ('segment id missing from its JSON', 'are in the map and not in the segments'),
+    ('unknown category', 'has category_id 4242, which the model does not know'),
+  ],
+)
+def test_refinement_inputs_are_checked_before_any_sampling(shapes_config, tmp_path, fault, message):
+  config = shapes_config()
+  config.eval.batch_size = 4
+  config.eval.num_examples = 8
+  config.eval.write_predictions = True
+  _run(config, tmp_path, lambda batch, key: jnp.asarray(batch['label']))
+  config.eval.write_predictions = False
+  config.eval.refine_from, png = _bad_mask_file(
+    tmp_path, tmp_path / 'predictions' / 'step_7', fault
+  )
+
+  def never(batch, inputs, key):
+    raise AssertionError('sampled before the refinement inputs were checked')
+
+  with pytest.raises(ValueError, match=message) as error:
+    _run(config, tmp_path / 'refined', never, with_inputs=True)
+  assert str(png) in str(error.value) or 'refine_from' in str(error.value)
+
+
+def test_refinement_reads_a_prediction_folder_and_scores_its_input(shapes_config, tmp_path):
+  """The loop's own prediction files refine through config.eval.refine_from with no change: the
+  stand-in returns its input, so the refined PQ equals the input's."""
+  config = shapes_config()
+  config.eval.batch_size = 4
+  config.eval.num_examples = 8
+  config.eval.min_pixels = 0
+  config.eval.write_predictions = True
+  first, _ = _run(config, tmp_path, lambda batch, key: jnp.asarray(batch['label']))
+  config.eval.write_predictions = False
+  config.eval.refine_from = str(tmp_path / 'predictions' / 'step_7' / 'panoptic.json')
+  config.eval.metrics = ('pq', 'pq_input')
+  seen = []
+
+  def unchanged(batch, inputs, key):
+    seen.append(inputs['refine_from'])
+    return jnp.asarray(inputs['refine_from'])
+
+  record, _ = _run(config, tmp_path / 'refined', unchanged, with_inputs=True)
+  assert seen and record['PQ_input'] == pytest.approx(first['PQ'])
+  assert record['PQ'] == pytest.approx(record['PQ_input'], abs=0.05)
 
 
 def test_video_ground_truth_through_the_same_loop_with_two_evaluators(shapes_config, tmp_path):

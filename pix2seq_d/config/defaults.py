@@ -208,6 +208,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluation.num_samples = 1
   # Two samples' segments match (merge of several samples) when their class-aware IoU exceeds it.
   evaluation.sample_match_iou = 0.5
+  # Image task, completion: every eval image is given this seeded random share of its ground-truth
+  # segments, held by replacement while the rest is sampled (tasks/mask_inputs.py); metrics may
+  # add 'pq_rest', 'pq_rest_unaided' (a plain sample of the same images) and 'given_pixels_kept'.
+  evaluation.given_fraction = 0.0
+  # Image task, refinement: a COCO panoptic prediction file (its PNGs in the folder of the same
+  # name without .json) of the eval images, each noised to refine_t0 and denoised over the
+  # remaining steps; metrics may add 'pq_input' (the input's own PQ). t0 = 1 is plain sampling.
+  evaluation.refine_from = ''
+  evaluation.refine_t0 = 0.5
   # --mode=eval only: follow a training run in the same workdir, evaluating each checkpoint once
   # as it appears, until the checkpoint of train.num_steps (pix2seq_d/loops/eval_checkpoints.py).
   evaluation.follow = False

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pix2seq_d.evaluation import (
   base,
   davis_evaluator,
+  edit_evaluators,
   pq_evaluator,
   samples_evaluators,
   stq_evaluator,
@@ -26,6 +27,10 @@ EVALUATORS: dict[str, type[base.Evaluator]] = {
     stq_evaluator.STQEvaluator,
     samples_evaluators.PQSingleEvaluator,
     samples_evaluators.UncertaintyAUROCEvaluator,
+    edit_evaluators.PQInputEvaluator,
+    edit_evaluators.PQRestEvaluator,
+    edit_evaluators.PQRestUnaidedEvaluator,
+    edit_evaluators.GivenPixelsKeptEvaluator,
   )
 }
 

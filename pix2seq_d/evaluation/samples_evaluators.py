@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from pix2seq_d.evaluation import base, coco_format, pq_accumulator, pq_evaluator
+from pix2seq_d.evaluation import base, coco_format, edit_evaluators, pq_accumulator, pq_evaluator
 
 LEVELS = 256  # uncertainty bins: the 8-bit levels of the written uncertainty pictures
 
 
 class PQSingleEvaluator(pq_evaluator.PQEvaluator):
-  """PQ of the first of the K samples of each image (`Example.single`)."""
+  """PQ of the first of the K samples of each image (`Example.single`), as PQ_single, ..."""
 
   name = 'pq_single'
 
@@ -37,14 +37,7 @@ class PQSingleEvaluator(pq_evaluator.PQEvaluator):
     return example.single
 
   def results(self) -> base.Results:
-    """The 'pq' scalars of one sample, each name with '_single' appended (num_* dropped)."""
-    results = super().results()
-    scalars = {
-      f'{name}_single': value
-      for name, value in results.scalars.items()
-      if not name.startswith('num_')
-    }
-    return base.Results(scalars=scalars, details=results.details, table=results.table)
+    return edit_evaluators.renamed(super().results(), '_single')
 
 
 def wrong_pixels(

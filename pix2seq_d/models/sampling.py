@@ -29,6 +29,8 @@ def sample_bits(
   cond_label: jax.Array | None = None,
   steps: int | None = None,
   num_samples: int = 1,
+  refine: tuple[jax.Array, float] | None = None,
+  given: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
   """Samples analog mask bits for `images` with the encoder run once.
 
@@ -41,6 +43,9 @@ def sample_bits(
     steps: sampling steps; defaults to config.diffusion.steps.
     num_samples: K samples per image, each from its own noise: the encoder output is repeated,
       so the K denoiser passes of a step are one batch of B * K (1 is one sample, as before).
+    refine: (ids (B, Hm, Wm, 2), t0): refine these masks from time t0 (`sampler.sample`'s start).
+    given: (ids (B, Hm, Wm, 2), known (B, Hm, Wm) bool): hold these ids where known is set
+      (`sampler.sample`'s known pixels).
 
   Returns:
     (B * K, Hm, Wm, 16) float32 analog bits (the last x0 estimate), the K samples of image b in
@@ -59,6 +64,15 @@ def sample_bits(
     return bits.logits_to_analog(logits, d.b_scale)
 
   shape = (images.shape[0] * num_samples,) + tuple(model.mask_size) + (bits.MASK_BITS,)
+  start = known = None
+  if refine is not None:
+    ids, t0 = refine
+    start = (repeat_rows(bits.label_to_bits(ids.astype(jnp.int32), d.b_scale), num_samples), t0)
+  if given is not None:
+    ids, mask = given
+    known = repeat_rows(
+      (bits.label_to_bits(ids.astype(jnp.int32), d.b_scale), mask[..., None]), num_samples
+    )
   return sampler.sample(
     predict_x0,
     shape,
@@ -69,6 +83,8 @@ def sample_bits(
     sampler=d.sampler,
     b_scale=d.b_scale,
     x0_clip=d.x0_clip,
+    start=start,
+    known=known,
   )
 
 
@@ -80,10 +96,12 @@ def sample_ids(
   cond_label: jax.Array | None = None,
   steps: int | None = None,
   num_samples: int = 1,
+  refine: tuple[jax.Array, float] | None = None,
+  given: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
   """Samples and decodes masks: images (B, H, W, 3) -> (B * K, Hm, Wm, 2) int32 [semantic,
   instance] ids (`sample_bits`, then the bits thresholded and clamped to the id ranges)."""
-  analog = sample_bits(model, images, key, config, cond_label, steps, num_samples)
+  analog = sample_bits(model, images, key, config, cond_label, steps, num_samples, refine, given)
   return bits.bits_to_panoptic(analog, config.model.num_classes, config.model.max_instances)
 
 

@@ -34,6 +34,7 @@ def _results_lock(workdir: str):
   if '://' in os.fspath(workdir):
     yield
     return
+  os.makedirs(os.fspath(workdir), exist_ok=True)
   with open(os.path.join(os.fspath(workdir), RESULTS_LOCK_FILE), 'a') as handle:
     fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
     yield

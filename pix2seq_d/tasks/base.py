@@ -49,6 +49,9 @@ class Example:
     single: with several samples (config.eval.num_samples > 1), the first sample alone,
       post-processed like `prediction` (which then merges them all); else None.
     uncertainty: with several samples, float32 (..., Ho, Wo) in [0, 1], where they disagree.
+    given: in a completion pass, the partial mask that was given (0 unknown); else None.
+    unaided: in a completion pass, a plain sample of the same image from the same noise.
+    refined_from: in a refinement pass, the input prediction that was refined.
   """
 
   example_id: int | str
@@ -59,6 +62,9 @@ class Example:
   row: int = 0
   single: Panoptic | None = None
   uncertainty: np.ndarray | None = None
+  given: Panoptic | None = None
+  unaided: Panoptic | None = None
+  refined_from: Panoptic | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from PIL import Image
@@ -20,20 +21,28 @@ from PIL import Image
 from pix2seq_d.evaluation import coco_format
 from pix2seq_d.evaluation.base import Panoptic
 from pix2seq_d.models import layers, sampling
-from pix2seq_d.tasks import base, pictures, postprocess, predict_inputs, samples
+from pix2seq_d.parallel import hosts
+from pix2seq_d.tasks import base, mask_inputs, pictures, postprocess, predict_inputs, samples
 
 _VIDEO_OPTIONS = ('use_gt_cond_frames', 'single_frames', 'new_track_after')
 # Evaluators that need several samples of each image (config.eval.num_samples > 1).
 SAMPLE_METRICS = ('pq_single', 'uncertainty_auroc')
+# Evaluators of refined (config.eval.refine_from) and completed (config.eval.given_fraction) masks.
+EDIT_METRICS = ('pq_input', 'pq_rest', 'pq_rest_unaided', 'given_pixels_kept')
 
 
 class ImagePanoptic(base.Task):
   """Images in, COCO panoptic maps out."""
 
   name = 'panoptic'
-  metrics = ('pq', *SAMPLE_METRICS)
+  metrics = ('pq', *SAMPLE_METRICS, *EDIT_METRICS)
   reads_clips = False
   picture_tag = 'eval/input_gt_prediction'
+
+  def __init__(self, config):
+    super().__init__(config)
+    # config.eval.refine_from's masks {image_id: MaskInput}, read by each eval_iterator.
+    self._refine: dict[int, mask_inputs.MaskInput] | None = None
 
   def _check_video_options(self) -> None:
     for field in _VIDEO_OPTIONS:
@@ -54,6 +63,30 @@ class ImagePanoptic(base.Task):
       raise ValueError(
         f'config.eval.sample_match_iou={evaluation.sample_match_iou}: must be in [0, 1).'
       )
+    if evaluation.given_fraction and evaluation.refine_from:
+      raise ValueError(
+        'config.eval.given_fraction and config.eval.refine_from: a pass completes partial masks '
+        'or refines predictions, not both; set one of them.'
+      )
+    if not 0.0 <= evaluation.given_fraction < 1.0:
+      raise ValueError(
+        f'config.eval.given_fraction={evaluation.given_fraction}: must be in [0, 1).'
+      )
+    if evaluation.given_fraction and evaluation.num_samples > 1:
+      raise ValueError(
+        'config.eval.given_fraction: completion draws one sample per image (beside a plain one '
+        'for PQ_rest_unaided); leave config.eval.num_samples at 1.'
+      )
+    if not 0.0 < evaluation.refine_t0 <= 1.0:
+      raise ValueError(f'config.eval.refine_t0={evaluation.refine_t0}: must be in (0, 1].')
+    for metric, needs, field in (
+      ('pq_input', evaluation.refine_from, 'config.eval.refine_from=FILE.json'),
+      ('pq_rest', evaluation.given_fraction, 'config.eval.given_fraction=F'),
+      ('pq_rest_unaided', evaluation.given_fraction, 'config.eval.given_fraction=F'),
+      ('given_pixels_kept', evaluation.given_fraction, 'config.eval.given_fraction=F'),
+    ):
+      if metric in evaluation.metrics and not needs:
+        raise ValueError(f'config.eval.metrics names {metric!r}, which needs {field}.')
     needs_samples = [m for m in evaluation.metrics if m in SAMPLE_METRICS]
     if needs_samples and evaluation.num_samples < 2:
       raise ValueError(
@@ -67,18 +100,89 @@ class ImagePanoptic(base.Task):
     independent noise, the encoder run once per image."""
     model = nnx.merge(graphdef, params, model_state, copy=True)
     num = self.config.eval.num_samples
-    ids = sampling.sample_ids(model, inputs['image'], key, self.config, num_samples=num)
+    refine = None
+    if 'refine_from' in inputs:
+      refine = (inputs['refine_from'], self.config.eval.refine_t0)
+    ids = sampling.sample_ids(
+      model, inputs['image'], key, self.config, num_samples=num, refine=refine
+    )
+    if 'given' in inputs:  # completed, and beside it a plain sample from the same noise
+      completed = sampling.sample_ids(
+        model, inputs['image'], key, self.config, given=(inputs['given'], inputs['given_mask'])
+      )
+      return jnp.stack([completed, ids], axis=1)  # (B, 2, Hm, Wm, 2)
     return ids if num == 1 else ids.reshape((-1, num) + ids.shape[1:])
 
   # -------------------------------------------------------------------------- evaluation
 
   def eval_iterator(self, source):
     from pix2seq_d.data import eval_pipeline  # TensorFlow only where a dataset is read.
+    from pix2seq_d.data import registry as data_registry
 
+    source = source or data_registry.get_source(self.config)
+    self._refine = None
+    if self.config.eval.refine_from:
+      # Read and checked against the eval set now: bad input costs no sampling.
+      flag = 'config.eval.refine_from'
+      masks = mask_inputs.read_mask_file(
+        self.config.eval.refine_from, source.categories, self.config.model.max_instances, flag
+      )
+      sizes = {}
+      for batch in eval_pipeline.make_eval_iterator(self.config, source=source):
+        for row in np.flatnonzero(batch['valid']):
+          sizes[int(batch['image_id'][row])] = tuple(int(v) for v in batch['orig_size'][row])
+      for share in hosts.gather_json(sorted(sizes.items())):
+        sizes.update((int(k), tuple(v)) for k, v in share)
+      mask_inputs.check_images(masks, sizes, flag, every_image=True)
+      self._refine = masks
     return eval_pipeline.make_eval_iterator(self.config, source=source)
 
+  def _mask_frame(self, maps: np.ndarray, unpadded_size) -> np.ndarray:
+    """(Ho, Wo, 2) original-size ids -> (Hm, Wm, 2) in the model's padded mask frame."""
+    model = self.config.model
+    return mask_inputs.to_mask_frame(
+      maps,
+      tuple(int(v) for v in unpadded_size),
+      layers.static_tuple(model.image_size),
+      layers.static_tuple(model.mask_size),
+    )
+
+  def _given(self, batch, row) -> mask_inputs.MaskInput:
+    """The partial mask config.eval.given_fraction gives the image of `row` (seeded per image)."""
+    orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
+    image_id = int(batch['image_id'][row])
+    semantic, instance = mask_inputs.choose_given(
+      batch['orig_label'][row, :orig_h, :orig_w],
+      self.config.eval.given_fraction,
+      seed=(self.config.seed, image_id),
+    )
+    return mask_inputs.MaskInput(semantic, instance, f'image {image_id}')
+
   def eval_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {'image': batch['image']}
+    """{'image'}, with config.eval.refine_from the 'refine_from' ids and with
+    config.eval.given_fraction the 'given' ids and 'given_mask', (B, Hm, Wm, ...) each."""
+    inputs = {'image': batch['image']}
+    masks = None
+    if self._refine is not None:
+      masks = {row: self._refine[int(batch['image_id'][row])] for row in self._valid_rows(batch)}
+    elif self.config.eval.given_fraction:
+      masks = {row: self._given(batch, row) for row in self._valid_rows(batch)}
+    if masks is None:
+      return inputs
+    mask_h, mask_w = layers.static_tuple(self.config.model.mask_size)
+    ids = np.zeros((len(batch['image']), mask_h, mask_w, 2), np.int32)
+    for row, mask in masks.items():
+      maps = np.stack([mask.semantic, mask.instance], axis=-1)
+      ids[row] = self._mask_frame(maps, batch['unpadded_size'][row])
+    if self._refine is not None:
+      inputs['refine_from'] = ids
+    else:
+      inputs['given'], inputs['given_mask'] = ids, ids[..., 1] > 0
+    return inputs
+
+  @staticmethod
+  def _valid_rows(batch) -> list[int]:
+    return [int(row) for row in np.flatnonzero(batch['valid'])]
 
   def _postprocess(self, pred, unpadded_size, orig_size, is_thing) -> Panoptic:
     model = self.config.model
@@ -121,18 +225,36 @@ class ImagePanoptic(base.Task):
     for row in np.flatnonzero(batch['valid']):
       orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
       image_id = int(batch['image_id'][row])
+      unpadded = batch['unpadded_size'][row]
+      extra = {}
+      if self.config.eval.given_fraction:
+        completed, plain = pred[row]
+        outputs = self._outputs(completed, unpadded, (orig_h, orig_w), is_thing)
+        given = self._given(batch, row)
+        outputs['prediction'] = Panoptic(
+          *mask_inputs.paste_given(*outputs['prediction'], given, is_thing)
+        )
+        extra['given'] = Panoptic(given.semantic, given.instance)
+        extra['unaided'] = self._postprocess(plain, unpadded, (orig_h, orig_w), is_thing)
+      else:
+        outputs = self._outputs(pred[row], unpadded, (orig_h, orig_w), is_thing)
+      if self._refine is not None:
+        source = self._refine[image_id]
+        extra['refined_from'] = Panoptic(source.semantic, source.instance)
       yield base.Example(
         example_id=image_id,
         name=f'{image_id:012d}',
         ground_truth=batch['orig_label'][row, :orig_h, :orig_w],
         row=int(row),
-        **self._outputs(pred[row], batch['unpadded_size'][row], (orig_h, orig_w), is_thing),
+        **outputs,
+        **extra,
       )
 
   def eval_picture(self, batch, pred, row, categories) -> np.ndarray:
     """[input | ground truth | prediction] at the input size; with several samples the merged
     prediction and then the uncertainty."""
-    merged, uncertainty = self._merged(pred[row])
+    row_pred = pred[row][0] if self.config.eval.given_fraction else pred[row]
+    merged, uncertainty = self._merged(row_pred)
     return pictures.summary_image(
       batch['image'][row], batch['label'][row], merged, categories, uncertainty
     )

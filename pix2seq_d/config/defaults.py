@@ -250,6 +250,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # folders, or a video file.
   config.predict.input = ''
   config.predict.output = ''  # folder for COCO panoptic PNG + JSON and coloured overlays.
+  # Image task: a COCO panoptic file of partial masks of the inputs (matched by file name, its
+  # PNGs in the folder of the same name without .json; id 0 unknown): the given segments are
+  # held while the rest is sampled, and come out exactly. An input without one is sampled plainly.
+  config.predict.given = ''
 
   # ------------------------------------------------------------ init from
   config.init_from = ml_collections.ConfigDict()

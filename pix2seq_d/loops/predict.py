@@ -100,6 +100,7 @@ def run(config, workdir: str) -> str:
   sources = registry.get_task(config).predict_sources(config.predict.input)
   predictor = load_predictor(config, workdir)
   task, categories, rows = predictor.task, predictor.categories, predictor.batch_size
+  task.prepare_predict(sources, categories)  # given masks: checked before any sampling
   files = task.prediction_files(output, categories)
   names = list(sources)
   written, skipped, stopped_at = 0, [], None

@@ -75,11 +75,13 @@ class PredictInput:
     model_input: float32 (H, W, 3) or (T, H, W, 3) in [0, 1], padded to config.model.image_size.
     originals: uint8 (Ho, Wo, 3) or (T, Ho, Wo, 3) as read.
     unpadded_size: (h, w) of the resized image inside the padded input.
+    given: the known part of its mask to complete (config.predict.given), or None.
   """
 
   model_input: np.ndarray
   originals: np.ndarray
   unpadded_size: tuple[int, int]
+  given: Any = None
 
 
 class PredictionFiles(abc.ABC):
@@ -260,6 +262,15 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def postprocess_input(self, pred: np.ndarray, loaded: PredictInput, categories) -> Panoptic:
     """One row of `sample`'s output at the original size of `loaded`."""
+
+  def prepare_predict(self, sources: dict[str, str], categories) -> None:
+    """Reads and checks what --mode=predict needs beside its inputs ({name: path}), before any
+    sampling (the image task: config.predict.given)."""
+    if self.config.predict.given:
+      raise ValueError(
+        f'config.predict.given={self.config.predict.given!r}: the task {self.name!r} does not '
+        'complete partial masks (the image task does); leave it empty.'
+      )
 
   def predict_example(
     self, index: int, name: str, pred: np.ndarray, loaded: PredictInput, categories, row: int

@@ -42,8 +42,12 @@ class MaskInput:
 
 
 def read_mask_file(
-  json_path: str, categories: Sequence[dict], max_instances: int, flag: str
-) -> dict[int, MaskInput]:
+  json_path: str,
+  categories: Sequence[dict],
+  max_instances: int,
+  flag: str,
+  by_stem: bool = False,
+) -> dict[int | str, MaskInput]:
   """{image_id: MaskInput} of every annotation of a COCO panoptic file (module docstring).
 
   Args:
@@ -51,6 +55,8 @@ def read_mask_file(
     categories: the run's categories (semantic s is categories[s - 1]).
     max_instances: the model's instance id range (ids 1..max_instances - 1).
     flag: the config field that named the file, for messages.
+    by_stem: key by the stem of each annotation's file_name instead (--mode=predict matches
+      masks to input images by name).
 
   Raises:
     FileNotFoundError, json_files.FileFormatError: the message names the file and the field.
@@ -84,24 +90,24 @@ def read_mask_file(
       semantic_table[n] = semantic_of[category]
     index, _ = coco_format.segment_index(ids, np.array([int(s['id']) for s in segments], np.int64))
     instance = np.where(index < len(segments), index + 1, 0).astype(np.int32)
-    image_id = int(annotation['image_id'])
-    if image_id in masks:
-      raise json_files.FileFormatError(f'{where}: a second annotation of image {image_id}.')
-    masks[image_id] = MaskInput(semantic_table[instance], instance, path)
+    key = os.path.splitext(annotation['file_name'])[0] if by_stem else int(annotation['image_id'])
+    if key in masks:
+      raise json_files.FileFormatError(f'{where}: a second annotation of image {key!r}.')
+    masks[key] = MaskInput(semantic_table[instance], instance, path)
   return masks
 
 
 def check_images(
-  masks: Mapping[int, MaskInput],
-  sizes: Mapping[int, tuple[int, int]],
+  masks: Mapping[int | str, MaskInput],
+  sizes: Mapping[int | str, tuple[int, int]],
   flag: str,
   every_image: bool,
 ) -> None:
-  """Raises ValueError naming the first mask of an image not in `sizes` ({image_id: (Ho, Wo)}
-  of the eval set), of another size than its image, or (with `every_image`) a missing image."""
+  """Raises ValueError naming the first mask of an image not in `sizes` ({image_id or input
+  name: (Ho, Wo)}), of another size than its image, or (with `every_image`) a missing image."""
   for image_id, mask in masks.items():
     if image_id not in sizes:
-      raise ValueError(f'{flag}: {mask.path} is of image {image_id}, which the eval set lacks.')
+      raise ValueError(f'{flag}: {mask.path} is of image {image_id!r}, which the inputs lack.')
     if mask.semantic.shape != tuple(sizes[image_id]):
       raise ValueError(
         f'{flag}: {mask.path} is {mask.semantic.shape[1]}x{mask.semantic.shape[0]} but image '

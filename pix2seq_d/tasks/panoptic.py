@@ -43,6 +43,8 @@ class ImagePanoptic(base.Task):
     super().__init__(config)
     # config.eval.refine_from's masks {image_id: MaskInput}, read by each eval_iterator.
     self._refine: dict[int, mask_inputs.MaskInput] | None = None
+    # config.predict.given's masks {input name: MaskInput}, read by prepare_predict.
+    self._predict_given: dict[str, mask_inputs.MaskInput] = {}
 
   def _check_video_options(self) -> None:
     for field in _VIDEO_OPTIONS:
@@ -72,11 +74,13 @@ class ImagePanoptic(base.Task):
       raise ValueError(
         f'config.eval.given_fraction={evaluation.given_fraction}: must be in [0, 1).'
       )
-    if evaluation.given_fraction and evaluation.num_samples > 1:
-      raise ValueError(
-        'config.eval.given_fraction: completion draws one sample per image (beside a plain one '
-        'for PQ_rest_unaided); leave config.eval.num_samples at 1.'
-      )
+    for field in ('eval.given_fraction', 'predict.given'):
+      section, name = field.split('.')
+      if self.config[section][name] and evaluation.num_samples > 1:
+        raise ValueError(
+          f'config.{field}: completion draws one sample per image; leave '
+          'config.eval.num_samples at 1.'
+        )
     if not 0.0 < evaluation.refine_t0 <= 1.0:
       raise ValueError(f'config.eval.refine_t0={evaluation.refine_t0}: must be in (0, 1].')
     for metric, needs, field in (
@@ -106,11 +110,13 @@ class ImagePanoptic(base.Task):
     ids = sampling.sample_ids(
       model, inputs['image'], key, self.config, num_samples=num, refine=refine
     )
-    if 'given' in inputs:  # completed, and beside it a plain sample from the same noise
+    if 'given' in inputs:
       completed = sampling.sample_ids(
         model, inputs['image'], key, self.config, given=(inputs['given'], inputs['given_mask'])
       )
-      return jnp.stack([completed, ids], axis=1)  # (B, 2, Hm, Wm, 2)
+      if not self.config.eval.given_fraction:  # --mode=predict with config.predict.given
+        return completed
+      return jnp.stack([completed, ids], axis=1)  # beside it a plain sample from the same noise
     return ids if num == 1 else ids.reshape((-1, num) + ids.shape[1:])
 
   # -------------------------------------------------------------------------- evaluation
@@ -169,16 +175,21 @@ class ImagePanoptic(base.Task):
       masks = {row: self._given(batch, row) for row in self._valid_rows(batch)}
     if masks is None:
       return inputs
-    mask_h, mask_w = layers.static_tuple(self.config.model.mask_size)
-    ids = np.zeros((len(batch['image']), mask_h, mask_w, 2), np.int32)
-    for row, mask in masks.items():
-      maps = np.stack([mask.semantic, mask.instance], axis=-1)
-      ids[row] = self._mask_frame(maps, batch['unpadded_size'][row])
+    ids = self._mask_batch(masks, batch['unpadded_size'], len(batch['image']))
     if self._refine is not None:
       inputs['refine_from'] = ids
     else:
       inputs['given'], inputs['given_mask'] = ids, ids[..., 1] > 0
     return inputs
+
+  def _mask_batch(self, masks: dict, unpadded_sizes, rows: int) -> np.ndarray:
+    """{row: MaskInput} -> int32 (rows, Hm, Wm, 2) ids in the model's mask frame (0 elsewhere)."""
+    mask_h, mask_w = layers.static_tuple(self.config.model.mask_size)
+    ids = np.zeros((rows, mask_h, mask_w, 2), np.int32)
+    for row, mask in masks.items():
+      maps = np.stack([mask.semantic, mask.instance], axis=-1)
+      ids[row] = self._mask_frame(maps, unpadded_sizes[row])
+    return ids
 
   @staticmethod
   def _valid_rows(batch) -> list[int]:
@@ -268,23 +279,49 @@ class ImagePanoptic(base.Task):
     """{file stem: path} of an image or of the images of a folder."""
     return {predict_inputs.stem(path): path for path in predict_inputs.list_images(input_path)}
 
+  def prepare_predict(self, sources: dict[str, str], categories) -> None:
+    """Reads config.predict.given and checks it against the inputs ({name: path})."""
+    self._predict_given = {}
+    if not self.config.predict.given:
+      return
+    flag = 'config.predict.given'
+    masks = mask_inputs.read_mask_file(
+      self.config.predict.given, categories, self.config.model.max_instances, flag, by_stem=True
+    )
+    sizes = {}
+    for name in masks:
+      if name in sources:
+        sizes[name] = predict_inputs.image_size(sources[name])
+    mask_inputs.check_images(masks, sizes, flag, every_image=False)
+    self._predict_given = masks
+
   def load_predict_input(self, source: str) -> base.PredictInput:
     padded, original, unpadded = predict_inputs.load_image(
       source, layers.static_tuple(self.config.model.image_size), self.config.data.image_pad_value
     )
-    return base.PredictInput(padded, original, unpadded)
+    given = self._predict_given.get(predict_inputs.stem(source))
+    return base.PredictInput(padded, original, unpadded, given)
 
   def predict_inputs(self, loaded: Sequence[base.PredictInput], rows: int):
     images = [item.model_input for item in loaded]
-    return {'image': np.stack(images + [images[0]] * (rows - len(images)))}
+    inputs = {'image': np.stack(images + [images[0]] * (rows - len(images)))}
+    if self.config.predict.given:  # inputs without a mask are held nowhere: plain sampling
+      masks = {row: item.given for row, item in enumerate(loaded) if item.given is not None}
+      sizes = [item.unpadded_size for item in loaded] + [(1, 1)] * (rows - len(loaded))
+      ids = self._mask_batch(masks, sizes, rows)
+      inputs['given'], inputs['given_mask'] = ids, ids[..., 1] > 0
+    return inputs
 
   def postprocess_input(self, pred, loaded: base.PredictInput, categories) -> Panoptic:
     return self.predict_example(0, '', pred, loaded, categories, 0).prediction
 
   def predict_example(self, index, name, pred, loaded, categories, row) -> base.Example:
-    outputs = self._outputs(
-      pred, loaded.unpadded_size, loaded.originals.shape[:2], coco_format.is_thing_table(categories)
-    )
+    is_thing = coco_format.is_thing_table(categories)
+    outputs = self._outputs(pred, loaded.unpadded_size, loaded.originals.shape[:2], is_thing)
+    if loaded.given is not None:
+      outputs['prediction'] = Panoptic(
+        *mask_inputs.paste_given(*outputs['prediction'], loaded.given, is_thing)
+      )
     return base.Example(index, name, originals=loaded.originals, row=row, **outputs)
 
 

@@ -68,6 +68,15 @@ def load_image(path: str, image_size: tuple[int, int], pad_value: float):
   return fit_image(original, image_size, pad_value)
 
 
+def image_size(path: str) -> tuple[int, int]:
+  """(height, width) of an image file, read from its header; ValueError names an unreadable one."""
+  try:
+    with Image.open(path) as img:
+      return img.height, img.width
+  except image_files.READ_ERRORS as e:
+    raise ValueError(f'{path}: cannot be read as an image ({e}).') from e
+
+
 def fit_image(original: np.ndarray, image_size: tuple[int, int], pad_value: float):
   """`load_image` for a decoded uint8 (Ho, Wo, 3) image: (padded, original, unpadded)."""
   height, width = original.shape[:2]

@@ -207,7 +207,7 @@ def _bad_mask_file(tmp_path, folder, fault):
 @pytest.mark.parametrize(
   'fault, message',
   [
-    ('image not in the set', 'is of image 999999, which the eval set lacks'),
+    ('image not in the set', 'is of image 999999, which the inputs lack'),
     ('wrong size', r'is \d+x\d+ but image \d+ is'),
     ('segment id missing from its JSON', 'are in the map and not in the segments'),
     ('unknown category', 'has category_id 4242, which the model does not know'),

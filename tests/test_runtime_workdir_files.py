@@ -62,3 +62,15 @@ def test_two_processes_adding_results_at_once_lose_no_record(tmp_path):
     assert process.exitcode == 0
   history = workdir_files.read_results_history(str(tmp_path))
   assert sorted(h['step'] for h in history) == [*range(1, 1 + count), *range(1001, 1001 + count)]
+
+
+def test_tables_never_replace_a_scalar_of_the_same_name(tmp_path):
+  workdir_files.write_results(
+    str(tmp_path),
+    {'step': 2, 'uncertainty_auroc': 0.7, 'given_pixels_kept': 1.0},
+    uncertainty_auroc={'levels': [1, 2]},
+    given_pixels_kept={},
+  )
+  content = json.loads((tmp_path / workdir_files.RESULTS_FILE).read_text())
+  assert content['uncertainty_auroc'] == 0.7 and content['given_pixels_kept'] == 1.0
+  assert content['uncertainty_auroc_details'] == {'levels': [1, 2]}

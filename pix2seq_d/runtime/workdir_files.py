@@ -112,7 +112,13 @@ def write_results(workdir: str, record: dict, **details: dict) -> None:
     FileFormatError: the existing file cannot be extended (`read_results_history`); it is kept.
   """
   path = epath.Path(workdir) / RESULTS_FILE
-  details = {name: {str(k): v for k, v in tables.items()} for name, tables in details.items()}
+  # Each evaluator's tables under its name, or '<name>_details' where the name is one of the
+  # record's scalars (uncertainty_auroc); evaluators without tables add nothing.
+  details = {
+    f'{name}_details' if name in record else name: {str(k): v for k, v in tables.items()}
+    for name, tables in details.items()
+    if tables
+  }
   with _results_lock(workdir):
     history = read_results_history(workdir)
     history = [h for h in history if h['step'] != record['step']] + [record]

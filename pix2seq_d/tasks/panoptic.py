@@ -43,6 +43,8 @@ class ImagePanoptic(base.Task):
     super().__init__(config)
     # config.eval.refine_from's masks {image_id: MaskInput}, read by each eval_iterator.
     self._refine: dict[int, mask_inputs.MaskInput] | None = None
+    # The batch's given masks {image_id: MaskInput}, from eval_inputs to eval_examples.
+    self._given_masks: dict[int, mask_inputs.MaskInput] = {}
     # config.predict.given's masks {input name: MaskInput}, read by prepare_predict.
     self._predict_given: dict[str, mask_inputs.MaskInput] = {}
 
@@ -154,9 +156,12 @@ class ImagePanoptic(base.Task):
     )
 
   def _given(self, batch, row) -> mask_inputs.MaskInput:
-    """The partial mask config.eval.given_fraction gives the image of `row` (seeded per image)."""
-    orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
+    """The partial mask config.eval.given_fraction gives the image of `row` (seeded per image);
+    chosen once by `eval_inputs` and read again by `eval_examples`."""
     image_id = int(batch['image_id'][row])
+    if image_id in self._given_masks:
+      return self._given_masks.pop(image_id)
+    orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
     semantic, instance = mask_inputs.choose_given(
       batch['orig_label'][row, :orig_h, :orig_w],
       self.config.eval.given_fraction,
@@ -173,6 +178,7 @@ class ImagePanoptic(base.Task):
       masks = {row: self._refine[int(batch['image_id'][row])] for row in self._valid_rows(batch)}
     elif self.config.eval.given_fraction:
       masks = {row: self._given(batch, row) for row in self._valid_rows(batch)}
+      self._given_masks = {int(batch['image_id'][row]): mask for row, mask in masks.items()}
     if masks is None:
       return inputs
     ids = self._mask_batch(masks, batch['unpadded_size'], len(batch['image']))

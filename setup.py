@@ -25,6 +25,8 @@ DATA = [
   'tensorboard>=2.16',
   # TFDS 4.9.10 imports it without declaring it (tensorflow/datasets#11212).
   'importlib_resources>=6.0',
+  # The plots of the tools (tools/sampling_cost.py).
+  'matplotlib>=3.7',
 ]
 TESTS = [
   'pytest>=8.0',

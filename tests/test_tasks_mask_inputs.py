@@ -114,3 +114,38 @@ def test_predict_given_is_checked_before_sampling_and_kept_exactly(tmp_path, rng
   config.predict.given = _write_file(tmp_path / 'size', {'b': (given_semantic, given_instance)})
   with pytest.raises(ValueError, match='is 41x30 but image b is 20x25'):
     registry.get_task(config).prepare_predict(sources, CATEGORIES)
+
+
+def test_refinement_keeps_the_input_where_the_model_agrees_and_fixes_the_rest(rng):
+  """An input of fine boundaries (off the 4x coarser mask grid) that dropped one object: the
+  refined mask (on the grid, other ids) has every segment and the object. The result is the
+  input, pixel for pixel, where the two agree, and the refined object (its class, an id of its
+  own) in the cells where the input dropped it."""
+  num_classes, max_instances, scale = 6, 16, 4
+  height, width = 8 * scale, 8 * scale
+  semantic = np.ones((height, width), np.int32)
+  instance = np.ones((height, width), np.int32)
+  border = int(rng.integers(3 * scale + 1, 5 * scale - 1))  # a row off the grid
+  semantic[border:], instance[border:] = 2, 2
+  top, left = int(rng.integers(0, 2)), int(rng.integers(0, 2))
+  box = (slice(top * scale, (top + 2) * scale), slice(left * scale, (left + 2) * scale))
+  truth_sem, truth_inst = semantic.copy(), instance.copy()
+  truth_sem[box], truth_inst[box] = 4, 3
+  source = mask_inputs.MaskInput(semantic, instance, 'input.png')  # the object dropped
+  to_grid = lambda x: x[scale // 2 :: scale, scale // 2 :: scale]  # nearest, half-pixel centres
+  renumber = np.array([0, 7, 5, 11])
+  refined = np.stack([to_grid(truth_sem), renumber[to_grid(truth_inst)]], -1)
+  agree, to_source = mask_inputs.agreement(
+    refined, np.stack([to_grid(semantic), to_grid(instance)], -1), num_classes, max_instances, 0.5
+  )
+  assert to_source == {7: 1, 5: 2} and agree.sum() == 64 - 4
+  full = lambda x: np.repeat(np.repeat(x, scale, 0), scale, 1)
+  is_thing = np.array([False, False, False, True, True, True])
+  out_sem, out_inst = mask_inputs.keep_agreeing(
+    full(refined[..., 0]), full(refined[..., 1]), source, full(agree), to_source, is_thing
+  )
+  np.testing.assert_array_equal(out_sem, truth_sem)  # the input's boundary row, the object
+  inside = np.zeros_like(semantic, bool)
+  inside[box] = True
+  np.testing.assert_array_equal(out_inst[~inside], instance[~inside])
+  assert len(np.unique(out_inst[inside])) == 1 and out_inst[inside][0] not in (0, 1, 2)

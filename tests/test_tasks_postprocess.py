@@ -109,3 +109,20 @@ def test_clip_postprocessing_votes_a_class_per_track_life():
   )
   np.testing.assert_array_equal(sem[:, 0, 0], [1, 1, 0, 0, 0, 3])
   np.testing.assert_array_equal(inst[:, 0, 0], [2, 2, 0, 0, 0, 3])  # 3: above the clip's ids
+
+
+def test_bilinear_resize_equals_tf_image_resize():
+  """The uncertainty's resize (samples.uncertainty_at) interpolates as tf.image.resize does."""
+  import tensorflow as tf
+
+  seed = int(np.random.default_rng().integers(1 << 31))
+  print('seed', seed)
+  rng = np.random.default_rng(seed)
+  for _ in range(4):
+    x = rng.random((int(rng.integers(1, 12)), int(rng.integers(1, 12)), 2)).astype(np.float32)
+    size = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+    want = tf.image.resize(x, size, method='bilinear', antialias=False).numpy()
+    np.testing.assert_allclose(postprocess.resize_bilinear(x, size), want, atol=1e-5)
+    np.testing.assert_allclose(
+      postprocess.resize_bilinear(x[..., 0], size), want[..., 0], atol=1e-5
+    )

@@ -54,7 +54,7 @@ def rng():
 def test_identical_samples_merge_to_themselves_with_no_uncertainty(rng):
   scene = _scene(rng)
   stack = np.stack([_permute_ids(rng, scene) for _ in range(4)])
-  merged, uncertainty = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
+  merged, uncertainty, _, _ = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
   np.testing.assert_array_equal(_canonical(merged), _canonical(scene))
   assert uncertainty.shape == scene.shape[:2] and not uncertainty.any()
 
@@ -64,7 +64,7 @@ def test_the_majority_wins_and_uncertainty_is_the_share_that_disagrees(rng):
   other = scene.copy()
   other[:4, :4] = (5, 9)  # one sample of three sees an extra object in the corner
   stack = np.stack([_permute_ids(rng, s) for s in (other, scene, scene)])
-  merged, uncertainty = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
+  merged, uncertainty, _, _ = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
   np.testing.assert_array_equal(_canonical(merged), _canonical(scene))
   # 2 of 3 agree in the corner: (1 - 2/3) / (1 - 1/3) = 0.5; all agree elsewhere.
   np.testing.assert_allclose(uncertainty[:4, :4], 0.5)
@@ -75,7 +75,7 @@ def test_no_two_samples_agree_gives_uncertainty_one():
   stack = np.zeros((3, 4, 4, 2), np.int64)
   for k in range(3):
     stack[k] = (k + 1, k + 1)  # three samples, three classes over the whole image
-  _, uncertainty = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
+  _, uncertainty, _, _ = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
   np.testing.assert_allclose(uncertainty, 1.0)
 
 
@@ -84,10 +84,55 @@ def test_merge_and_uncertainty_do_not_depend_on_the_instance_ids(rng, num_sample
   scene = _scene(rng)
   stack = np.stack([_jitter(rng, scene) for _ in range(num_samples)])
   stack[rng.integers(num_samples), :6, :6] = (4, 11)  # a disagreement of one sample
-  merged, uncertainty = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
+  merged, uncertainty, _, _ = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
   assert 0.0 <= uncertainty.min() and uncertainty.max() <= 1.0 and uncertainty.any()
   for _ in range(3):
     permuted = np.stack([_permute_ids(rng, s) for s in stack])
-    merged_p, uncertainty_p = samples.merge_samples(permuted, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
+    merged_p, uncertainty_p, _, _ = samples.merge_samples(
+      permuted, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU
+    )
     np.testing.assert_array_equal(uncertainty_p, uncertainty)
     np.testing.assert_array_equal(_canonical(merged_p), _canonical(merged))
+
+
+def test_uncertainty_at_the_original_size_rises_towards_cell_boundaries(rng):
+  """K samples that agree everywhere, with one vertical boundary on the mask grid: at 4x the
+  mask size the uncertainty is 0 two pixels away from the boundary, positive on the two pixels
+  on either side of it and symmetric; inside cells away from boundaries it is the mask-size
+  figure, and it does not depend on the instance ids."""
+  num, size, scale = int(rng.integers(2, 9)), 8, 4
+  border = int(rng.integers(2, size - 2))
+  scene = np.zeros((size, size, 2), np.int64)
+  scene[:, :border] = (1, 1)
+  scene[:, border:] = (3, 4)
+  stack = np.stack([_permute_ids(rng, scene) for _ in range(num)])
+  merge = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
+  full = (size * scale, size * scale)
+  uncertainty = samples.uncertainty_at(merge, full, full, full)
+  assert uncertainty.shape == full
+  row = uncertainty[int(rng.integers(full[0]))]
+  edge = border * scale  # the first pixel right of the boundary
+  assert (row[: edge - 2] == 0).all() and (row[edge + 2 :] == 0).all()
+  assert (row[edge - 2 : edge + 2] > 0).all()
+  np.testing.assert_allclose(row[edge - 2 : edge], row[edge : edge + 2][::-1])
+  assert row[edge - 1] > row[edge - 2]  # closer to the boundary: more uncertain
+  for _ in range(2):
+    permuted = np.stack([_permute_ids(rng, s) for s in stack])
+    again = samples.uncertainty_at(
+      samples.merge_samples(permuted, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU), full, full, full
+    )
+    np.testing.assert_array_equal(again, uncertainty)
+
+
+def test_uncertainty_at_keeps_the_disagreement_of_the_samples(rng):
+  """One sample of three sees an object in a 4 x 4 corner of a 16 x 16 mask: at 2x, the corner's
+  inside keeps the mask-size 0.5, far from it the uncertainty is 0."""
+  scene = _scene(rng, 16, 16)
+  scene[:6, :6] = (1, 1)
+  other = scene.copy()
+  other[:4, :4] = (5, 9)
+  stack = np.stack([_permute_ids(rng, s) for s in (other, scene, scene)])
+  merge = samples.merge_samples(stack, NUM_CLASSES, MAX_INSTANCES, MATCH_IOU)
+  uncertainty = samples.uncertainty_at(merge, (32, 32), (32, 32), (32, 32))
+  np.testing.assert_allclose(uncertainty[:6, :6], 0.5)
+  np.testing.assert_allclose(uncertainty[:6, 12:], 0.0)

@@ -217,6 +217,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # remaining steps; metrics may add 'pq_input' (the input's own PQ). t0 = 1 is plain sampling.
   evaluation.refine_from = ''
   evaluation.refine_t0 = 0.5
+  # Refinement keeps the input's pixels where the refined mask agrees with it (the same segment,
+  # matched on the model's coarser mask grid) and takes the refined pixels elsewhere; False: the
+  # refined mask alone, every boundary redrawn at the mask grid's resolution.
+  evaluation.refine_keep_input = True
   # --mode=eval only: follow a training run in the same workdir, evaluating each checkpoint once
   # as it appears, until the checkpoint of train.num_steps (pix2seq_d/loops/eval_checkpoints.py).
   evaluation.follow = False

@@ -20,6 +20,7 @@ stops (a signal, an error) leaves that folder as it was.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -75,7 +76,9 @@ def evaluate(
 
   Returns:
     {'step': step, **every evaluator's scalars} (e.g. PQ, SQ, RQ, ..., num_images; J&F-Mean,
-    ..., num_videos).
+    ..., num_videos), and with two batches or more 'examples_per_s': the eval examples (images,
+    or videos) sampled, post-processed and scored per second after the first batch, which
+    includes the compilation.
   """
   evaluators = registry.make_evaluators(config.eval.metrics, categories)
   distributed.wait_for_peers('evaluation')  # before its first collective (eval padding)
@@ -85,8 +88,11 @@ def evaluate(
     files = task.prediction_files(predictions_dir(workdir, step), categories)
   key = jax.random.key(config.seed + 1)
   pictures, num_examples = [], 0
+  timed_from = None  # (time, examples) once the first batch (and its compilation) is done
   try:
     for batch_index, batch in enumerate(eval_iterator):
+      if batch_index == 1:
+        timed_from = (time.perf_counter(), num_examples)
       preemption.check_stop(
         f'evaluating step {step} at batch {batch_index} (no results and no prediction files '
         'written; the checkpoint is complete: run the same command to evaluate)'
@@ -109,6 +115,11 @@ def evaluate(
       files.abort()
 
   record = {'step': int(step)}
+  if timed_from is not None and num_examples > timed_from[1]:
+    # Every process samples its share at once: this process's rate times their number.
+    seconds = time.perf_counter() - timed_from[0]
+    rate = (num_examples - timed_from[1]) / seconds * jax.process_count()
+    record['examples_per_s'] = round(rate, 3)
   details, tables = {}, []
   for evaluator in evaluators:
     evaluator.merge(hosts.gather_json(evaluator.state()))

@@ -67,8 +67,8 @@ def require_keys(record: Any, keys: Sequence[str], where: str) -> None:
     raise FileFormatError(f'{where}: {record!r:.120} lacks the key(s) {missing}')
 
 
-def write_json_atomically(path: str | epath.PathLike, data, indent: int | None = None) -> None:
-  """Writes `data` as JSON to a temporary name beside `path`, then renames it over `path`.
+def write_text_atomically(path: str | epath.PathLike, text: str) -> None:
+  """Writes `text` to a temporary name beside `path`, then renames it over `path`.
 
   The folder is created when missing; on any failure the temporary file is removed and `path`
   is left as it was. A rename is atomic on POSIX and for a single gs:// object, so a reader never
@@ -78,12 +78,17 @@ def write_json_atomically(path: str | epath.PathLike, data, indent: int | None =
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / f'.{path.name}.tmp-{os.getpid()}'
   try:
-    tmp.write_text(json.dumps(data, indent=indent))
+    tmp.write_text(text)
     tmp.replace(path)
   except BaseException:
     if tmp.exists():
       tmp.unlink()
     raise
+
+
+def write_json_atomically(path: str | epath.PathLike, data, indent: int | None = None) -> None:
+  """Writes `data` as JSON whole or not at all (`write_text_atomically`)."""
+  write_text_atomically(path, json.dumps(data, indent=indent))
 
 
 def check_output_path(path: str, flag: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from pix2seq_d.evaluation import coco_format
 from pix2seq_d.runtime import json_files
-from pix2seq_d.tasks import postprocess
+from pix2seq_d.tasks import postprocess, samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,3 +192,76 @@ def paste_given(
     if not is_thing[cls]:
       instance[~known & (semantic == cls)] = given_id
   return semantic, instance
+
+
+def agreement(
+  refined: np.ndarray,
+  source: np.ndarray,
+  num_classes: int,
+  max_instances: int,
+  match_iou: float,
+) -> tuple[np.ndarray, dict[int, int]]:
+  """Where a refined mask agrees with the mask it was refined from, both in the model's frame.
+
+  The refined mask's instance ids need not be the input's (the sampler may renumber), so its
+  segments are matched to the input's by the Hungarian algorithm on class-aware IoU
+  (`samples.match`). A cell agrees when its refined segment matched the input's segment there,
+  or when both are void.
+
+  Args:
+    refined, source: int (Hm, Wm, 2) [semantic, instance] ids.
+    num_classes, max_instances: the id ranges.
+    match_iou: a matched pair's IoU must exceed it.
+
+  Returns:
+    (agree, to_source): agree bool (Hm, Wm); to_source {refined instance id: the input's
+    instance id it matched}.
+  """
+  labels_r, classes_r, ids_r = samples.segments(refined, num_classes, max_instances)
+  labels_s, classes_s, ids_s = samples.segments(source, num_classes, max_instances)
+  to_s, _ = samples.match(labels_s, classes_s, labels_r, classes_r, match_iou)
+  matched_label = np.where(labels_r >= 0, to_s[np.maximum(labels_r, 0)], -2)
+  agree = (matched_label == labels_s) & (labels_s >= 0) | (labels_r < 0) & (labels_s < 0)
+  to_source = {int(ids_r[r]): int(ids_s[s]) for r, s in enumerate(to_s) if s >= 0}
+  return agree.reshape(refined.shape[:2]), to_source
+
+
+def keep_agreeing(
+  semantic: np.ndarray,
+  instance: np.ndarray,
+  source: MaskInput,
+  agree: np.ndarray,
+  to_source: Mapping[int, int],
+  is_thing: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+  """A refined prediction that keeps its input's pixels where the two agree.
+
+  The model draws its mask on a coarser grid than the image, so a refinement redraws every
+  boundary at that grid's resolution. Where it agrees with its input (`agreement`, resized to
+  the original size like the prediction) the input's pixels are kept, with their boundaries;
+  elsewhere (a segment dropped, merged or split in the input, a class changed) the refined
+  pixels are taken. Refined segments matched to an input segment take its id; the others take
+  ids the input does not use; a stuff class ends as one segment.
+
+  Args:
+    semantic, instance: int (Ho, Wo) post-processed refined prediction.
+    source: the input prediction at the same size.
+    agree: bool (Ho, Wo), the agreement of the two resized to the original size.
+    to_source: {refined instance id: input instance id} of the matched segments.
+    is_thing: (num_classes,) bool per semantic value.
+
+  Returns:
+    (semantic, instance), int32 (Ho, Wo) each.
+  """
+  table = np.zeros(int(instance.max()) + 1, np.int64)
+  fresh = max(int(source.instance.max()), 0) + 1
+  for refined_id in np.unique(instance[instance > 0]):
+    if int(refined_id) in to_source:
+      table[refined_id] = to_source[int(refined_id)]
+    else:
+      table[refined_id], fresh = fresh, fresh + 1
+  semantic = np.where(agree, source.semantic, semantic).astype(np.int32)
+  instance = np.where(agree, source.instance, table[instance]).astype(np.int32)
+  instance = np.where(semantic > 0, instance, 0)
+  semantic = np.where(instance > 0, semantic, 0)
+  return semantic, postprocess.merge_stuff(semantic, instance, is_thing).astype(np.int32)

@@ -215,11 +215,10 @@ class ImagePanoptic(base.Task):
     )
     return Panoptic(semantic, instance)
 
-  def _merged(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """One image's row of `sample`: (Hm, Wm, 2) ids and None, or its K samples merged into one
-    (Hm, Wm, 2) map and the (Hm, Wm) uncertainty (samples.merge_samples)."""
+  def _merged(self, pred: np.ndarray) -> samples.Merge | None:
+    """One image's row of `sample`: None for one (Hm, Wm, 2) sample, the Merge of K samples."""
     if pred.ndim == 3:
-      return pred, None
+      return None
     model = self.config.model
     return samples.merge_samples(
       pred, model.num_classes, model.max_instances, self.config.eval.sample_match_iou
@@ -228,14 +227,16 @@ class ImagePanoptic(base.Task):
   def _outputs(self, pred, unpadded_size, orig_size, is_thing) -> dict:
     """The Example fields of one image's row of `sample` at its original size: the prediction,
     and with several samples the first one alone and the uncertainty."""
-    merged, uncertainty = self._merged(pred)
-    outputs = {'prediction': self._postprocess(merged, unpadded_size, orig_size, is_thing)}
-    if uncertainty is not None:
-      outputs['single'] = self._postprocess(pred[0], unpadded_size, orig_size, is_thing)
-      outputs['uncertainty'] = postprocess.to_original_size(
-        uncertainty, layers.static_tuple(self.config.model.image_size), unpadded_size, orig_size
-      )
-    return outputs
+    merge = self._merged(pred)
+    if merge is None:
+      return {'prediction': self._postprocess(pred, unpadded_size, orig_size, is_thing)}
+    return {
+      'prediction': self._postprocess(merge.ids, unpadded_size, orig_size, is_thing),
+      'single': self._postprocess(pred[0], unpadded_size, orig_size, is_thing),
+      'uncertainty': samples.uncertainty_at(
+        merge, layers.static_tuple(self.config.model.image_size), unpadded_size, orig_size
+      ),
+    }
 
   def eval_examples(self, batch, pred, categories) -> Iterator[base.Example]:
     is_thing = coco_format.is_thing_table(categories)
@@ -258,6 +259,10 @@ class ImagePanoptic(base.Task):
       if self._refine is not None:
         source = self._refine[image_id]
         extra['refined_from'] = Panoptic(source.semantic, source.instance)
+        if self.config.eval.refine_keep_input:
+          outputs['prediction'] = self._keep_input(
+            pred[row], source, unpadded, outputs['prediction'], is_thing
+          )
       yield base.Example(
         example_id=image_id,
         name=f'{image_id:012d}',
@@ -267,13 +272,38 @@ class ImagePanoptic(base.Task):
         **extra,
       )
 
+  def _keep_input(
+    self, pred, source: mask_inputs.MaskInput, unpadded_size, refined: Panoptic, is_thing
+  ) -> Panoptic:
+    """A refined prediction with its input's pixels kept where the two agree
+    (mask_inputs.keep_agreeing; config.eval.refine_keep_input)."""
+    model = self.config.model
+    merge = self._merged(pred)
+    ids = pred if merge is None else merge.ids
+    source_ids = self._mask_frame(np.stack([source.semantic, source.instance], -1), unpadded_size)
+    agree, to_source = mask_inputs.agreement(
+      ids, source_ids, model.num_classes, model.max_instances, self.config.eval.sample_match_iou
+    )
+    agree = postprocess.to_original_size(
+      agree, layers.static_tuple(model.image_size), unpadded_size, source.semantic.shape
+    )
+    return Panoptic(
+      *mask_inputs.keep_agreeing(
+        refined.semantic, refined.instance, source, agree, to_source, is_thing
+      )
+    )
+
   def eval_picture(self, batch, pred, row, categories) -> np.ndarray:
     """[input | ground truth | prediction] at the input size; with several samples the merged
     prediction and then the uncertainty."""
     row_pred = pred[row][0] if self.config.eval.given_fraction else pred[row]
-    merged, uncertainty = self._merged(row_pred)
+    merge = self._merged(row_pred)
+    if merge is None:
+      return pictures.summary_image(batch['image'][row], batch['label'][row], row_pred, categories)
+    size = batch['image'].shape[1:3]
+    uncertainty = samples.uncertainty_at(merge, size, size, size)
     return pictures.summary_image(
-      batch['image'][row], batch['label'][row], merged, categories, uncertainty
+      batch['image'][row], batch['label'][row], merge.ids, categories, uncertainty
     )
 
   def prediction_files(self, output_dir: str, categories) -> base.PredictionFiles:

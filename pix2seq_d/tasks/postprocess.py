@@ -16,6 +16,26 @@ def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return x[rows[:, None], cols[None, :]]
 
 
+def _bilinear_axis(in_n: int, out_n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(low, high, weight of high) source indices of each output position on one axis, with
+  half-pixel centres (as tf.image's bilinear resize without antialiasing)."""
+  src = np.clip((np.arange(out_n) + 0.5) * in_n / out_n - 0.5, 0.0, in_n - 1)
+  low = np.floor(src).astype(np.int64)
+  return low, np.minimum(low + 1, in_n - 1), src - low
+
+
+def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """(H, W, ...) float -> (h, w, ...) by bilinear interpolation with half-pixel centres."""
+  x = np.asarray(x, np.float32)
+  top, bottom, dy = _bilinear_axis(x.shape[0], int(size[0]))
+  left, right, dx = _bilinear_axis(x.shape[1], int(size[1]))
+  extra = (1,) * (x.ndim - 2)
+  dy = dy.reshape((-1, 1) + extra).astype(np.float32)
+  dx = dx.reshape((1, -1) + extra).astype(np.float32)
+  rows = x[top] * (1 - dy) + x[bottom] * dy
+  return rows[:, left] * (1 - dx) + rows[:, right] * dx
+
+
 def majority_vote(
   semantic: np.ndarray,
   instance: np.ndarray,
@@ -77,12 +97,14 @@ def to_original_size(
   padded_size: tuple[int, int],
   unpadded_size: tuple[int, int],
   orig_size: tuple[int, int],
+  method: str = 'nearest',
 ) -> np.ndarray:
-  """(Hm, Wm, ...) mask-size map -> (Ho, Wo, ...): nearest resize to the padded input size, crop of
-  the padding, nearest resize to the original size."""
-  full = resize_nearest(pred, padded_size)
+  """(Hm, Wm, ...) mask-size map -> (Ho, Wo, ...): resize to the padded input size, crop of the
+  padding, resize to the original size; `method` 'nearest' (ids) or 'bilinear' (float maps)."""
+  resize = {'nearest': resize_nearest, 'bilinear': resize_bilinear}[method]
+  full = resize(pred, padded_size)
   full = full[: int(unpadded_size[0]), : int(unpadded_size[1])]
-  return resize_nearest(full, orig_size)
+  return resize(full, orig_size)
 
 
 def postprocess(

@@ -14,11 +14,17 @@ never through their id values:
   4. the uncertainty of a pixel is 1 - (votes of the winner) / K, scaled to [0, 1]: 0 where all K
      samples agree, 1 where no two do.
 
-All of it works at the model's mask size; the image task then post-processes the merged map like
-a single sample and resizes the uncertainty the same way.
+Steps 1-3 work at the model's mask size, and the image task post-processes the merged map like a
+single sample. The uncertainty is read at the original size (`uncertainty_at`): every sample's
+vote for the winner is interpolated bilinearly between mask cells, so that a pixel near a
+boundary of the coarse mask grid, where the K samples may all agree on a cell that the true
+boundary crosses, is uncertain in proportion to how close the boundary is. Inside a cell and away
+from boundaries it is step 4's figure.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from scipy import optimize
@@ -86,10 +92,25 @@ def match(
   return to_a, int(inter[rows[good], cols[good]].sum())
 
 
+class Merge(NamedTuple):
+  """K samples of one image merged (`merge_samples`), all at the mask size (H, W).
+
+  ids: (H, W, 2) int32 merged [semantic, instance] ids.
+  uncertainty: (H, W) float32 in [0, 1], 1 - the winner's share of the votes, scaled.
+  votes: (K, H, W) int64, each sample's vote per pixel in one label space (-1 void).
+  winner: (H, W) int64, the winning label of each pixel.
+  """
+
+  ids: np.ndarray
+  uncertainty: np.ndarray
+  votes: np.ndarray
+  winner: np.ndarray
+
+
 def merge_samples(
   samples: np.ndarray, num_classes: int, max_instances: int, match_iou: float
-) -> tuple[np.ndarray, np.ndarray]:
-  """K samples of one image -> one merged sample and its per-pixel uncertainty (module doc).
+) -> Merge:
+  """K samples of one image -> one merged sample, its votes and uncertainty (module doc).
 
   Args:
     samples: (K, H, W, 2) int [semantic, instance] ids at mask size.
@@ -97,14 +118,16 @@ def merge_samples(
     match_iou: the IoU a matched pair of segments must exceed.
 
   Returns:
-    (merged, uncertainty): merged (H, W, 2) int32 ids (the reference sample's ids for its
-    segments, unused ids for segments that won without matching it); uncertainty (H, W)
-    float32 in [0, 1].
+    The Merge: its ids are the reference sample's for its segments and unused ids for segments
+    that won without matching it.
   """
   num, height, width = samples.shape[:3]
   parts = [segments(sample, num_classes, max_instances) for sample in samples]
   if num == 1:
-    return samples[0].astype(np.int32), np.zeros((height, width), np.float32)
+    labels = parts[0][0].reshape(1, height, width)
+    return Merge(
+      samples[0].astype(np.int32), np.zeros((height, width), np.float32), labels, labels[0]
+    )
   matches = {}
   covered = np.zeros(num, np.int64)
   for a in range(num):
@@ -149,4 +172,43 @@ def merge_samples(
   instance = np.where(winner >= 0, ids[np.maximum(winner, 0)], 0)
   semantic = np.where(instance > 0, semantic, 0)
   merged = np.stack([semantic, instance], axis=-1).reshape(height, width, 2).astype(np.int32)
-  return merged, uncertainty.reshape(height, width).astype(np.float32)
+  return Merge(
+    merged,
+    uncertainty.reshape(height, width).astype(np.float32),
+    votes.reshape(num, height, width),
+    winner.reshape(height, width),
+  )
+
+
+def uncertainty_at(
+  merge: Merge,
+  padded_size: tuple[int, int],
+  unpadded_size: tuple[int, int],
+  orig_size: tuple[int, int],
+) -> np.ndarray:
+  """The uncertainty of a Merge at the original size, votes interpolated between cells.
+
+  Each pixel's winner is the merged map's (nearest cell, as the prediction is resized); the
+  share of samples that vote for it is the bilinear interpolation of that label's share over the
+  neighbouring cells; the uncertainty is 1 - share, scaled as in `merge_samples` and clipped to
+  [0, 1] (a pixel whose winner the neighbouring cells do not vote for is 1).
+
+  Args:
+    merge: the K samples merged at mask size (Hm, Wm).
+    padded_size, unpadded_size, orig_size: as `postprocess.to_original_size`.
+
+  Returns:
+    (Ho, Wo) float32 in [0, 1].
+  """
+  num = len(merge.votes)
+  if num == 1:
+    return np.zeros(tuple(int(v) for v in orig_size), np.float32)
+  sizes = (padded_size, unpadded_size, orig_size)
+  winner = postprocess.to_original_size(merge.winner, *sizes)
+  share = np.zeros(winner.shape, np.float32)
+  for label in np.unique(merge.winner):
+    where = winner == label
+    if where.any():
+      votes = (merge.votes == label).mean(axis=0)
+      share[where] = postprocess.to_original_size(votes, *sizes, method='bilinear')[where]
+  return np.clip((1.0 - share) / (1.0 - 1.0 / num), 0.0, 1.0).astype(np.float32)

@@ -51,12 +51,12 @@ def main(argv) -> None:
   )
   rows = []
   for row in range(min(FLAGS.rows, len(ids))):
-    merged, uncertainty = samples.merge_samples(
+    merge = samples.merge_samples(
       ids[row], config.model.num_classes, config.model.max_instances, config.eval.sample_match_iou
     )
-    grey = pictures.uncertainty_picture(postprocess.resize_nearest(uncertainty, size))
+    grey = pictures.uncertainty_picture(samples.uncertainty_at(merge, size, size, size))
     panels = [(np.clip(batch['image'][row], 0, 1) * 255).astype(np.uint8)]
-    panels += [colour(sample) for sample in ids[row]] + [colour(merged)]
+    panels += [colour(sample) for sample in ids[row]] + [colour(merge.ids)]
     panels.append(np.repeat(grey[..., None], 3, axis=-1))
     rows.append(np.concatenate(panels, axis=1))
   Image.fromarray(np.concatenate(rows, axis=0)).save(FLAGS.output)

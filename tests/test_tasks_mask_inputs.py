@@ -117,35 +117,42 @@ def test_predict_given_is_checked_before_sampling_and_kept_exactly(tmp_path, rng
 
 
 def test_refinement_keeps_the_input_where_the_model_agrees_and_fixes_the_rest(rng):
-  """An input of fine boundaries (off the 4x coarser mask grid) that dropped one object: the
-  refined mask (on the grid, other ids) has every segment and the object. The result is the
-  input, pixel for pixel, where the two agree, and the refined object (its class, an id of its
-  own) in the cells where the input dropped it."""
-  num_classes, max_instances, scale = 6, 16, 4
-  height, width = 8 * scale, 8 * scale
-  semantic = np.ones((height, width), np.int32)
-  instance = np.ones((height, width), np.int32)
-  border = int(rng.integers(3 * scale + 1, 5 * scale - 1))  # a row off the grid
-  semantic[border:], instance[border:] = 2, 2
-  top, left = int(rng.integers(0, 2)), int(rng.integers(0, 2))
-  box = (slice(top * scale, (top + 2) * scale), slice(left * scale, (left + 2) * scale))
-  truth_sem, truth_inst = semantic.copy(), instance.copy()
-  truth_sem[box], truth_inst[box] = 4, 3
-  source = mask_inputs.MaskInput(semantic, instance, 'input.png')  # the object dropped
+  """An input of fine boundaries (off the 4x coarser mask grid) that dropped one object and split
+  another: the refined mask (on the grid, other ids) has both objects whole and its boundary a
+  cell away from the input's. The result keeps the input's boundary pixel for pixel, takes the
+  refined dropped object (its class, an id of its own) and joins the split object under one of
+  the input's ids."""
+  num_classes, max_instances, scale, cells = 6, 16, 4, 10
+  size = cells * scale
+  truth_sem = np.ones((size, size), np.int32)
+  truth_inst = np.ones((size, size), np.int32)
+  border = int(rng.integers(5 * scale + 1, 6 * scale - 1))  # a row off the grid
+  truth_sem[border:], truth_inst[border:] = 2, 2
+  left = int(rng.integers(0, 2))
+  dropped = (slice(0, 2 * scale), slice(left * scale, (left + 2) * scale))
+  split = (slice(0, 2 * scale), slice(6 * scale, 9 * scale))
+  truth_sem[dropped], truth_inst[dropped] = 4, 3
+  truth_sem[split], truth_inst[split] = 5, 4
+  semantic, instance = truth_sem.copy(), truth_inst.copy()
+  semantic[dropped], instance[dropped] = 1, 1
+  instance[: 2 * scale, 6 * scale + 9 : 9 * scale] = 5  # the split's right third, off the grid
+  source = mask_inputs.MaskInput(semantic, instance, 'input.png')
   to_grid = lambda x: x[scale // 2 :: scale, scale // 2 :: scale]  # nearest, half-pixel centres
-  renumber = np.array([0, 7, 5, 11])
-  refined = np.stack([to_grid(truth_sem), renumber[to_grid(truth_inst)]], -1)
-  agree, to_source = mask_inputs.agreement(
-    refined, np.stack([to_grid(semantic), to_grid(instance)], -1), num_classes, max_instances, 0.5
-  )
-  assert to_source == {7: 1, 5: 2} and agree.sum() == 64 - 4
+  refined_sem, refined_inst = to_grid(truth_sem), to_grid(truth_inst)
+  refined_sem[5:], refined_inst[5:] = 2, 2  # the refined boundary on the grid line above
+  renumber = np.array([0, 7, 5, 11, 9])
+  refined = np.stack([refined_sem, renumber[refined_inst]], -1)
+  source_cells = np.stack([to_grid(semantic), to_grid(instance)], -1)
+  table = mask_inputs.refined_ids_table(refined, source_cells, num_classes, max_instances, 0.5)
+  assert (table[[7, 5, 9]] == [1, 2, 4]).all() and table[11] >= max_instances  # the added one
   full = lambda x: np.repeat(np.repeat(x, scale, 0), scale, 1)
+  kept = mask_inputs.input_kept(table[refined[..., 1]], source_cells[..., 1], instance, full)
   is_thing = np.array([False, False, False, True, True, True])
   out_sem, out_inst = mask_inputs.keep_agreeing(
-    full(refined[..., 0]), full(refined[..., 1]), source, full(agree), to_source, is_thing
+    full(refined[..., 0]), full(refined[..., 1]), source, kept, table, is_thing
   )
-  np.testing.assert_array_equal(out_sem, truth_sem)  # the input's boundary row, the object
-  inside = np.zeros_like(semantic, bool)
-  inside[box] = True
-  np.testing.assert_array_equal(out_inst[~inside], instance[~inside])
-  assert len(np.unique(out_inst[inside])) == 1 and out_inst[inside][0] not in (0, 1, 2)
+  np.testing.assert_array_equal(out_sem, truth_sem)  # the input's boundary row, both objects
+  assert (out_inst[truth_inst == 1] == 1).all() and (out_inst[truth_inst == 2] == 2).all()
+  assert (out_inst[split] == 4).all()  # split in the input, whole again
+  added = np.unique(out_inst[dropped])
+  assert len(added) == 1 and added[0] not in (0, 1, 2, 4, 5)

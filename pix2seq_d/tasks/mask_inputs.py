@@ -194,19 +194,19 @@ def paste_given(
   return semantic, instance
 
 
-def agreement(
+def refined_ids_table(
   refined: np.ndarray,
   source: np.ndarray,
   num_classes: int,
   max_instances: int,
   match_iou: float,
-) -> tuple[np.ndarray, dict[int, int]]:
-  """Where a refined mask agrees with the mask it was refined from, both in the model's frame.
+) -> np.ndarray:
+  """The input's id of every refined segment, both masks in the model's frame.
 
   The refined mask's instance ids need not be the input's (the sampler may renumber), so its
   segments are matched to the input's by the Hungarian algorithm on class-aware IoU
-  (`samples.match`). A cell agrees when its refined segment matched the input's segment there,
-  or when both are void.
+  (`samples.match`). A matched refined segment takes its input segment's id, an unmatched one an
+  id the input does not use.
 
   Args:
     refined, source: int (Hm, Wm, 2) [semantic, instance] ids.
@@ -214,54 +214,79 @@ def agreement(
     match_iou: a matched pair's IoU must exceed it.
 
   Returns:
-    (agree, to_source): agree bool (Hm, Wm); to_source {refined instance id: the input's
-    instance id it matched}.
+    int64 (max_instances,): the output id of each refined instance id (0 for 0).
   """
   labels_r, classes_r, ids_r = samples.segments(refined, num_classes, max_instances)
   labels_s, classes_s, ids_s = samples.segments(source, num_classes, max_instances)
   to_s, _ = samples.match(labels_s, classes_s, labels_r, classes_r, match_iou)
-  matched_label = np.where(labels_r >= 0, to_s[np.maximum(labels_r, 0)], -2)
-  agree = (matched_label == labels_s) & (labels_s >= 0) | (labels_r < 0) & (labels_s < 0)
-  to_source = {int(ids_r[r]): int(ids_s[s]) for r, s in enumerate(to_s) if s >= 0}
-  return agree.reshape(refined.shape[:2]), to_source
+  table = np.zeros(max_instances, np.int64)
+  fresh = max(int(source[..., 1].max()), max_instances - 1) + 1
+  for r, s in enumerate(to_s):
+    table[ids_r[r]] = ids_s[s] if s >= 0 else fresh + r
+  return table
+
+
+def neighbourhoods(ids: np.ndarray) -> np.ndarray:
+  """(Hm, Wm) ids -> (Hm, Wm, 9): the ids of each cell's 3 x 3 neighbourhood (edges repeated)."""
+  padded = np.pad(ids, 1, mode='edge')
+  height, width = ids.shape
+  return np.stack(
+    [padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)], axis=-1
+  )
+
+
+def input_kept(
+  refined: np.ndarray, source_cells: np.ndarray, source: np.ndarray, to_original
+) -> np.ndarray:
+  """Where a refinement keeps its input's pixels: where the two differ by no more than a cell.
+
+  A pixel keeps the input's id when that id is among the refined ids of its cell's 3 x 3
+  neighbourhood and the refined id of its cell is among the input's ids of that neighbourhood:
+  boundaries that moved by a cell of the model's coarse grid stay the input's, at full
+  resolution, while a segment the refinement added, removed, split or merged is the model's.
+
+  Args:
+    refined: int (Hm, Wm) refined instance ids in the input's ids (`refined_ids_table`).
+    source_cells: int (Hm, Wm) the input's instance ids in the model's frame.
+    source: int (Ho, Wo) the input's instance ids at the original size.
+    to_original: nearest resize (Hm, Wm, C) -> (Ho, Wo, C) from the model's frame.
+
+  Returns:
+    bool (Ho, Wo).
+  """
+  refined_in_source = (neighbourhoods(source_cells) == refined[..., None]).any(axis=-1)
+  near = to_original(np.concatenate([neighbourhoods(refined), refined_in_source[..., None]], -1))
+  return (near[..., :9] == source[..., None]).any(axis=-1) & (near[..., 9] > 0)
 
 
 def keep_agreeing(
   semantic: np.ndarray,
   instance: np.ndarray,
   source: MaskInput,
-  agree: np.ndarray,
-  to_source: Mapping[int, int],
+  kept: np.ndarray,
+  table: np.ndarray,
   is_thing: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """A refined prediction that keeps its input's pixels where the two agree.
+  """A refined prediction with its input's pixels where `input_kept`, the refined ones elsewhere.
 
   The model draws its mask on a coarser grid than the image, so a refinement redraws every
-  boundary at that grid's resolution. Where it agrees with its input (`agreement`, resized to
-  the original size like the prediction) the input's pixels are kept, with their boundaries;
-  elsewhere (a segment dropped, merged or split in the input, a class changed) the refined
-  pixels are taken. Refined segments matched to an input segment take its id; the others take
-  ids the input does not use; a stuff class ends as one segment.
+  boundary at that grid's resolution; where it only moved a boundary within a cell the input's
+  pixels are kept, and where it changed a segment (one dropped, merged or split in the input, a
+  class changed) the refined pixels are taken, with the input's ids for the segments matched to
+  it. A stuff class ends as one segment.
 
   Args:
     semantic, instance: int (Ho, Wo) post-processed refined prediction.
     source: the input prediction at the same size.
-    agree: bool (Ho, Wo), the agreement of the two resized to the original size.
-    to_source: {refined instance id: input instance id} of the matched segments.
+    kept: bool (Ho, Wo) from `input_kept`.
+    table: the output id of each refined instance id (`refined_ids_table`).
     is_thing: (num_classes,) bool per semantic value.
 
   Returns:
     (semantic, instance), int32 (Ho, Wo) each.
   """
-  table = np.zeros(int(instance.max()) + 1, np.int64)
-  fresh = max(int(source.instance.max()), 0) + 1
-  for refined_id in np.unique(instance[instance > 0]):
-    if int(refined_id) in to_source:
-      table[refined_id] = to_source[int(refined_id)]
-    else:
-      table[refined_id], fresh = fresh, fresh + 1
-  semantic = np.where(agree, source.semantic, semantic).astype(np.int32)
-  instance = np.where(agree, source.instance, table[instance]).astype(np.int32)
+  semantic = np.where(kept, source.semantic, semantic)
+  instance = np.where(kept, source.instance, table[instance])
   instance = np.where(semantic > 0, instance, 0)
-  semantic = np.where(instance > 0, semantic, 0)
+  semantic = np.where(instance > 0, semantic, 0).astype(np.int32)
   return semantic, postprocess.merge_stuff(semantic, instance, is_thing).astype(np.int32)

@@ -275,22 +275,25 @@ class ImagePanoptic(base.Task):
   def _keep_input(
     self, pred, source: mask_inputs.MaskInput, unpadded_size, refined: Panoptic, is_thing
   ) -> Panoptic:
-    """A refined prediction with its input's pixels kept where the two agree
-    (mask_inputs.keep_agreeing; config.eval.refine_keep_input)."""
+    """A refined prediction with its input's pixels kept where the two differ by no more than
+    a cell of the mask grid (mask_inputs.keep_agreeing; config.eval.refine_keep_input)."""
     model = self.config.model
     merge = self._merged(pred)
     ids = pred if merge is None else merge.ids
-    source_ids = self._mask_frame(np.stack([source.semantic, source.instance], -1), unpadded_size)
-    agree, to_source = mask_inputs.agreement(
-      ids, source_ids, model.num_classes, model.max_instances, self.config.eval.sample_match_iou
+    source_cells = self._mask_frame(np.stack([source.semantic, source.instance], -1), unpadded_size)
+    table = mask_inputs.refined_ids_table(
+      ids, source_cells, model.num_classes, model.max_instances, self.config.eval.sample_match_iou
     )
-    agree = postprocess.to_original_size(
-      agree, layers.static_tuple(model.image_size), unpadded_size, source.semantic.shape
+    kept = mask_inputs.input_kept(
+      table[np.clip(ids[..., 1], 0, model.max_instances - 1)],
+      source_cells[..., 1],
+      source.instance,
+      lambda cells: postprocess.to_original_size(
+        cells, layers.static_tuple(model.image_size), unpadded_size, source.instance.shape
+      ),
     )
     return Panoptic(
-      *mask_inputs.keep_agreeing(
-        refined.semantic, refined.instance, source, agree, to_source, is_thing
-      )
+      *mask_inputs.keep_agreeing(refined.semantic, refined.instance, source, kept, table, is_thing)
     )
 
   def eval_picture(self, batch, pred, row, categories) -> np.ndarray:

@@ -256,6 +256,48 @@ def test_refinement_reads_a_prediction_folder_and_scores_its_input(shapes_config
   assert record['PQ'] == pytest.approx(record['PQ_input'], abs=0.05)
 
 
+@pytest.mark.parametrize('max_uncertainty', [0.4, 1.0])
+def test_refined_samples_replace_the_input_only_where_they_agree_enough(
+  shapes_config, tmp_path, max_uncertainty
+):
+  """An input of noise refined by K = 3 samples, two of them the ground truth (other ids) and one
+  noise: the merged map is the ground truth with uncertainty 0.5 or more (2 of 3 agree, more near
+  boundaries), so it replaces the input when config.eval.refine_max_uncertainty allows it all
+  (1.0) and leaves the input (but where the noise agrees by chance) at 0.4."""
+  config = shapes_config()
+  config.eval.batch_size = 4
+  config.eval.num_examples = 8
+  config.eval.min_pixels = 0
+  config.eval.write_predictions = True
+  seed = int(np.random.default_rng().integers(1 << 31))
+  print('seed', seed)
+  rng = np.random.default_rng(seed)
+  num_ids = config.model.max_instances
+
+  def noise(shape):
+    return rng.integers(1, [config.model.num_classes, num_ids], shape)
+
+  first, _ = _run(config, tmp_path, lambda batch, key: jnp.asarray(noise(batch['label'].shape)))
+  config.eval.write_predictions = False
+  config.eval.refine_from = str(tmp_path / 'predictions' / 'step_7' / 'panoptic.json')
+  config.eval.metrics = ('pq', 'pq_input')
+  config.eval.num_samples = 3
+  config.eval.refine_max_uncertainty = max_uncertainty
+
+  def two_right_one_noise(batch, inputs, key):
+    label = np.asarray(batch['label'])
+    renamed = label.copy()
+    renamed[..., 1] = np.concatenate([[0], rng.permutation(np.arange(1, num_ids))])[label[..., 1]]
+    return jnp.asarray(np.stack([label, noise(label.shape), renamed], axis=1))
+
+  record, _ = _run(config, tmp_path / 'refined', two_right_one_noise, with_inputs=True)
+  assert record['PQ_input'] == pytest.approx(first['PQ']) and first['PQ'] < 0.2
+  if max_uncertainty == 1.0:
+    assert record['PQ'] > 0.8
+  else:
+    assert record['PQ'] == pytest.approx(record['PQ_input'], abs=0.02)
+
+
 def test_video_ground_truth_through_the_same_loop_with_two_evaluators(shapes_config, tmp_path):
   """The video task through the same loop: its ground truth, streamed back, gives DAVIS J&F near
   1; a second evaluator in the list (PQ, scoring each frame) runs beside it, and each writes its

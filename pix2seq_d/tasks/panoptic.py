@@ -83,6 +83,11 @@ class ImagePanoptic(base.Task):
           f'config.{field}: completion draws one sample per image; leave '
           'config.eval.num_samples at 1.'
         )
+    if not 0.0 <= evaluation.refine_max_uncertainty <= 1.0:
+      raise ValueError(
+        f'config.eval.refine_max_uncertainty={evaluation.refine_max_uncertainty}: must be in '
+        '[0, 1].'
+      )
     if not 0.0 < evaluation.refine_t0 <= 1.0:
       raise ValueError(f'config.eval.refine_t0={evaluation.refine_t0}: must be in (0, 1].')
     for metric, needs, field in (
@@ -276,7 +281,8 @@ class ImagePanoptic(base.Task):
     self, pred, source: mask_inputs.MaskInput, unpadded_size, refined: Panoptic, is_thing
   ) -> Panoptic:
     """A refined prediction with its input's pixels kept where the two differ by no more than
-    a cell of the mask grid (mask_inputs.keep_agreeing; config.eval.refine_keep_input)."""
+    a cell of the mask grid (mask_inputs.keep_agreeing; config.eval.refine_keep_input), and with
+    K samples also where their uncertainty exceeds config.eval.refine_max_uncertainty."""
     model = self.config.model
     merge = self._merged(pred)
     ids = pred if merge is None else merge.ids
@@ -284,14 +290,18 @@ class ImagePanoptic(base.Task):
     table = mask_inputs.refined_ids_table(
       ids, source_cells, model.num_classes, model.max_instances, self.config.eval.sample_match_iou
     )
+    image_size = layers.static_tuple(model.image_size)
     kept = mask_inputs.input_kept(
       table[np.clip(ids[..., 1], 0, model.max_instances - 1)],
       source_cells[..., 1],
       source.instance,
       lambda cells: postprocess.to_original_size(
-        cells, layers.static_tuple(model.image_size), unpadded_size, source.instance.shape
+        cells, image_size, unpadded_size, source.instance.shape
       ),
     )
+    if merge is not None:  # K samples: the model's pixels only where they agree enough
+      uncertainty = samples.uncertainty_at(merge, image_size, unpadded_size, source.instance.shape)
+      kept |= uncertainty > self.config.eval.refine_max_uncertainty
     return Panoptic(
       *mask_inputs.keep_agreeing(refined.semantic, refined.instance, source, kept, table, is_thing)
     )

@@ -25,13 +25,15 @@ def _bilinear_axis(in_n: int, out_n: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """(H, W, ...) float -> (h, w, ...) by bilinear interpolation with half-pixel centres."""
-  x = np.asarray(x, np.float32)
+  """(H, W, ...) float -> (h, w, ...) by bilinear interpolation with half-pixel centres (float64
+  stays float64, anything else becomes float32)."""
+  x = np.asarray(x)
+  x = x.astype(np.float64 if x.dtype == np.float64 else np.float32, copy=False)
   top, bottom, dy = _bilinear_axis(x.shape[0], int(size[0]))
   left, right, dx = _bilinear_axis(x.shape[1], int(size[1]))
   extra = (1,) * (x.ndim - 2)
-  dy = dy.reshape((-1, 1) + extra).astype(np.float32)
-  dx = dx.reshape((1, -1) + extra).astype(np.float32)
+  dy = dy.reshape((-1, 1) + extra).astype(x.dtype)
+  dx = dx.reshape((1, -1) + extra).astype(x.dtype)
   rows = x[top] * (1 - dy) + x[bottom] * dy
   return rows[:, left] * (1 - dx) + rows[:, right] * dx
 

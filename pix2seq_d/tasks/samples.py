@@ -205,7 +205,7 @@ def uncertainty_at(
     return np.zeros(tuple(int(v) for v in orig_size), np.float32)
   sizes = (padded_size, unpadded_size, orig_size)
   winner = postprocess.to_original_size(merge.winner, *sizes)
-  share = np.zeros(winner.shape, np.float32)
+  share = np.zeros(winner.shape, np.float64)
   for label in np.unique(merge.winner):
     where = winner == label
     if where.any():

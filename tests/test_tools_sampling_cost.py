@@ -14,7 +14,7 @@ from pix2seq_d.tools import sampling_cost
 
 
 def test_sweep_orders_points_by_cost_and_names_each_once():
-  points = sampling_cost.sweep([1, 4, 2], ['ddim', 'ddpm'], [1, 2], samples_steps=2)
+  points = sampling_cost.sweep([1, 4, 2], ['ddim', 'ddpm'], [1, 2], 2, 'ddim')
   names = [p.name for p in points]
   assert len(names) == len(set(names)) == 7  # ddim 2 steps x 1 sample is in both sweeps
   assert [p.cost for p in points] == sorted(p.cost for p in points)
@@ -64,8 +64,9 @@ def test_a_sweep_of_a_trained_run_writes_every_point_and_continues(
   rc, out = run(sweep, jax_cache)
   assert rc == 0, out[-3000:]
   names = sorted(p.name for p in (tmp_path / 'cost').iterdir() if p.is_dir())
-  assert names == ['ddim_steps1_k1', 'ddim_steps1_k2', 'ddpm_steps1_k1']
-  k2 = json.loads((tmp_path / 'cost' / 'ddim_steps1_k2' / 'eval_results.json').read_text())
+  # configs/shapes.py samples with DDPM: the K-samples sweep takes the config's sampler
+  assert names == ['ddim_steps1_k1', 'ddpm_steps1_k1', 'ddpm_steps1_k2']
+  k2 = json.loads((tmp_path / 'cost' / 'ddpm_steps1_k2' / 'eval_results.json').read_text())
   assert 0.0 <= k2['PQ'] <= 1.0 and 'PQ_single' in k2 and k2['num_images'] == 4
   table = (tmp_path / 'cost' / sampling_cost.TABLE).read_text()
   assert table.count('\n') == 2 + len(names)

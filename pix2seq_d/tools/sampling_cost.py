@@ -10,8 +10,9 @@ Each point is one evaluation of the run's latest checkpoint (its EMA weights, op
 over the whole eval split, with the config's sampler and steps replaced:
   * one sample per image at every --steps, for every --samplers;
   * K samples per image (--num_samples, merged as config.eval.num_samples does) at
-    --samples_steps DDIM steps: K samples of s steps cost about what one sample of K * s steps
-    does (the encoder runs once either way), so each K is compared with one sample at K * s.
+    --samples_steps steps of the config's sampler: K samples of s steps cost about what one
+    sample of K * s steps does (the encoder runs once either way), so each K is compared with one
+    sample at K * s.
 A point writes COST/<sampler>_steps<s>_k<K>/eval_results.json (the run's own eval_results.json
 is not touched); a point whose file exists is not run again, so an interrupted sweep continues.
 Then COST/sampling_cost.md (the table) and COST/sampling_cost.png (the plot) are made from those
@@ -34,7 +35,7 @@ flags.DEFINE_string('output_dir', None, 'Where each point, the table and the plo
 flags.DEFINE_list('steps', ['1', '2', '4', '8', '16', '32', '100'], 'Sampling steps, 1 sample.')
 flags.DEFINE_list('samplers', ['ddim', 'ddpm'], 'Samplers swept over --steps.')
 flags.DEFINE_list('num_samples', ['1', '2', '4', '8'], 'Samples merged per image.')
-flags.DEFINE_integer('samples_steps', 4, 'DDIM steps of each sample in the --num_samples sweep.')
+flags.DEFINE_integer('samples_steps', 4, 'Steps of each sample in the --num_samples sweep.')
 flags.DEFINE_bool('report_only', False, 'Only (re)make the table and the plot from the points.')
 FLAGS = flags.FLAGS
 
@@ -59,10 +60,10 @@ class Point:
     return self.steps * self.num_samples
 
 
-def sweep(steps, samplers, num_samples, samples_steps: int) -> list[Point]:
+def sweep(steps, samplers, num_samples, samples_steps: int, samples_sampler: str) -> list[Point]:
   """Every point of the sweep, each once, in the order they run (cheapest first)."""
   points = [Point(s, n, 1) for s in samplers for n in steps]
-  points += [Point('ddim', samples_steps, k) for k in num_samples]
+  points += [Point(samples_sampler, samples_steps, k) for k in num_samples]
   unique = list(dict.fromkeys(points))
   return sorted(unique, key=lambda p: (p.cost, p.name))
 
@@ -171,13 +172,13 @@ def plot(results: list[tuple[Point, dict]], path: str) -> None:
 
   figure, (by_cost, by_speed) = pyplot.subplots(1, 2, figsize=(10, 4))
   lines = {}
+  merged = _samples_sweep(results)
   for point, record in results:
     if point.num_samples == 1:
       lines.setdefault(f'{point.sampler}, 1 sample', []).append((point, record))
-    if point.num_samples > 1 or (
-      point.sampler == 'ddim' and point.steps == _samples_steps(results)
-    ):
-      lines.setdefault(f'ddim {point.steps} steps, K samples merged', []).append((point, record))
+    if merged and (point.sampler, point.steps) == merged:
+      label = f'{point.sampler} {point.steps} steps, K samples merged'
+      lines.setdefault(label, []).append((point, record))
   for label, items in lines.items():
     costs = [p.cost for p, _ in items]
     pq = [r['PQ'] for _, r in items]
@@ -200,10 +201,10 @@ def plot(results: list[tuple[Point, dict]], path: str) -> None:
   pyplot.close(figure)
 
 
-def _samples_steps(results) -> int | None:
-  """The steps of the K-samples sweep: those of its points with K > 1."""
-  steps = {p.steps for p, _ in results if p.num_samples > 1}
-  return steps.pop() if len(steps) == 1 else None
+def _samples_sweep(results) -> tuple[str, int] | None:
+  """(sampler, steps) of the K-samples sweep: those of its points with K > 1."""
+  kinds = {(p.sampler, p.steps) for p, _ in results if p.num_samples > 1}
+  return kinds.pop() if len(kinds) == 1 else None
 
 
 def report(output_dir: str) -> str:
@@ -234,6 +235,7 @@ def main(argv) -> None:
       FLAGS.samplers,
       _positive_ints(FLAGS.num_samples, 'num_samples'),
       FLAGS.samples_steps,
+      FLAGS.config.diffusion.sampler,
     )
     run_points(FLAGS.config, FLAGS.workdir, points, FLAGS.output_dir)
   print(report(FLAGS.output_dir))

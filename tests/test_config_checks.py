@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import coco, davis, shapes
+from configs import coco, davis, kitti_step, shapes
 from pix2seq_d.config import checks as config_checks
 
 
@@ -58,6 +58,13 @@ def test_shipped_configs_pass(make, mode):
     ('eval.use_gt_cond_frames', True, 'config.eval.use_gt_cond_frames=True: is a video option'),
     ('eval.single_frames', True, 'config.eval.single_frames=True: is a video option'),
     ('eval.new_track_after', 2, 'config.eval.new_track_after=2: is a video option'),
+    (
+      'eval.max_frames_per_sequence',
+      100,
+      'config.eval.max_frames_per_sequence=100: is a video option',
+    ),
+    ('eval.max_frames_per_sequence', -1, 'config.eval.max_frames_per_sequence=-1: is a video'),
+    ('eval.score_all_frames_too', True, 'config.eval.score_all_frames_too=True: is a video'),
     ('eval.metrics', (), 'config.eval.metrics=(): must be a non-empty tuple'),
     ('eval.metrics', 'pq', "config.eval.metrics='pq': must be a non-empty tuple"),
     ('eval.metrics', ('pq', 'vpq'), "no evaluator is named 'vpq'; the evaluators are 'pq'"),
@@ -171,6 +178,21 @@ def test_tf_weights_need_the_encoder_mode_and_a_path():
     ('eval.new_track_after', -1, 'config.eval.new_track_after=-1: must be >= 0'),
     ('eval.new_track_after', 1.5, r'config.eval.new_track_after=1.5: must be >= 0 \(an integer\)'),
     ('eval.num_samples', 4, 'config.eval.num_samples=4: the video task streams one sample'),
+    (
+      'eval.max_frames_per_sequence',
+      -1,
+      'config.eval.max_frames_per_sequence=-1: must be >= 0',
+    ),
+    (
+      'eval.max_frames_per_sequence',
+      2.5,
+      r'config.eval.max_frames_per_sequence=2.5: must be >= 0 \(an integer\)',
+    ),
+    (
+      'eval.score_all_frames_too',
+      True,
+      'config.eval.score_all_frames_too=True: adds the whole-sequence STQ .* which is 0',
+    ),
   ],
 )
 def test_bad_video_field_is_named(field, value, message):
@@ -189,3 +211,21 @@ def test_gt_conditioning_and_single_frames_exclude_each_other():
   config.eval.single_frames = True
   with pytest.raises(ValueError, match='config.eval.single_frames=True: conditions every frame'):
     config_checks.check_config(config, 'eval')
+
+
+def test_both_frame_protocols_need_the_stq_metric():
+  config = shapes.get_config('video')
+  config.eval.max_frames_per_sequence = 4
+  config_checks.check_config(config, 'eval')
+  config.eval.score_all_frames_too = True
+  with pytest.raises(ValueError, match="only the 'stq' metric reports both protocols"):
+    config_checks.check_config(config, 'eval')
+  config.eval.metrics = ('davis_jf', 'stq')
+  config_checks.check_config(config, 'eval')
+
+
+def test_kitti_step_scores_the_authors_first_100_frames():
+  config = kitti_step.get_config()
+  assert config.eval.max_frames_per_sequence == 100 and not config.eval.score_all_frames_too
+  config.data.step_root = '/data/kitti_step'
+  config_checks.check_config(config, 'eval')

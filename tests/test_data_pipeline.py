@@ -375,3 +375,25 @@ def test_num_classes_is_the_datasets_or_taken_from_it(shapes_config):
   resolved = data_facts.apply(config, info.categories, 'dataset shapes')
   assert resolved.model.num_classes == info.num_classes == 6 and config.model.num_classes == 0
   assert data_facts.apply(resolved, info.categories, 'dataset shapes') is resolved
+
+
+def test_video_eval_reads_only_the_first_frames_it_scores(shapes_config, shapes_data_dir):
+  """config.eval.max_frames_per_sequence = N: clips stop after their first N frames (nothing
+  later is decoded or sampled); score_all_frames_too reads them whole."""
+  config = shapes_config('video')
+  first = int(np.random.default_rng().integers(1, 8))
+  print('first', first)
+  config.eval.max_frames_per_sequence = first
+  builder = shapes.make_builder('shapes_video/tiny', shapes_data_dir)
+  raw = {int(e['video_id']): e for e in tfds.as_numpy(builder.as_dataset(split='test'))}
+  (batch,) = eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
+  assert batch['frames'].shape[1] == first and batch['label'].shape[1] == first
+  for i in np.flatnonzero(batch['valid']):
+    assert batch['num_frames'][i] == first
+    expected = raw[int(batch['video_id'][i])]
+    np.testing.assert_array_equal(
+      batch['orig_label'][i][..., 1], expected['instance'][:first, ..., 0]
+    )
+  config.eval.score_all_frames_too = True
+  (batch,) = eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
+  assert batch['frames'].shape[1] == 8 and set(batch['num_frames'][batch['valid']]) == {8}

@@ -306,3 +306,118 @@ def test_the_plug_in_equals_the_definitions_on_our_maps_and_merges():
     assert results.scalars[key] == pytest.approx(expected[key], abs=1e-12), key
   assert results.scalars['num_sequences'] == 3
   assert results.details['per_sequence'].keys() == expected['per_sequence'].keys()
+
+
+def _our_maps(gt_sem, gt_inst, pred_sem, pred_inst):
+  """STEP maps (class, 255 void; crowd = thing with id 0) -> the plug-in's (T, H, W, 3) ground
+  truth [class + 1, id, crowd] and its Panoptic prediction."""
+  ours = lambda sem: np.where(sem == VOID, 0, sem + 1)
+  crowd = np.isin(gt_sem, (PERSON, CAR)) & (gt_inst == 0)
+  ids = np.where(gt_sem == VOID, 0, gt_sem * 10 + gt_inst + 1)
+  ground_truth = np.stack([ours(gt_sem), ids, crowd.astype(np.int64)], axis=-1)
+  return ground_truth, base.Panoptic(ours(pred_sem), pred_inst)
+
+
+def _assert_rows_close(actual: dict, expected: dict) -> None:
+  """Per-sequence rows {name: {STQ, AQ, IoU, num_frames}} equal up to rounding."""
+  assert actual.keys() == expected.keys()
+  for name, row in expected.items():
+    assert actual[name] == pytest.approx(row, abs=1e-12), name
+
+
+def _switch_after(rng, first, frames, shape=(6, 8)):
+  """A sequence of `frames` STEP frames: two cars on a random road / sky background, predicted
+  exactly for the first `first` frames and with the cars' ids swapped after them."""
+  gt_sem = rng.choice(np.array([ROAD, SKY]), size=(frames, *shape))
+  gt_inst = np.zeros_like(gt_sem)
+  gt_sem[:, 0, :2] = CAR
+  gt_inst[:, 0, :2] = [1, 2]
+  pred_inst = gt_inst.copy()
+  pred_inst[first:, 0, :2] = [2, 1]
+  return gt_sem, gt_inst, gt_sem.copy(), pred_inst
+
+
+def test_only_the_first_frames_are_scored_and_all_frames_come_from_the_same_pass():
+  """config.eval.max_frames_per_sequence = N: a track switch after frame N costs nothing in the
+  headline STQ, AQ, IoU; with score_all_frames_too the whole clip of the same example gives the
+  *_all_frames figures of the definitions over every frame."""
+  from pix2seq_d.tasks import base as task_base
+
+  rng = _rng()
+  first = int(rng.integers(2, 5))
+  lengths = {'0002': first + int(rng.integers(1, 4)), '0006': first + 3}
+  categories = [{'id': k, 'name': str(k), 'isthing': int(k in (PERSON, CAR))} for k in range(19)]
+  both = [
+    registry.EVALUATORS['stq'](categories, max_frames=first, all_frames_too=True) for _ in range(2)
+  ]
+  truncating = registry.EVALUATORS['stq'](categories, max_frames=first)
+  everything = {}
+  for k, (name, length) in enumerate(lengths.items()):
+    maps = _switch_after(rng, first, length)
+    everything[name] = maps
+    ground_truth, prediction = _our_maps(*maps)
+    example = task_base.Example(
+      example_id=name,
+      name=name,
+      prediction=base.Panoptic(*(m[:first] for m in prediction)),
+      ground_truth=ground_truth[:first],
+      all_frames=(ground_truth, prediction),
+    )
+    evaluator = both[k % 2]
+    evaluator.update(example.ground_truth, evaluator.read(example), name)
+    # Given the whole clip, an evaluator of N frames scores its first N.
+    truncating.update(ground_truth, prediction, name)
+  (merged,) = registry.make_evaluators(['stq'], categories)
+  merged.max_frames, merged.all_frames_too = first, True
+  merged.merge([json.loads(json.dumps(e.state())) for e in both])
+  results = merged.results()
+  assert results.scalars['STQ'] == 1.0 and results.scalars['AQ'] == 1.0
+  assert truncating.results().scalars == {
+    'STQ': 1.0,
+    'AQ': 1.0,
+    'IoU': 1.0,
+    'num_sequences': 2,
+  }
+  assert all(row['num_frames'] == first for row in results.details['per_sequence'].values())
+  names = [name for name in lengths for _ in range(lengths[name])]
+  frames = [f for name in lengths for f in zip(*everything[name], strict=True)]
+  expected = _score(frames, names)
+  assert expected['STQ'] < 1.0
+  for key in ('STQ', 'AQ', 'IoU'):
+    assert results.scalars[f'{key}_all_frames'] == pytest.approx(expected[key], abs=1e-12), key
+  _assert_rows_close(results.details['per_sequence_all_frames'], expected['per_sequence'])
+  assert 'every frame:' in results.table
+
+
+def test_command_scores_the_first_frames_as_the_evaluator(tmp_path, capsys):
+  """--max_frames_per_sequence=N gives the evaluator's figures for N frames (later frames need
+  no prediction); without it, every frame's."""
+  rng = _rng()
+  first = int(rng.integers(2, 4))
+  categories = [{'id': k, 'name': str(k), 'isthing': int(k in (PERSON, CAR))} for k in range(19)]
+  evaluator = registry.EVALUATORS['stq'](categories, max_frames=first, all_frames_too=True)
+  for name, length in (('0002', first + 2), ('0006', first + 1)):
+    maps = _switch_after(rng, first, length)
+    maps = (*maps[:2], *_random_sequence(rng, length, (6, 8))[2:])  # predictions random too
+    for k in range(length):
+      for folder, (sem, inst) in (('panoptic_maps/val', maps[:2]), ('results', maps[2:])):
+        stq.write_step_png(str(tmp_path / folder / name / f'{k:06d}.png'), sem[k], inst[k])
+    ground_truth, prediction = _our_maps(*maps)
+    evaluator.update(ground_truth, (prediction, (ground_truth, prediction)), name)
+  expected = evaluator.results()
+  args = ['--step_root', str(tmp_path), '--results_dir', str(tmp_path / 'results')]
+  assert stq.main([*args, '--output_json', str(tmp_path / 'all.json')]) == 0
+  (tmp_path / 'results' / '0006' / f'{first:06d}.png').unlink()  # a frame not scored
+  output = tmp_path / 'first.json'
+  flag = f'--max_frames_per_sequence={first}'
+  assert stq.main([*args, flag, '--output_json', str(output)]) == 0
+  first_frames = json.loads(output.read_text())
+  all_frames = json.loads((tmp_path / 'all.json').read_text())
+  for key in ('STQ', 'AQ', 'IoU'):
+    assert first_frames[key] == pytest.approx(expected.scalars[key], abs=1e-12), key
+    assert all_frames[key] == pytest.approx(expected.scalars[f'{key}_all_frames'], abs=1e-12)
+  _assert_rows_close(first_frames['per_sequence'], expected.details['per_sequence'])
+  assert {row['num_frames'] for row in first_frames['per_sequence'].values()} == {first}
+  capsys.readouterr()
+  assert stq.main([*args, '--max_frames_per_sequence=-1']) == 1
+  assert capsys.readouterr().err.startswith('error: --max_frames_per_sequence=-1: must be >= 0')

@@ -209,3 +209,47 @@ def test_sampling_runs_under_the_shipped_remat_policies(task):
     inputs = {'frames': images} if task == 'video_panoptic' else {'image': images}
     outputs.append(np.asarray(predict_fn(state.ema_params, state.ema_model_state, inputs, key)))
   np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def _first_frames_of(batch, first):
+  """The eval batch the pipeline yields with config.eval.max_frames_per_sequence = `first`."""
+  cut = dict(batch)
+  for key in ('frames', 'label', 'orig_label'):
+    cut[key] = batch[key][:, :first]
+  cut['num_frames'] = np.minimum(batch['num_frames'], first)
+  return cut
+
+
+def test_examples_hold_the_first_frames_and_with_both_protocols_every_frame():
+  """With config.eval.max_frames_per_sequence = N an example is its clip's first N frames,
+  post-processed as the clip of N frames the truncated input gives; score_all_frames_too adds
+  every frame, post-processed as the whole clip."""
+  rng = np.random.default_rng(_seed())
+  config = _video_config()
+  config.eval.metrics = ('stq',)
+  first = int(rng.integers(2, 4))
+  batch = _clip_batch(rng, [first + 3, 1], config)
+  mask_h, mask_w = config.model.mask_size
+  pred = rng.integers(0, 4, size=(2, first + 3, mask_h, mask_w, 2)).astype(np.int32)
+  pred[..., 0] = rng.integers(0, 6, size=pred.shape[:-1])  # classes, things and stuff
+
+  def examples(max_frames, all_frames_too, clips):
+    config.eval.max_frames_per_sequence = max_frames
+    config.eval.score_all_frames_too = all_frames_too
+    return list(registry.get_task(config).eval_examples(clips, pred, shapes_data.CATEGORIES))
+
+  whole = examples(0, False, batch)
+  truncated_input = examples(first, False, _first_frames_of(batch, first))
+  both = examples(first, True, batch)
+  for k, example in enumerate(both):
+    length = int(batch['num_frames'][k])
+    scored = min(length, first)
+    assert example.prediction.semantic.shape == (scored, 40, 48)
+    np.testing.assert_array_equal(example.ground_truth, batch['orig_label'][k, :scored])
+    for ours, theirs in zip(example.prediction, truncated_input[k].prediction, strict=True):
+      np.testing.assert_array_equal(ours, theirs)
+    gt_all, pred_all = example.all_frames
+    np.testing.assert_array_equal(gt_all, batch['orig_label'][k, :length])
+    for ours, theirs in zip(pred_all, whole[k].prediction, strict=True):
+      np.testing.assert_array_equal(ours, theirs)
+    assert truncated_input[k].all_frames is None and whole[k].all_frames is None

@@ -245,6 +245,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   # not once per video length.
   evaluation.video_length_bucket = 16
   evaluation.video_strip_frames = 8  # video: frames per TensorBoard strip (evenly spaced).
+  # Video: score only the first N frames of each sequence, as the authors' evaluation does (their
+  # input truncates every clip to max_num_frames = 100); nothing after them is sampled. 0 = every
+  # frame, as the KITTI-STEP benchmark server scores.
+  evaluation.max_frames_per_sequence = 0
+  # Video, with max_frames_per_sequence > 0: sample whole sequences and let 'stq' report both
+  # protocols in one pass: STQ, AQ, IoU over the first N frames and STQ_all_frames,
+  # AQ_all_frames, IoU_all_frames over every frame (the other metrics and the prediction files
+  # keep the first N). Costs the sampling of every frame.
+  evaluation.score_all_frames_too = False
 
   # ----------------------------------------------------------------- mesh
   config.mesh = mesh = ml_collections.ConfigDict()

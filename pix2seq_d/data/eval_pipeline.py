@@ -172,11 +172,25 @@ def make_eval_iterator(
   return DataIterator(dataset, PipelineStats(), check_errors=True, num_batches=num_batches)
 
 
+def frames_to_read(eval_config) -> int:
+  """How many frames of each evaluation clip the pipeline yields (0: all of them).
+
+  config.eval.max_frames_per_sequence = N > 0 scores the first N frames only; the sampler is
+  causal and streams frames in order, so frames after them are never needed, and dropping them
+  here saves their decoding, resizing and sampling. With config.eval.score_all_frames_too every
+  frame is read: the whole-sequence scores need their predictions.
+  """
+  if eval_config.score_all_frames_too:
+    return 0
+  return int(eval_config.max_frames_per_sequence)
+
+
 def _video_eval_fn(config) -> Callable[[dict], dict]:
   image_size = tuple(config.model.image_size)
   mask_size = tuple(config.model.mask_size)
   pad_value = float(config.data.image_pad_value)
   max_instances = config.model.max_instances
+  max_frames = frames_to_read(config.eval)
 
   def preprocess(clip):
     # A broken clip carries placeholder pixels; swap in one 1x1 frame so resizing cannot fail
@@ -188,6 +202,10 @@ def _video_eval_fn(config) -> Callable[[dict], dict]:
       lambda: tuple(clip[key] for key in parts),
       lambda: (tf.zeros([1, 1, 1, 3], tf.uint8),) + (tf.zeros([1, 1, 1], tf.int32),) * 3,
     )
+    if max_frames:
+      frames, semantic, instance, crowd = (
+        x[:max_frames] for x in (frames, semantic, instance, crowd)
+      )
     geometry = augment.eval_geometry(tf.shape(frames)[1:3], image_size)
     labels = augment.resample_labels(
       pipeline.training_label(semantic, instance, crowd, config.data.train_crowd),
@@ -235,8 +253,9 @@ def make_video_eval_iterator(
 ) -> DataIterator:
   """One pass of batches of evaluation clips for this process, in lockstep with the others.
 
-  Clips of a batch are padded to the longest one (frames with the image pad value, labels with
-  0); every process yields ceil(clips / config.eval.batch_size) batches, the tail padded with
+  Clips (their first config.eval.max_frames_per_sequence frames when set: `frames_to_read`) of a
+  batch are padded to the longest one (frames with the image pad value, labels with 0); every
+  process yields ceil(clips / config.eval.batch_size) batches, the tail padded with
   valid = False clips of one blank frame. The eval loop pads the frame axis further, to a length
   all processes share.
 

@@ -69,6 +69,13 @@ class Evaluator(abc.ABC):
     categories[s - 1])."""
     self.categories = [dict(category) for category in categories]
 
+  @classmethod
+  def from_config(cls, categories: Sequence[dict], eval_config) -> Evaluator:
+    """The evaluator for an evaluation pass of config.eval (`eval_config`); evaluators with
+    options (the STQ protocol's frames) read theirs from it."""
+    del eval_config  # most evaluators have no options
+    return cls(categories)
+
   def read(self, example) -> Any:
     """What `update` scores of a task's post-processed example (tasks/base.py `Example`): its
     `prediction`; evaluators of several samples read its `single` or `uncertainty` too."""

@@ -35,8 +35,11 @@ EVALUATORS: dict[str, type[base.Evaluator]] = {
 }
 
 
-def make_evaluators(names: Sequence[str], categories: Sequence[dict]) -> list[base.Evaluator]:
-  """Fresh evaluators, one per name, in the given order.
+def make_evaluators(
+  names: Sequence[str], categories: Sequence[dict], eval_config=None
+) -> list[base.Evaluator]:
+  """Fresh evaluators, one per name, in the given order; with `eval_config` (config.eval) each
+  takes its options from it (`Evaluator.from_config`), else their defaults.
 
   Raises:
     ValueError: a name that no evaluator has, naming config.eval.metrics and the known names.
@@ -47,4 +50,6 @@ def make_evaluators(names: Sequence[str], categories: Sequence[dict]) -> list[ba
       f'config.eval.metrics={tuple(names)!r}: no evaluator is named '
       f'{", ".join(map(repr, unknown))}; the evaluators are {", ".join(map(repr, EVALUATORS))}.'
     )
-  return [EVALUATORS[name](categories) for name in names]
+  if eval_config is None:
+    return [EVALUATORS[name](categories) for name in names]
+  return [EVALUATORS[name].from_config(categories, eval_config) for name in names]

@@ -22,10 +22,12 @@ Counts are exact integers here (the reference accumulates tube sizes in float32,
 up to 2^24 pixels per tube).
 
   python -m pix2seq_d.evaluation.stq --step_root=DIR --split=val --results_dir=RES
-    [--output_json=F] [--num_classes=19 --things=11,13]
+    [--output_json=F] [--num_classes=19 --things=11,13] [--max_frames_per_sequence=100]
 
 reads DIR/panoptic_maps/<split>/<seq>/<frame>.png and RES/<seq>/<frame>.png (R = class, 255
-void; G * 256 + B = instance id), prints the table and writes {"STQ", "AQ", "IoU",
+void; G * 256 + B = instance id), with --max_frames_per_sequence=N only the first N frames of
+each sequence (the authors' protocol: N = 100; 0, the default, every frame as the benchmark
+server), prints the table and writes {"STQ", "AQ", "IoU",
 "per_sequence": {"0002": {"STQ", "AQ", "IoU", "num_frames"}, ...}}. The evaluator plug-in of the
 evaluation loop is stq_evaluator.py. Pure numpy and Pillow.
 """
@@ -240,9 +242,11 @@ def evaluate_folder(
   split: str = 'val',
   num_classes: int = KITTI_STEP_NUM_CLASSES,
   things: Sequence[int] = KITTI_STEP_THINGS,
+  max_frames: int = 0,
 ) -> dict:
   """`summarize` of the predictions in results_dir/<seq>/<frame>.png for every ground-truth frame
-  step_root/panoptic_maps/<split>/<seq>/<frame>.png.
+  step_root/panoptic_maps/<split>/<seq>/<frame>.png, or with `max_frames` > 0 for the first
+  `max_frames` of each sequence (in frame order; later frames need no prediction).
 
   Raises:
     FileNotFoundError: the split's folder, or a prediction frame, is missing (named).
@@ -262,6 +266,8 @@ def evaluate_folder(
     frames = sorted(
       name for name in os.listdir(os.path.join(maps, sequence)) if name.endswith('.png')
     )
+    if max_frames:
+      frames = frames[:max_frames]
     for frame in frames:
       gt_path = os.path.join(maps, sequence, frame)
       pred_path = os.path.join(results_dir, sequence, frame)
@@ -313,12 +319,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     '--things', default=','.join(map(str, KITTI_STEP_THINGS)), help='thing classes, e.g. 11,13'
   )
   parser.add_argument('--output_json', default=None, help='where to write the results as JSON')
+  parser.add_argument(
+    '--max_frames_per_sequence',
+    type=int,
+    default=0,
+    help='score the first N frames of each sequence (the authors: 100); 0 scores every frame',
+  )
   args = parser.parse_args(argv)
 
   def score() -> tuple[dict, str]:
     things = _thing_classes(args.things, args.num_classes)
+    if args.max_frames_per_sequence < 0:
+      raise ValueError(
+        f'--max_frames_per_sequence={args.max_frames_per_sequence}: must be >= 0 (0 scores '
+        'every frame)'
+      )
     results = evaluate_folder(
-      args.step_root, args.results_dir, args.split, args.num_classes, things
+      args.step_root,
+      args.results_dir,
+      args.split,
+      args.num_classes,
+      things,
+      max_frames=args.max_frames_per_sequence,
     )
     return results, format_table(results)
 

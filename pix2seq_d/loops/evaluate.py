@@ -80,7 +80,7 @@ def evaluate(
     or videos) sampled, post-processed and scored per second after the first batch, which
     includes the compilation.
   """
-  evaluators = registry.make_evaluators(config.eval.metrics, categories)
+  evaluators = registry.make_evaluators(config.eval.metrics, categories, config.eval)
   distributed.wait_for_peers('evaluation')  # before its first collective (eval padding)
   logging.info('Evaluating step %d: %s.', step, ', '.join(config.eval.metrics))
   files = None

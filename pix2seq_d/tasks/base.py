@@ -52,6 +52,9 @@ class Example:
     given: in a completion pass, the partial mask that was given (0 unknown); else None.
     unaided: in a completion pass, a plain sample of the same image from the same noise.
     refined_from: in a refinement pass, the input prediction that was refined.
+    all_frames: a video with config.eval.score_all_frames_too: (ground truth, prediction) of
+      every frame of the clip, while `ground_truth` and `prediction` hold the first
+      config.eval.max_frames_per_sequence; else None.
   """
 
   example_id: int | str
@@ -65,6 +68,7 @@ class Example:
   given: Panoptic | None = None
   unaided: Panoptic | None = None
   refined_from: Panoptic | None = None
+  all_frames: tuple[np.ndarray, Panoptic] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,13 @@ from pix2seq_d.models import layers, sampling
 from pix2seq_d.parallel import hosts
 from pix2seq_d.tasks import base, mask_inputs, pictures, postprocess, predict_inputs, samples
 
-_VIDEO_OPTIONS = ('use_gt_cond_frames', 'single_frames', 'new_track_after')
+_VIDEO_OPTIONS = (
+  'use_gt_cond_frames',
+  'single_frames',
+  'new_track_after',
+  'max_frames_per_sequence',
+  'score_all_frames_too',
+)
 # Evaluators that need several samples of each image (config.eval.num_samples > 1).
 SAMPLE_METRICS = ('pq_single', 'uncertainty_auroc')
 # Evaluators of refined (config.eval.refine_from) and completed (config.eval.given_fraction) masks.

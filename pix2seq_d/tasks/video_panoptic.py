@@ -62,6 +62,7 @@ class VideoPanoptic(base.Task):
       ('eval', 'video_length_bucket', 1),
       ('eval', 'video_strip_frames', 1),
       ('eval', 'new_track_after', 0),
+      ('eval', 'max_frames_per_sequence', 0),
     ):
       value = config[section][field]
       if not isinstance(value, numbers.Integral) or value < minimum:
@@ -71,6 +72,17 @@ class VideoPanoptic(base.Task):
         f'config.eval.num_samples={config.eval.num_samples}: the video task streams one sample '
         'per frame (its next frame is conditioned on it); several samples are an image-task '
         'option. Leave it at 1.'
+      )
+    if config.eval.score_all_frames_too and not config.eval.max_frames_per_sequence:
+      raise ValueError(
+        'config.eval.score_all_frames_too=True: adds the whole-sequence STQ to the scores of the '
+        'first config.eval.max_frames_per_sequence frames, which is 0 (every frame is scored '
+        'already); set max_frames_per_sequence or leave score_all_frames_too False.'
+      )
+    if config.eval.score_all_frames_too and 'stq' not in config.eval.metrics:
+      raise ValueError(
+        f"config.eval.score_all_frames_too=True: only the 'stq' metric reports both protocols, "
+        f'and config.eval.metrics={tuple(config.eval.metrics)!r} lacks it.'
       )
     if config.eval.use_gt_cond_frames and config.eval.single_frames:
       raise ValueError(
@@ -147,19 +159,34 @@ class VideoPanoptic(base.Task):
     return Panoptic(semantic, instance)
 
   def eval_examples(self, batch, pred, categories) -> Iterator[base.Example]:
+    """One Example per valid clip: its first config.eval.max_frames_per_sequence frames (all
+    when 0; the eval input already stops there unless config.eval.score_all_frames_too), and
+    with score_all_frames_too every frame in `all_frames`.
+
+    The first frames are post-processed on their own, as a clip of that length: a track's one
+    class is decided from the frames scored, exactly as if nothing after them had been sampled
+    (the sampler is causal, so their raw ids are the same).
+    """
     is_thing = coco_format.is_thing_table(categories)
+    limit = int(self.config.eval.max_frames_per_sequence)
     for row in np.flatnonzero(batch['valid']):
       num_frames = int(batch['num_frames'][row])
+      scored = min(num_frames, limit) if limit else num_frames
       orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
       name = batch['video_name'][row].decode()
+      ground_truth = batch['orig_label'][row, :num_frames, :orig_h, :orig_w]
+      unpadded = batch['unpadded_size'][row]
+      all_frames = None
+      if self.config.eval.score_all_frames_too:
+        whole = self._postprocess(pred[row, :num_frames], unpadded, (orig_h, orig_w), is_thing)
+        all_frames = (ground_truth, whole)
       yield base.Example(
         example_id=name,
         name=name,
-        prediction=self._postprocess(
-          pred[row, :num_frames], batch['unpadded_size'][row], (orig_h, orig_w), is_thing
-        ),
-        ground_truth=batch['orig_label'][row, :num_frames, :orig_h, :orig_w],
+        prediction=self._postprocess(pred[row, :scored], unpadded, (orig_h, orig_w), is_thing),
+        ground_truth=ground_truth[:scored],
         row=int(row),
+        all_frames=all_frames,
       )
 
   def eval_picture(self, batch, pred, row, categories) -> np.ndarray:

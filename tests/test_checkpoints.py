@@ -205,7 +205,7 @@ def _assert_logged_counts(log: str, state, old, fresh) -> None:
   assert (
     f'of {len(weights)} parameters and BatchNorm statistics, copied {copied}, grew {grown} ' in log
   ), log
-  assert f'kept {kept} fresh.' in log, log
+  assert f'kept {kept} fresh (' in log, log
 
 
 def test_init_from_encoder_copies_only_the_image_encoder(image_run, mesh, caplog):
@@ -302,3 +302,65 @@ def test_a_read_only_manager_changes_nothing_and_restores_the_ema_part(
   assert checkpoints.CheckpointManager(empty, read_only=True).reload() == []
   assert not empty.exists()
   writer.close()
+
+
+def test_class_sized_axes_are_the_class_head():
+  config = _config()
+  config.diffusion.semantic_aux_weight = 1.0
+  assert state_lib.class_sized_axes(config) == {
+    ('params', 'semantic_head', 'kernel'): 1,
+    ('params', 'semantic_head', 'bias'): 0,
+  }
+
+
+def test_init_from_all_starts_the_class_sized_arrays_afresh(tmp_path, mesh, caplog):
+  """Fine-tuning a 6-class run on 20 classes: the class head keeps its fresh values (named in
+  a warning with both shapes), every other weight is the checkpoint's; any other mismatch is
+  still an error naming the array."""
+  seed = int(np.random.default_rng().integers(1 << 30))
+  print('seed', seed)
+  configs = {}
+  for num_classes in (6, 20):
+    configs[num_classes] = config = _config(num_classes=num_classes)
+    config.diffusion.semantic_aux_weight = 1.0
+  old, _ = _random_state(_abstract_state(configs[6]), seed, mesh)
+  manager = checkpoints.CheckpointManager(tmp_path / 'six_classes')
+  manager.save(3, old)
+  manager.close()
+  fresh, _ = _random_state(_abstract_state(configs[20]), seed + 1, mesh)
+  class_sized = state_lib.class_sized_axes(configs[20])
+  caplog.set_level(logging.INFO)
+  state = init_from.restore_for_init(
+    tmp_path / 'six_classes', fresh, 'all', class_sized=class_sized
+  )
+
+  head = [('params', 'semantic_head', 'kernel'), ('params', 'semantic_head', 'bias')]
+  _assert_equal(state, fresh, head)
+  warning = [
+    r.getMessage()
+    for r in caplog.records
+    if r.levelno == logging.WARNING and r.getMessage().startswith('init_from')
+  ]
+  assert len(warning) == 1 and 'the class count differs, so 2 arrays' in warning[0], warning
+  width = configs[20].model.fusion.dim
+  assert f'params/semantic_head/kernel ({width}, 6) in the checkpoint, ({width}, 20)' in warning[0]
+  assert 'params/semantic_head/bias (6,) in the checkpoint, (20,) in the model' in warning[0]
+  weights = [p for p in _paths(fresh, 'params') if p not in head] + [
+    p for p in _paths(fresh, 'model_state') if p[-1] in ('mean', 'var')
+  ]
+  _assert_equal(state, old, weights)
+  _assert_logged_counts(caplog.text, state, old, fresh)
+  assert '(2 of them re-initialised for the class count)' in caplog.text
+  ema = _flat(state)
+  for path in head:
+    np.testing.assert_array_equal(ema[('ema_params',) + path[1:]], ema[path])
+
+  with pytest.raises(ValueError, match=r'params/semantic_head/(kernel|bias) has shape'):
+    init_from.restore_for_init(tmp_path / 'six_classes', fresh, 'all')  # no class axes given
+  other = _config(num_classes=20, encoder__mlp_dim=128)
+  other.diffusion.semantic_aux_weight = 1.0
+  wider, _ = _random_state(_abstract_state(other), seed + 2, mesh)
+  with pytest.raises(ValueError, match=r'params/encoder/layers/0/mlp/fc1/bias.*\(128,\).*\(64,\)'):
+    init_from.restore_for_init(
+      tmp_path / 'six_classes', wider, 'all', class_sized=state_lib.class_sized_axes(other)
+    )

@@ -275,7 +275,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # ------------------------------------------------------------ init from
   config.init_from = ml_collections.ConfigDict()
   config.init_from.path = ''  # a workdir or checkpoint step directory of another run.
-  config.init_from.mode = 'all'  # 'all' or 'encoder'.
+  # 'all': every array of the same shape (the denoiser's input conv may grow for video, arrays
+  # sized by another class count start afresh, with a warning); 'encoder': the image encoder.
+  config.init_from.mode = 'all'
   # 'pix2seq_d': a run of ours; 'tf': a TF checkpoint of the reference's image encoder (mode
   # 'encoder'), e.g. its Objects365-pretrained ResNet-50 C4 (pix2seq_d/runtime/tf_weights.py).
   config.init_from.format = 'pix2seq_d'

@@ -34,6 +34,42 @@ def build_model(config, *, rngs: nnx.Rngs) -> p2s.Pix2SeqD:
   return p2s.build_model(config, rngs=rngs, cond_channels=registry.get_task(config).cond_channels())
 
 
+def class_sized_axes(config) -> dict[tuple[str, ...], int]:
+  """{train-state path ('params', ...) or ('model_state', ...): axis} of the weights whose size
+  along `axis` is config.model.num_classes (the auxiliary class head: kernel (F, C) axis 1,
+  bias (C,) axis 0), for init_from across class counts.
+
+  Found by building the abstract model (nothing allocated) with num_classes and num_classes + 1
+  and comparing shapes, so no list of names has to follow the model.
+  """
+
+  def shapes(num_classes: int) -> dict[tuple[str, ...], tuple[int, ...]]:
+    changed = config.copy_and_resolve_references()
+    changed.model.num_classes = num_classes
+    model = nnx.eval_shape(lambda: build_model(changed, rngs=nnx.Rngs(0)))
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    tree = {'params': params, 'model_state': model_state}
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]
+    return {sharding.path_names(path): tuple(_value(leaf).shape) for path, leaf in flat}
+
+  num_classes = int(config.model.num_classes)
+  now, more = shapes(num_classes), shapes(num_classes + 1)
+  axes = {}
+  for path, shape in now.items():
+    differ = [k for k, (a, b) in enumerate(zip(shape, more[path], strict=True)) if a != b]
+    if differ:
+      (axes[path],) = differ
+  return axes
+
+
+def _is_variable(x: Any) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def _value(leaf: Any) -> Any:
+  return leaf.get_value() if _is_variable(leaf) else leaf
+
+
 def init_sharded(
   init_fn: Callable[[], Any], mesh: jax.sharding.Mesh, rules: sharding.Rules | None = None
 ) -> tuple[Any, Any]:

@@ -253,7 +253,12 @@ def _run(config, workdir: str, mode: str) -> dict | None:
         config.model.encoder.num_layers,
       )
     elif config.init_from.path:
-      state = init_from.restore_for_init(config.init_from.path, state, config.init_from.mode)
+      state = init_from.restore_for_init(
+        config.init_from.path,
+        state,
+        config.init_from.mode,
+        class_sized=state_lib.class_sized_axes(config),
+      )
       logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
 
   evaluation = setup.evaluation(eval_graphdef, state_shardings, workdir, writer)

@@ -5,6 +5,7 @@
 """
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -64,24 +65,42 @@ def _weights(state: Any) -> dict[Path, Any]:
   }
 
 
-def _plan_counts(state: Any, copy: dict[Path, Path], grow: dict[Path, Path]) -> dict[str, int]:
+def _plan_counts(
+  state: Any, copy: dict[Path, Path], grow: dict[Path, Path], reinit: dict[Path, tuple]
+) -> dict[str, int]:
   """How a plan (`_copy_plan`) treats the state's parameters and BatchNorm statistics: 'copied'
   as they are, 'grown' (the denoiser's input conv), 'fresh' (kept as initialised: modules the
-  old model lacked, and in mode 'encoder' everything outside the encoder), and 'total'."""
+  old model lacked, arrays sized by another class count, and in mode 'encoder' everything
+  outside the encoder), 'reinitialised' (those of 'fresh' sized by another class count), and
+  'total'."""
   total = len(_weights(state))
   return {
     'copied': len(copy),
     'grown': len(grow),
     'fresh': total - len(copy) - len(grow),
+    'reinitialised': len(reinit),
     'total': total,
   }
 
 
+def _only_the_class_axis_differs(old: tuple, new: tuple, axis: int | None) -> bool:
+  """Whether shapes `old` and `new` (same rank) differ at the class axis `axis` alone."""
+  if axis is None or len(old) != len(new):
+    return False
+  return all((a == b) != (k == axis) for k, (a, b) in enumerate(zip(old, new, strict=True)))
+
+
 def _copy_plan(
-  state: Any, saved: dict[Path, tuple], mode: str, source: str, where: str
-) -> tuple[dict[Path, Path], dict[Path, Path]]:
-  """Which fresh-state paths take which checkpoint paths: (same shape, grown conv)."""
-  copy, grow = {}, {}
+  state: Any,
+  saved: dict[Path, tuple],
+  mode: str,
+  source: str,
+  where: str,
+  class_sized: Mapping[Path, int],
+) -> tuple[dict[Path, Path], dict[Path, Path], dict[Path, tuple]]:
+  """Which fresh-state paths take which checkpoint paths: (same shape, grown conv), and the
+  arrays kept fresh because only their class axis differs: {path: (old shape, new shape)}."""
+  copy, grow, reinit = {}, {}, {}
   for path, leaf in _weights(state).items():
     field, rest = path[0], path[1:]
     if field == 'params':
@@ -111,17 +130,24 @@ def _copy_plan(
       and old[2] < shape[2]
     ):
       grow[path] = src
+    elif mode == 'all' and _only_the_class_axis_differs(old, shape, class_sized.get(path)):
+      reinit[path] = (old, shape)
     else:
       raise ValueError(
         f'{checkpoints.describe_path(path)} has shape {shape} in the model but {old} in {where} '
         f"(config.init_from.mode={mode!r}). Only the denoiser's input conv may grow (more "
-        f"input channels); use mode 'encoder' to copy just the image encoder."
+        'input channels) and arrays sized by the class count (model.num_classes) start afresh; '
+        "use mode 'encoder' to copy just the image encoder."
       )
-  return copy, grow
+  return copy, grow, reinit
 
 
 def restore_for_init(
-  path: str | epath.PathLike, state: Any, mode: str = 'all', from_ema: bool = False
+  path: str | epath.PathLike,
+  state: Any,
+  mode: str = 'all',
+  from_ema: bool = False,
+  class_sized: Mapping[Path, int] | None = None,
 ) -> Any:
   """Starts a new run from another run's weights (config.init_from).
 
@@ -138,7 +164,13 @@ def restore_for_init(
       channels' weights are ZERO, not the fresh init: the video (or self-conditioned) model then
       computes exactly what the image model did at the start, and learns to use the new inputs
       (their weights still get gradients).
+      Also in 'all', an array of `class_sized` whose shape differs from the checkpoint's at its
+      class axis alone (fine-tuning on a dataset with another class count: the auxiliary class
+      head's kernel (F, C) and bias (C,)) keeps its fresh initial values, with a warning that
+      names it and both shapes.
     from_ema: copy the checkpoint's EMA weights (and EMA statistics) instead of the raw ones.
+    class_sized: {state path ('params', ...): axis} of the arrays sized by the class count
+      (loops/state.py `class_sized_axes`); None: no array may differ for the class count.
 
   Returns:
     `state` with the copied weights; ema_params / ema_model_state equal to the new params /
@@ -155,7 +187,18 @@ def restore_for_init(
   manager = checkpoints.new_manager(root, read_only=True)
   saved = checkpoints.shapes_in_checkpoint(manager, step)
   source = 'ema_params' if from_ema else 'params'
-  copy, grow = _copy_plan(state, saved, mode, source, where)
+  copy, grow, reinit = _copy_plan(state, saved, mode, source, where, class_sized or {})
+  if reinit:
+    logging.warning(
+      'init_from %s: the class count differs, so %d arrays sized by it keep their fresh initial '
+      'values: %s.',
+      where,
+      len(reinit),
+      '; '.join(
+        f'{checkpoints.describe_path(p)} {old} in the checkpoint, {new} in the model'
+        for p, (old, new) in reinit.items()
+      ),
+    )
   fresh = dict(checkpoints.flat_state(state))
 
   targets = {}
@@ -179,10 +222,10 @@ def restore_for_init(
     updates[dst] = jax.device_put(kernel, value.sharding)
   # Counted over params and BatchNorm statistics alike: `copy` holds both (counting it against
   # the params alone gave negative 'fresh' counts).
-  counts = _plan_counts(state, copy, grow)
+  counts = _plan_counts(state, copy, grow, reinit)
   logging.info(
     'init_from %s (mode %s): of %d parameters and BatchNorm statistics, copied %d, grew %d %s, '
-    'kept %d fresh.',
+    'kept %d fresh (%d of them re-initialised for the class count).',
     where,
     mode,
     counts['total'],
@@ -190,6 +233,7 @@ def restore_for_init(
     counts['grown'],
     [checkpoints.describe_path(p) for p in grow],
     counts['fresh'],
+    counts['reinitialised'],
   )
 
   return with_arrays(state, updates)

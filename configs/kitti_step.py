@@ -73,6 +73,10 @@ def get_config(arg=None):
   # that comes back later is a new object. No minimum segment size.
   config.eval.new_track_after = 2  # = diffusion.num_cond_frames
   config.eval.min_pixels = 0
+  # The authors' setting: each pixel keeps its predicted class, instance id as predicted. Ours
+  # (True, the default elsewhere) gives each track the class most of its pixels have over the
+  # clip and makes instance-0 pixels void.
+  config.eval.one_class_per_track = False
   # Val sequences have 78 to 1059 frames: buckets of 100 compile at most 11 samplers.
   config.eval.video_length_bucket = 100
   # The authors' protocol: their input truncates every sequence to its first max_num_frames = 100

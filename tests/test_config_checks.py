@@ -65,6 +65,7 @@ def test_shipped_configs_pass(make, mode):
     ),
     ('eval.max_frames_per_sequence', -1, 'config.eval.max_frames_per_sequence=-1: is a video'),
     ('eval.score_all_frames_too', True, 'config.eval.score_all_frames_too=True: is a video'),
+    ('eval.one_class_per_track', False, 'config.eval.one_class_per_track=False: is a video'),
     ('eval.metrics', (), 'config.eval.metrics=(): must be a non-empty tuple'),
     ('eval.metrics', 'pq', "config.eval.metrics='pq': must be a non-empty tuple"),
     ('eval.metrics', ('pq', 'vpq'), "no evaluator is named 'vpq'; the evaluators are 'pq'"),
@@ -229,3 +230,13 @@ def test_kitti_step_scores_the_authors_first_100_frames():
   assert config.eval.max_frames_per_sequence == 100 and not config.eval.score_all_frames_too
   config.data.step_root = '/data/kitti_step'
   config_checks.check_config(config, 'eval')
+
+
+def test_kitti_step_keeps_each_pixels_class_as_the_authors():
+  """KITTI-STEP post-processes as the authors; the other video configs vote a class per track."""
+  config = kitti_step.get_config()
+  assert config.eval.one_class_per_track is False
+  config.data.step_root = '/data/kitti_step'
+  config_checks.check_config(config, 'eval')
+  assert shapes.get_config('video').eval.one_class_per_track is True
+  assert davis.get_config().eval.one_class_per_track is True

@@ -126,3 +126,86 @@ def test_bilinear_resize_equals_tf_image_resize():
     np.testing.assert_allclose(
       postprocess.resize_bilinear(x[..., 0], size), want[..., 0], atol=1e-5
     )
+
+
+# A small clip of classes void, car (thing), person (thing), road (stuff): 2 frames of 1 x 4.
+# Track 5 is a car in three pixels and a person in one; pixel 2 is road with instance 0, pixel 3 a
+# car with instance 0.
+_CLIP_IS_THING = np.array([False, True, True, False])
+_CLIP_SEMANTIC = np.array([[[1, 1, 3, 1]], [[2, 1, 3, 1]]])
+_CLIP_INSTANCE = np.array([[[5, 5, 0, 0]], [[5, 5, 0, 0]]])
+
+
+def _postprocess_clip(semantic, instance, one_class_per_track, min_pixels=0):
+  """The maps `postprocess_clip` gives a clip already at its original size."""
+  size = semantic.shape[1:]
+  return postprocess.postprocess_clip(
+    np.stack([semantic, instance], -1),
+    size,
+    size,
+    size,
+    num_classes=len(_CLIP_IS_THING),
+    max_instances=8,
+    min_pixels=min_pixels,
+    is_thing=_CLIP_IS_THING,
+    one_class_per_track=one_class_per_track,
+  )
+
+
+def test_one_class_per_track_votes_and_voids_instance_zero():
+  sem, inst = _postprocess_clip(_CLIP_SEMANTIC, _CLIP_INSTANCE, one_class_per_track=True)
+  # Track 5 is a car in both frames (3 votes to 1); road and car with instance 0 become void.
+  np.testing.assert_array_equal(sem, [[[1, 1, 0, 0]], [[1, 1, 0, 0]]])
+  np.testing.assert_array_equal(inst, [[[5, 5, 0, 0]], [[5, 5, 0, 0]]])
+
+
+def test_keeping_pixel_classes_keeps_each_pixels_class_and_id():
+  sem, inst = _postprocess_clip(_CLIP_SEMANTIC, _CLIP_INSTANCE, one_class_per_track=False)
+  np.testing.assert_array_equal(sem, _CLIP_SEMANTIC)  # every pixel's predicted class
+  # The car pixels of track 5 keep id 5; its person pixel is another segment, of its own id.
+  assert (inst[0, 0, :2] == 5).all() and inst[1, 0, 1] == 5
+  person = inst[1, 0, 0]
+  assert person > 0 and person != 5 and (inst == person).sum() == 1
+  # The road keeps its class as a segment (a nonzero id of its own, the same in both frames).
+  road = inst[0, 0, 2]
+  assert road > 0 and (inst[:, 0, 2] == road).all() and (inst == road).sum() == 2
+  assert road not in (5, person)
+  # The car with instance 0 keeps its class and no id, as the authors' maps hold it.
+  np.testing.assert_array_equal(inst[:, 0, 3], [0, 0])
+
+
+def test_keeping_pixel_classes_drops_small_segments_only():
+  sem, inst = _postprocess_clip(
+    _CLIP_SEMANTIC, _CLIP_INSTANCE, one_class_per_track=False, min_pixels=2
+  )
+  # The person segment (1 pixel) becomes void; the car track (3) and the road (2) stay.
+  np.testing.assert_array_equal(sem, [[[1, 1, 3, 1]], [[0, 1, 3, 1]]])
+  assert inst[1, 0, 0] == 0 and (inst[:, 0, :2][sem[:, 0, :2] > 0] == 5).all()
+
+
+def test_keeping_pixel_classes_scores_the_stq_of_the_raw_maps():
+  """Ids renumbered for our outputs change no STQ: the authors score the sampled maps as is."""
+  from pix2seq_d.evaluation import stq, stq_evaluator
+
+  seed = int(np.random.default_rng().integers(1 << 31))
+  print('seed', seed)
+  rng = np.random.default_rng(seed)
+  shape = (5, 6, 7)
+  semantic = rng.integers(0, len(_CLIP_IS_THING), shape)
+  instance = rng.integers(0, 5, shape)
+  gt_semantic = rng.integers(0, len(_CLIP_IS_THING), shape)
+  gt_instance = np.where(_CLIP_IS_THING[gt_semantic], rng.integers(0, 4, shape), 0)
+  ours = _postprocess_clip(semantic, instance, one_class_per_track=False)
+  things = np.flatnonzero(_CLIP_IS_THING[1:])
+
+  def score(pred_semantic, pred_instance):
+    sequence = stq.SequenceSTQ(len(_CLIP_IS_THING) - 1, things, void=-1)
+    gt = stq_evaluator.stq_maps(gt_semantic, gt_instance)
+    pred = stq_evaluator.stq_maps(pred_semantic, pred_instance)
+    for t in range(shape[0]):
+      sequence.add_frame(gt[0][t], gt[1][t], pred[0][t], pred[1][t])
+    return sequence.summary()
+
+  want, got = score(semantic, instance), score(*ours)
+  assert got['num_tubes'] == want['num_tubes'] and got['confusion'] == want['confusion']
+  np.testing.assert_allclose(got['aq_sum'], want['aq_sum'], rtol=1e-12)

@@ -253,3 +253,31 @@ def test_examples_hold_the_first_frames_and_with_both_protocols_every_frame():
     for ours, theirs in zip(pred_all, whole[k].prediction, strict=True):
       np.testing.assert_array_equal(ours, theirs)
     assert truncated_input[k].all_frames is None and whole[k].all_frames is None
+
+
+def test_examples_keep_each_pixels_class_or_vote_one_per_track_as_the_config_says():
+  """config.eval.one_class_per_track=False (the authors' KITTI-STEP setting): every pixel keeps
+  the class it was predicted (at the original size); True: each track has one class."""
+  rng = np.random.default_rng(_seed())
+  config = _video_config()
+  config.eval.metrics = ('stq',)
+  config.eval.min_pixels = 0
+  batch = _clip_batch(rng, [3], config)
+  mask_h, mask_w = config.model.mask_size
+  pred = rng.integers(1, 4, size=(1, 3, mask_h, mask_w, 2)).astype(np.int32)
+  pred[..., 0] = rng.integers(1, 6, size=pred.shape[:-1])  # classes, things and stuff
+  image_size = tuple(config.model.image_size)
+  predicted = np.stack(
+    [postprocess.to_original_size(f, image_size, image_size, (40, 48)) for f in pred[0]]
+  )[..., 0]
+  for one_class_per_track in (False, True):
+    config.eval.one_class_per_track = one_class_per_track
+    task = registry.get_task(config)
+    (example,) = task.eval_examples(batch, pred, shapes_data.CATEGORIES)
+    semantic, instance = example.prediction
+    if one_class_per_track:
+      assert not (semantic == predicted).all()
+      for track in np.unique(instance[instance > 0]):
+        assert len(np.unique(semantic[instance == track])) == 1
+    else:
+      np.testing.assert_array_equal(semantic, predicted)

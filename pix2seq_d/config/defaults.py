@@ -240,6 +240,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # model can only copy ids from the masks it is conditioned on; the authors' KITTI-STEP
   # evaluation uses diffusion.num_cond_frames). 0: an id is one track over the whole clip.
   evaluation.new_track_after = 0
+  # Video: True (ours): each track takes the class most of its pixels have over the clip, and
+  # pixels predicted with instance 0 become void. False (the authors' KITTI-STEP evaluation):
+  # each pixel keeps its predicted class, instance id as predicted; stuff pixels with instance 0
+  # keep their class, thing pixels with instance 0 keep their class with no segment id
+  # (postprocess.py `keep_pixel_classes`).
+  evaluation.one_class_per_track = True
   # Video: clips are padded with blank frames to a multiple of this many frames (the padding is
   # sampled after the real frames and dropped), so the sampler compiles once per bucket length,
   # not once per video length.

@@ -24,13 +24,15 @@ from pix2seq_d.models import layers, sampling
 from pix2seq_d.parallel import hosts
 from pix2seq_d.tasks import base, mask_inputs, pictures, postprocess, predict_inputs, samples
 
-_VIDEO_OPTIONS = (
-  'use_gt_cond_frames',
-  'single_frames',
-  'new_track_after',
-  'max_frames_per_sequence',
-  'score_all_frames_too',
-)
+# The video options of config.eval and the value that leaves each unset (its default).
+_VIDEO_OPTIONS = {
+  'use_gt_cond_frames': False,
+  'single_frames': False,
+  'new_track_after': 0,
+  'max_frames_per_sequence': 0,
+  'score_all_frames_too': False,
+  'one_class_per_track': True,
+}
 # Evaluators that need several samples of each image (config.eval.num_samples > 1).
 SAMPLE_METRICS = ('pq_single', 'uncertainty_auroc')
 # Evaluators of refined (config.eval.refine_from) and completed (config.eval.given_fraction) masks.
@@ -55,12 +57,12 @@ class ImagePanoptic(base.Task):
     self._predict_given: dict[str, mask_inputs.MaskInput] = {}
 
   def _check_video_options(self) -> None:
-    for field in _VIDEO_OPTIONS:
+    for field, unset in _VIDEO_OPTIONS.items():
       value = self.config.eval[field]
-      if value:
+      if value != unset:
         raise ValueError(
           f'config.eval.{field}={value!r}: is a video option, and the task {self.name!r} '
-          'segments images; leave it unset (False / 0) or use a video config (task '
+          f'segments images; leave it at {unset!r} or use a video config (task '
           "'video_panoptic')."
         )
 

@@ -181,6 +181,86 @@ def split_tracks(instance: np.ndarray, absent_frames: int) -> np.ndarray:
   return out
 
 
+def split_ids_by_class(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
+  """Gives each (class, id) pair of a clip its own id: an id predicted with several classes keeps
+  it for the class with the most pixels (the smaller class on a tie), every other pair gets a
+  fresh id above all ids of the clip (in the order of id, then most pixels, then class).
+
+  The authors' STQ keys a predicted segment by class * divisor + id, so a pair is a segment and
+  renumbering pairs one to one changes no score; it keeps our segment ids (the COCO panoptic
+  files use the instance id) meaning one class each.
+
+  Args:
+    semantic, instance: int maps of one shape, (T, H, W) for a clip; instance 0 is no segment and
+      stays 0.
+
+  Returns:
+    int64 instance map of the input shape.
+  """
+  semantic = np.asarray(semantic).astype(np.int64)
+  instance = np.asarray(instance).astype(np.int64)
+  labelled = instance > 0
+  if not labelled.any():
+    return instance
+  span = int(semantic.max()) + 1
+  pairs, inverse, counts = np.unique(
+    instance[labelled] * span + semantic[labelled], return_inverse=True, return_counts=True
+  )
+  ids, classes = pairs // span, pairs % span
+  order = np.lexsort((classes, -counts, ids))
+  keeps = np.ones(len(order), bool)
+  keeps[1:] = ids[order][1:] != ids[order][:-1]
+  new_ids = ids.copy()
+  fresh = order[~keeps]
+  new_ids[fresh] = int(instance.max()) + 1 + np.arange(len(fresh))
+  out = np.zeros_like(instance)
+  out[labelled] = new_ids[inverse.reshape(-1)]
+  return out
+
+
+def keep_pixel_classes(
+  semantic: np.ndarray,
+  instance: np.ndarray,
+  num_classes: int,
+  min_pixels: int,
+  is_thing: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The authors' video post-processing: each pixel keeps its predicted class, instance id as
+  predicted (their evaluation writes both channels of the sampled map unchanged).
+
+  Where our ids must differ for our outputs, they are renumbered one to one, which changes no STQ:
+  - a stuff pixel with instance 0 keeps its class and takes one fresh id per stuff class, so the
+    stuff class is one segment of the frame once `merge_stuff` runs (STQ reads no stuff ids);
+  - a thing pixel with instance 0 keeps its class and instance 0, as in the authors' files: STQ
+    scores it by class (IoU) and all of a class's instance-0 pixels as one predicted tube (AQ),
+    as theirs; PQ, COCO panoptic and DAVIS outputs treat it as no segment, since making all of
+    them one object would invent a segment over every unidentified object of the class;
+  - an id predicted with several classes becomes one id per class (`split_ids_by_class`).
+  Segments with fewer than `min_pixels` pixels over the clip become void (0, 0).
+
+  Args:
+    semantic, instance: int (T, H, W) maps of a clip, at the original size.
+    num_classes: the class range (semantic < num_classes).
+    min_pixels: the smallest (class, id) segment kept.
+    is_thing: (num_classes,) bool per semantic id (index 0 = void), or None: no class is stuff.
+
+  Returns:
+    (semantic, instance), int32 each, of the input shape.
+  """
+  semantic = np.clip(semantic, 0, num_classes - 1).astype(np.int64)
+  instance = np.maximum(np.asarray(instance).astype(np.int64), 0)
+  if is_thing is not None:
+    stuff = (~np.asarray(is_thing, bool)[semantic]) & (semantic > 0)
+    first_free = int(instance.max(initial=0)) + 1
+    instance = np.where(stuff & (instance == 0), first_free + semantic, instance)
+  instance = split_ids_by_class(semantic, instance)
+  sizes = np.bincount(instance.ravel())
+  small = (instance > 0) & (sizes[instance] < min_pixels)
+  semantic = np.where(small, 0, semantic)
+  instance = np.where(small, 0, instance)
+  return semantic.astype(np.int32), instance.astype(np.int32)
+
+
 def postprocess_clip(
   pred: np.ndarray,
   padded_size: tuple[int, int],
@@ -192,13 +272,16 @@ def postprocess_clip(
   min_pixels: int,
   is_thing: np.ndarray | None = None,
   new_track_after: int = 0,
+  one_class_per_track: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Mask-size predictions of a clip -> original-size (semantic, instance) per frame.
 
   An id that reappears after `new_track_after` frames without it becomes a new track
-  (`split_tracks`). Each frame is resized as an image is (`to_original_size`), then the class
-  vote (`majority_vote`) runs over each track's frames with class 0 a class like the others
-  (DAVIS objects have it), so a track keeps one class over time; tracks with fewer than
+  (`split_tracks`). Each frame is resized as an image is (`to_original_size`). With
+  `one_class_per_track`, the class vote (`majority_vote`) then runs over each track's frames with
+  class 0 a class like the others (DAVIS objects have it), so a track keeps one class over time,
+  and instance-0 pixels become void; without it, each pixel keeps its predicted class, instance
+  id as predicted, as the authors' evaluation (`keep_pixel_classes`). Tracks with fewer than
   `min_pixels` pixels over the clip become void. With `is_thing`, each stuff class is then one
   segment per frame (`merge_stuff`), as the image task makes it.
 
@@ -209,10 +292,11 @@ def postprocess_clip(
     num_classes, max_instances: the id ranges; min_pixels: the smallest track kept.
     is_thing: (num_classes,) bool per semantic id, or None to keep stuff segments apart.
     new_track_after: see `split_tracks` (0: an id is one track over the clip).
+    one_class_per_track: vote one class per track (ours) or keep each pixel's class (authors').
 
   Returns:
-    (semantic, instance), each (T, Ho, Wo) int32; instance ids of split tracks may exceed
-    max_instances - 1.
+    (semantic, instance), each (T, Ho, Wo) int32; instance ids of split tracks (and, without
+    `one_class_per_track`, of split ids and stuff) may exceed max_instances - 1.
   """
   pred = np.asarray(pred).astype(np.int64)
   instance = np.clip(pred[..., 1], 0, max_instances - 1)
@@ -220,10 +304,15 @@ def postprocess_clip(
   full = np.stack(
     [to_original_size(frame, padded_size, unpadded_size, orig_size) for frame in tracks]
   )
-  num_ids = max(max_instances, int(full[..., 1].max(initial=0)) + 1)
-  semantic, instance = majority_vote(
-    full[..., 0], full[..., 1], num_classes, num_ids, min_pixels, class_zero_is_void=False
-  )
+  if one_class_per_track:
+    num_ids = max(max_instances, int(full[..., 1].max(initial=0)) + 1)
+    semantic, instance = majority_vote(
+      full[..., 0], full[..., 1], num_classes, num_ids, min_pixels, class_zero_is_void=False
+    )
+  else:
+    semantic, instance = keep_pixel_classes(
+      full[..., 0], full[..., 1], num_classes, min_pixels, is_thing
+    )
   if is_thing is not None:
     is_thing = np.asarray(is_thing, bool)
     frames = zip(semantic, instance, strict=True)

@@ -7,7 +7,8 @@ in inference, where each video streams through `models.sampling.sample_video` (f
 config.diffusion.steps sampling steps, later frames config.diffusion.steps_later_frames).
 Tracking is the model copying ids from its conditioning: post-processing only starts a new track
 where an id comes back after config.eval.new_track_after frames without it (it cannot have been
-copied), and gives each track one class (postprocess.py `postprocess_clip`).
+copied), and with config.eval.one_class_per_track gives each track one class (postprocess.py
+`postprocess_clip`; without it each pixel keeps its predicted class, as the authors').
 
 Evaluation batches clips (data/eval_pipeline.py `make_video_eval_iterator`) whose frame axis is
 padded with blank frames to a multiple of config.eval.video_length_bucket, the same length on
@@ -155,6 +156,7 @@ class VideoPanoptic(base.Task):
       min_pixels=self.config.eval.min_pixels,
       is_thing=is_thing,
       new_track_after=self.config.eval.new_track_after,
+      one_class_per_track=self.config.eval.one_class_per_track,
     )
     return Panoptic(semantic, instance)
 

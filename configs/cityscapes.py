@@ -21,7 +21,9 @@ def get_config(arg=None):
   model = config.model
   model.image_size = (1024, 2048)
   model.mask_size = (512, 1024)  # image / 2, as the COCO setting.
-  model.num_classes = 0  # from the JSON: its categories + void.
+  # Void + Cityscapes' 19 train classes (the authors' setting: 19 classes), so --mode=summary
+  # needs no data; a run checks it against the converter's JSON (--use-train-id: 19 categories).
+  model.num_classes = 20
 
   data = config.data
   data.name = 'coco_folder'

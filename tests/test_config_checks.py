@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import coco, davis, kitti_step, shapes
+from configs import cityscapes, coco, davis, kitti_step, shapes
 from pix2seq_d.config import checks as config_checks
 
 
@@ -240,3 +240,11 @@ def test_kitti_step_keeps_each_pixels_class_as_the_authors():
   config_checks.check_config(config, 'eval')
   assert shapes.get_config('video').eval.one_class_per_track is True
   assert davis.get_config().eval.one_class_per_track is True
+
+
+@pytest.mark.parametrize('arg', ['', 'runlocal'])
+def test_cityscapes_knows_its_classes_for_the_summary(arg):
+  """Void + Cityscapes' 19 train classes (the authors' 19): --mode=summary reads no dataset."""
+  config = cityscapes.get_config(arg)
+  assert config.model.num_classes == 20
+  config_checks.check_config(config, 'summary')

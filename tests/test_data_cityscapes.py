@@ -105,7 +105,9 @@ def test_cityscapes_converted_by_cityscapesscripts_trains_and_evaluates(tmp_path
   categories = json.loads((workdir / 'categories.json').read_text())
   assert [c['id'] for c in categories] == list(range(19))  # the train ids
   assert {c['name'] for c in categories if c['isthing']} >= {'person', 'car'}
-  assert 'config.model.num_classes=0: using 20' in log
+  # configs/cityscapes.py's class count (void + the 19 train ids) is the JSON's: no other taken.
+  assert json.loads((workdir / 'config.json').read_text())['model']['num_classes'] == 20
+  assert 'config.model.num_classes=0' not in log
   results = json.loads((workdir / 'eval_results.json').read_text())
   assert results['step'] == 4 and results['num_images'] == 2
   assert 0.0 <= results['PQ'] <= 1.0

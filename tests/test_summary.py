@@ -1,6 +1,10 @@
-"""`--mode=summary` on the COCO config (remat on, as shipped): parameters and FLOPs by part."""
+"""`--mode=summary` on the COCO config (remat on, as shipped): parameters and FLOPs by part; and
+on the Cityscapes config, which knows its class count without the data."""
 
 import re
+import sys
+
+from processes import run
 
 from configs import coco
 from pix2seq_d.tools import summary
@@ -26,3 +30,20 @@ def test_coco_summary_counts_parameters_and_flops_by_part():
   )
   assert abs(flops['resnet'] + flops['encoder_transformer'] + flops['fusion'] - encoder) < 1.0
   assert abs(flops['transunet_convs'] + flops['transunet_transformer'] - denoiser) < 0.2
+
+
+def test_cityscapes_summary_needs_no_data(tmp_path, jax_cache):
+  """configs/cityscapes.py sets its 19 classes + void, so --mode=summary runs without a dataset
+  (the tiny :runlocal model keeps it quick; the class count is the full config's)."""
+  command = [
+    sys.executable,
+    '-m',
+    'pix2seq_d.main',
+    '--config=configs/cityscapes.py:runlocal',
+    f'--workdir={tmp_path / "run"}',
+    '--mode=summary',
+  ]
+  code, log = run(command, jax_cache)
+  assert code == 0, log[-3000:]
+  assert 'image (64, 128), mask (32, 64)' in log
+  assert log.strip().splitlines()[-1].startswith('total params: ')

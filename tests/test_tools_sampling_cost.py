@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from processes import main_command, run
 
-from pix2seq_d.tools import sampling_cost
+from pix2seq_d.tools import sampling_cost_report as sampling_cost
 
 
 def test_sweep_orders_points_by_cost_and_names_each_once():

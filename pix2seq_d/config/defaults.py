@@ -222,9 +222,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # refined mask alone, every boundary redrawn at the mask grid's resolution.
   evaluation.refine_keep_input = True
   # ... and with num_samples = K >= 2 refined samples merged, the input's pixels also where the
-  # samples' uncertainty exceeds this (0: the model's pixels only where all K agree; 1: wherever
-  # the merged map differs from the input by more than a cell).
-  evaluation.refine_max_uncertainty = 0.5
+  # samples' uncertainty exceeds this. 1: the merged map wherever it differs from the input by
+  # more than a cell (best on inputs about as good as the model); 0: only where all K agree (best
+  # on inputs better than the model; docs/experiments.md: refinement).
+  evaluation.refine_max_uncertainty = 1.0
   # --mode=eval only: follow a training run in the same workdir, evaluating each checkpoint once
   # as it appears, until the checkpoint of train.num_steps (pix2seq_d/loops/eval_checkpoints.py).
   evaluation.follow = False

@@ -217,9 +217,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # remaining steps; metrics may add 'pq_input' (the input's own PQ). t0 = 1 is plain sampling.
   evaluation.refine_from = ''
   evaluation.refine_t0 = 0.5
-  # Refinement keeps the input's pixels where the refined mask agrees with it (the same segment,
-  # matched on the model's coarser mask grid) and takes the refined pixels elsewhere; False: the
-  # refined mask alone, every boundary redrawn at the mask grid's resolution.
+  # Refinement keeps the input's pixels where the refined mask moved a boundary by at most one
+  # cell of the model's coarser mask grid, and takes the refined pixels where it added, removed,
+  # split or merged a segment (tasks/mask_inputs.py); False: the refined mask alone, every
+  # boundary redrawn at the mask grid's resolution.
   evaluation.refine_keep_input = True
   # ... and with num_samples = K >= 2 refined samples merged, the input's pixels also where the
   # samples' uncertainty exceeds this. 1: the merged map wherever it differs from the input by

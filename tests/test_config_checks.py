@@ -17,6 +17,7 @@ from pix2seq_d.config import checks as config_checks
     lambda: shapes.get_config('video'),
     davis.get_config,
     lambda: davis.get_config('runlocal'),
+    lambda: davis.get_config('authors'),
   ],
 )
 @pytest.mark.parametrize('mode', ['train', 'eval', 'train_and_eval', 'predict', 'summary'])
@@ -248,3 +249,15 @@ def test_cityscapes_knows_its_classes_for_the_summary(arg):
   config = cityscapes.get_config(arg)
   assert config.model.num_classes == 20
   config_checks.check_config(config, 'summary')
+
+
+def test_davis_authors_variant_samples_as_the_authors():
+  """configs/davis.py:authors is the authors' video inference (100 + 100 DDIM steps, td 0); the
+  plain config keeps ours (20 + 20, td 1), and nothing else differs."""
+  ours, authors = davis.get_config(), davis.get_config('authors')
+  assert (authors.diffusion.steps, authors.diffusion.steps_later_frames) == (100, 100)
+  assert authors.diffusion.td == 0.0 and authors.diffusion.sampler == 'ddim'
+  assert (ours.diffusion.steps, ours.diffusion.steps_later_frames, ours.diffusion.td) == (20, 20, 1)
+  for name in ('steps', 'steps_later_frames', 'td'):
+    del authors.diffusion[name], ours.diffusion[name]
+  assert authors.to_dict() == ours.to_dict()

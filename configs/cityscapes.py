@@ -30,6 +30,9 @@ def get_config(arg=None):
   data.train_split = 'train'
   data.eval_split = 'val'
   data.eval_orig_size = (1024, 2048)
+  # The authors' Cityscapes ids: the image's segments (stuff included) take a shuffle of 1..N;
+  # ours elsewhere ('random', the default) draws distinct ids in 1..max_instances-1.
+  data.instance_id_order = 'shuffle'
 
   train = config.train
   train.batch_size = 32

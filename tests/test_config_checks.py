@@ -261,3 +261,10 @@ def test_davis_authors_variant_samples_as_the_authors():
   for name in ('steps', 'steps_later_frames', 'td'):
     del authors.diffusion[name], ours.diffusion[name]
   assert authors.to_dict() == ours.to_dict()
+
+
+def test_cityscapes_takes_the_authors_ids():
+  """configs/cityscapes.py gives an image's segments a shuffle of 1..N, as the authors' Cityscapes
+  input does; the COCO config keeps the paper's random ids."""
+  assert cityscapes.get_config().data.instance_id_order == 'shuffle'
+  assert coco.get_config().data.instance_id_order == 'random'

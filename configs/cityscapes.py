@@ -41,6 +41,9 @@ def get_config(arg=None):
   train.warmup_steps = 0
   train.checkpoint_every = 1_000
   config.eval.batch_size = 8
+  # The authors' post-processing: the pixels predicted with instance 0 (void in training) keep the
+  # class most of them have, as one segment; ours (True, the default elsewhere) makes them void.
+  config.eval.void_instance_zero = False
 
   if arg == 'runlocal':
     model.image_size = (64, 128)

@@ -38,10 +38,12 @@ def get_config(arg=None):
   data.eval_split = 'val'
   data.scale_jitter = (1.0, 1.0)
   data.color_jitter_strength = 0.0
-  # Ids 1..N for the window's N segments, shuffled per training window (the authors shuffle ids
-  # within the range of the window's own track ids; stuff and crowd get ids here, instance 0
-  # there).
-  data.instance_id_order = 'shuffle'
+  # The authors' training ids (their data/video.py process_instance_id_map): a person or car
+  # keeps its track id through a shuffle of 1..(the window's largest track id); stuff, crowd and
+  # void have id 0. Ours elsewhere, 'shuffle', gives every segment (stuff and crowd too) an id
+  # 1..N; it needs eval.one_class_per_track=False all the same (docs/experiments.md: the authors'
+  # protocol).
+  data.instance_id_order = 'track'
   data.train_resize_method = 'bicubic'
   # The authors train crowd regions (person or car without a track id) as their class: STQ's IoU
   # scores those pixels by class.

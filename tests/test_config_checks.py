@@ -268,3 +268,31 @@ def test_cityscapes_takes_the_authors_ids():
   input does; the COCO config keeps the paper's random ids."""
   assert cityscapes.get_config().data.instance_id_order == 'shuffle'
   assert coco.get_config().data.instance_id_order == 'random'
+
+
+def test_cityscapes_keeps_the_voted_class_of_instance_zero_and_video_refuses_it():
+  """configs/cityscapes.py post-processes as the authors (instance-0 pixels keep their voted
+  class); COCO keeps ours; the video task has its own rule and names it."""
+  assert cityscapes.get_config().eval.void_instance_zero is False
+  assert coco.get_config().eval.void_instance_zero is True
+  config = cityscapes.get_config()
+  config.data.coco_root = '/data/cityscapes_coco'
+  config_checks.check_config(config, 'eval')
+  config = shapes.get_config('video')
+  config.eval.void_instance_zero = False
+  with pytest.raises(ValueError, match='void_instance_zero=False: is an image option.*one_class'):
+    config_checks.check_config(config, 'eval')
+
+
+def test_track_ids_need_each_pixel_to_keep_its_class():
+  """configs/kitti_step.py trains on the authors' track ids, where stuff and crowd have id 0: the
+  post-processing that voids instance 0 would void them, so the pair is refused, naming both."""
+  config = kitti_step.get_config()
+  assert config.data.instance_id_order == 'track'
+  config.data.step_root = '/data/kitti_step'
+  config_checks.check_config(config, 'train')
+  config.eval.one_class_per_track = True
+  with pytest.raises(
+    ValueError, match="instance_id_order='track' .* config.eval.one_class_per_track=True"
+  ):
+    config_checks.check_config(config, 'train')

@@ -1,4 +1,4 @@
-"""Instance ids of labels (data/instance_ids.py): random, shuffled and by-location orders, the
+"""Instance ids of labels (data/instance_ids.py): random, shuffled, track and location orders, the
 kept segments when there are too many, and one mapping shared by every frame of a clip."""
 
 import numpy as np
@@ -92,6 +92,57 @@ def test_shuffle_order_permutes_compact_ids_shared_by_all_frames():
   assert len(mappings) > 1, f'entropy {entropy}: the permutation never changed'
   with pytest.raises(ValueError, match="instance_id_order='sorted'"):
     instance_ids.assign_instance_ids(tf.constant(label), 16, tf.constant([1, 2]), order='sorted')
+
+
+def test_track_order_keeps_the_gaps_between_track_ids_and_leaves_id_zero_alone():
+  """The authors' KITTI-STEP ids (their data/video.py `process_instance_id_map`, order 'shuffle'):
+  `tf.gather([0] + shuffle(range(1, max + 1)), instance)`, so a track id i becomes p[i] for a
+  permutation p of 1..max(track id), the gaps between track ids included; pixels of id 0 (stuff,
+  crowd: a class and no track) keep their class and id 0."""
+  rng, entropy = _fresh_rng()
+  print('entropy', entropy)
+  tracks = np.sort(rng.choice(np.arange(1, 60), size=3, replace=False))  # sparse track ids
+  label = np.zeros((2, 12, 12, 2), np.int32)
+  label[..., 0] = rng.integers(1, 4)  # a stuff class, id 0, everywhere else
+  label[:, :2] = 0  # void
+  for k, track in enumerate(tracks):
+    label[:, 3 + 3 * k : 5 + 3 * k, 2:8] = (4 + k % 2, track)  # things of two classes, both frames
+  seen = set()
+  for _ in range(40):
+    out, dropped = instance_ids.assign_instance_ids(
+      tf.constant(label), 256, tf.constant(rng.integers(0, 2**31, size=2)), order='track'
+    )
+    out = out.numpy()
+    assert int(dropped) == 0
+    np.testing.assert_array_equal(out[..., 0], label[..., 0])
+    untracked = label[..., 1] == 0
+    assert (out[..., 1][untracked] == 0).all()
+    new = [np.unique(out[..., 1][label[..., 1] == track]) for track in tracks]
+    assert all(len(ids) == 1 for ids in new), entropy  # one id per track in every frame
+    new = [int(ids[0]) for ids in new]
+    assert len(set(new)) == len(tracks) and all(1 <= i <= tracks[-1] for i in new), (entropy, new)
+    seen.update(new)
+  # Drawn from 1..max(track id), not from 1..3 ('shuffle') nor from 1..255 ('random').
+  assert max(seen) > len(tracks), (entropy, tracks, seen)
+
+
+def test_track_order_falls_back_to_random_ids_when_a_track_id_is_too_large():
+  """Track ids above max_instances - 1 do not fit the model's bits (the authors' code would
+  overflow them): such a label takes random distinct ids in 1..max_instances-1, as 'random'."""
+  rng, entropy = _fresh_rng()
+  print('entropy', entropy)
+  label = np.zeros((1, 8, 8, 2), np.int32)
+  label[0, :4, :, :] = (1, 0)
+  label[0, 4:, :4] = (2, 3)
+  label[0, 4:, 4:] = (2, int(rng.integers(16, 65536)))
+  out, dropped = instance_ids.assign_instance_ids(
+    tf.constant(label), 16, tf.constant(rng.integers(0, 2**31, size=2)), order='track'
+  )
+  out = out.numpy()
+  assert int(dropped) == 0
+  things = [int(out[0, 4, 0, 1]), int(out[0, 4, 4, 1])]
+  assert things[0] != things[1] and all(1 <= i <= 15 for i in things), (entropy, things)
+  assert (out[0, :4, :, 1] == 0).all() and (out[..., 0] == label[..., 0]).all()
 
 
 def _blob_label(boxes, shape):

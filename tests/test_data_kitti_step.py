@@ -1,6 +1,7 @@
 """KITTI-STEP-layout folders (data/kitti_step.py): conversion to canonical clips, bad input named
 before training, re-preparation when a file changes, and a folder's own categories."""
 
+import itertools
 import json
 import os
 import sys
@@ -39,6 +40,8 @@ def test_sequences_become_clips_with_one_id_per_track_and_crowd_flagged(tmp_path
     np.testing.assert_array_equal(example['semantic'], np.where(void, 0, classes + 1))
     thing = np.isin(classes, (PERSON, CAR))
     np.testing.assert_array_equal(example['crowd'], (thing & (instance == 0)).astype(np.int32))
+    # The map's own track ids, on tracked things only (config.data.instance_id_order='track').
+    np.testing.assert_array_equal(example['track'], np.where(thing, instance, 0))
     # One id per (class, track) pair over the whole sequence, and only there.
     ours = example['instance']
     assert (ours[void] == 0).all() and (ours[~void] > 0).all()
@@ -344,3 +347,54 @@ def test_moving_shapes_are_written_in_the_step_layout_with_entering_tracks(tmp_p
         entered += len(tracks - first) if t else 0
         first |= tracks
   assert entered > 0  # some object enters after the first frame
+
+
+def test_the_authors_training_ids_of_the_kitti_step_config(tmp_path):
+  """configs/kitti_step.py trains on the ids of the authors' data/video.py (KittiStepDataset
+  `extract`, then `process_instance_id_map` with object_order 'shuffle'):
+  - semantic = class + 1, void (255) -> 0: `tf.where(semantic == ignore_label, 0, semantic + 1)`;
+  - instance = the map's G * 256 + B (`panoptic % divisor`): 0 on stuff and on crowd (a car
+    without a track id), which keep their class;
+  - in training a track id i becomes p[i], p a shuffle of 1..(the window's largest track id), one
+    shuffle for the window, so the conditioning frames carry the target frame's ids."""
+  rng = seeded_rng()
+  root = tmp_path / 'step'
+  person, car = sorted(int(v) for v in rng.choice(np.arange(2, 40), size=2, replace=False))
+  for split in ('train', 'val'):
+    for t in range(4):
+      classes = np.full((24, 36), 0)  # road
+      classes[:8] = 10  # sky
+      classes[:, -3:] = VOID
+      instance = np.zeros_like(classes)
+      classes[10:16, 4 + t : 12 + t], instance[10:16, 4 + t : 12 + t] = PERSON, person
+      classes[10:16, 18:26], instance[10:16, 18:26] = CAR, car
+      classes[18:, :8] = CAR  # a crowd of cars: a thing class, instance 0
+      write_map(str(root / f'panoptic_maps/{split}/0000/{t:06d}.png'), classes, instance)
+      (root / f'images/{split}/0000').mkdir(parents=True, exist_ok=True)
+      _write_image(root / f'images/{split}/0000/{t:06d}.png', (24, 36), rng)
+  config = step_config(root, tmp_path / 'tfds')
+  config.diffusion.frames_dropout = 0.0
+  assert (config.data.instance_id_order, config.data.train_crowd) == ('track', 'segment')
+  stuff = {(0, 0), (1, 0), (11, 0), (CAR + 1, 0)}  # void, road, sky, the crowd of cars
+  seen = set()
+  iterator = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  for batch in itertools.islice(iterator, 6):
+    for label, cond in zip(batch['label'], batch['cond_label'], strict=True):
+      frames = [label, cond[..., :2], cond[..., 2:]]  # the target frame and the two before it
+      pairs = {tuple(p) for frame in frames for p in frame.reshape(-1, 2).tolist()}
+      things = pairs - stuff
+      # One id per track over the window's frames, a distinct one, in 1..max(track id).
+      assert {c for c, _ in things} == {PERSON + 1, CAR + 1} and len(things) == 2, things
+      assert {i for _, i in things} <= set(range(1, car + 1)), (things, person, car)
+      assert pairs >= stuff, pairs
+      seen.update(i for _, i in things)
+  # Ids come from 1..car (the largest track id), not only from 1..2 as a shuffle of the 2 tracks.
+  assert max(seen) > 2, (seen, person, car)
+
+
+def test_track_ids_are_refused_where_a_dataset_has_none(shapes_config):
+  config = shapes_config('video')
+  config.data.instance_id_order = 'track'
+  config.eval.one_class_per_track = False
+  with pytest.raises(ValueError, match="instance_id_order='track' .* 'shapes_video/tiny' has none"):
+    pipeline.make_train_iterator(config, process_index=0, process_count=1)

@@ -174,9 +174,10 @@ def test_a_preparation_killed_half_way_leaves_nothing_once_the_next_is_done(tmp_
     if waiting is not None:
       waiting.stdout.close()
 
-  assert sorted(os.listdir(config_dir)) == ['1.0.0']  # no leftover, no lock file
+  version = str(kitti_step.StepFolder.VERSION)
+  assert sorted(os.listdir(config_dir)) == [version]  # no leftover, no lock file
   source = kitti_step.make_source(step_config(root, data_dir))
-  assert os.fspath(source.builder.data_dir) == os.fspath(config_dir / '1.0.0')
+  assert os.fspath(source.builder.data_dir) == os.fspath(config_dir / version)
   for split, sequences in written.items():
     for name, (classes, _) in sequences.items():
       np.testing.assert_array_equal(_semantic(source, split, name), _labels(classes))

@@ -61,6 +61,34 @@ def test_postprocess_merges_each_stuff_class_into_one_segment():
   np.testing.assert_array_equal(inst, [[3, 4, 5, 5], [3, 4, 5, 5]])  # things stay apart.
 
 
+def test_instance_zero_keeps_its_voted_class_as_the_authors_cityscapes_evaluation():
+  """eval.void_instance_zero=False (configs/cityscapes.py): the authors' `majority_vote_postprocess`
+  (their tasks/panoptic_segmentation.py) counts (id, class) over every pixel, id 0 included, so
+  the id-0 pixels take the argmax class of all of them (ties to the smaller class, as
+  tf.argmax), unless fewer than min_pixels; we give that region a fresh id so it is a segment."""
+  semantic = np.array([[1, 1, 2, 2, 3], [1, 1, 2, 3, 3], [2, 2, 2, 1, 0]])
+  instance = np.array([[4, 4, 0, 0, 0], [4, 4, 0, 0, 0], [0, 0, 0, 0, 0]])
+  pred = np.stack([semantic, instance], -1)
+  sizes = dict(padded_size=(3, 5), unpadded_size=(3, 5), orig_size=(3, 5))
+  options = dict(num_classes=4, max_instances=8, min_pixels=2)
+  ours = postprocess.postprocess(pred, **sizes, **options)
+  # Ours: id 4 takes class 1; the 11 pixels of id 0 become void.
+  np.testing.assert_array_equal(ours[0], np.where(instance == 4, 1, 0))
+  np.testing.assert_array_equal(ours[1], np.where(instance == 4, 4, 0))
+  sem, inst = postprocess.postprocess(pred, **sizes, **options, void_instance_zero=False)
+  # id 0's classes: 2 x6, 3 x3, 1 x1, 0 x1 -> 2 everywhere id 0 was, as one more segment (id 5).
+  np.testing.assert_array_equal(sem, np.where(instance == 4, 1, 2))
+  np.testing.assert_array_equal(inst, np.where(instance == 4, 4, 5))
+  # Too few id-0 pixels, or a void vote: they stay void.
+  few = postprocess.postprocess(
+    pred, **sizes, **{**options, 'min_pixels': 12}, void_instance_zero=False
+  )
+  assert (few[0][instance == 0] == 0).all() and (few[1][instance == 0] == 0).all()
+  void_vote = np.stack([np.where(instance == 0, 0, semantic), instance], -1)
+  voided = postprocess.postprocess(void_vote, **sizes, **options, void_instance_zero=False)
+  assert (voided[0][instance == 0] == 0).all() and (voided[1][instance == 0] == 0).all()
+
+
 def test_an_id_back_after_its_conditioning_frames_is_a_new_track():
   # Id 3 is in frames 0, 1, missing from 2 and 3, back in 4: with 2 conditioning frames the
   # model cannot have copied it, so frames 4.. are a new track; id 5 misses one frame only.

@@ -124,7 +124,7 @@ def check_config(config, mode: str) -> None:
   task = tasks.get_task(config)  # names an unknown task
   task.check_config()
   _check_metrics(config, task)
-  _check_choice(config, 'data.instance_id_order', ('random', 'shuffle', 'location'))
+  _check_choice(config, 'data.instance_id_order', ('random', 'shuffle', 'track', 'location'))
   _check_choice(config, 'data.train_resize_method', ('bilinear', 'bicubic'))
   _check_choice(config, 'data.train_crowd', ('void', 'segment'))
   # Read only when sampling (after training): a misspelt name would cost the whole run.

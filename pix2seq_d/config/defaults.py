@@ -140,7 +140,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.image_pad_value = 0.3
   # How training gives segments their instance ids (the same mapping for all frames of a video
   # window): 'random' = distinct ids drawn from 1..max_instances-1 (images, the paper);
-  # 'shuffle' = a random permutation of 1..N for the N segments (the authors' video setting);
+  # 'shuffle' = a random permutation of 1..N for the N segments (the authors' DAVIS, Cityscapes);
+  # 'track' = the dataset's own track ids through a permutation of 1..(largest), stuff and crowd
+  # id 0 (the authors' KITTI-STEP; KITTI-STEP-layout folders only);
   # 'location' = not random: the cell of a grid over the mask (about sqrt(ids) cells a side) that
   # holds the segment's centroid, the nearest free cell when taken (configs/shapes.py).
   data.instance_id_order = 'random'
@@ -242,6 +244,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # model can only copy ids from the masks it is conditioned on; the authors' KITTI-STEP
   # evaluation uses diffusion.num_cond_frames). 0: an id is one track over the whole clip.
   evaluation.new_track_after = 0
+  # Images: True (ours): pixels predicted with instance 0 become void. False (the authors'
+  # Cityscapes evaluation): they vote one class among themselves and keep it, as one segment.
+  evaluation.void_instance_zero = True
   # Video: True (ours): each track takes the class most of its pixels have over the clip, and
   # pixels predicted with instance 0 become void. False (the authors' KITTI-STEP evaluation):
   # each pixel keeps its predicted class, instance id as predicted; stuff pixels with instance 0

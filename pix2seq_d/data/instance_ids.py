@@ -1,11 +1,13 @@
 """Instance ids of training and evaluation labels: which id each segment of a label gets.
 
 The model must write every segment's instance id into 8 bits, so the ids a label carries
-(1..S in the dataset's order) are mapped onto 1..max_instances-1, in one of three orders
+(1..S in the dataset's order) are mapped onto 1..max_instances-1, in one of four orders
 (config.data.instance_id_order): random distinct ids (the paper's images), a shuffle of 1..N (the
-authors' video setting), or by location (each segment takes the cell of a grid that holds its
-centroid). All frames of a clip share one mapping, so ids stay consistent over time. Pure,
-tf-traceable functions with stateless seeds, like augment.py.
+authors' DAVIS and Cityscapes setting), a shuffle of 1..(largest track id) applied to the
+dataset's own track ids (the authors' KITTI-STEP setting: only tracked things have ids), or by
+location (each segment takes the cell of a grid that holds its centroid). All frames of a clip
+share one mapping, so ids stay consistent over time. Pure, tf-traceable functions with stateless
+seeds, like augment.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 
 import tensorflow as tf
 
-INSTANCE_ID_ORDERS = ('random', 'shuffle', 'location')
+INSTANCE_ID_ORDERS = ('random', 'shuffle', 'track', 'location')
 
 
 def location_grid(capacity: int) -> tuple[int, int]:
@@ -101,8 +103,13 @@ def assign_instance_ids(
     seed: int (2,) stateless seed: random ids as `order` says. None: the kept segments are
       numbered 1..K in the order of their original ids (identity when they already are 1..K).
     order: with a seed, 'random' draws K distinct ids anywhere in 1..max_instances-1; 'shuffle'
-      permutes 1..K (compact ids, the authors' video setting); 'location' ignores the seed and
-      gives each segment the id of where its centroid lies (`location_ids`).
+      permutes 1..K (compact ids, the authors' DAVIS and Cityscapes setting); 'track' expects the
+      dataset's own track ids (gaps allowed, 0 on everything untracked) and maps id i to p[i] for
+      a permutation p of 1..(largest id), as the authors' KITTI-STEP training
+      (`process_instance_id_map` of their data/video.py); a label whose largest id exceeds
+      max_instances - 1, which their ids would overflow, gets the 'random' ids instead;
+      'location' ignores the seed and gives each segment the id of where its centroid lies
+      (`location_ids`).
 
   Returns:
     (label int32 (..., 2), number of dropped segments int32 ()).
@@ -136,6 +143,10 @@ def assign_instance_ids(
   else:
     permutation = tf.random.experimental.stateless_shuffle(tf.range(1, capacity + 1), seed)
     new_ids = tf.where(kept, tf.gather(permutation, tf.minimum(rank, capacity - 1)), 0)
+    if order == 'track':
+      # Every id fits (then every present id is kept): the shuffle keeps the gaps between ids.
+      ids = tf.random.experimental.stateless_shuffle(tf.range(1, num_ids), seed)
+      new_ids = tf.where(num_ids - 1 <= capacity, tf.concat([[0], ids], 0), new_ids)
   new_instance = tf.gather(new_ids, instance)
   dropped = (instance > 0) & (new_instance == 0)
   new_semantic = tf.where(dropped, 0, semantic)

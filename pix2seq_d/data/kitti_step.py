@@ -26,9 +26,11 @@ Canonical example: one whole sequence. semantic = the class's category index + 1
 instance: every
 (class, id) pair of the sequence gets one id 1..S, the same in every frame (each stuff class is
 one segment, each track one, the crowd of a thing class one with crowd = 1); void pixels are
-(0, 0). Training cuts windows of config.data.video_window frames (a shorter training sequence is
-named in a warning and gives none; training stops at start when no sequence of its split is long
-enough); evaluation streams whole sequences.
+(0, 0); track = the map's own track id on the pixels of tracked things, 0 on stuff, crowd and
+void (the authors' training ids start from it: config.data.instance_id_order='track'). Training
+cuts windows of config.data.video_window frames (a shorter training sequence is named in a warning
+and gives none; training stops at start when no sequence of its split is long enough); evaluation
+streams whole sequences.
 """
 
 import hashlib
@@ -250,8 +252,11 @@ def _checked_frame(path: str) -> tuple[bytes, tuple[int, int]]:
 class StepFolder(LocalFilesBuilder):
   """KITTI-STEP-layout sequences read from a local folder."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Encoded frames, [semantic, compact instance, crowd] label PNGs.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'Encoded frames, [semantic, compact instance, crowd] label PNGs.',
+    '1.1.0': 'A fourth label channel: the track id of thing pixels as the map gives it.',
+  }
 
   def _info(self) -> tfds.core.DatasetInfo:
     """One example per sequence; metadata: per split the sequence lengths and largest frame."""
@@ -264,7 +269,7 @@ class StepFolder(LocalFilesBuilder):
           'video/name': tfds.features.Text(),
           # Per frame, the PNG's bytes as they are.
           'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-          # Per frame, a 16-bit PNG of [semantic, instance, crowd].
+          # Per frame, a 16-bit PNG of [semantic, instance, crowd, track].
           'labels': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
           'error': tfds.features.Text(),
         }
@@ -329,9 +334,11 @@ def _build_sequence(
     semantic, instance = read_step_map(map_path, table)
     labelled = semantic > 0
     ids = np.searchsorted(table_keys, semantic.astype(np.int64) * _INSTANCE_SPAN + instance) + 1
-    crowd = labelled & is_thing[semantic] & (instance == 0)
-    label = np.stack([semantic, np.where(labelled, ids, 0), crowd], axis=-1).astype(np.uint16)
-    labels.append(tf.io.encode_png(label).numpy())
+    tracked = labelled & is_thing[semantic]
+    crowd = tracked & (instance == 0)
+    track = np.where(tracked, instance, 0)
+    label = np.stack([semantic, np.where(labelled, ids, 0), crowd, track], axis=-1)
+    labels.append(tf.io.encode_png(label.astype(np.uint16)).numpy())
   return {
     'video_id': video_id,
     'video/name': name,
@@ -349,15 +356,16 @@ def decode_example(example: dict) -> dict:
     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
   )
   labels = tf.map_fn(
-    lambda encoded: tf.cast(tf.io.decode_png(encoded, channels=3, dtype=tf.uint16), tf.int32),
+    lambda encoded: tf.cast(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16), tf.int32),
     example['labels'],
-    fn_output_signature=tf.TensorSpec([None, None, 3], tf.int32),
+    fn_output_signature=tf.TensorSpec([None, None, 4], tf.int32),
   )
   return {
     'frames': tf.ensure_shape(frames, [None, None, None, 3]),
     'semantic': labels[..., 0],
     'instance': labels[..., 1],
     'crowd': labels[..., 2],
+    'track': labels[..., 3],
     'video_id': tf.cast(example['video_id'], tf.int64),
     'video_name': example['video/name'],
     'error': example['error'],
@@ -410,4 +418,5 @@ def make_source(config) -> Source:
     max_image_size={split: tuple(size) for split, size in metadata['max_image_size'].items()},
     frame_keys=('frames', 'labels'),
     clip_lengths={split: dict(lengths) for split, lengths in metadata['lengths'].items()},
+    track_ids=True,
   )

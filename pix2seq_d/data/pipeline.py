@@ -120,7 +120,14 @@ def read(
 def check_source(config, source: Source) -> None:
   """Raises ValueError when config.data.eval_orig_size cannot hold the largest image of the eval
   split, where the source knows the sizes (`Source.max_image_size`): original-size labels are
-  padded to it. Checked before anything is built or trained."""
+  padded to it; or when config.data.instance_id_order='track' reads track ids the source does not
+  have. Checked before anything is built or trained."""
+  if config.data.instance_id_order == 'track' and not source.track_ids:
+    raise ValueError(
+      f"config.data.instance_id_order='track' gives the dataset's own track ids, and "
+      f'{source.name!r} has none (KITTI-STEP-layout folders have them: kitti_step, shapes_step); '
+      "use 'shuffle' (ids 1..N over the segments) or 'random'."
+    )
   eval_split = source.split(config.data.eval_split)
   if eval_split in source.max_image_size:
     largest = tuple(int(v) for v in source.max_image_size[eval_split])
@@ -333,7 +340,7 @@ def make_train_iterator(
   if source.clips:
     # A source that keeps its frames encoded (`Source.frame_keys`) is cut into windows first, so
     # only a window's frames are decoded and a resume skips windows without decoding them.
-    frame_keys = source.frame_keys or _CLIP_FRAME_KEYS
+    frame_keys = source.frame_keys or _CLIP_FRAME_KEYS + (('track',) if source.track_ids else ())
     if not source.frame_keys:
       dataset = dataset.map(finish, num_parallel_calls=parallel)
     dataset = _drop_broken(dataset, stats, id_key)
@@ -482,6 +489,8 @@ def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
   crowd_rule = config.data.train_crowd
   max_instances = config.model.max_instances
   id_order = config.data.instance_id_order
+  # The authors' KITTI-STEP ids start from the dataset's track ids, stuff and crowd without one.
+  instance_key = 'track' if id_order == 'track' else 'instance'
   num_cond = config.diffusion.num_cond_frames
   frames_dropout = float(config.diffusion.frames_dropout)
   mask_h, mask_w = (int(v) for v in config.model.mask_size)
@@ -490,7 +499,7 @@ def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor],
     augment_seed, id_seed, dropout_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3)
     )
-    labels = training_label(window['semantic'], window['instance'], window['crowd'], crowd_rule)
+    labels = training_label(window['semantic'], window[instance_key], window['crowd'], crowd_rule)
     # One geometry for the window; the encoder only sees the target (last) frame.
     images, labels, _ = augment.train_augment(window['frames'][-1:], labels, augment_seed, **kwargs)
     labels, dropped = instance_ids.assign_instance_ids(labels, max_instances, id_seed, id_order)

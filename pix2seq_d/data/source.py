@@ -10,7 +10,9 @@ void; 'crowd' int32 (H, W), 1 on crowd segments; 'image_id' int64 (); 'error' st
 the example is fine, else a message naming the offending file.
 
 Video example: 'frames' uint8 (T, H, W, 3); 'semantic', 'instance', 'crowd' int32 (T, H, W) with
-instance ids consistent over time; 'video_id' int64 (); 'error' string ().
+instance ids consistent over time; 'video_id' int64 (); 'error' string (); where the source has
+tracks (`Source.track_ids`), 'track' int32 (T, H, W): the dataset's own track id on tracked thing
+pixels, 0 on stuff, crowd and void.
 
 The semantic label of categories[k] is k + 1; 0 is void.
 """
@@ -62,6 +64,8 @@ class Source:
     clip_lengths: clips only: the builder's split name -> {clip name: number of frames}, where the
       source knows them before reading the examples; training refuses a split none of whose clips
       holds config.data.video_window frames (pipeline.py) before it reads anything.
+    track_ids: clips only: whether `decode` also yields 'track', the dataset's own track ids
+      (read by config.data.instance_id_order='track', the authors' KITTI-STEP training ids).
   """
 
   name: str
@@ -74,6 +78,7 @@ class Source:
   max_image_size: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
   frame_keys: tuple[str, ...] = ()
   clip_lengths: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+  track_ids: bool = False
 
   def split(self, name: str) -> str:
     """The builder's name for the config split `name` (a split spec passes through)."""

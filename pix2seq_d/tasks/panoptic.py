@@ -225,6 +225,7 @@ class ImagePanoptic(base.Task):
       max_instances=model.max_instances,
       min_pixels=self.config.eval.min_pixels,
       is_thing=is_thing,
+      void_instance_zero=self.config.eval.void_instance_zero,
     )
     return Panoptic(semantic, instance)
 

@@ -76,6 +76,44 @@ def majority_vote(
   return new_semantic.astype(np.int32), np.where(kept, instance, 0).astype(np.int32)
 
 
+def vote_instance_zero(
+  pred_semantic: np.ndarray,
+  pred_instance: np.ndarray,
+  semantic: np.ndarray,
+  instance: np.ndarray,
+  num_classes: int,
+  min_pixels: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The pixels predicted with instance 0 take the class most of them have and become one segment
+  of it, under an id above every other (`majority_vote` leaves them void).
+
+  The authors' image post-processing votes over id 0 as over any id (their
+  `majority_vote_postprocess`) and keeps the voted class with instance 0; a fresh id makes that
+  (class, 0) region a segment our PQ and COCO panoptic files can carry. Nothing changes when the
+  vote is void (class 0) or when there are fewer than `min_pixels` such pixels.
+
+  Args:
+    pred_semantic, pred_instance: (H, W) int maps as predicted (before the vote).
+    semantic, instance: (H, W) int32 maps after `majority_vote`.
+    num_classes: the class range; min_pixels: the smallest segment kept.
+
+  Returns:
+    (semantic, instance), int32 each, of the input shape.
+  """
+  zero = np.asarray(pred_instance) <= 0
+  classes = np.clip(np.asarray(pred_semantic)[zero], 0, num_classes - 1).astype(np.int64)
+  if classes.size < max(min_pixels, 1):
+    return semantic, instance
+  vote = int(np.bincount(classes, minlength=num_classes).argmax())
+  if vote == 0:
+    return semantic, instance
+  fresh = int(instance.max(initial=0)) + 1
+  return (
+    np.where(zero, vote, semantic).astype(np.int32),
+    np.where(zero, fresh, instance).astype(np.int32),
+  )
+
+
 def merge_stuff(semantic: np.ndarray, instance: np.ndarray, is_thing: np.ndarray) -> np.ndarray:
   """Gives all pixels of each stuff class one instance id (the smallest one it used).
 
@@ -119,12 +157,16 @@ def postprocess(
   max_instances: int,
   min_pixels: int,
   is_thing: np.ndarray | None = None,
+  void_instance_zero: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Mask-size prediction -> original-size (semantic, instance).
 
   Nearest resize to the padded input size, crop of the padding, nearest resize to the original
   size, majority vote of the class per instance with the min-pixel rule, and, when `is_thing` is
-  given, one segment per stuff class.
+  given, one segment per stuff class. Pixels predicted with instance 0 become void, or, without
+  `void_instance_zero`, vote one class among themselves as the authors' post-processing does
+  (their `majority_vote_postprocess` counts id 0 like any id) and form one segment of it under a
+  fresh id (`vote_instance_zero`).
 
   Args:
     pred: (Hm, Wm, 2) int [semantic, instance] decoded from bits.
@@ -134,6 +176,7 @@ def postprocess(
     num_classes, max_instances: id ranges.
     min_pixels: smallest segment kept (at original size).
     is_thing: (num_classes,) bool per semantic id, or None to keep stuff segments apart.
+    void_instance_zero: whether instance-0 pixels become void (ours) or one voted segment.
 
   Returns:
     (semantic, instance), each (Ho, Wo) int32.
@@ -142,6 +185,10 @@ def postprocess(
   semantic, instance = majority_vote(
     full[..., 0], full[..., 1], num_classes, max_instances, min_pixels
   )
+  if not void_instance_zero:
+    semantic, instance = vote_instance_zero(
+      full[..., 0], full[..., 1], semantic, instance, num_classes, min_pixels
+    )
   if is_thing is not None:
     instance = merge_stuff(semantic, instance, np.asarray(is_thing, bool))
   return semantic, instance

@@ -85,6 +85,18 @@ class VideoPanoptic(base.Task):
         f"config.eval.score_all_frames_too=True: only the 'stq' metric reports both protocols, "
         f'and config.eval.metrics={tuple(config.eval.metrics)!r} lacks it.'
       )
+    if not config.eval.void_instance_zero:
+      raise ValueError(
+        'config.eval.void_instance_zero=False: is an image option; the video task decides what '
+        'instance-0 pixels become with config.eval.one_class_per_track (False keeps their class).'
+      )
+    if config.data.instance_id_order == 'track' and config.eval.one_class_per_track:
+      raise ValueError(
+        "config.data.instance_id_order='track' trains stuff and crowd with instance 0, and "
+        'config.eval.one_class_per_track=True makes instance-0 pixels void: set '
+        "one_class_per_track=False (each pixel keeps its class, as the authors') or another id "
+        'order.'
+      )
     if config.eval.use_gt_cond_frames and config.eval.single_frames:
       raise ValueError(
         'config.eval.single_frames=True: conditions every frame on nothing, and '

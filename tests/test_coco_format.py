@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from panopticapi import utils as panopticapi_utils
 
-from pix2seq_d.evaluation import coco_format
+from pix2seq_d.formats import coco_panoptic
 
 SAMPLE = os.path.join(os.path.dirname(__file__), 'data', 'coco_panoptic_sample')
 GT_JSON = os.path.join(SAMPLE, 'annotations', 'panoptic_val2017.json')
@@ -37,15 +37,15 @@ def _random_annotation(rng, image_id):
 
 def test_rgb2id_id2rgb_round_trip_and_match_panopticapi(rng):
   ids = rng.integers(0, 2**24, size=(7, 9))
-  color = coco_format.id2rgb(ids)
+  color = coco_panoptic.id2rgb(ids)
   assert color.dtype == np.uint8 and color.shape == (7, 9, 3)
-  np.testing.assert_array_equal(coco_format.rgb2id(color), ids)
+  np.testing.assert_array_equal(coco_panoptic.rgb2id(color), ids)
   np.testing.assert_array_equal(color, panopticapi_utils.id2rgb(ids))
-  np.testing.assert_array_equal(coco_format.rgb2id(color), panopticapi_utils.rgb2id(color))
+  np.testing.assert_array_equal(coco_panoptic.rgb2id(color), panopticapi_utils.rgb2id(color))
   value = int(ids[0, 0])
-  assert coco_format.rgb2id(coco_format.id2rgb(value)) == value
-  with pytest.raises(coco_format.PanopticFormatError):
-    coco_format.id2rgb(np.array([2**24]))
+  assert coco_panoptic.rgb2id(coco_panoptic.id2rgb(value)) == value
+  with pytest.raises(coco_panoptic.PanopticFormatError):
+    coco_panoptic.id2rgb(np.array([2**24]))
 
 
 def _read_panoptic(json_path, folder):
@@ -55,7 +55,7 @@ def _read_panoptic(json_path, folder):
   return [
     (
       a['image_id'],
-      coco_format.read_panoptic_png(os.path.join(folder, a['file_name'])),
+      coco_panoptic.read_panoptic_png(os.path.join(folder, a['file_name'])),
       a['segments_info'],
     )
     for a in annotations
@@ -65,7 +65,7 @@ def _read_panoptic(json_path, folder):
 def test_write_read_round_trip(tmp_path, rng):
   annotations = [_random_annotation(rng, image_id) for image_id in range(5)]
   categories = [{'id': 1, 'name': 'x', 'isthing': 1}]
-  json_path = coco_format.write_panoptic_predictions(str(tmp_path), annotations, categories)
+  json_path = coco_panoptic.write_panoptic_predictions(str(tmp_path), annotations, categories)
   assert json_path == os.path.join(str(tmp_path), 'panoptic.json')
   assert sorted(os.listdir(tmp_path)) == ['panoptic', 'panoptic.json']
   with open(json_path) as f:
@@ -96,8 +96,8 @@ def test_area_and_bbox_match_the_coco_sample():
   with open(GT_JSON) as f:
     gt_json = json.load(f)
   for annotation in gt_json['annotations']:
-    ids = coco_format.read_panoptic_png(os.path.join(GT_FOLDER, annotation['file_name']))
-    ours = coco_format.segments_info(ids, annotation['segments_info'])
+    ids = coco_panoptic.read_panoptic_png(os.path.join(GT_FOLDER, annotation['file_name']))
+    ours = coco_panoptic.segments_info(ids, annotation['segments_info'])
     for segment, reference in zip(ours, annotation['segments_info'], strict=True):
       assert segment['area'] == reference['area']
       assert segment['bbox'] == reference['bbox']
@@ -105,15 +105,15 @@ def test_area_and_bbox_match_the_coco_sample():
 
 def test_invalid_map_writes_nothing_and_keeps_previous_output(tmp_path, rng):
   good = [_random_annotation(rng, image_id) for image_id in range(3)]
-  coco_format.write_panoptic_predictions(str(tmp_path), good[:1])
+  coco_panoptic.write_panoptic_predictions(str(tmp_path), good[:1])
   before = {
     name: (tmp_path / name).read_bytes() for name in ('panoptic.json', 'panoptic/img_0.png')
   }
   image_id, stem, ids, segments = good[2]
   # An id in the map without a segment: the third image is invalid.
   bad = (image_id, stem, ids, segments[1:])
-  with pytest.raises(coco_format.PanopticFormatError, match=f'image {image_id}.*not in the segm'):
-    coco_format.write_panoptic_predictions(str(tmp_path), [good[1], bad])
+  with pytest.raises(coco_panoptic.PanopticFormatError, match=f'image {image_id}.*not in the segm'):
+    coco_panoptic.write_panoptic_predictions(str(tmp_path), [good[1], bad])
   assert sorted(os.listdir(tmp_path)) == ['panoptic', 'panoptic.json']  # no staging folder left
   assert os.listdir(tmp_path / 'panoptic') == ['img_0.png']  # img_1 was not moved in
   for name, content in before.items():
@@ -125,35 +125,35 @@ def test_invalid_map_writes_nothing_and_keeps_previous_output(tmp_path, rng):
     (segments + segments[:1], 'more than once'),
     (segments + [{'id': 0, 'category_id': 1}], 'outside'),
   ):
-    with pytest.raises(coco_format.PanopticFormatError, match=message):
-      coco_format.write_panoptic_predictions(str(tmp_path), [(image_id, stem, ids, segments_bad)])
+    with pytest.raises(coco_panoptic.PanopticFormatError, match=message):
+      coco_panoptic.write_panoptic_predictions(str(tmp_path), [(image_id, stem, ids, segments_bad)])
   assert os.listdir(tmp_path / 'panoptic') == ['img_0.png']
 
 
 def test_read_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match='missing.png'):
-    coco_format.read_panoptic_png(str(tmp_path / 'missing.png'))
+    coco_panoptic.read_panoptic_png(str(tmp_path / 'missing.png'))
   from PIL import Image
 
   Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / 'gray.png')
-  with pytest.raises(coco_format.PanopticFormatError, match='gray.png.*mode L'):
-    coco_format.read_panoptic_png(str(tmp_path / 'gray.png'))
+  with pytest.raises(coco_panoptic.PanopticFormatError, match='gray.png.*mode L'):
+    coco_panoptic.read_panoptic_png(str(tmp_path / 'gray.png'))
 
 
 @pytest.mark.parametrize('path', ['lookup_table', 'binary_search'])
 def test_segment_index_finds_every_pixel(rng, monkeypatch, path):
   if path == 'binary_search':
-    monkeypatch.setattr(coco_format, '_TABLE_MAX_SEGMENTS', 0)
+    monkeypatch.setattr(coco_panoptic, '_TABLE_MAX_SEGMENTS', 0)
   segment_ids = rng.choice(2**24 - 1, size=int(rng.integers(1, 30)), replace=False) + 1
   others = rng.choice(2**24 - 1, size=3, replace=False) + 1
   others = others[~np.isin(others, segment_ids)]
   ids = rng.choice(np.concatenate([[0], segment_ids, others]), size=(17, 23)).astype(np.int32)
-  index, unknown = coco_format.segment_index(ids, segment_ids)
+  index, unknown = coco_panoptic.segment_index(ids, segment_ids)
   expected = np.full(ids.shape, len(segment_ids))
   for k, segment_id in enumerate(segment_ids):
     expected[ids == segment_id] = k
   np.testing.assert_array_equal(index, expected)
   np.testing.assert_array_equal(unknown, np.unique(ids[np.isin(ids, others)]))
   # The shared lookup table is left clean for the next call.
-  index, _ = coco_format.segment_index(ids, segment_ids[:1])
+  index, _ = coco_panoptic.segment_index(ids, segment_ids[:1])
   assert set(np.unique(index).tolist()) <= {0, 1}

@@ -22,6 +22,7 @@ from step_layout import (
 )
 
 from pix2seq_d.data import kitti_step, pipeline
+from pix2seq_d.formats import step_png
 
 
 def _decoded(source, split):
@@ -315,7 +316,6 @@ def test_a_folder_with_its_own_classes(tmp_path):
 def test_moving_shapes_are_written_in_the_step_layout_with_entering_tracks(tmp_path):
   from configs import shapes as shapes_configs
   from pix2seq_d.data import registry, shapes, shapes_step
-  from pix2seq_d.evaluation import stq
 
   config = shapes_configs.get_config('video_panoptic')
   config.data.name = 'shapes_step/tiny'
@@ -340,7 +340,9 @@ def test_moving_shapes_are_written_in_the_step_layout_with_entering_tracks(tmp_p
     for name, frames in sequences.items():
       first = set()
       for t in range(frames):
-        classes, instance = stq.read_step_png(f'{root}/panoptic_maps/{split}/{name}/{t:06d}.png')
+        classes, instance = step_png.read_step_png(
+          f'{root}/panoptic_maps/{split}/{name}/{t:06d}.png'
+        )
         assert set(np.unique(classes)) <= {1, 2, 3, 4, 5}
         assert (instance[np.isin(classes, (4, 5))] == 0).all()  # stuff carries no track id
         tracks = set(np.unique(instance[instance > 0]).tolist())

@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 from pix2seq_d.evaluation import davis
+from pix2seq_d.formats import davis_png
 
 
 def _rng():
@@ -91,7 +92,7 @@ def test_official_edge_cases():
   assert sorted(j.mean(axis=1).round(6).tolist()) == [0.0, 0.0, 1.0]
   # Void (255) is left out of every object's J.
   voided = gt.copy()
-  voided[:, :, 50:] = davis.VOID_ID
+  voided[:, :, 50:] = davis_png.VOID_ID
   pred = gt.copy()
   pred[:, :, 50:] = 1
   j, _ = davis.evaluate_sequence(voided, pred)
@@ -171,10 +172,13 @@ def test_command_on_the_official_layout(tmp_path, capsys):
   Image.fromarray(np.zeros((5, 7), np.uint8)).save(missing)
   assert davis.main(['--davis_root', str(root), '--results_dir', str(results)]) == 1
   assert f'{missing}: the prediction is 7x5, its annotation' in capsys.readouterr().err
-  height, width = davis.read_indexed_png(str(results / 'cows' / '00000.png')).shape
+  height, width = davis_png.read_indexed_png(str(results / 'cows' / '00000.png')).shape
   Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(missing)
   assert davis.main(['--davis_root', str(root), '--results_dir', str(results)]) == 1
-  assert f'{missing}: a prediction is an indexed (palette or grey) PNG' in capsys.readouterr().err
+  assert (
+    f'{missing}: a DAVIS object-id map is an indexed (palette or grey) PNG'
+    in capsys.readouterr().err
+  )
 
 
 def test_command_refuses_an_output_json_under_a_file_before_scoring(tmp_path, capsys):

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from pix2seq_d.evaluation import base, coco_format, davis, davis_evaluator, pq_accumulator, registry
+from pix2seq_d.evaluation import base, davis, davis_evaluator, pq_accumulator, registry
+from pix2seq_d.formats import coco_panoptic, davis_png
 
 CATEGORIES = [
   {'id': 1, 'name': 'circle', 'isthing': 1},
@@ -52,10 +53,10 @@ def test_pq_evaluator_equals_the_accumulator_and_merges_exactly():
   ]
   accumulator = pq_accumulator.PQAccumulator(CATEGORIES)
   for k, (gt, pred) in enumerate(images):
-    gt_ids, gt_segments = coco_format.segments_from_semantic_instance(
+    gt_ids, gt_segments = coco_panoptic.segments_from_semantic_instance(
       gt[..., 0], gt[..., 1], CATEGORIES, crowd=gt[..., 2] > 0
     )
-    pred_ids, pred_segments = coco_format.segments_from_semantic_instance(*pred, CATEGORIES)
+    pred_ids, pred_segments = coco_panoptic.segments_from_semantic_instance(*pred, CATEGORIES)
     accumulator.update(gt_ids, gt_segments, pred_ids, pred_segments, image_id=k)
   expected = accumulator.results()
 
@@ -90,7 +91,7 @@ def test_pq_evaluator_scores_a_clip_frame_by_frame():
 
 def test_davis_evaluator_equals_the_davis_definitions_and_merges_exactly():
   rng = _rng()
-  is_thing = coco_format.is_thing_table(CATEGORIES)
+  is_thing = coco_panoptic.is_thing_table(CATEGORIES)
   clips = {}
   for name in ('a', 'b', 'c'):
     gt = _ground_truth(rng, (4, 16, 20))
@@ -99,7 +100,7 @@ def test_davis_evaluator_equals_the_davis_definitions_and_merges_exactly():
   per_sequence = {}
   for name, (gt, pred) in clips.items():
     gt_ids = davis_evaluator.gt_object_ids(gt, is_thing)
-    pred_ids = davis_evaluator.object_ids(*pred, is_thing, by='size', limit=davis.MAX_PROPOSALS)
+    pred_ids = davis_png.object_ids(*pred, is_thing, by='size', limit=davis.MAX_PROPOSALS)
     per_sequence[name] = davis.evaluate_sequence(gt_ids, pred_ids)
   expected = davis.summarize(per_sequence)
 

@@ -9,11 +9,16 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from processes import ROOT
+from step_layout import write_png_16_bits
 
 from pix2seq_d.evaluation import base, registry, stq
+from pix2seq_d.formats import step_png
 
 SKY, ROAD, PERSON, CAR, VOID = 10, 0, 11, 13, 255
 
@@ -152,10 +157,12 @@ def _write_step_folder(root, rng, sequences=('0002', '0006'), frames=3, shape=(1
   for name in sequences:
     gt_sem, gt_inst, pred_sem, pred_inst = _random_sequence(rng, frames, shape)
     for k in range(frames):
-      stq.write_step_png(
+      step_png.write_step_png(
         str(root / 'panoptic_maps' / 'val' / name / f'{k:06d}.png'), gt_sem[k], gt_inst[k]
       )
-      stq.write_step_png(str(predictions / name / f'{k:06d}.png'), pred_sem[k], pred_inst[k] * 997)
+      step_png.write_step_png(
+        str(predictions / name / f'{k:06d}.png'), pred_sem[k], pred_inst[k] * 997
+      )
   return predictions
 
 
@@ -176,8 +183,8 @@ def test_command_scores_step_files_as_the_definitions(tmp_path, capsys):
   for name in ('0002', '0006'):
     sequence = stq.SequenceSTQ(19, (PERSON, CAR))
     for k in range(3):
-      gt = stq.read_step_png(str(tmp_path / 'panoptic_maps' / 'val' / name / f'{k:06d}.png'))
-      pred = stq.read_step_png(str(results / name / f'{k:06d}.png'))
+      gt = step_png.read_step_png(str(tmp_path / 'panoptic_maps' / 'val' / name / f'{k:06d}.png'))
+      pred = step_png.read_step_png(str(results / name / f'{k:06d}.png'))
       sequence.add_frame(*gt, *pred)
     per[name] = sequence.summary()
   assert stq.summarize(per) == saved
@@ -188,7 +195,7 @@ def test_command_names_a_missing_wrong_or_broken_prediction(tmp_path, capsys):
   results = _write_step_folder(tmp_path, rng)
   args = ['--step_root', str(tmp_path), '--results_dir', str(results)]
   frame = results / '0006' / '000001.png'
-  stq.write_step_png(str(frame), np.zeros((4, 4)), np.zeros((4, 4)))
+  step_png.write_step_png(str(frame), np.zeros((4, 4)), np.zeros((4, 4)))
   assert stq.main(args) == 1
   assert f'error: {frame}: the prediction is 4x4, its ground truth 14x10' in capsys.readouterr().err
   frame.write_bytes(b'\x89PNG\r\n\x1a\n broken')
@@ -401,7 +408,7 @@ def test_command_scores_the_first_frames_as_the_evaluator(tmp_path, capsys):
     maps = (*maps[:2], *_random_sequence(rng, length, (6, 8))[2:])  # predictions random too
     for k in range(length):
       for folder, (sem, inst) in (('panoptic_maps/val', maps[:2]), ('results', maps[2:])):
-        stq.write_step_png(str(tmp_path / folder / name / f'{k:06d}.png'), sem[k], inst[k])
+        step_png.write_step_png(str(tmp_path / folder / name / f'{k:06d}.png'), sem[k], inst[k])
     ground_truth, prediction = _our_maps(*maps)
     evaluator.update(ground_truth, (prediction, (ground_truth, prediction)), name)
   expected = evaluator.results()
@@ -421,3 +428,36 @@ def test_command_scores_the_first_frames_as_the_evaluator(tmp_path, capsys):
   capsys.readouterr()
   assert stq.main([*args, '--max_frames_per_sequence=-1']) == 1
   assert capsys.readouterr().err.startswith('error: --max_frames_per_sequence=-1: must be >= 0')
+
+
+def _random_map(rng, shape):
+  classes = rng.integers(0, 19, shape)
+  classes[rng.uniform(size=shape) < 0.1] = 255
+  return classes, rng.integers(0, 2**16, shape)
+
+
+def test_the_stq_command_refuses_a_16_bit_prediction_naming_it(tmp_path):
+  """The STEP reader's refusal (tests/test_formats.py) as the command meets it: exit 1, the file
+  named."""
+  rng = _rng()
+  shape = (int(rng.integers(4, 20)), int(rng.integers(4, 20)))
+  results = tmp_path / 'results'
+  bad = (int(rng.integers(0, 2)), int(rng.integers(0, 3)))  # (sequence, frame) widened
+  for s, sequence in enumerate(('0002', '0006')):
+    for k in range(3):
+      classes, instance = _random_map(rng, shape)
+      frame = f'{k:06d}.png'
+      gt_path = str(tmp_path / 'panoptic_maps/val' / sequence / frame)
+      step_png.write_step_png(gt_path, classes, instance)
+      prediction = results / sequence / frame
+      step_png.write_step_png(str(prediction), classes, instance)
+      if (s, k) == bad:
+        rgb = np.stack([classes, instance // 256, instance % 256], axis=-1)
+        write_png_16_bits(prediction, rgb)
+        bad_path = prediction
+  command = [sys.executable, '-m', 'pix2seq_d.evaluation.stq']
+  command += ['--step_root', str(tmp_path), '--results_dir', str(results)]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert f'error: {bad_path}: a STEP panoptic map has 8 bits per channel' in result.stderr
+  assert 'this file has 16' in result.stderr

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pix2seq_d.evaluation import coco_format, pq, pq_accumulator
+from pix2seq_d.evaluation import pq, pq_accumulator
+from pix2seq_d.formats import coco_panoptic
 
 SAMPLE = os.path.join(os.path.dirname(__file__), 'data', 'coco_panoptic_sample')
 GT_JSON = os.path.join(SAMPLE, 'annotations', 'panoptic_val2017.json')
@@ -31,7 +32,7 @@ def _load_gt():
     (
       a['image_id'],
       a['file_name'][:-4],
-      coco_format.read_panoptic_png(os.path.join(GT_FOLDER, a['file_name'])),
+      coco_panoptic.read_panoptic_png(os.path.join(GT_FOLDER, a['file_name'])),
       a['segments_info'],
     )
     for a in gt_json['annotations']
@@ -105,7 +106,7 @@ def _perturb(gt_ids, gt_segments, category_ids, rng):
 
 
 def _write_predictions(root, predictions, categories):
-  json_path = coco_format.write_panoptic_predictions(str(root), predictions, categories)
+  json_path = coco_panoptic.write_panoptic_predictions(str(root), predictions, categories)
   return json_path, os.path.join(str(root), 'panoptic')
 
 
@@ -257,7 +258,7 @@ CATEGORIES = [
 
 def _write_gt(root, gt, categories, edit_segments=None):
   """gt JSON + PNGs; edit_segments(segments_info) -> segments_info may change the JSON."""
-  json_path = coco_format.write_panoptic_predictions(str(root), gt, categories)
+  json_path = coco_panoptic.write_panoptic_predictions(str(root), gt, categories)
   if edit_segments:
     with open(json_path) as f:
       data = json.load(f)
@@ -406,7 +407,9 @@ def test_segments_from_semantic_instance_round_trip():
   semantic = rng.integers(0, len(categories) + 1, size=shape)
   instance = rng.integers(0, 6, size=shape)
   crowd = rng.random(shape) < 0.1
-  ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, categories, crowd)
+  ids, segments = coco_panoptic.segments_from_semantic_instance(
+    semantic, instance, categories, crowd
+  )
   assert ids.dtype == np.int32 and ids.shape == shape
   void = (semantic == 0) | (instance == 0)
   np.testing.assert_array_equal(ids == 0, void)
@@ -425,7 +428,7 @@ def test_segments_from_semantic_instance_round_trip():
   for segment in segments:
     assert segment['area'] == int((ids == segment['id']).sum())
   # Without crowd flags every pair is one non-crowd segment.
-  ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, categories)
+  ids, segments = coco_panoptic.segments_from_semantic_instance(semantic, instance, categories)
   pairs = {(s, i) for s, i in zip(semantic[~void], instance[~void], strict=True)}
   assert len(segments) == len(pairs) and all(s['iscrowd'] == 0 for s in segments)
   # The maps score PQ 1 against themselves.
@@ -433,7 +436,7 @@ def test_segments_from_semantic_instance_round_trip():
   accumulator.update(ids, segments, ids, segments)
   assert accumulator.results()['All']['pq'] == pytest.approx(1.0, abs=1e-12)
   with pytest.raises(ValueError, match='semantic values'):
-    coco_format.segments_from_semantic_instance(semantic + len(categories), instance, categories)
+    coco_panoptic.segments_from_semantic_instance(semantic + len(categories), instance, categories)
 
 
 def _write_sample_predictions(tmp_path):
@@ -595,16 +598,16 @@ def test_accumulator_input_checks():
   categories = [{'id': 1, 'isthing': 1}]
   accumulator = pq_accumulator.PQAccumulator(categories)
   ids = np.ones((3, 3), np.int32)
-  with pytest.raises(coco_format.PanopticFormatError, match='shape'):
+  with pytest.raises(coco_panoptic.PanopticFormatError, match='shape'):
     accumulator.update(ids, [{'id': 1, 'category_id': 1}], ids[:2], [{'id': 1, 'category_id': 1}])
-  with pytest.raises(coco_format.PanopticFormatError, match='more than once'):
+  with pytest.raises(coco_panoptic.PanopticFormatError, match='more than once'):
     accumulator.update(
       ids,
       [{'id': 1, 'category_id': 1}],
       ids,
       [{'id': 1, 'category_id': 1}, {'id': 1, 'category_id': 1}],
     )
-  with pytest.raises(coco_format.PanopticFormatError, match='unknown category_id 5'):
+  with pytest.raises(coco_panoptic.PanopticFormatError, match='unknown category_id 5'):
     accumulator.update(ids, [{'id': 1, 'category_id': 5}], ids, [{'id': 1, 'category_id': 1}])
   with pytest.raises(ValueError, match='isthing'):
     pq_accumulator.PQAccumulator([{'id': 1}])

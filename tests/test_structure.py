@@ -3,7 +3,7 @@
 1. No import circles among the package's modules.
 2. Layers: a module imports only modules of its own folder or of a lower layer (LAYERS, top
    first): main -> tools -> loops -> config -> tasks -> evaluation -> models / data ->
-   diffusion -> runtime -> parallel. The folders of one layer do not import each other.
+   diffusion -> formats -> runtime -> parallel. The folders of one layer do not import each other.
 3. The task is chosen in one place: only tasks/registry.py reads `config.task` (config/defaults.py
    defines the field, in one line), and no module asks whether a run or a dataset is a video
    with an `is_video` flag.
@@ -31,6 +31,7 @@ LAYERS = (
   ('evaluation',),
   ('models', 'data'),
   ('diffusion',),
+  ('formats',),
   ('runtime',),
   ('parallel',),
 )

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import shapes
-from pix2seq_d.evaluation import coco_format
+from pix2seq_d.formats import coco_panoptic
 from pix2seq_d.tasks import mask_inputs, registry
 
 CATEGORIES = [
@@ -30,9 +30,9 @@ def _write_file(folder, masks):
   """A COCO panoptic file of {stem: (semantic, instance)} maps (semantic = category index + 1)."""
   annotations = []
   for image_id, (stem, (semantic, instance)) in enumerate(masks.items()):
-    ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, CATEGORIES)
+    ids, segments = coco_panoptic.segments_from_semantic_instance(semantic, instance, CATEGORIES)
     annotations.append((image_id, stem, ids, segments))
-  return coco_format.write_panoptic_predictions(str(folder), annotations, CATEGORIES)
+  return coco_panoptic.write_panoptic_predictions(str(folder), annotations, CATEGORIES)
 
 
 def _scene(rng, height, width):

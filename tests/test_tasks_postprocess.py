@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pix2seq_d.evaluation import coco_format
+from pix2seq_d.formats import coco_panoptic
 from pix2seq_d.tasks import postprocess
 
 
@@ -46,7 +46,7 @@ def test_postprocess_crops_padding_and_resizes_to_original():
 def test_postprocess_merges_each_stuff_class_into_one_segment():
   semantic = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
   instance = np.array([[3, 4, 5, 6], [3, 4, 5, 6]])
-  is_thing = coco_format.is_thing_table([{'isthing': 1}, {'isthing': 0}])
+  is_thing = coco_panoptic.is_thing_table([{'isthing': 1}, {'isthing': 0}])
   sem, inst = postprocess.postprocess(
     np.stack([semantic, instance], -1),
     (2, 4),

@@ -10,7 +10,8 @@ import pytest
 
 from configs import shapes
 from pix2seq_d.data import shapes as shapes_data
-from pix2seq_d.evaluation import davis, davis_evaluator
+from pix2seq_d.evaluation import davis_evaluator
+from pix2seq_d.formats import davis_png
 from pix2seq_d.loops import evaluate
 from pix2seq_d.loops import state as state_lib
 from pix2seq_d.parallel import sharding
@@ -31,12 +32,12 @@ def test_objects_are_non_stuff_instances_numbered_by_id_or_size():
   # Ground truth order: by instance id (3 -> 1, 7 -> 2, 9 -> 3: class 0 with an id is an object,
   # as DAVIS's are); the sky (stuff) is background.
   np.testing.assert_array_equal(
-    davis_evaluator.object_ids(semantic, instance, IS_THING, by='id'),
+    davis_png.object_ids(semantic, instance, IS_THING, by='id'),
     [[[0, 0, 2, 2, 3, 1, 1, 1]]],
   )
   # Predictions: largest first, at most `limit`.
   np.testing.assert_array_equal(
-    davis_evaluator.object_ids(semantic, instance, IS_THING, by='size', limit=2),
+    davis_png.object_ids(semantic, instance, IS_THING, by='size', limit=2),
     [[[0, 0, 2, 2, 0, 1, 1, 1]]],
   )
 
@@ -60,8 +61,8 @@ def test_ground_truth_objects_keep_void_and_id_consistency_counts_switches():
   orig[:, :, 2:, 1] = 8  # object B, right
   orig[:, 0, 0, 2] = 1  # one crowd (void) pixel per frame
   gt = davis_evaluator.gt_object_ids(orig, IS_THING)
-  assert gt[0, 0, 0] == davis.VOID_ID and gt[0, 1, 0] == 1 and gt[0, 1, 3] == 2
-  pred = np.where(gt == davis.VOID_ID, 0, gt)
+  assert gt[0, 0, 0] == davis_png.VOID_ID and gt[0, 1, 0] == 1 and gt[0, 1, 3] == 2
+  pred = np.where(gt == davis_png.VOID_ID, 0, gt)
   assert davis_evaluator.id_consistency(gt, pred) == (2, 2)
   switched = pred.copy()
   switched[2][switched[2] == 2] = 3  # B changes its id in the last frame
@@ -72,10 +73,10 @@ def test_indexed_png_round_trip(tmp_path):
   rng = np.random.default_rng(_seed())
   ids = rng.integers(0, 21, size=(7, 9))
   path = str(tmp_path / 'seq' / '00000.png')
-  davis.write_indexed_png(path, ids)
-  np.testing.assert_array_equal(davis.read_indexed_png(path), ids)
+  davis_png.write_indexed_png(path, ids)
+  np.testing.assert_array_equal(davis_png.read_indexed_png(path), ids)
   with pytest.raises(ValueError, match='0..255'):
-    davis.write_indexed_png(path, ids + 300)
+    davis_png.write_indexed_png(path, ids + 300)
 
 
 def _video_config():

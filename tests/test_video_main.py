@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from processes import main_command, run
 
-from pix2seq_d.evaluation import davis
+from pix2seq_d.formats import davis_png
 
 VIDEO = (
   '--config.task=video_panoptic',
@@ -72,7 +72,7 @@ def test_video_from_an_image_run_to_davis_scores_and_predictions(
   panoptic = json.loads((predictions / 'clip_00001' / 'panoptic.json').read_text())
   assert len(panoptic['annotations']) == 8
   assert [f.name for f in frames] == [f'{k:05d}.png' for k in range(8)]
-  assert davis.read_indexed_png(str(frames[0])).shape == (64, 64)
+  assert davis_png.read_indexed_png(str(frames[0])).shape == (64, 64)
 
   # --mode=eval of the video run gives the same record (the sampler is seeded).
   code, log = run(main_command(video_run, shapes_data_dir, *VIDEO, mode='eval'), jax_cache)
@@ -108,7 +108,7 @@ def test_video_from_an_image_run_to_davis_scores_and_predictions(
     video = out / name
     objects = sorted(video.glob('?????.png'))
     assert [p.name for p in objects] == [f'{k:05d}.png' for k in range(count)]
-    assert davis.read_indexed_png(str(objects[0])).shape == (40, 56)
+    assert davis_png.read_indexed_png(str(objects[0])).shape == (40, 56)
     panoptic = json.loads((video / 'panoptic.json').read_text())
     assert len(panoptic['annotations']) == count
     assert Image.open(video / 'overlays' / '00000.png').size == (56, 40)

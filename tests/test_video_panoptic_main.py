@@ -11,7 +11,7 @@ import pytest
 from processes import ROOT, process_env, run
 from step_layout import write_step_folder
 
-from pix2seq_d.evaluation import stq
+from pix2seq_d.formats import step_png
 
 
 def _kitti_command(workdir, step_root, data_dir, *overrides, mode='train_and_eval'):
@@ -89,7 +89,7 @@ def test_kitti_step_runlocal_trains_scores_stq_like_the_command_and_predicts(tmp
     jax_cache,
   )
   assert code == 0, log[-3000:]
-  classes, instance = stq.read_step_png(str(out / '0003' / '000002.png'))
+  classes, instance = step_png.read_step_png(str(out / '0003' / '000002.png'))
   assert classes.shape == (24, 40)
   assert set(np.unique(classes)) <= set(range(19)) | {255}
 

@@ -24,14 +24,13 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 from pix2seq_d.data.source import Source, check_splits
+from pix2seq_d.formats import coco_panoptic
 
 TFDS_NAME = 'coco/2017_panoptic'
 CATEGORIES_FILE = os.path.join(os.path.dirname(__file__), 'panoptic_coco_categories.json')
 # The zips that `tfds build coco/2017_panoptic` fetches; TFDS uses a file of the same name in
 # --manual_dir instead of downloading it.
 _COCO_ZIPS = ('train2017.zip', 'val2017.zip', 'panoptic_annotations_trainval2017.zip')
-# A COCO panoptic PNG packs the segment id into the colour: id = R + 256 G + 256^2 B.
-_ID_CHANNEL_BASE = 256
 
 
 def load_coco_categories() -> tuple[dict, ...]:
@@ -47,7 +46,7 @@ def load_coco_categories() -> tuple[dict, ...]:
 def rgb_to_panoptic_id(panoptic_rgb: tf.Tensor) -> tf.Tensor:
   """Returns the segment ids (H, W) int32 of a COCO panoptic PNG decoded as (H, W, 3) uint8."""
   rgb = tf.cast(panoptic_rgb, tf.int32)
-  return rgb[..., 0] + _ID_CHANNEL_BASE * rgb[..., 1] + _ID_CHANNEL_BASE**2 * rgb[..., 2]
+  return coco_panoptic.pack_id(rgb[..., 0], rgb[..., 1], rgb[..., 2])
 
 
 def panoptic_maps(

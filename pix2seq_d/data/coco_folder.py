@@ -45,6 +45,7 @@ from pix2seq_d.data.source import (
   inside_root,
   prepare,
 )
+from pix2seq_d.formats import coco_panoptic
 from pix2seq_d.runtime import json_files
 
 BUILDER_NAME = 'coco_panoptic_folder'
@@ -369,7 +370,7 @@ def _build_example(image_info: dict, image_annotations: list[dict], label_of: di
     if png is not None:
       if png.shape[:2] != (height, width):
         errors.append(f'{png_path}: PNG is {png.shape[:2]}, the JSON says {(height, width)}')
-      ids = coco.rgb_to_panoptic_id(png).numpy()
+      ids = coco_panoptic.rgb2id(png)
       missing = sorted(set(np.unique(ids).tolist()) - {0} - {s['id'] for s in segments})
       if missing:
         errors.append(f'{png_path}: PNG segment ids {missing} are missing from the JSON')

@@ -30,7 +30,6 @@ import hashlib
 import os
 
 import numpy as np
-import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -42,6 +41,7 @@ from pix2seq_d.data.source import (
   inside_root,
   prepare,
 )
+from pix2seq_d.formats import davis_png
 
 BUILDER_NAME = 'davis_folder'
 TFDS_NAME = 'davis'
@@ -205,16 +205,13 @@ def _read_frame(path: str) -> tuple[bytes, tuple[int, int] | None, str]:
 def _read_annotation(path: str) -> tuple[bytes, tuple[int, int] | None, str]:
   """Returns (object ids as a grayscale PNG or b'', (H, W) or None, error or '')."""
   try:
-    with PIL.Image.open(path) as image:
-      # A palette PNG's pixels are palette indices = object ids; TF's PNG decoder would return
-      # the palette colours instead, so the indices are re-encoded as a grayscale PNG.
-      if image.mode not in ('P', 'L'):
-        return b'', None, f'{path}: mode {image.mode} is not an object-id (palette) PNG'
-      ids = np.asarray(image, dtype=np.uint8)
+    ids = davis_png.read_indexed_png(path)
   except FileNotFoundError:
     return b'', None, f'{path}: the annotation of this frame is missing'
-  except (OSError, ValueError) as e:
-    return b'', None, f'{path}: cannot decode the annotation ({e})'
+  except ValueError as e:  # the message names the file
+    return b'', None, str(e)
+  # A palette PNG's pixels are palette indices = object ids; TF's PNG decoder would return the
+  # palette colours instead, so the indices are re-encoded as a grayscale PNG.
   return tf.io.encode_png(ids[:, :, None]).numpy(), ids.shape, ''
 
 

@@ -43,12 +43,11 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from pix2seq_d.data.source import LocalFilesBuilder, Source, add_file_stamps, prepare
+from pix2seq_d.formats import step_png
 from pix2seq_d.runtime import image_files, json_files
 
 BUILDER_NAME = 'step_folder'
 CATEGORIES_FILE = 'categories.json'
-VOID = 255
-_INSTANCE_SPAN = 2**16
 _HASH_CHARS = 12
 # Cityscapes' 19 train classes with their colours; KITTI-STEP tracks person and car only.
 _CLASSES = (
@@ -92,7 +91,11 @@ def read_categories(root: str) -> tuple[dict, ...]:
   for k, category in enumerate(categories):
     json_files.require_keys(category, ('id', 'name', 'isthing'), f'{path} category {k}')
     category_id = category['id']
-    if not isinstance(category_id, int) or not 0 <= category_id < VOID or category_id in seen:
+    if (
+      not isinstance(category_id, int)
+      or not 0 <= category_id < step_png.VOID
+      or category_id in seen
+    ):
       raise json_files.FileFormatError(
         f'{path} category {k}: id {category_id!r} must be a distinct class value in 0..254'
       )
@@ -199,8 +202,8 @@ def builder_config(root: str, splits: tuple[str, ...]) -> StepFolderConfig:
 def semantic_table(categories) -> np.ndarray:
   """(256,) int32: class value -> semantic label (category index + 1), void (255) -> 0, a value
   that is no class -> -1."""
-  table = np.full(VOID + 1, -1, np.int32)
-  table[VOID] = 0
+  table = np.full(step_png.VOID + 1, -1, np.int32)
+  table[step_png.VOID] = 0
   for k, category in enumerate(categories):
     table[category['id']] = k + 1
   return table
@@ -211,14 +214,14 @@ def read_step_map(path: str, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]
   names a bad file."""
   if not os.path.isfile(path):
     raise ValueError(f'{path}: the panoptic map of this frame is missing')
-  classes, instance = image_files.read_step_png(path)
+  classes, instance = step_png.read_step_png(path)
   semantic = table[classes]
   if (semantic < 0).any():
     value = int(classes[semantic < 0][0])
     valid = sorted(int(v) for v in np.flatnonzero(table > 0))
     raise ValueError(
       f'{path}: class {value} is neither a class of the folder ({valid[0]}..{valid[-1]}) nor '
-      f'void ({VOID})'
+      f'void ({step_png.VOID})'
     )
   return semantic, instance
 
@@ -325,15 +328,19 @@ def _build_sequence(
     if semantic.shape != size:
       raise ValueError(f'{map_path}: the map is {semantic.shape}, its frame {frame_path} {size}')
     labelled = semantic > 0
-    keys.update(np.unique(semantic[labelled] * _INSTANCE_SPAN + instance[labelled]).tolist())
-  if len(keys) >= _INSTANCE_SPAN:
+    keys.update(
+      np.unique(semantic[labelled] * step_png.INSTANCE_SPAN + instance[labelled]).tolist()
+    )
+  if len(keys) >= step_png.INSTANCE_SPAN:
     raise ValueError(f'sequence {name}: {len(keys)} segments do not fit 16-bit ids')
   table_keys = np.array(sorted(keys), np.int64)
   labels = []
   for map_path in map_paths:
     semantic, instance = read_step_map(map_path, table)
     labelled = semantic > 0
-    ids = np.searchsorted(table_keys, semantic.astype(np.int64) * _INSTANCE_SPAN + instance) + 1
+    ids = (
+      np.searchsorted(table_keys, semantic.astype(np.int64) * step_png.INSTANCE_SPAN + instance) + 1
+    )
     tracked = labelled & is_thing[semantic]
     crowd = tracked & (instance == 0)
     track = np.where(tracked, instance, 0)

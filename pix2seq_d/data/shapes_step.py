@@ -27,6 +27,7 @@ from PIL import Image
 
 from pix2seq_d.data import kitti_step, shapes
 from pix2seq_d.data.source import Source, preparation_lock
+from pix2seq_d.formats import step_png
 
 VERSION = '1.0.0'
 _DONE = 'COMPLETE'
@@ -91,9 +92,10 @@ def write_folder(root: str, config: StepShapesConfig) -> None:
         for t in range(frames):
           frame = f'{t:06d}.png'
           Image.fromarray(images[t]).save(os.path.join(staging, 'images', split, name, frame))
-          step_map = np.stack([ids[semantic[t]], instance[t] // 256, instance[t] % 256], axis=-1)
-          Image.fromarray(step_map.astype(np.uint8), 'RGB').save(
-            os.path.join(staging, 'panoptic_maps', split, name, frame)
+          step_png.write_step_png(
+            os.path.join(staging, 'panoptic_maps', split, name, frame),
+            ids[semantic[t]],
+            instance[t],
           )
     open(os.path.join(staging, _DONE), 'w').close()
     if os.path.isdir(root):

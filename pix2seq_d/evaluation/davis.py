@@ -28,7 +28,7 @@ It prints the global and per-object tables and writes {"J&F-Mean", "J-Mean", "J-
 "J-Decay", "F-Mean", "F-Recall", "F-Decay", "per_sequence": {name: {"J-Mean", "F-Mean"}}}. The
 evaluator plug-in of the evaluation loop is davis_evaluator.py.
 
-Pure numpy, scipy and Pillow.
+Pure numpy and scipy; the PNGs are read by formats/davis_png.py.
 """
 
 from __future__ import annotations
@@ -39,13 +39,11 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage, optimize
 
 from pix2seq_d.evaluation import base
-from pix2seq_d.runtime import image_files
+from pix2seq_d.formats import davis_png
 
-VOID_ID = 255
 MAX_PROPOSALS = 20
 BOUNDARY_TOLERANCE = 0.008  # of the image diagonal.
 _DECAY_BINS = 4
@@ -144,7 +142,7 @@ def evaluate_sequence(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndar
     raise ValueError(
       f'annotation {gt_ids.shape} and prediction {pred_ids.shape} must be one (T, H, W).'
     )
-  void = gt_ids == VOID_ID
+  void = gt_ids == davis_png.VOID_ID
   gt_ids = np.where(void, 0, gt_ids)
   num_objects = int(gt_ids[0].max())
   num_proposals = int(pred_ids.max()) if pred_ids.size else 0
@@ -193,46 +191,6 @@ def summarize(per_sequence: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict
 # -------------------------------------------------------------------------- files and CLI
 
 
-def read_indexed_png(path: str) -> np.ndarray:
-  """The indices of a palette (or grey) PNG as int64 (H, W); errors name the file."""
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image).astype(np.int64)
-  except FileNotFoundError:
-    raise FileNotFoundError(f'{path} does not exist') from None
-  except image_files.READ_ERRORS as e:
-    raise ValueError(f'{path}: cannot be decoded as a PNG ({e})') from None
-
-
-def _voc_palette() -> list[int]:
-  """The DAVIS / PASCAL VOC palette: colour of index i from its bits, spread over R, G, B."""
-  palette = []
-  for index in range(256):
-    r = g = b = 0
-    value = index
-    for shift in range(7, -1, -1):
-      r |= (value & 1) << shift
-      g |= ((value >> 1) & 1) << shift
-      b |= ((value >> 2) & 1) << shift
-      value >>= 3
-    palette += [r, g, b]
-  return palette
-
-
-def write_indexed_png(path: str, ids: np.ndarray) -> None:
-  """Writes int (H, W) ids in 0..255 as a palette PNG (DAVIS's colours), atomically."""
-  ids = np.asarray(ids)
-  if ids.size and (ids.min() < 0 or ids.max() > 255):
-    raise ValueError(f'{path}: ids must lie in 0..255, got {ids.min()}..{ids.max()}.')
-  height, width = ids.shape
-  image = Image.frombytes('P', (width, height), np.ascontiguousarray(ids, np.uint8).tobytes())
-  image.putpalette(_voc_palette())
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  partial = f'{path}.partial'
-  image.save(partial, format='PNG')
-  os.replace(partial, path)
-
-
 def evaluate_folder(
   davis_root: str,
   results_dir: str,
@@ -261,14 +219,9 @@ def evaluate_folder(
     frames = sorted(name for name in os.listdir(folder) if name.endswith('.png'))
     gt, pred = [], []
     for name in frames:
-      gt.append(read_indexed_png(os.path.join(folder, name)))
+      gt.append(davis_png.read_indexed_png(os.path.join(folder, name)).astype(np.int64))
       path = os.path.join(results_dir, sequence, name)
-      pred.append(read_indexed_png(path))
-      if pred[-1].ndim != 2:
-        raise ValueError(
-          f'{path}: a prediction is an indexed (palette or grey) PNG of object ids, not an '
-          f'image of {pred[-1].shape[-1]} channels'
-        )
+      pred.append(davis_png.read_indexed_png(path).astype(np.int64))
       if pred[-1].shape != gt[-1].shape:
         raise ValueError(
           f'{path}: the prediction is {pred[-1].shape[1]}x{pred[-1].shape[0]}, its annotation '

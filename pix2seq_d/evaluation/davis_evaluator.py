@@ -1,6 +1,6 @@
 """The DAVIS 2017 J&F evaluator plug-in ('davis_jf'): video object segmentation of clips.
 
-Each clip's panoptic maps become DAVIS object maps (`davis.object_ids`: the non-stuff
+Each clip's panoptic maps become DAVIS object maps (`davis_png.object_ids`: the non-stuff
 instances; predictions numbered largest first, at most 20, the ground truth in instance-id order
 with crowd pixels void), which are matched and scored as the official unsupervised evaluation
 does (`davis.evaluate_sequence`). The same scores on files:
@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pix2seq_d.evaluation import base, coco_format, davis
+from pix2seq_d.evaluation import base, davis
+from pix2seq_d.formats import coco_panoptic, davis_png
 
 
 class DavisJFEvaluator(base.Evaluator):
@@ -26,7 +27,7 @@ class DavisJFEvaluator(base.Evaluator):
 
   def __init__(self, categories: Sequence[dict]):
     super().__init__(categories)
-    self._is_thing = coco_format.is_thing_table(self.categories)
+    self._is_thing = coco_panoptic.is_thing_table(self.categories)
     self._rows: dict[str, dict] = {}
 
   def update(self, ground_truth: np.ndarray, prediction: base.Panoptic, example_id: Any) -> None:
@@ -36,7 +37,9 @@ class DavisJFEvaluator(base.Evaluator):
         f'{example_id}: the DAVIS J&F evaluator scores clips (T, H, W) of a video task, got '
         f'ground truth {ground_truth.shape}.'
       )
-    pred_ids = object_ids(*prediction, self._is_thing, by='size', limit=davis.MAX_PROPOSALS)
+    pred_ids = davis_png.object_ids(
+      *prediction, self._is_thing, by='size', limit=davis.MAX_PROPOSALS
+    )
     gt_ids = gt_object_ids(ground_truth, self._is_thing)
     j, f = davis.evaluate_sequence(gt_ids, pred_ids)
     kept, objects = id_consistency(gt_ids, pred_ids)
@@ -77,54 +80,13 @@ class DavisJFEvaluator(base.Evaluator):
     )
 
 
-def object_ids(
-  semantic: np.ndarray,
-  instance: np.ndarray,
-  is_thing: np.ndarray,
-  *,
-  by: str,
-  limit: int | None = None,
-) -> np.ndarray:
-  """The clip's objects as DAVIS object ids 1..K (0 elsewhere).
-
-  Args:
-    semantic, instance: (T, H, W) int maps of a clip.
-    is_thing: (num_classes,) bool per semantic id (index 0 = void).
-    by: 'id' numbers the objects in the order of their instance ids (a ground truth whose ids
-      are already 1..K keeps them, as DAVIS's do); 'size' numbers them largest first (pixels over
-      the clip), for predictions.
-    limit: keep at most this many objects (the first ones in that order); None keeps all.
-
-  Returns:
-    (T, H, W) int32 object ids.
-  """
-  semantic = np.asarray(semantic)
-  instance = np.asarray(instance).astype(np.int64)
-  is_stuff = ~np.asarray(is_thing, bool)
-  is_stuff[0] = False
-  is_object = (instance > 0) & ~is_stuff[np.clip(semantic, 0, len(is_stuff) - 1)]
-  ids = np.where(is_object, instance, 0)
-  counts = np.bincount(ids.ravel())
-  counts[0] = 0
-  present = np.flatnonzero(counts)
-  if by == 'size':
-    present = present[np.argsort(-counts[present], kind='stable')]
-  elif by != 'id':
-    raise ValueError(f"object_ids: by={by!r}; use 'id' or 'size'.")
-  if limit is not None:
-    present = present[:limit]
-  table = np.zeros(len(counts), np.int32)
-  table[present] = np.arange(1, len(present) + 1)
-  return table[ids]
-
-
 def gt_object_ids(orig_label: np.ndarray, is_thing: np.ndarray) -> np.ndarray:
   """The DAVIS annotation of a clip's ground truth: (T, H, W, 3) [semantic, instance, crowd] ->
-  (T, H, W) int32 object ids 1..K in instance-id order, crowd pixels void (davis.VOID_ID)."""
-  ids = object_ids(orig_label[..., 0], orig_label[..., 1], is_thing, by='id')
-  if ids.max(initial=0) >= davis.VOID_ID:
+  (T, H, W) int32 object ids 1..K in instance-id order, crowd pixels void (davis_png.VOID_ID)."""
+  ids = davis_png.object_ids(orig_label[..., 0], orig_label[..., 1], is_thing, by='id')
+  if ids.max(initial=0) >= davis_png.VOID_ID:
     raise ValueError(f'a clip has {ids.max()} objects; the DAVIS format holds fewer than 255.')
-  return np.where(orig_label[..., 2] > 0, davis.VOID_ID, ids).astype(np.int32)
+  return np.where(orig_label[..., 2] > 0, davis_png.VOID_ID, ids).astype(np.int32)
 
 
 def id_consistency(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[int, int]:
@@ -134,14 +96,14 @@ def id_consistency(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[int, int]:
   of its pixels is the same non-zero id.
 
   Args:
-    gt_ids: (T, H, W) DAVIS annotation (davis.VOID_ID void).
+    gt_ids: (T, H, W) DAVIS annotation (davis_png.VOID_ID void).
     pred_ids: (T, H, W) predicted object ids.
 
   Returns:
     (objects that keep one id, objects).
   """
   kept = total = 0
-  for k in range(1, int(np.where(gt_ids == davis.VOID_ID, 0, gt_ids).max(initial=0)) + 1):
+  for k in range(1, int(np.where(gt_ids == davis_png.VOID_ID, 0, gt_ids).max(initial=0)) + 1):
     majority = set()
     for gt, pred in zip(gt_ids, pred_ids, strict=True):
       pixels = pred[gt == k]

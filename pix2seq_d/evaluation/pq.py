@@ -27,8 +27,8 @@ from typing import Sequence
 import numpy as np
 
 from pix2seq_d.evaluation import base
-from pix2seq_d.evaluation.coco_format import PanopticFormatError, read_panoptic_png
 from pix2seq_d.evaluation.pq_accumulator import PQAccumulator, format_table
+from pix2seq_d.formats.coco_panoptic import PanopticFormatError, read_panoptic_png
 from pix2seq_d.runtime.json_files import FileFormatError, load_json, require_keys
 
 _log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pix2seq_d.evaluation.coco_format import (
+from pix2seq_d.formats.coco_panoptic import (
   MAX_SEGMENT_ID,
   PanopticFormatError,
   check_segment_ids,

@@ -1,7 +1,7 @@
 """The PQ evaluator plug-in ('pq'): panoptic quality, equal to panopticapi's `pq_compute`.
 
 Each example's ground truth and prediction become COCO panoptic segments
-(`coco_format.segments_from_semantic_instance`, crowd pixels as iscrowd segments) and
+(`coco_panoptic.segments_from_semantic_instance`, crowd pixels as iscrowd segments) and
 `pq_accumulator.PQAccumulator` counts them. A clip is scored frame by frame, each frame as an image.
 The same counts on files: `python -m pix2seq_d.evaluation.pq` (pq.py).
 """
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pix2seq_d.evaluation import base, coco_format, pq_accumulator
+from pix2seq_d.evaluation import base, pq_accumulator
+from pix2seq_d.formats import coco_panoptic
 
 
 class PQEvaluator(base.Evaluator):
@@ -32,10 +33,10 @@ class PQEvaluator(base.Evaluator):
       for frame, (gt, semantic, instance) in enumerate(zip(ground_truth, *prediction, strict=True)):
         self.update(gt, base.Panoptic(semantic, instance), f'{example_id} frame {frame}')
       return
-    gt_ids, gt_segments = coco_format.segments_from_semantic_instance(
+    gt_ids, gt_segments = coco_panoptic.segments_from_semantic_instance(
       ground_truth[..., 0], ground_truth[..., 1], self.categories, crowd=ground_truth[..., 2] > 0
     )
-    pred_ids, pred_segments = coco_format.segments_from_semantic_instance(
+    pred_ids, pred_segments = coco_panoptic.segments_from_semantic_instance(
       prediction.semantic, prediction.instance, self.categories
     )
     self._accumulator.update(gt_ids, gt_segments, pred_ids, pred_segments, image_id=example_id)

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pix2seq_d.evaluation import base, coco_format, edit_evaluators, pq_accumulator, pq_evaluator
+from pix2seq_d.evaluation import base, edit_evaluators, pq_accumulator, pq_evaluator
+from pix2seq_d.formats import coco_panoptic
 
 LEVELS = 256  # uncertainty bins: the 8-bit levels of the written uncertainty pictures
 
@@ -54,10 +55,10 @@ def wrong_pixels(
     (scored, wrong): bool (H, W) each; scored = pixels of non-crowd ground-truth segments,
     wrong = scored pixels whose predicted segment is not their segment's PQ match.
   """
-  gt_ids, gt_segments = coco_format.segments_from_semantic_instance(
+  gt_ids, gt_segments = coco_panoptic.segments_from_semantic_instance(
     ground_truth[..., 0], ground_truth[..., 1], categories, crowd=ground_truth[..., 2] > 0
   )
-  pred_ids, pred_segments = coco_format.segments_from_semantic_instance(
+  pred_ids, pred_segments = coco_panoptic.segments_from_semantic_instance(
     prediction.semantic, prediction.instance, categories
   )
   matches: dict[int, int] = {}

@@ -29,7 +29,7 @@ void; G * 256 + B = instance id), with --max_frames_per_sequence=N only the firs
 each sequence (the authors' protocol: N = 100; 0, the default, every frame as the benchmark
 server), prints the table and writes {"STQ", "AQ", "IoU",
 "per_sequence": {"0002": {"STQ", "AQ", "IoU", "num_frames"}, ...}}. The evaluator plug-in of the
-evaluation loop is stq_evaluator.py. Pure numpy and Pillow.
+evaluation loop is stq_evaluator.py. Pure numpy; the maps are read by formats/step_png.py.
 """
 
 from __future__ import annotations
@@ -41,16 +41,13 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from pix2seq_d.evaluation import base
-from pix2seq_d.runtime import image_files
+from pix2seq_d.formats import step_png
 
-VOID = 255  # the class value of void pixels in KITTI-STEP maps
 # KITTI-STEP: the 19 Cityscapes train ids; person (11) and car (13) carry track ids.
 KITTI_STEP_NUM_CLASSES = 19
 KITTI_STEP_THINGS = (11, 13)
-_INSTANCE_SPAN = 2**16  # instance ids of a STEP map: G * 256 + B < 2^16
 
 
 class SequenceSTQ:
@@ -62,7 +59,7 @@ class SequenceSTQ:
     void: the void class value (KITTI-STEP: 255).
   """
 
-  def __init__(self, num_classes: int, things: Sequence[int], void: int = VOID):
+  def __init__(self, num_classes: int, things: Sequence[int], void: int = step_png.VOID):
     self.num_classes = int(num_classes)
     self.things = np.asarray(sorted(set(int(c) for c in things)), np.int64)
     self.void = int(void)
@@ -99,8 +96,8 @@ class SequenceSTQ:
     if not (gt_class.shape == pred_class.shape == gt_instance.shape == pred_instance.shape):
       raise ValueError('the ground-truth and predicted maps of a frame differ in size')
     for what, instance in (('ground-truth', gt_instance), ('predicted', pred_instance)):
-      if instance.size and (instance.min() < 0 or instance.max() >= _INSTANCE_SPAN):
-        raise ValueError(f'{what} instance ids must lie in 0..{_INSTANCE_SPAN - 1}')
+      if instance.size and (instance.min() < 0 or instance.max() >= step_png.INSTANCE_SPAN):
+        raise ValueError(f'{what} instance ids must lie in 0..{step_png.INSTANCE_SPAN - 1}')
     size = self.num_classes + 1
     self.confusion += np.bincount(gt_class * size + pred_class, minlength=size * size).reshape(
       size, size
@@ -109,15 +106,15 @@ class SequenceSTQ:
     crowd = gt_thing & (gt_instance == 0)
     gt_tube = gt_thing & ~crowd
     pred_tube = np.isin(pred_class, self.things) & ~crowd
-    gt_keys = gt_class * _INSTANCE_SPAN + gt_instance
-    pred_keys = pred_class * _INSTANCE_SPAN + pred_instance
+    gt_keys = gt_class * step_png.INSTANCE_SPAN + gt_instance
+    pred_keys = pred_class * step_png.INSTANCE_SPAN + pred_instance
     _add_counts(self.gt_tubes, gt_keys[gt_tube])
     _add_counts(self.pred_tubes, pred_keys[pred_tube])
     both = gt_tube & pred_tube
     pairs, counts = np.unique(
-      gt_keys[both] * (size * _INSTANCE_SPAN) + pred_keys[both], return_counts=True
+      gt_keys[both] * (size * step_png.INSTANCE_SPAN) + pred_keys[both], return_counts=True
     )
-    span = size * _INSTANCE_SPAN
+    span = size * step_png.INSTANCE_SPAN
     for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
       key = (pair // span, pair % span)
       self.intersections[key] = self.intersections.get(key, 0) + count
@@ -208,34 +205,6 @@ def format_table(results: dict) -> str:
 # -------------------------------------------------------------------------- files and CLI
 
 
-def read_step_png(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """A KITTI-STEP panoptic PNG as int32 (class (H, W), instance (H, W)): R = class, G * 256 + B
-  = instance.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: the file cannot be decoded or is not an 8-bit RGB PNG; the message names it.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} does not exist')
-  return image_files.read_step_png(path)
-
-
-def write_step_png(path: str, semantic: np.ndarray, instance: np.ndarray) -> None:
-  """Writes int (H, W) class (0..254, or 255 void) and instance (< 2^16) maps as a STEP PNG."""
-  semantic = np.asarray(semantic).astype(np.int64)
-  instance = np.asarray(instance).astype(np.int64)
-  if semantic.size and (semantic.min() < 0 or semantic.max() > VOID):
-    raise ValueError(f'{path}: classes must lie in 0..255')
-  if instance.size and (instance.min() < 0 or instance.max() >= _INSTANCE_SPAN):
-    raise ValueError(f'{path}: instance ids must lie in 0..65535')
-  rgb = np.stack([semantic, instance // 256, instance % 256], axis=-1).astype(np.uint8)
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  partial = f'{path}.partial'
-  Image.fromarray(rgb, 'RGB').save(partial, format='PNG')
-  os.replace(partial, path)
-
-
 def evaluate_folder(
   step_root: str,
   results_dir: str,
@@ -273,7 +242,7 @@ def evaluate_folder(
       pred_path = os.path.join(results_dir, sequence, frame)
       if not os.path.isfile(pred_path):
         raise FileNotFoundError(f'{pred_path}: no prediction for the ground-truth frame {gt_path}')
-      gt, pred = read_step_png(gt_path), read_step_png(pred_path)
+      gt, pred = step_png.read_step_png(gt_path), step_png.read_step_png(pred_path)
       if gt[0].shape != pred[0].shape:
         raise ValueError(
           f'{pred_path}: the prediction is {pred[0].shape[1]}x{pred[0].shape[0]}, its ground '

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pix2seq_d.evaluation import coco_format
+from pix2seq_d.formats import coco_panoptic
 from pix2seq_d.runtime import json_files
 from pix2seq_d.tasks import postprocess, samples
 
@@ -71,9 +71,9 @@ def read_mask_file(
     where = f'{flag}={json_path}: annotations[{k}]'
     json_files.require_keys(annotation, ('image_id', 'file_name', 'segments_info'), where)
     path = os.path.join(folder, annotation['file_name'])
-    ids = coco_format.read_panoptic_png(path)
+    ids = coco_panoptic.read_panoptic_png(path)
     segments = annotation['segments_info']
-    coco_format.segments_info(ids, segments, where=path)  # ids in the map <-> segments listed
+    coco_panoptic.segments_info(ids, segments, where=path)  # ids in the map <-> segments listed
     if len(segments) >= max_instances:
       raise json_files.FileFormatError(
         f"{path}: {len(segments)} segments, more than the model's {max_instances - 1} "
@@ -88,7 +88,9 @@ def read_mask_file(
           f'not know (its categories: {sorted(semantic_of)}).'
         )
       semantic_table[n] = semantic_of[category]
-    index, _ = coco_format.segment_index(ids, np.array([int(s['id']) for s in segments], np.int64))
+    index, _ = coco_panoptic.segment_index(
+      ids, np.array([int(s['id']) for s in segments], np.int64)
+    )
     instance = np.where(index < len(segments), index + 1, 0).astype(np.int32)
     key = os.path.splitext(annotation['file_name'])[0] if by_stem else int(annotation['image_id'])
     if key in masks:

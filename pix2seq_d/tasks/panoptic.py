@@ -18,8 +18,8 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from pix2seq_d.evaluation import coco_format
 from pix2seq_d.evaluation.base import Panoptic
+from pix2seq_d.formats import coco_panoptic
 from pix2seq_d.models import layers, sampling
 from pix2seq_d.parallel import hosts
 from pix2seq_d.tasks import base, mask_inputs, pictures, postprocess, predict_inputs, samples
@@ -253,7 +253,7 @@ class ImagePanoptic(base.Task):
     }
 
   def eval_examples(self, batch, pred, categories) -> Iterator[base.Example]:
-    is_thing = coco_format.is_thing_table(categories)
+    is_thing = coco_panoptic.is_thing_table(categories)
     for row in np.flatnonzero(batch['valid']):
       orig_h, orig_w = (int(v) for v in batch['orig_size'][row])
       image_id = int(batch['image_id'][row])
@@ -374,7 +374,7 @@ class ImagePanoptic(base.Task):
     return self.predict_example(0, '', pred, loaded, categories, 0).prediction
 
   def predict_example(self, index, name, pred, loaded, categories, row) -> base.Example:
-    is_thing = coco_format.is_thing_table(categories)
+    is_thing = coco_panoptic.is_thing_table(categories)
     outputs = self._outputs(pred, loaded.unpadded_size, loaded.originals.shape[:2], is_thing)
     if loaded.given is not None:
       outputs['prediction'] = Panoptic(
@@ -387,7 +387,7 @@ class PanopticImageFiles(base.PredictionFiles):
   """COCO panoptic predictions: output_dir/panoptic/<name>.png and output_dir/panoptic.json; with
   the original images also the prediction coloured over each, output_dir/overlays/<name>.png; with
   several samples per image the 8-bit uncertainty, output_dir/uncertainty/<name>.png (0 where the
-  samples agree, 255 where no two do). Everything is staged (coco_format.PanopticWriter inside a
+  samples agree, 255 where no two do). Everything is staged (coco_panoptic.PanopticWriter inside a
   `base.StagingFolder`) and moved into place by `close`, the JSON last; `abort` leaves output_dir
   as it was. In a multi-process evaluation each process writes its own examples into
   output_dir/process_<i>."""
@@ -398,15 +398,17 @@ class PanopticImageFiles(base.PredictionFiles):
     self.output_dir = output_dir
     self.categories = list(categories)
     self._staging = base.StagingFolder(output_dir)
-    self._writer: coco_format.PanopticWriter | None = None
+    self._writer: coco_panoptic.PanopticWriter | None = None
     self._names: list[str] = []
     self._pictures: list[str] = []  # overlays/<name>.png and uncertainty/<name>.png
 
   def add(self, example: base.Example) -> None:
     semantic, instance = example.prediction
-    ids, segments = coco_format.segments_from_semantic_instance(semantic, instance, self.categories)
+    ids, segments = coco_panoptic.segments_from_semantic_instance(
+      semantic, instance, self.categories
+    )
     if self._writer is None:
-      self._writer = coco_format.PanopticWriter(self._staging.path, self.categories)
+      self._writer = coco_panoptic.PanopticWriter(self._staging.path, self.categories)
     self._writer.add(example.example_id, example.name, ids, segments)
     self._names.append(example.name)
     if example.originals is not None:
@@ -425,7 +427,7 @@ class PanopticImageFiles(base.PredictionFiles):
 
   def close(self) -> str:
     if self._writer is None:
-      self._writer = coco_format.PanopticWriter(self._staging.path, self.categories)
+      self._writer = coco_panoptic.PanopticWriter(self._staging.path, self.categories)
     try:
       self._writer.commit()  # the PNGs and the JSON, complete, inside the staging folder
       for name in self._names:

@@ -30,8 +30,9 @@ from flax import nnx
 from PIL import Image
 
 from pix2seq_d.diffusion import bits
-from pix2seq_d.evaluation import coco_format, davis, davis_evaluator, stq
+from pix2seq_d.evaluation import davis
 from pix2seq_d.evaluation.base import Panoptic
+from pix2seq_d.formats import coco_panoptic, davis_png, step_png
 from pix2seq_d.models import layers, sampling
 from pix2seq_d.parallel import hosts
 from pix2seq_d.tasks import base, pictures, postprocess, predict_inputs
@@ -181,7 +182,7 @@ class VideoPanoptic(base.Task):
     class is decided from the frames scored, exactly as if nothing after them had been sampled
     (the sampler is causal, so their raw ids are the same).
     """
-    is_thing = coco_format.is_thing_table(categories)
+    is_thing = coco_panoptic.is_thing_table(categories)
     limit = int(self.config.eval.max_frames_per_sequence)
     for row in np.flatnonzero(batch['valid']):
       num_frames = int(batch['num_frames'][row])
@@ -205,13 +206,13 @@ class VideoPanoptic(base.Task):
 
   def eval_picture(self, batch, pred, row, categories) -> np.ndarray:
     """Rows of frames, ground-truth objects and predicted objects, at the mask size."""
-    is_thing = coco_format.is_thing_table(categories)
+    is_thing = coco_panoptic.is_thing_table(categories)
     num_frames = int(batch['num_frames'][row])
     mask_gt, mask_pred = batch['label'][row, :num_frames], pred[row, :num_frames]
     return pictures.video_strip(
       batch['frames'][row, :num_frames],
-      davis_evaluator.object_ids(mask_gt[..., 0], mask_gt[..., 1], is_thing, by='id'),
-      davis_evaluator.object_ids(mask_pred[..., 0], mask_pred[..., 1], is_thing, by='size'),
+      davis_png.object_ids(mask_gt[..., 0], mask_gt[..., 1], is_thing, by='id'),
+      davis_png.object_ids(mask_pred[..., 0], mask_pred[..., 1], is_thing, by='size'),
       max_frames=self.config.eval.video_strip_frames,
     )
 
@@ -254,7 +255,7 @@ class VideoPanoptic(base.Task):
       pred[: len(loaded.model_input)],
       loaded.unpadded_size,
       loaded.originals.shape[1:3],
-      coco_format.is_thing_table(categories),
+      coco_panoptic.is_thing_table(categories),
     )
 
 
@@ -287,10 +288,10 @@ def panoptic_frames(semantic, instance, categories):
 def step_maps(semantic, instance, categories) -> tuple[np.ndarray, np.ndarray]:
   """(T, H, W) maps in KITTI-STEP's terms: class = the category's 'id' (void 255), instance =
   the id of thing pixels (stuff 0)."""
-  ids = np.array([stq.VOID] + [int(c['id']) for c in categories])
-  if ids[1:].size and (ids[1:].min() < 0 or ids[1:].max() >= stq.VOID):
+  ids = np.array([step_png.VOID] + [int(c['id']) for c in categories])
+  if ids[1:].size and (ids[1:].min() < 0 or ids[1:].max() >= step_png.VOID):
     raise ValueError(f'category ids {ids[1:].tolist()} do not fit KITTI-STEP classes 0..254')
-  is_thing = coco_format.is_thing_table(categories)
+  is_thing = coco_panoptic.is_thing_table(categories)
   semantic = np.asarray(semantic)
   return ids[semantic], np.where(is_thing[semantic], instance, 0)
 
@@ -315,7 +316,7 @@ class VideoFiles(base.PredictionFiles):
   def __init__(self, output_dir: str, categories):
     self.output_dir = output_dir
     self.categories = list(categories)
-    self._is_thing = coco_format.is_thing_table(self.categories)
+    self._is_thing = coco_panoptic.is_thing_table(self.categories)
     self._staging = base.StagingFolder(output_dir)
     self._names: list[str] = []
 
@@ -323,7 +324,7 @@ class VideoFiles(base.PredictionFiles):
     if example.name in self._names:  # two videos would write one folder
       raise ValueError(f'video {example.example_id}: the name {example.name!r} is used twice')
     semantic, instance = example.prediction
-    objects = davis_evaluator.object_ids(
+    objects = davis_png.object_ids(
       semantic, instance, self._is_thing, by='size', limit=davis.MAX_PROPOSALS
     )
     ids, segments, classes = panoptic_frames(semantic, instance, self.categories)
@@ -334,8 +335,8 @@ class VideoFiles(base.PredictionFiles):
     step_classes, step_instances = step_maps(semantic, instance, self.categories)
     for k in range(len(ids)):
       stem = f'{k:05d}'
-      davis.write_indexed_png(os.path.join(video_dir, f'{stem}.png'), objects[k])
-      stq.write_step_png(
+      davis_png.write_indexed_png(os.path.join(video_dir, f'{stem}.png'), objects[k])
+      step_png.write_step_png(
         os.path.join(video_dir, f'{k:06d}.png'), step_classes[k], step_instances[k]
       )
       annotations.append((k, stem, ids[k], segments[k]))
@@ -345,7 +346,7 @@ class VideoFiles(base.PredictionFiles):
         Image.fromarray(pictures.overlay(example.originals[k], coloured)).save(
           os.path.join(video_dir, 'overlays', f'{stem}.png')
         )
-    coco_format.write_panoptic_predictions(video_dir, annotations, self.categories)
+    coco_panoptic.write_panoptic_predictions(video_dir, annotations, self.categories)
 
   def close(self) -> str:
     try:

@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from scipy import ndimage
 
-from pix2seq_d.evaluation import coco_format
+from pix2seq_d.formats import coco_panoptic
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=False)
 flags.DEFINE_integer('severity', 2, 'How strong and how frequent the faults are: 1, 2 or 3.')
@@ -73,7 +73,7 @@ def main(argv) -> None:
   source = data_registry.get_source(config)
   config = data_facts.apply(config, source.categories, f'dataset {source.name!r}')
   task = task_registry.get_task(config)
-  is_thing = coco_format.is_thing_table(source.categories)
+  is_thing = coco_panoptic.is_thing_table(source.categories)
   annotations = []
   for batch in task.eval_iterator(source):
     for row in np.flatnonzero(batch['valid']):
@@ -81,11 +81,11 @@ def main(argv) -> None:
       label = batch['orig_label'][row, :height, :width]
       image_id = int(batch['image_id'][row])
       semantic, instance = degrade(label[..., 0], label[..., 1], is_thing, FLAGS.severity, image_id)
-      ids, segments = coco_format.segments_from_semantic_instance(
+      ids, segments = coco_panoptic.segments_from_semantic_instance(
         semantic, instance, source.categories
       )
       annotations.append((image_id, f'{image_id:012d}', ids, segments))
-  path = coco_format.write_panoptic_predictions(FLAGS.output, annotations, source.categories)
+  path = coco_panoptic.write_panoptic_predictions(FLAGS.output, annotations, source.categories)
   print(f'{len(annotations)} degraded ground truths (severity {FLAGS.severity}) in {path}')
 
 

@@ -6,6 +6,7 @@ image, {'image_id', 'file_name', 'segments_info': [{'id', 'category_id', 'iscrow
 'bbox'}, ...]}. 'area' is the pixel count and 'bbox' is [x, y, width, height] of the tightest box
 around the segment's pixels, both as COCO writes them.
 
+The id packing (`pack_id`) is written once here: the tf.data pipeline applies it to TF tensors.
 Pure numpy + Pillow: no jax, no tensorflow.
 """
 
@@ -24,11 +25,22 @@ from PIL import Image
 from pix2seq_d.runtime import image_files, json_files
 
 # Segment ids are 24-bit: three 8-bit colour channels.
-MAX_SEGMENT_ID = 256**3 - 1
+ID_CHANNEL_BASE = 256
+MAX_SEGMENT_ID = ID_CHANNEL_BASE**3 - 1
 
 
 class PanopticFormatError(json_files.FileFormatError):
   """Input that breaks the COCO panoptic format (ids, segments, files); the message says where."""
+
+
+def pack_id(red, green, blue):
+  """Segment id = R + 256 G + 256^2 B of three integer channels of one shape (...).
+
+  Only `+` and `*` are used, so numpy arrays, Python ints and TF int32 tensors (the input
+  pipeline decodes PNGs with TF) all work; the channels must be of an integer type wide enough
+  for 24 bits.
+  """
+  return red + ID_CHANNEL_BASE * green + ID_CHANNEL_BASE**2 * blue
 
 
 def rgb2id(color):
@@ -43,8 +55,8 @@ def rgb2id(color):
   """
   if isinstance(color, np.ndarray) and color.ndim >= 2:
     channels = color[..., :3].astype(np.int32)
-    return channels[..., 0] + 256 * channels[..., 1] + 65536 * channels[..., 2]
-  return int(color[0]) + 256 * int(color[1]) + 65536 * int(color[2])
+    return pack_id(channels[..., 0], channels[..., 1], channels[..., 2])
+  return pack_id(int(color[0]), int(color[1]), int(color[2]))
 
 
 def id2rgb(ids):

@@ -39,9 +39,11 @@ from etils import epath
 
 from pix2seq_d.data import coco
 from pix2seq_d.data.source import (
+  FolderConfig,
   LocalFilesBuilder,
   Source,
   add_file_stamps,
+  config_name,
   inside_root,
   prepare,
 )
@@ -57,8 +59,6 @@ _LAYOUT = (
   'with <split> = --config.data.train_split / --config.data.eval_split '
   '(e.g. train2017, val2017).'
 )
-# Hex digits of the root hash in the builder config name; 48 bits make collisions negligible.
-_HASH_CHARS = 12
 # Every channel of a colour is drawn below this, to keep generated category colours visible.
 _COLOR_LEVELS = 256
 
@@ -128,16 +128,7 @@ def categories_from_json(categories: list[dict], json_path: str) -> tuple[dict, 
   return tuple(result)
 
 
-class CocoFolderConfig(tfds.core.BuilderConfig):
-  """One COCO panoptic root and the splits prepared from it."""
-
-  def __init__(self, *, root: str, splits: tuple[str, ...], **kwargs):
-    super().__init__(**kwargs)
-    self.root = root
-    self.splits = splits
-
-
-def builder_config(root: str, splits: tuple[str, ...]) -> CocoFolderConfig:
+def builder_config(root: str, splits: tuple[str, ...]) -> FolderConfig:
   """Returns the builder config of `root`, named by a hash of the path, splits and file stamps.
 
   The stamps are the name, size and modification time of each split's JSON and of every file
@@ -152,11 +143,11 @@ def builder_config(root: str, splits: tuple[str, ...]) -> CocoFolderConfig:
     digest.update(f'|{split}:{stat.st_size}:{stat.st_mtime_ns}|'.encode())
     add_file_stamps(digest, paths['png_dir'], root)
     add_file_stamps(digest, paths['image_dir'], root)
-  return CocoFolderConfig(
-    name=f'root_{digest.hexdigest()[:_HASH_CHARS]}',
+  return FolderConfig(
+    name=config_name(digest),
     description=f'COCO panoptic folder {root}, splits {", ".join(splits)}',
     root=root,
-    splits=tuple(splits),
+    splits=splits,
   )
 
 

@@ -34,10 +34,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from pix2seq_d.data.source import (
+  FolderConfig,
   LocalFilesBuilder,
   Source,
   add_file_stamps,
   check_splits,
+  config_name,
   inside_root,
   prepare,
 )
@@ -55,7 +57,6 @@ _OBJECT_COLOR = [220, 20, 60]
 CATEGORIES = (
   {'id': 1, 'name': 'object', 'supercategory': 'object', 'isthing': 1, 'color': _OBJECT_COLOR},
 )
-_HASH_CHARS = 12
 
 
 def folder_paths(root: str, resolution: str, annotations: str) -> dict[str, str]:
@@ -93,17 +94,13 @@ def check_layout(root: str, resolution: str, annotations: str, splits: tuple[str
       raise FileNotFoundError(f'DAVIS folder {root!r}: missing the split file {path}.\n{layout}')
 
 
-class DavisFolderConfig(tfds.core.BuilderConfig):
+class DavisFolderConfig(FolderConfig):
   """One DAVIS root, its resolution / annotation folders and the splits prepared from it."""
 
-  def __init__(
-    self, *, root: str, resolution: str, annotations: str, splits: tuple[str, ...], **kwargs
-  ):
+  def __init__(self, *, resolution: str, annotations: str, **kwargs):
     super().__init__(**kwargs)
-    self.root = root
     self.resolution = resolution
     self.annotations = annotations
-    self.splits = splits
 
 
 def split_videos(image_sets: str, split: str, frames: str) -> list[str]:
@@ -131,14 +128,13 @@ def builder_config(
     for video in videos:
       for folder in (paths['frames'], paths['annotations']):
         add_file_stamps(digest, os.path.join(folder, video), root)
-  digest = digest.hexdigest()[:_HASH_CHARS]
   return DavisFolderConfig(
-    name=f'root_{digest}',
+    name=config_name(digest),
     description=f'DAVIS folder {root} ({annotations}, {resolution}), splits {", ".join(splits)}',
     root=root,
     resolution=resolution,
     annotations=annotations,
-    splits=tuple(splits),
+    splits=splits,
   )
 
 
@@ -359,12 +355,20 @@ def _tfds_source(config) -> Source:
       f'  tfds build {name} --data_dir={data.data_dir or root}'
     )
   check_splits(builder, (data.train_split, data.eval_split))
+  return _source(builder, decode_tfds_example, data.davis_void_id)
+
+
+def _source(builder, decode, void_id: int, **fields) -> Source:
+  """The DAVIS source of `builder` (TFDS davis or a davis_root folder): one object category,
+  clips decoded by `decode` with DAVIS's void pixels (value `void_id`) as crowd; `fields`: more
+  of the Source's fields."""
   return Source(
     name=TFDS_NAME,
     builder=builder,
     categories=CATEGORIES,
-    decode=functools.partial(decode_tfds_example, void_id=data.davis_void_id),
+    decode=functools.partial(decode, void_id=void_id),
     clips=True,
+    **fields,
   )
 
 
@@ -392,11 +396,6 @@ def make_source(config) -> Source:
   if not data.davis_root:
     return _tfds_source(config)
   builder = prepare(make_builder(config))
-  return Source(
-    name=TFDS_NAME,
-    builder=builder,
-    categories=CATEGORIES,
-    decode=functools.partial(decode_folder_example, void_id=data.davis_void_id),
-    clips=True,
-    frame_keys=('frames', 'segmentations'),
+  return _source(
+    builder, decode_folder_example, data.davis_void_id, frame_keys=('frames', 'segmentations')
   )

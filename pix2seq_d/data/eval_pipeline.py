@@ -24,6 +24,23 @@ from pix2seq_d.data.source import Source
 _PADDING_IMAGE_ID = -1  # image_id of eval padding examples (valid = False).
 
 
+def _pixels_or_placeholder(example: dict, pixels: str, frames: tuple[int, ...]) -> tuple:
+  """(example[pixels], semantic, instance, crowd) of a fine example (tf-traceable); of a broken
+  one (its 'error' is set), zeros of one 1x1 image per leading dimension (`frames`: () for an
+  image, (1,) for a clip): a broken example carries placeholder pixels, and these keep resizing
+  from failing before the iterator raises its error. Pixels uint8 (*frames, 1, 1, 3), the label
+  maps int32 (*frames, 1, 1)."""
+  parts = (pixels, 'semantic', 'instance', 'crowd')
+  placeholder = (tf.zeros([*frames, 1, 1, 3], tf.uint8),) + (
+    tf.zeros([*frames, 1, 1], tf.int32),
+  ) * 3
+  return tf.cond(
+    tf.equal(example['error'], ''),
+    lambda: tuple(example[key] for key in parts),
+    lambda: placeholder,
+  )
+
+
 def _fit_original(orig: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   """(H, W, C) -> (Ho, Wo, C): zero-pad bottom / right (cropping only an image already in error)."""
   height, width = size
@@ -39,15 +56,7 @@ def _eval_image_fn(config) -> Callable[[dict], dict]:
   max_instances = config.model.max_instances
 
   def preprocess(example):
-    fine = tf.equal(example['error'], '')
-    # A broken example carries placeholder pixels; swap in a 1x1 image so resizing cannot fail
-    # before the iterator raises its error.
-    parts = ('image', 'semantic', 'instance', 'crowd')
-    image, semantic, instance, crowd = tf.cond(
-      fine,
-      lambda: tuple(example[key] for key in parts),
-      lambda: (tf.zeros([1, 1, 3], tf.uint8),) + (tf.zeros([1, 1], tf.int32),) * 3,
-    )
+    image, semantic, instance, crowd = _pixels_or_placeholder(example, 'image', ())
     label = pipeline.training_label(semantic, instance, crowd, config.data.train_crowd)
     images, labels, unpadded = augment.eval_resize(
       image[None],
@@ -64,6 +73,7 @@ def _eval_image_fn(config) -> Callable[[dict], dict]:
       'Image {}: original size {}x{} exceeds config.data.eval_orig_size {}x{}.',
       [example['image_id'], orig_size[0], orig_size[1], orig_h, orig_w],
     )
+    fine = tf.equal(example['error'], '')
     error = tf.where(fine, tf.where(fits, tf.constant(''), too_large), example['error'])
     return {
       'image': images[0],
@@ -193,15 +203,7 @@ def _video_eval_fn(config) -> Callable[[dict], dict]:
   max_frames = frames_to_read(config.eval)
 
   def preprocess(clip):
-    # A broken clip carries placeholder pixels; swap in one 1x1 frame so resizing cannot fail
-    # before the iterator raises its error.
-    fine = tf.equal(clip['error'], '')
-    parts = ('frames', 'semantic', 'instance', 'crowd')
-    frames, semantic, instance, crowd = tf.cond(
-      fine,
-      lambda: tuple(clip[key] for key in parts),
-      lambda: (tf.zeros([1, 1, 1, 3], tf.uint8),) + (tf.zeros([1, 1, 1], tf.int32),) * 3,
-    )
+    frames, semantic, instance, crowd = _pixels_or_placeholder(clip, 'frames', (1,))
     if max_frames:
       frames, semantic, instance, crowd = (
         x[:max_frames] for x in (frames, semantic, instance, crowd)

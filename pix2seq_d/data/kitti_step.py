@@ -42,13 +42,19 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from pix2seq_d.data.source import LocalFilesBuilder, Source, add_file_stamps, prepare
+from pix2seq_d.data.source import (
+  FolderConfig,
+  LocalFilesBuilder,
+  Source,
+  add_file_stamps,
+  config_name,
+  prepare,
+)
 from pix2seq_d.formats import step_png
 from pix2seq_d.runtime import image_files, json_files
 
 BUILDER_NAME = 'step_folder'
 CATEGORIES_FILE = 'categories.json'
-_HASH_CHARS = 12
 # Cityscapes' 19 train classes with their colours; KITTI-STEP tracks person and car only.
 _CLASSES = (
   ('road', (128, 64, 128)),
@@ -169,16 +175,7 @@ def sequences_of(root: str, split: str) -> dict[str, list[str]]:
   return sequences
 
 
-class StepFolderConfig(tfds.core.BuilderConfig):
-  """One KITTI-STEP-layout root and the splits prepared from it."""
-
-  def __init__(self, *, root: str, splits: tuple[str, ...], **kwargs):
-    super().__init__(**kwargs)
-    self.root = root
-    self.splits = splits
-
-
-def builder_config(root: str, splits: tuple[str, ...]) -> StepFolderConfig:
+def builder_config(root: str, splits: tuple[str, ...]) -> FolderConfig:
   """The builder config of `root`, named by a hash of its path and of the name, size and
   modification time of categories.json and of every frame and map of `splits`."""
   root = os.path.abspath(root)
@@ -191,11 +188,11 @@ def builder_config(root: str, splits: tuple[str, ...]) -> StepFolderConfig:
     digest.update(f'|{split}|'.encode())
     for folder in split_paths(root, split).values():
       add_file_stamps(digest, folder, root)
-  return StepFolderConfig(
-    name=f'root_{digest.hexdigest()[:_HASH_CHARS]}',
+  return FolderConfig(
+    name=config_name(digest),
     description=f'KITTI-STEP-layout folder {root}, splits {", ".join(splits)}',
     root=root,
-    splits=tuple(splits),
+    splits=splits,
   )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -288,17 +289,40 @@ def generate_video_example(config: ShapesConfig, split: str, index: int) -> dict
   }
 
 
-class Shapes(tfds.core.GeneratorBasedBuilder):
+# The scene changes both builders went through (their versions 1.0.0 to 1.2.0).
+_SCENE_RELEASE_NOTES = {
+  '1.0.0': 'Initial release.',
+  '1.1.0': '1-4 objects of 12-28 px (was 1-8 of 8-24): learnable in minutes on a CPU.',
+  '1.2.0': 'Objects of 16-32 px (was 12-28): at least 4 pixels of a 16x16 mask.',
+}
+
+
+class _GeneratedSplits:
+  """The splits of a shapes builder, drawn here with nothing to download: example k of a split
+  is `generate(config, split, k)` (seeded by its config, split and k), num_train or num_test of
+  them."""
+
+  generate: Callable[[ShapesConfig, str, int], dict]
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # everything is generated locally.
+    return {split: self._generate_examples(split) for split in _SPLITS}
+
+  def _generate_examples(self, split):
+    config = self.builder_config
+    num = config.num_train if split == 'train' else config.num_test
+    for index in range(num):
+      yield index, self.generate(config, split, index)
+
+
+class Shapes(_GeneratedSplits, tfds.core.GeneratorBasedBuilder):
   """Synthetic panoptic images: shapes over sky and ground (registered as 'shapes')."""
 
   VERSION = tfds.core.Version('1.2.0')
-  RELEASE_NOTES = {
-    '1.0.0': 'Initial release.',
-    '1.1.0': '1-4 objects of 12-28 px (was 1-8 of 8-24): learnable in minutes on a CPU.',
-    '1.2.0': 'Objects of 16-32 px (was 12-28): at least 4 pixels of a 16x16 mask.',
-  }
+  RELEASE_NOTES = _SCENE_RELEASE_NOTES
   BUILDER_CONFIGS = _IMAGE_CONFIGS
   code_path = _CODE_PATH
+  generate = staticmethod(generate_image_example)
 
   def _info(self) -> tfds.core.DatasetInfo:
     height, width = self.builder_config.height, self.builder_config.width
@@ -316,29 +340,18 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
       ),
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # everything is generated locally.
-    return {split: self._generate_examples(split) for split in _SPLITS}
 
-  def _generate_examples(self, split):
-    config = self.builder_config
-    num = config.num_train if split == 'train' else config.num_test
-    for index in range(num):
-      yield index, generate_image_example(config, split, index)
-
-
-class ShapesVideo(tfds.core.GeneratorBasedBuilder):
+class ShapesVideo(_GeneratedSplits, tfds.core.GeneratorBasedBuilder):
   """Synthetic panoptic clips: moving shapes over sky and ground (registered as 'shapes_video')."""
 
   VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {
-    '1.0.0': 'Initial release.',
-    '1.1.0': '1-4 objects of 12-28 px (was 1-8 of 8-24): learnable in minutes on a CPU.',
-    '1.2.0': 'Objects of 16-32 px (was 12-28): at least 4 pixels of a 16x16 mask.',
+    **_SCENE_RELEASE_NOTES,
     '1.3.0': '1000 train / 64 test clips (was 64 / 16: overfitted, and too few to compare runs).',
   }
   BUILDER_CONFIGS = _VIDEO_CONFIGS
   code_path = _CODE_PATH
+  generate = staticmethod(generate_video_example)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
@@ -362,16 +375,6 @@ class ShapesVideo(tfds.core.GeneratorBasedBuilder):
         }
       ),
     )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # everything is generated locally.
-    return {split: self._generate_examples(split) for split in _SPLITS}
-
-  def _generate_examples(self, split):
-    config = self.builder_config
-    num = config.num_train if split == 'train' else config.num_test
-    for index in range(num):
-      yield index, generate_video_example(config, split, index)
 
 
 def decode_image(raw: dict) -> dict:

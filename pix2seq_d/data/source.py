@@ -1,7 +1,9 @@
 """What every dataset module hands the input pipeline: a `Source`, and helpers they share.
 
-Every dataset module (shapes.py, coco.py, coco_folder.py, davis.py) exposes
-`make_source(config) -> Source`; registry.py picks one from config.data.name. The input pipeline
+Every dataset module (shapes.py, shapes_step.py, coco.py, coco_folder.py, davis.py,
+kitti_step.py) exposes `make_source(config) -> Source`; registry.py picks one from
+config.data.name. The folder builders (coco_folder.py, davis.py, kitti_step.py) share
+`LocalFilesBuilder`, `FolderConfig` and `config_name` from here. The input pipeline
 (pipeline.py) only ever sees canonical examples:
 
 Image example (tf tensors): 'image' uint8 (H, W, 3); 'semantic' int32 (H, W) = category index + 1,
@@ -36,6 +38,8 @@ from etils import epath
 
 # TFDS writes a dataset into <config dir>/incomplete.<random>_<version>/ and renames it when done.
 _INCOMPLETE_PREFIX = 'incomplete.'
+# Hex digits of the root hash in a builder config name; 48 bits make collisions negligible.
+_HASH_CHARS = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +103,22 @@ class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
     a builder of local files does not have.
     """
     return epath.Path(inspect.getfile(cls))
+
+
+class FolderConfig(tfds.core.BuilderConfig):
+  """One local root and the splits prepared from it: the config of a `LocalFilesBuilder`, named
+  by `config_name` of a hash of what the builder reads there."""
+
+  def __init__(self, *, root: str, splits: tuple[str, ...], **kwargs):
+    super().__init__(**kwargs)
+    self.root = root
+    self.splits = tuple(splits)
+
+
+def config_name(digest) -> str:
+  """'root_<hex>' from a hash (hashlib) of a root's path and file stamps (`add_file_stamps`):
+  a change to the data makes a new config name, so a fresh preparation beside the old one."""
+  return f'root_{digest.hexdigest()[:_HASH_CHARS]}'
 
 
 def inside_root(root: str, relative, where: str) -> str:

@@ -215,17 +215,13 @@ class ImagePanoptic(base.Task):
     return [int(row) for row in np.flatnonzero(batch['valid'])]
 
   def _postprocess(self, pred, unpadded_size, orig_size, is_thing) -> Panoptic:
-    model = self.config.model
     semantic, instance = postprocess.postprocess(
       pred,
-      layers.static_tuple(model.image_size),
-      unpadded_size,
-      orig_size,
-      num_classes=model.num_classes,
-      max_instances=model.max_instances,
-      min_pixels=self.config.eval.min_pixels,
+      unpadded_size=unpadded_size,
+      orig_size=orig_size,
       is_thing=is_thing,
       void_instance_zero=self.config.eval.void_instance_zero,
+      **postprocess.config_options(self.config),
     )
     return Panoptic(semantic, instance)
 

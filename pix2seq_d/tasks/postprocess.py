@@ -147,6 +147,19 @@ def to_original_size(
   return resize(full, orig_size)
 
 
+def config_options(config) -> dict:
+  """The settings both tasks post-process with, from the experiment config, as keyword
+  arguments of `postprocess` and `postprocess_clip`: padded_size (H, W) of the model input,
+  num_classes, max_instances (config.model) and min_pixels (config.eval)."""
+  model = config.model
+  return {
+    'padded_size': tuple(int(v) for v in model.image_size),
+    'num_classes': model.num_classes,
+    'max_instances': model.max_instances,
+    'min_pixels': config.eval.min_pixels,
+  }
+
+
 def postprocess(
   pred: np.ndarray,
   padded_size: tuple[int, int],

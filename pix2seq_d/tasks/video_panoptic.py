@@ -158,18 +158,14 @@ class VideoPanoptic(base.Task):
     return inputs
 
   def _postprocess(self, pred, unpadded_size, orig_size, is_thing) -> Panoptic:
-    model = self.config.model
     semantic, instance = postprocess.postprocess_clip(
       pred,
-      layers.static_tuple(model.image_size),
-      unpadded_size,
-      orig_size,
-      num_classes=model.num_classes,
-      max_instances=model.max_instances,
-      min_pixels=self.config.eval.min_pixels,
+      unpadded_size=unpadded_size,
+      orig_size=orig_size,
       is_thing=is_thing,
       new_track_after=self.config.eval.new_track_after,
       one_class_per_track=self.config.eval.one_class_per_track,
+      **postprocess.config_options(self.config),
     )
     return Panoptic(semantic, instance)
 

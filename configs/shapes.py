@@ -114,7 +114,12 @@ def get_config(arg=None):
     data.train_split = 'train'
     data.eval_split = 'val'
     data.train_resize_method = 'bicubic'
-    data.instance_id_order = 'location'  # as the image run (experiments.md: video ids).
+    # The authors' KITTI-STEP ids and post-processing: shapes keep their track ids through a
+    # shuffle, sky and ground have id 0, each pixel keeps its class. Over 3 seeds STQ 0.621
+    # against 0.556 for ids by location with one class per track, and tracking adds 0.31 AQ
+    # (experiments.md: the authors' KITTI-STEP protocol, measured on moving shapes).
+    data.instance_id_order = 'track'
+    config.eval.one_class_per_track = False
     train.num_steps = VIDEO_PANOPTIC_STEPS
     train.learning_rate = 1e-3
     config.eval.batch_size = 8

@@ -1,10 +1,11 @@
 """Entry point: `python -m pix2seq_d.main --config=configs/NAME.py[:arg] --workdir=DIR --mode=M`.
 
 Modes: train, eval (with --config.eval.follow=True: every checkpoint of a live training run, as it
-appears), train_and_eval (default), predict, summary. Any config field can be overridden
-with `--config.a.b=value`. On a TPU pod, a Slurm GPU cluster or with explicit
-`--coordinator_address/--num_processes/--process_id`, `jax.distributed.initialize` runs before
-anything asks JAX about devices.
+appears), train_and_eval (default), predict, summary, plan (what a run would do: config
+differences, mesh, parameters, memory per device, data found, checkpoint; nothing trained). Any
+config field can be overridden with `--config.a.b=value`. On a TPU pod, a Slurm GPU cluster or
+with explicit `--coordinator_address/--num_processes/--process_id`, `jax.distributed.initialize`
+runs before anything asks JAX about devices.
 """
 
 import os
@@ -14,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ('train', 'eval', 'train_and_eval', 'predict', 'summary')
+MODES = ('train', 'eval', 'train_and_eval', 'predict', 'summary', 'plan')
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and results go (local or gs://).')
@@ -115,6 +116,12 @@ def main(argv) -> None:
 
     print(summary.model_summary(config), flush=True)
     return
+  if FLAGS.mode == 'plan':
+    if not FLAGS.workdir:
+      raise app.UsageError('--workdir is required for --mode=plan (it is not created).')
+    from pix2seq_d.tools import plan
+
+    sys.exit(0 if plan.plan(config, FLAGS.workdir, lambda line: print(line, flush=True)) else 1)
 
   try:
     monitor = _initialize_distributed(config)

@@ -96,7 +96,8 @@ def check_config(config, mode: str) -> None:
 
   Args:
     config: the whole experiment config.
-    mode: main.py's --mode ('train', 'eval', 'train_and_eval', 'predict', 'summary').
+    mode: main.py's --mode ('train', 'eval', 'train_and_eval', 'predict', 'summary', 'plan':
+      checked as a training run).
   """
   for field in ('model.image_size', 'model.mask_size', 'data.eval_orig_size'):
     _check_pair(config, field)
@@ -130,7 +131,9 @@ def check_config(config, mode: str) -> None:
   # Read only when sampling (after training): a misspelt name would cost the whole run.
   _check_choice(config, 'diffusion.sampler', tuple(sampler.SAMPLERS))
   _check_choice(config, 'diffusion.schedule', tuple(schedules.SCHEDULES))
-  if mode in ('train', 'train_and_eval'):
+  if config.plan.compile and mode != 'plan':
+    _fail('plan.compile', True, f'is read by --mode=plan only, not by --mode={mode}.')
+  if mode in ('train', 'train_and_eval', 'plan'):
     _check_at_least(config, 'train.num_steps', 1)
     for field in ('train.log_every', 'train.checkpoint_every', 'train.image_summary_every'):
       _check_at_least(config, field, 1, ' (every how many steps)')

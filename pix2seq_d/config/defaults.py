@@ -285,6 +285,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # held while the rest is sampled, and come out exactly. An input without one is sampled plainly.
   config.predict.given = ''
 
+  # ----------------------------------------------------------------- plan
+  config.plan = ml_collections.ConfigDict()
+  # --mode=plan: also compile the train step (never run) for XLA's per-device memory analysis;
+  # minutes for a full-size model on a CPU, where the abstract estimate takes seconds.
+  config.plan.compile = False
+
   # ------------------------------------------------------------ init from
   config.init_from = ml_collections.ConfigDict()
   config.init_from.path = ''  # a workdir or checkpoint step directory of another run.

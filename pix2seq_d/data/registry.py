@@ -12,6 +12,17 @@ _SHAPES_NAMES = ('shapes', 'shapes_video')
 _FOLDER_NAMES = ('davis', 'kitti_step', 'shapes_step')  # names that never read coco_root
 
 
+def resolved_name(config) -> str:
+  """config.data.name, or 'coco_folder' where config.data.coco_root replaces a TFDS COCO name."""
+  name = config.data.name
+  if not name:
+    raise ValueError('config.data.name is empty; use e.g. "shapes" or "coco/2017_panoptic".')
+  if config.data.coco_root and name.split('/')[0] not in _SHAPES_NAMES + _FOLDER_NAMES:
+    # A COCO-format folder was given: that is the dataset, whatever TFDS name the config has.
+    return 'coco_folder'
+  return name
+
+
 def get_source(config) -> Source:
   """Returns the Source named by config.data.name (prepares embedded datasets when needed).
 
@@ -20,13 +31,8 @@ def get_source(config) -> Source:
   layout; 'shapes_step[/cfg]' -> moving shapes written in that layout; any other name is a TFDS
   COCO panoptic name such as 'coco/2017_panoptic'.
   """
-  name = config.data.name
-  if not name:
-    raise ValueError('config.data.name is empty; use e.g. "shapes" or "coco/2017_panoptic".')
+  name = resolved_name(config)
   # Imported lazily: each module pulls in its own builder code and only the chosen one is needed.
-  if config.data.coco_root and name.split('/')[0] not in _SHAPES_NAMES + _FOLDER_NAMES:
-    # A COCO-format folder was given: that is the dataset, whatever TFDS name the config has.
-    name = 'coco_folder'
   if name.split('/')[0] in _SHAPES_NAMES:
     from pix2seq_d.data import shapes
 

@@ -105,15 +105,21 @@ def write_folder(root: str, config: StepShapesConfig) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def folder(config) -> str:
-  """The written folder of config.data.name (written on first use)."""
-  base, _, config_name = config.data.name.partition('/')
+def config_name_of(name: str) -> str:
+  """The shapes_step config that config.data.name `name` selects ('default' without '/')."""
+  _, _, config_name = name.partition('/')
   config_name = config_name or 'default'
   if config_name not in CONFIGS:
     raise ValueError(
-      f'config.data.name={config.data.name!r}: unknown shapes_step config {config_name!r}; '
+      f'config.data.name={name!r}: unknown shapes_step config {config_name!r}; '
       f'known: {sorted(CONFIGS)}.'
     )
+  return config_name
+
+
+def folder(config) -> str:
+  """The written folder of config.data.name (written on first use)."""
+  config_name = config_name_of(config.data.name)
   data_dir = config.data.data_dir or os.path.expanduser('~/tensorflow_datasets')
   root = os.path.join(data_dir, 'shapes_step', config_name, VERSION)
   if os.path.isfile(os.path.join(root, _DONE)):

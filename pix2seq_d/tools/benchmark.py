@@ -193,30 +193,45 @@ def _tree_gib(tree) -> float:
   )
 
 
+def per_device_gib(tree) -> float:
+  """GiB one device holds of a tree of sharded abstract arrays (the largest shard of each leaf)."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      continue
+    sharded = getattr(leaf, 'sharding', None)
+    shape = sharded.shard_shape(leaf.shape) if sharded is not None else leaf.shape
+    total += math.prod(shape) * leaf.dtype.itemsize
+  return total / GIB
+
+
 def bench_memory(config, mesh, *, compile_step: bool = True) -> dict:
-  """The train state's size and the activations the step keeps (all devices together, GiB),
-  and unless `compile_step` is False the compiled (never run) step's per-device analysis."""
+  """The train state's size (all devices and per device) and the activations the step keeps
+  (all devices together, GiB), and unless `compile_step` is False the compiled (never run) step's
+  per-device analysis. Everything is abstract: no array is allocated, not even the batch."""
   state, state_shardings, train_graphdef, _, tx = state_lib.build_train_state(
     config, mesh, abstract=True
   )
-  local = synthetic_batch(config, config.train.batch_size)
+  spec = registry.get_task(config).train_batch_spec(config.train.batch_size)
   microbatches = int(config.train.microbatches)
   # With accumulation only one microbatch's activations are alive at a time.
-  one_microbatch = {k: v[: len(v) // microbatches] for k, v in local.items()}
+  one_microbatch = {
+    k: jax.ShapeDtypeStruct((v.shape[0] // microbatches,) + v.shape[1:], v.dtype)
+    for k, v in spec.items()
+  }
   record = {
     'batch': config.train.batch_size,
     'microbatches': microbatches,
     'state_gib': _tree_gib(state),
-    'batch_gib': _tree_gib(local),
+    'state_gib_per_device': per_device_gib(state),
+    'batch_gib': _tree_gib(spec),
     'residual_gib': residual_gib(config, one_microbatch),
   }
   if not compile_step:
     return record
   batch = {
-    k: jax.ShapeDtypeStruct(
-      (config.train.batch_size,) + v.shape[1:], v.dtype, sharding=sharding.batch_sharding(mesh)
-    )
-    for k, v in local.items()
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
+    for k, v in spec.items()
   }
   start = time.perf_counter()
   compiled = (

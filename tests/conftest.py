@@ -13,8 +13,93 @@ LONG_MODULE_LINES = 600
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'pix2seq_d')
 
 
+# The tiers a maintainer can pick (`bash tests/run.sh -m unit`; no -m runs all three):
+# unit: pure functions, one process, no training; integration: the real TFDS builders, tf.data,
+# orbax, evaluators and the jitted steps together; e2e: the command line, training runs, several
+# processes. A `slow` test of a unit file counts as integration.
+TIERS = {
+  'unit': (
+    'test_coco_format.py',
+    'test_config_checks.py',
+    'test_data_augment.py',
+    'test_data_instance_ids.py',
+    'test_diffusion.py',
+    'test_evaluation_davis.py',
+    'test_evaluation_stq.py',
+    'test_formats.py',
+    'test_loops_steps.py',
+    'test_models.py',
+    'test_pq.py',
+    'test_structure.py',
+    'test_tasks_mask_inputs.py',
+    'test_tasks_pictures.py',
+    'test_tasks_postprocess.py',
+    'test_tasks_predict_inputs.py',
+    'test_tasks_registry.py',
+    'test_tasks_samples.py',
+    'test_tf_weights.py',
+    'test_tools_degrade_masks.py',
+  ),
+  'integration': (
+    'test_attention.py',
+    'test_benchmark.py',
+    'test_checkpoints.py',
+    'test_data_coco.py',
+    'test_data_davis.py',
+    'test_data_kitti_step.py',
+    'test_data_pipeline.py',
+    'test_data_registry.py',
+    'test_data_shapes.py',
+    'test_evaluation_evaluators.py',
+    'test_evaluation_samples.py',
+    'test_image_sampling.py',
+    'test_loops_evaluate.py',
+    'test_plan.py',
+    'test_sharding.py',
+    'test_summary.py',
+    'test_tasks_video_panoptic.py',
+    'test_tools_sampling_cost.py',
+    'test_video_sampling.py',
+  ),
+  'e2e': (
+    'test_data_cityscapes.py',
+    'test_data_preparation.py',
+    'test_launch.py',
+    'test_loops_eval_checkpoints.py',
+    'test_main.py',
+    'test_multiprocess_faults.py',
+    'test_overfit.py',
+    'test_runtime_preemption.py',
+    'test_runtime_workdir_files.py',
+    'test_train.py',
+    'test_video_main.py',
+    'test_video_panoptic_main.py',
+    'test_workdir_lock.py',
+  ),
+}
+
+
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: takes over ~20 s; deselect with -m "not slow".')
+  for tier in TIERS:
+    config.addinivalue_line('markers', f'{tier}: the {tier} tier (tests/conftest.py TIERS).')
+
+
+def tier_of(file_name: str, slow: bool) -> str:
+  """The tier of a test in `file_name`; a slow test of a unit file is integration."""
+  tiers = [tier for tier, files in TIERS.items() if file_name in files]
+  if len(tiers) != 1:
+    raise pytest.UsageError(
+      f'tests/{file_name} is in {len(tiers)} test tiers; list it in exactly one of '
+      f'{", ".join(TIERS)} in tests/conftest.py TIERS.'
+    )
+  return 'integration' if tiers[0] == 'unit' and slow else tiers[0]
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    tier = tier_of(item.path.name, item.get_closest_marker('slow') is not None)
+    item.add_marker(getattr(pytest.mark, tier))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -21,6 +21,15 @@ def _random_segments(rng, shape, num_segments):
   return np.stack([semantic, instance], -1).astype(np.int32)
 
 
+def _assigned_without_drops(label, max_instances, rng, order):
+  """`assign_instance_ids` with a fresh seed from `rng`; asserts no segment was dropped."""
+  out, dropped = instance_ids.assign_instance_ids(
+    tf.constant(label), max_instances, tf.constant(rng.integers(0, 2**31, size=2)), order=order
+  )
+  assert int(dropped) == 0
+  return out.numpy()
+
+
 def test_instance_ids_are_a_fresh_permutation():
   rng, entropy = _fresh_rng()
   max_instances = 16
@@ -79,11 +88,7 @@ def test_shuffle_order_permutes_compact_ids_shared_by_all_frames():
   num_present = len(np.unique(label[..., 1][label[..., 1] > 0]))
   mappings = set()
   for _ in range(6):
-    out, dropped = instance_ids.assign_instance_ids(
-      tf.constant(label), 16, tf.constant(rng.integers(0, 2**31, size=2)), order='shuffle'
-    )
-    out = out.numpy()
-    assert int(dropped) == 0
+    out = _assigned_without_drops(label, 16, rng, 'shuffle')
     pairs = set(zip(label[..., 1].ravel().tolist(), out[..., 1].ravel().tolist(), strict=True))
     # One bijection for every frame, onto exactly 1..N (compact), 0 -> 0.
     assert len({old for old, _ in pairs}) == len(pairs) == len({new for _, new in pairs})
@@ -109,11 +114,7 @@ def test_track_order_keeps_the_gaps_between_track_ids_and_leaves_id_zero_alone()
     label[:, 3 + 3 * k : 5 + 3 * k, 2:8] = (4 + k % 2, track)  # things of two classes, both frames
   seen = set()
   for _ in range(40):
-    out, dropped = instance_ids.assign_instance_ids(
-      tf.constant(label), 256, tf.constant(rng.integers(0, 2**31, size=2)), order='track'
-    )
-    out = out.numpy()
-    assert int(dropped) == 0
+    out = _assigned_without_drops(label, 256, rng, 'track')
     np.testing.assert_array_equal(out[..., 0], label[..., 0])
     untracked = label[..., 1] == 0
     assert (out[..., 1][untracked] == 0).all()

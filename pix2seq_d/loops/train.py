@@ -15,6 +15,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
+from pix2seq_d.config import fields
 from pix2seq_d.data import pipeline
 from pix2seq_d.loops import setup as setup_lib
 from pix2seq_d.loops import state as state_lib
@@ -37,14 +38,10 @@ class NonFiniteLossError(FloatingPointError):
 def flat_hparams(tree: dict, prefix: str = '') -> dict[str, bool | int | float | str]:
   """The whole config as TensorBoard hparams: {'model.encoder.dim': 512, ...}; values that are
   not a bool, int, float or str (tuples, None) are written as their str()."""
-  flat = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      flat.update(flat_hparams(value, f'{name}.'))
-    else:
-      flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
-  return flat
+  return {
+    name: value if isinstance(value, (bool, int, float, str)) else str(value)
+    for name, value in fields.flat(tree, prefix).items()
+  }
 
 
 def config_changes(previous: dict, current: dict) -> list[str]:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import jax
 
 from pix2seq_d.config import defaults as config_defaults
+from pix2seq_d.config import fields
 from pix2seq_d.data import survey as survey_lib
 from pix2seq_d.parallel import sharding
 from pix2seq_d.runtime import checkpoints
@@ -32,22 +33,10 @@ from pix2seq_d.tools import benchmark, summary
 GIB = 2**30
 
 
-def _flat(tree, prefix: str = '') -> dict[str, object]:
-  """{'a.b': leaf} of a nested dict."""
-  flat = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      flat.update(_flat(value, f'{name}.'))
-    else:
-      flat[name] = value
-  return flat
-
-
 def config_differences(config) -> list[str]:
   """'field: default -> value' for every field that differs from config/defaults.py."""
-  ours = _flat(config.to_dict())
-  defaults = _flat(config_defaults.get_base_config().to_dict())
+  ours = fields.flat(config.to_dict())
+  defaults = fields.flat(config_defaults.get_base_config().to_dict())
   lines = []
   for field in sorted(ours):
     value, default = ours[field], defaults.get(field, '(not a default field)')

@@ -103,11 +103,11 @@ def main(argv) -> None:
   config = FLAGS.config
   if config is None:
     raise app.UsageError('--config=configs/NAME.py is required.')
-  from pix2seq_d.config import checks as config_checks
+  from pix2seq_d.loops import registries
   from pix2seq_d.parallel import distributed
 
   try:
-    config_checks.check_config(config, FLAGS.mode)
+    registries.check_config(config, FLAGS.mode)
   except ValueError as error:  # the message names the field: no usage text, no traceback.
     sys.stderr.write(f'error: {error}\n')
     sys.exit(1)

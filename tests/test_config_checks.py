@@ -4,6 +4,7 @@ import pytest
 
 from configs import cityscapes, coco, davis, kitti_step, shapes
 from pix2seq_d.config import checks as config_checks
+from pix2seq_d.loops import registries
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,7 @@ from pix2seq_d.config import checks as config_checks
 )
 @pytest.mark.parametrize('mode', ['train', 'eval', 'train_and_eval', 'predict', 'summary'])
 def test_shipped_configs_pass(make, mode):
-  config_checks.check_config(make(), mode)
+  registries.check_config(make(), mode)
 
 
 @pytest.mark.parametrize(
@@ -96,13 +97,13 @@ def test_bad_field_is_named(field, value, message):
   with config.ignore_type():
     parent[name] = value
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    config_checks.check_config(config, 'train_and_eval')
+    registries.check_config(config, 'train_and_eval')
 
 
 def test_coco_root_is_fine_with_a_coco_name():
   config = coco.get_config()
   config.data.coco_root = '/data/coco'  # replaces the TFDS COCO set: read, so not an error
-  config_checks.check_config(config, 'train')
+  registries.check_config(config, 'train')
 
 
 @pytest.mark.parametrize(
@@ -119,29 +120,29 @@ def test_bad_follower_field_is_named(field, value, message):
   section, name = field.split('.')
   config[section][name] = value
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    config_checks.check_config(config, 'eval')
+    registries.check_config(config, 'eval')
 
 
 def test_several_samples_and_their_metrics_pass():
   config = shapes.get_config()
   config.eval.num_samples = 8
   config.eval.metrics = ('pq', 'pq_single', 'uncertainty_auroc')
-  config_checks.check_config(config, 'eval')
+  registries.check_config(config, 'eval')
 
 
 def test_eval_mode_does_not_check_training_fields():
   config = shapes.get_config()
   config.train.checkpoint_every = 0
-  config_checks.check_config(config, 'eval')
+  registries.check_config(config, 'eval')
 
 
 def test_num_classes_zero_is_derived_in_every_mode_that_reads_the_data():
   config = shapes.get_config()
   config.model.num_classes = 0
   for mode in ('train', 'eval', 'train_and_eval', 'predict'):
-    config_checks.check_config(config, mode)
+    registries.check_config(config, mode)
   with pytest.raises(ValueError, match='config.model.num_classes=0: --mode=summary'):
-    config_checks.check_config(config, 'summary')
+    registries.check_config(config, 'summary')
   categories = [{'id': i, 'name': str(i), 'isthing': 1} for i in range(7)]
   assert config_checks.num_classes_of(config, categories, 'my data') == 8
   assert config.model.num_classes == 0  # checks only check
@@ -155,7 +156,7 @@ def test_negative_skip_limit_is_named():
   config = shapes.get_config()
   config.data.max_skips_in_a_row = -1
   with pytest.raises(ValueError, match='config.data.max_skips_in_a_row=-1'):
-    config_checks.check_config(config, 'train')
+    registries.check_config(config, 'train')
 
 
 def test_tf_weights_need_the_encoder_mode_and_a_path():
@@ -163,12 +164,12 @@ def test_tf_weights_need_the_encoder_mode_and_a_path():
   config.init_from.format = 'tf'
   config.init_from.mode = 'encoder'
   with pytest.raises(ValueError, match='nothing is loaded without --config.init_from.path'):
-    config_checks.check_config(config, 'train')
+    registries.check_config(config, 'train')
   config.init_from.path = '/ckpt/resnetc'
-  config_checks.check_config(config, 'train')
+  registries.check_config(config, 'train')
   config.init_from.mode = 'all'
   with pytest.raises(ValueError, match='set --config.init_from.mode=encoder'):
-    config_checks.check_config(config, 'train')
+    registries.check_config(config, 'train')
 
 
 @pytest.mark.parametrize(
@@ -203,34 +204,34 @@ def test_bad_video_field_is_named(field, value, message):
   with config.ignore_type():
     config[section][name] = value
   with pytest.raises(ValueError, match=message):
-    config_checks.check_config(config, 'eval')
+    registries.check_config(config, 'eval')
 
 
 def test_gt_conditioning_and_single_frames_exclude_each_other():
   config = shapes.get_config('video')
   config.eval.use_gt_cond_frames = True
-  config_checks.check_config(config, 'eval')
+  registries.check_config(config, 'eval')
   config.eval.single_frames = True
   with pytest.raises(ValueError, match='config.eval.single_frames=True: conditions every frame'):
-    config_checks.check_config(config, 'eval')
+    registries.check_config(config, 'eval')
 
 
 def test_both_frame_protocols_need_the_stq_metric():
   config = shapes.get_config('video')
   config.eval.max_frames_per_sequence = 4
-  config_checks.check_config(config, 'eval')
+  registries.check_config(config, 'eval')
   config.eval.score_all_frames_too = True
   with pytest.raises(ValueError, match="only the 'stq' metric reports both protocols"):
-    config_checks.check_config(config, 'eval')
+    registries.check_config(config, 'eval')
   config.eval.metrics = ('davis_jf', 'stq')
-  config_checks.check_config(config, 'eval')
+  registries.check_config(config, 'eval')
 
 
 def test_kitti_step_scores_the_authors_first_100_frames():
   config = kitti_step.get_config()
   assert config.eval.max_frames_per_sequence == 100 and not config.eval.score_all_frames_too
   config.data.step_root = '/data/kitti_step'
-  config_checks.check_config(config, 'eval')
+  registries.check_config(config, 'eval')
 
 
 def test_kitti_step_keeps_each_pixels_class_as_the_authors():
@@ -238,7 +239,7 @@ def test_kitti_step_keeps_each_pixels_class_as_the_authors():
   config = kitti_step.get_config()
   assert config.eval.one_class_per_track is False
   config.data.step_root = '/data/kitti_step'
-  config_checks.check_config(config, 'eval')
+  registries.check_config(config, 'eval')
   assert shapes.get_config('video').eval.one_class_per_track is True
   assert davis.get_config().eval.one_class_per_track is True
 
@@ -248,7 +249,7 @@ def test_cityscapes_knows_its_classes_for_the_summary(arg):
   """Void + Cityscapes' 19 train classes (the authors' 19): --mode=summary reads no dataset."""
   config = cityscapes.get_config(arg)
   assert config.model.num_classes == 20
-  config_checks.check_config(config, 'summary')
+  registries.check_config(config, 'summary')
 
 
 def test_davis_authors_variant_samples_as_the_authors():
@@ -277,11 +278,11 @@ def test_cityscapes_keeps_the_voted_class_of_instance_zero_and_video_refuses_it(
   assert coco.get_config().eval.void_instance_zero is True
   config = cityscapes.get_config()
   config.data.coco_root = '/data/cityscapes_coco'
-  config_checks.check_config(config, 'eval')
+  registries.check_config(config, 'eval')
   config = shapes.get_config('video')
   config.eval.void_instance_zero = False
   with pytest.raises(ValueError, match='void_instance_zero=False: is an image option.*one_class'):
-    config_checks.check_config(config, 'eval')
+    registries.check_config(config, 'eval')
 
 
 def test_track_ids_need_each_pixel_to_keep_its_class():
@@ -290,9 +291,9 @@ def test_track_ids_need_each_pixel_to_keep_its_class():
   config = kitti_step.get_config()
   assert config.data.instance_id_order == 'track'
   config.data.step_root = '/data/kitti_step'
-  config_checks.check_config(config, 'train')
+  registries.check_config(config, 'train')
   config.eval.one_class_per_track = True
   with pytest.raises(
     ValueError, match="instance_id_order='track' .* config.eval.one_class_per_track=True"
   ):
-    config_checks.check_config(config, 'train')
+    registries.check_config(config, 'train')

@@ -2,8 +2,10 @@
 
 1. No import circles among the package's modules.
 2. Layers: a module imports only modules of its own folder or of a lower layer (LAYERS, top
-   first): main -> tools -> loops -> config -> tasks -> evaluation -> models / data ->
-   diffusion -> formats -> runtime -> parallel. The folders of one layer do not import each other.
+   first): main -> tools -> loops -> tasks -> evaluation -> models / data -> diffusion -> formats
+   -> runtime -> parallel -> config. The folders of one layer do not import each other. config/
+   sits at the bottom: it checks the code it configures through an interface
+   (loops/registries.py builds it) and imports none of it.
 3. The task is chosen in one place: only tasks/registry.py reads `config.task` (config/defaults.py
    defines the field, in one line), and no module asks whether a run or a dataset is a video
    with an `is_video` flag.
@@ -26,7 +28,6 @@ LAYERS = (
   ('main',),
   ('tools',),
   ('loops',),
-  ('config',),
   ('tasks',),
   ('evaluation',),
   ('models', 'data'),
@@ -34,6 +35,7 @@ LAYERS = (
   ('formats',),
   ('runtime',),
   ('parallel',),
+  ('config',),
 )
 
 
@@ -145,6 +147,21 @@ def test_no_module_imports_a_higher_layer():
   folders = {folder_of(module) for module in graph}
   assert folders == {folder for group in LAYERS for folder in group}, folders
   assert not layer_violations(graph)
+
+
+def test_config_imports_none_of_what_it_configures():
+  """config/ checks tasks, models, evaluators, samplers and datasets through `Registries`."""
+  graph = import_graph()
+  config_modules = [name for name in graph if folder_of(name) == 'config']
+  assert 'pix2seq_d.config.checks' in config_modules
+  configured = ('tasks', 'models', 'evaluation', 'diffusion', 'data')
+  imported = {
+    f'{module} -> {target}'
+    for module in config_modules
+    for target in graph[module]
+    if folder_of(target) in configured
+  }
+  assert not imported, sorted(imported)
 
 
 def test_the_task_is_chosen_in_one_place():

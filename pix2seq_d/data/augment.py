@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from pix2seq_d.config import checks
+
 # A flip is as likely as no flip.
 _FLIP_PROBABILITY = 0.5
 # SimCLR's colour jitter of strength s: brightness, contrast and saturation factors in
@@ -32,6 +34,7 @@ _NUM_COLOR_OPS = 4  # brightness, contrast, saturation, hue.
 
 # tf.raw_ops.ScaleAndTranslate kernel of each resize method ('triangle' is bilinear).
 _RESIZE_KERNELS = {'bilinear': 'triangle', 'bicubic': 'keyscubic'}
+RESIZE_METHODS = tuple(_RESIZE_KERNELS)  # config.data.train_resize_method's values
 
 
 def _as_pair(size) -> tuple[int, int]:
@@ -62,9 +65,8 @@ def sample_train_geometry(
     A geometry dict (see `_geometry`).
   """
   scale_seed, offset_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  checks.check_scale_range(scale_range)
   low, high = (float(v) for v in scale_range)
-  if low <= 0 or high < low:
-    raise ValueError(f'config.data.scale_jitter must be 0 < min <= max, got {scale_range}.')
   s = tf.random.stateless_uniform([], scale_seed, minval=low, maxval=high)
   do_flip = tf.constant(False)
   if flip:
@@ -122,8 +124,7 @@ def resample_images(
   `pad_value` exactly.
   """
   target_h, target_w = _as_pair(target_size)
-  if method not in _RESIZE_KERNELS:
-    raise ValueError(f'resize method {method!r}: use one of {sorted(_RESIZE_KERNELS)}.')
+  checks.check_choice('data.train_resize_method', method, RESIZE_METHODS)
   clip_to_unit = images.dtype == tf.uint8
   if clip_to_unit:
     images = tf.cast(images, tf.float32) / 255.0

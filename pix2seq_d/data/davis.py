@@ -334,13 +334,21 @@ def decode_tfds_example(example: dict, void_id: int) -> dict:
   }
 
 
+def check_resolution(config) -> None:
+  """Raises ValueError naming config.data.davis_resolution when TFDS davis (read without
+  config.data.davis_root) has no such resolution; a folder of one's own may have any."""
+  data = config.data
+  if not data.davis_root and data.davis_resolution not in _TFDS_CONFIG_OF_RESOLUTION:
+    raise ValueError(
+      f'config.data.davis_resolution={data.davis_resolution!r}: TFDS davis has no such '
+      f'resolution; use one of {", ".join(map(repr, _TFDS_CONFIG_OF_RESOLUTION))} or a folder '
+      '(--config.data.davis_root=ROOT).'
+    )
+
+
 def _tfds_source(config) -> Source:
   data = config.data
-  if data.davis_resolution not in _TFDS_CONFIG_OF_RESOLUTION:
-    raise ValueError(
-      f'TFDS davis has no resolution {data.davis_resolution!r}; use one of '
-      f'{sorted(_TFDS_CONFIG_OF_RESOLUTION)} or a folder (--config.data.davis_root=ROOT).'
-    )
+  check_resolution(config)
   name = f'{TFDS_NAME}/{_TFDS_CONFIG_OF_RESOLUTION[data.davis_resolution]}'
   builder = tfds.builder(name, data_dir=data.data_dir or None)
   if not builder.is_prepared():

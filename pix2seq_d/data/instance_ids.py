@@ -16,6 +16,8 @@ import math
 
 import tensorflow as tf
 
+from pix2seq_d.config import checks
+
 INSTANCE_ID_ORDERS = ('random', 'shuffle', 'track', 'location')
 
 
@@ -128,10 +130,7 @@ def assign_instance_ids(
   by_size = tf.argsort(counts, direction='DESCENDING', stable=True)
   rank = tf.math.invert_permutation(by_size)  # rank[id] = position by size.
   kept = present & (rank < capacity)
-  if order not in INSTANCE_ID_ORDERS:
-    raise ValueError(
-      f'config.data.instance_id_order={order!r}: use one of {", ".join(INSTANCE_ID_ORDERS)}.'
-    )
+  checks.check_choice('data.instance_id_order', order, INSTANCE_ID_ORDERS)
   if seed is None:
     new_ids = tf.cumsum(tf.cast(kept, tf.int32)) * tf.cast(kept, tf.int32)
   elif order == 'location':

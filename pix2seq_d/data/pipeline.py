@@ -43,6 +43,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from pix2seq_d.config import checks
 from pix2seq_d.data import augment, instance_ids, registry, splits
 from pix2seq_d.data.iterator import POSITION_KEY, DataIterator, PipelineStats
 from pix2seq_d.data.source import Source
@@ -221,8 +222,7 @@ def training_label(
 ) -> tf.Tensor:
   """[semantic, instance] (..., 2) under the crowd rule (config.data.train_crowd): 'void' makes
   crowd pixels void (0, 0); 'segment' keeps each crowd region as a segment of its class."""
-  if crowd_rule not in CROWD_RULES:
-    raise ValueError(f'config.data.train_crowd={crowd_rule!r}: use one of {CROWD_RULES}.')
+  checks.check_choice('data.train_crowd', crowd_rule, CROWD_RULES)
   if crowd_rule == 'segment':
     return tf.stack([semantic, instance], axis=-1)
   not_crowd = tf.cast(tf.equal(crowd, 0), tf.int32)
@@ -447,13 +447,7 @@ def _video_windows(
   config.data.video_clips_interleaved clips and then shuffled in a buffer of
   config.data.video_window_shuffle_buffer, so a batch mixes many clips.
   """
-  window = config.data.video_window
-  needed = config.diffusion.num_cond_frames + 1
-  if window < needed:
-    raise ValueError(
-      f'config.data.video_window = {window} must be >= '
-      f'config.diffusion.num_cond_frames + 1 = {needed}.'
-    )
+  window = config.data.video_window  # >= num_cond_frames + 1: the video task's check_config
 
   def windows_of(clip):
     num_frames = tf.shape(clip[frame_keys[0]], out_type=tf.int64)[0]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from pix2seq_d.config import checks
 from pix2seq_d.diffusion import schedules
 
 # predict_x0(x_t (B, ...), gamma (B,), x0_prev (B, ...)) -> x0 estimate (B, ...).
@@ -95,8 +96,7 @@ def sample(
   Returns:
     The last x0 estimate, (B, Hm, Wm, bits) float32 (not x at t_next).
   """
-  if sampler not in SAMPLERS:
-    raise ValueError(f'config.diffusion.sampler={sampler!r}: choose one of {sorted(SAMPLERS)}.')
+  checks.check_choice('diffusion.sampler', sampler, tuple(SAMPLERS))
   if steps < 1:
     raise ValueError(f'config.diffusion.steps={steps} must be at least 1.')
   gamma_fn = schedules.get_schedule(schedule)

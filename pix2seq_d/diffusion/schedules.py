@@ -8,6 +8,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from pix2seq_d.config import checks
+
 GAMMA_MIN = 1e-9  # keeps 1 / sqrt(gamma) and the log-SNR finite at t = 1.
 
 
@@ -35,10 +37,7 @@ SCHEDULES = {'cosine': cosine, 'sigmoid': sigmoid, 'linear': linear}
 
 def get_schedule(name: str):
   """The gamma function called `name` (config.diffusion.schedule)."""
-  if name not in SCHEDULES:
-    raise ValueError(
-      f'config.diffusion.schedule={name!r} is unknown; choose one of {sorted(SCHEDULES)}.'
-    )
+  checks.check_choice('diffusion.schedule', name, tuple(SCHEDULES))
   return SCHEDULES[name]
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from pix2seq_d.config import checks
 from pix2seq_d.diffusion import bits, losses, schedules
 from pix2seq_d.models import model as p2s
 
@@ -40,17 +41,19 @@ class TrainState:
   ema_model_state: Any
 
 
+LR_SCHEDULES = ('linear', 'constant')  # config.train.lr_schedule's values
+
+
 def learning_rate_schedule(train_config) -> optax.Schedule:
   """Linear warm-up to the peak, then linear decay to peak * end_lr_factor (or constant)."""
   t = train_config
+  checks.check_choice('train.lr_schedule', t.lr_schedule, LR_SCHEDULES)
   warmup = optax.linear_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1))
   decay_steps = max(t.num_steps - t.warmup_steps, 1)
   if t.lr_schedule == 'linear':
     after = optax.linear_schedule(t.learning_rate, t.learning_rate * t.end_lr_factor, decay_steps)
-  elif t.lr_schedule == 'constant':
-    after = optax.constant_schedule(t.learning_rate)
   else:
-    raise ValueError(f"config.train.lr_schedule={t.lr_schedule!r}: use 'linear' or 'constant'.")
+    after = optax.constant_schedule(t.learning_rate)
   if t.warmup_steps <= 0:
     return after
   return optax.join_schedules([warmup, after], [t.warmup_steps])

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 from absl import logging
 from jax.sharding import PartitionSpec
 
+from pix2seq_d.config import checks
+
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash', 'chunked')
 # cuDNN's fused attention supports training only on sequence lengths that are multiples of 64
 # (config.model.cudnn_seq_multiple picks a multiple of it).
@@ -54,10 +56,7 @@ def resolve(name: str, dtype, backend: str | None = None) -> str:
   'auto' -> 'cudnn' on GPU with a half-precision dtype, 'splash' on TPU, 'chunked' elsewhere
   (CPU, or GPU in float32, where cuDNN's flash attention does not apply).
   """
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(
-      f'config.model.attention_impl={name!r}: use one of {", ".join(IMPLEMENTATIONS)}.'
-    )
+  checks.check_choice('model.attention_impl', name, IMPLEMENTATIONS)
   if name != 'auto':
     return name
   backend = backend or jax.default_backend()

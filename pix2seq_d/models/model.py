@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pix2seq_d.config import checks
 from pix2seq_d.diffusion import bits
 from pix2seq_d.models import attention, fusion, layers, resnet, transformer, transunet
 
@@ -36,6 +37,11 @@ class Encoded:
 
 
 jax.tree_util.register_dataclass(Encoded, data_fields=['tokens', 'features'], meta_fields=[])
+
+
+# config.model.dtype (compute; 'auto' = by backend) and config.model.param_dtype (storage).
+DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+PARAM_DTYPES = ('float32', 'bfloat16')
 
 
 def resolve_dtype(name: str) -> Any:
@@ -99,11 +105,9 @@ def validate_model_config(model_config, num_classes_from_data: bool = False) -> 
       raise ValueError(
         f'config.model.{heads_name}={num_heads} does not divide config.model.{width_name}={width}.'
       )
-  if m.attention_impl not in attention.IMPLEMENTATIONS:
-    raise ValueError(
-      f'config.model.attention_impl={m.attention_impl!r}: use one of '
-      f'{", ".join(attention.IMPLEMENTATIONS)}.'
-    )
+  checks.check_choice('model.attention_impl', m.attention_impl, attention.IMPLEMENTATIONS)
+  checks.check_choice('model.dtype', m.dtype, DTYPES)
+  checks.check_choice('model.param_dtype', m.param_dtype, PARAM_DTYPES)
   if m.attention_block < 1:
     raise ValueError(f'config.model.attention_block={m.attention_block} must be positive.')
   if m.cudnn_seq_multiple < 1 or m.cudnn_seq_multiple % attention.CUDNN_SEQ_MULTIPLE:
@@ -118,11 +122,7 @@ def validate_model_config(model_config, num_classes_from_data: bool = False) -> 
       f'{", ".join(layers.REMAT_POLICIES)}); got {m.remat!r}.'
     )
   for part in REMAT_PARTS:
-    if m.remat[part] not in layers.REMAT_POLICIES:
-      raise ValueError(
-        f'config.model.remat.{part}={m.remat[part]!r}: use one of '
-        f'{", ".join(layers.REMAT_POLICIES)}.'
-      )
+    checks.check_choice(f'model.remat.{part}', m.remat[part], layers.REMAT_POLICIES)
   down = 2 ** (len(m.denoiser.dim_mults) - 1)
   if mask_h % down or mask_w % down:
     raise ValueError(

@@ -14,6 +14,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from pix2seq_d.config import checks
 from pix2seq_d.parallel import sharding
 from pix2seq_d.runtime import checkpoints
 from pix2seq_d.runtime.checkpoints import Path
@@ -180,8 +181,7 @@ def restore_for_init(
     ValueError: for an unknown mode or any other mismatch (naming the path and both shapes).
     FileNotFoundError: when `path` holds no checkpoint.
   """
-  if mode not in ('all', 'encoder'):
-    raise ValueError(f"config.init_from.mode={mode!r}: use 'all' or 'encoder'.")
+  checks.check_choice('init_from.mode', mode, checks.INIT_MODES)
   root, step = resolve_checkpoint(path)
   where = f'checkpoint {root}/{step} (config.init_from.path={str(path)!r})'
   manager = checkpoints.new_manager(root, read_only=True)

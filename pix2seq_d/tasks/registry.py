@@ -2,6 +2,7 @@
 
   task = registry.get_task(config)
   registry.check_source(task, source)   # the dataset holds what the task reads
+  name, metrics = registry.check_config(config)   # part of config/checks.py's pass
 
 Every other module asks the task.
 """
@@ -26,6 +27,18 @@ def get_task(config) -> base.Task:
       f'config.task={config.task!r}: use one of {", ".join(repr(name) for name in TASKS)}.'
     )
   return TASKS[config.task](config)
+
+
+def check_config(config) -> tuple[str, tuple[str, ...]]:
+  """The task's part of the one validation pass (config/checks.py asks it through `Registries`):
+  raises ValueError for an unknown config.task or a field the task cannot use.
+
+  Returns:
+    (the task's name, the metrics (config.eval.metrics) it can produce).
+  """
+  task = get_task(config)
+  task.check_config()
+  return task.name, task.metrics
 
 
 def check_source(task: base.Task, source) -> None:

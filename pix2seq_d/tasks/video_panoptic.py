@@ -69,6 +69,14 @@ class VideoPanoptic(base.Task):
       value = config[section][field]
       if not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f'config.{section}.{field}={value!r}: must be >= {minimum} (an integer).')
+    needed = config.diffusion.num_cond_frames + 1
+    if config.data.video_window < needed:
+      # A training window holds the target frame and the frames that condition it.
+      raise ValueError(
+        f'config.data.video_window={config.data.video_window}: must be >= '
+        f'config.diffusion.num_cond_frames + 1 = {needed} (the conditioning frames and the '
+        'target).'
+      )
     if config.eval.num_samples != 1:
       raise ValueError(
         f'config.eval.num_samples={config.eval.num_samples}: the video task streams one sample '

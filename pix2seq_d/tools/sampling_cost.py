@@ -52,7 +52,7 @@ def _positive_ints(values, flag: str) -> list[int]:
 
 def run_points(config, workdir: str, points: list[Point], output_dir: str) -> None:
   """Evaluates every point whose results are not in output_dir yet (module docstring)."""
-  from pix2seq_d.config import checks as config_checks
+  from pix2seq_d.loops import registries
   from pix2seq_d.loops import setup as setup_lib
   from pix2seq_d.loops import state as state_lib
   from pix2seq_d.runtime import checkpoints, workdir_files
@@ -73,7 +73,7 @@ def run_points(config, workdir: str, points: list[Point], output_dir: str) -> No
       point_config.eval.num_samples = point.num_samples
       if point.num_samples > 1 and 'pq_single' not in point_config.eval.metrics:
         point_config.eval.metrics = tuple(point_config.eval.metrics) + ('pq_single',)
-      config_checks.check_config(point_config, 'eval')
+      registries.check_config(point_config, 'eval')
       setup = setup_lib.data_and_task(point_config, training=False)
       state, shardings, _, graphdef, _ = state_lib.build_train_state(
         setup.config, setup.mesh, abstract=True

@@ -1,6 +1,10 @@
 """The config is checked once at start: every error names the field, before anything compiles."""
 
+import os
+import sys
+
 import pytest
+from processes import run
 
 from configs import cityscapes, coco, davis, kitti_step, shapes
 from pix2seq_d.config import checks as config_checks
@@ -40,6 +44,21 @@ def test_shipped_configs_pass(make, mode):
     ('diffusion.steps', 0, 'config.diffusion.steps=0'),
     ('diffusion.semantic_aux_weight', -1.0, 'semantic_aux_weight=-1.0: must be >= 0'),
     ('diffusion.sampler', 'ddin', "config.diffusion.sampler='ddin': use one of 'ddim', 'ddpm'."),
+    ('diffusion.b_scale', 0.0, 'config.diffusion.b_scale=0.0: must be positive'),
+    ('diffusion.td', -1.0, 'config.diffusion.td=-1.0: must be >= 0'),
+    ('diffusion.self_cond_rate', 1.5, 'config.diffusion.self_cond_rate=1.5: must be in'),
+    ('diffusion.frames_dropout', -0.1, 'config.diffusion.frames_dropout=-0.1: must be in'),
+    ('data.color_jitter_prob', 2.0, 'config.data.color_jitter_prob=2.0: must be in'),
+    ('data.grayscale_prob', -1.0, 'config.data.grayscale_prob=-1.0: must be in'),
+    ('data.video_window', 0, 'config.data.video_window=0: must be >= 1'),
+    ('data.scale_jitter', (3.0, 1.0), 'config.data.scale_jitter=(3.0, 1.0): must be 0 < min'),
+    ('train.grad_clip_norm', 0.0, 'config.train.grad_clip_norm=0.0: must be positive'),
+    ('train.b1', 1.0, 'config.train.b1=1.0: must be in'),
+    ('train.eps', 0.0, 'config.train.eps=0.0: must be positive'),
+    ('train.end_lr_factor', -1.0, 'config.train.end_lr_factor=-1.0: must be >= 0'),
+    ('train.weight_decay', -0.1, 'config.train.weight_decay=-0.1: must be >= 0'),
+    ('eval.min_pixels', -1, 'config.eval.min_pixels=-1: must be >= 0'),
+    ('eval.num_image_summaries', -1, 'config.eval.num_image_summaries=-1: must be >= 0'),
     (
       'diffusion.schedule',
       'cosin',
@@ -297,3 +316,191 @@ def test_track_ids_need_each_pixel_to_keep_its_class():
     ValueError, match="instance_id_order='track' .* config.eval.one_class_per_track=True"
   ):
     registries.check_config(config, 'train')
+
+
+def _set(config, field: str, value) -> None:
+  *sections, name = field.split('.')
+  parent = config
+  for section in sections:
+    parent = parent[section]
+  with config.ignore_type():
+    parent[name] = value
+
+
+# Every enumerated field, misspelt: (config, field, value, the allowed values as the error lists
+# them). The config is configs/shapes.py unless named ('video', 'davis').
+_ENUMERATED = (
+  ('', 'task', 'video', "'panoptic', 'video_panoptic'"),
+  ('', 'diffusion.sampler', 'ddin', "'ddim', 'ddpm'"),
+  ('', 'diffusion.schedule', 'cosin', "'cosine', 'sigmoid', 'linear'"),
+  ('', 'train.lr_schedule', 'cosine', "'linear', 'constant'"),
+  ('', 'eval.metrics', ('vpq',), "the evaluators are 'pq', "),
+  (
+    '',
+    'data.name',
+    'shapez',
+    "'coco/2017_panoptic', 'coco_folder', 'davis', 'kitti_step', 'shapes[/config]', "
+    "'shapes_video[/config]', 'shapes_step[/config]'",
+  ),
+  ('', 'data.name', 'coco', "'coco/2017_panoptic', 'coco_folder'"),
+  ('', 'data.name', 'shapes/huge', "'shapes', 'shapes/default', 'shapes/tiny', 'shapes/128px'"),
+  ('video', 'data.name', 'shapes_video/huge', "'shapes_video', 'shapes_video/default'"),
+  ('', 'data.name', 'shapes_step/huge', "'shapes_step', 'shapes_step/default', 'shapes_step/tiny'"),
+  ('', 'data.instance_id_order', 'sorted', "'random', 'shuffle', 'track', 'location'"),
+  ('', 'data.train_crowd', 'ignore', "'void', 'segment'"),
+  ('', 'data.train_resize_method', 'area', "'bilinear', 'bicubic'"),
+  ('davis', 'data.davis_resolution', '1080p', "'480p', 'Full-Resolution'"),
+  ('', 'init_from.format', 'keras', "'pix2seq_d' (a run of ours), 'tf'"),
+  ('', 'init_from.mode', 'decoder', "'all', 'encoder'"),
+  ('', 'model.attention_impl', 'flash', "'auto', 'xla', 'cudnn', 'splash', 'chunked'"),
+  ('', 'model.dtype', 'fp16', "'auto', 'float32', 'bfloat16', 'float16'"),
+  ('', 'model.param_dtype', 'float64', "'float32', 'bfloat16'"),
+  *(
+    (
+      '',
+      f'model.remat.{part}',
+      'all',
+      "'none', 'nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable'",
+    )
+    for part in ('resnet', 'encoder', 'fusion', 'denoiser')
+  ),
+)
+
+# Every cross-field rule, broken by a pair: (config, mode, {field: value}, text of the error[,
+# {field: value} that only makes the rest of the config valid]). Each field of the pair must be
+# named in the error.
+_CROSS_FIELD = (
+  ('video', 'train', {'data.video_window': 2, 'diffusion.num_cond_frames': 2}, 'must be >= '),
+  ('', 'train', {'train.batch_size': 8, 'train.microbatches': 3}, 'must divide'),
+  ('', 'train', {'model.image_size': (64, 64), 'model.mask_size': (48, 48)}, 'must divide'),
+  (
+    '',
+    'train',
+    {'model.mask_size': (8, 8), 'model.denoiser.dim_mults': (1, 1, 1, 1, 2)},
+    'the U-Net downsampling',
+  ),
+  (
+    '',
+    'train',
+    {'model.image_size': (40, 40), 'model.resnet.stage_sizes': (1, 1, 1)},
+    'encoder stride 16',
+    {'model.mask_size': (8, 8)},
+  ),
+  ('', 'train', {'model.encoder.dim': 64, 'model.encoder.num_heads': 3}, 'does not divide'),
+  (
+    '',
+    'train',
+    {'model.denoiser.transformer_dim': 64, 'model.denoiser.transformer_heads': 3},
+    'does not divide',
+  ),
+  ('', 'summary', {'model.num_classes': 0}, '--mode=summary does not read the dataset'),
+  ('', 'train_and_eval', {'eval.follow': True}, 'not with --mode=train_and_eval'),
+  (
+    '',
+    'train',
+    {'init_from.format': 'tf', 'init_from.mode': 'all'},
+    'mode=encoder',
+    {'init_from.path': '/ckpt'},
+  ),
+  ('', 'train', {'init_from.mode': 'encoder', 'init_from.path': ''}, 'nothing is loaded'),
+  ('', 'train', {'data.name': 'shapes', 'data.coco_root': '/data/coco'}, 'is not read with'),
+  ('', 'train', {'data.name': 'shapes', 'data.davis_root': '/data/davis'}, 'is not read with'),
+  ('', 'train', {'data.name': 'shapes', 'data.step_root': '/data/step'}, 'is not read with'),
+  (
+    '',
+    'eval',
+    {'eval.given_fraction': 0.5, 'eval.refine_from': '/p.json'},
+    'completes partial masks or refines',
+  ),
+  ('', 'eval', {'eval.given_fraction': 0.5, 'eval.num_samples': 4}, 'one sample per image'),
+  (
+    '',
+    'eval',
+    {'eval.metrics': ('pq', 'pq_single'), 'eval.num_samples': 1},
+    'compare several samples',
+  ),
+  ('', 'eval', {'eval.metrics': ('pq', 'pq_input'), 'eval.refine_from': ''}, 'needs'),
+  (
+    'video',
+    'eval',
+    {'eval.score_all_frames_too': True, 'eval.max_frames_per_sequence': 0},
+    'which is 0',
+  ),
+  (
+    'video',
+    'eval',
+    {'eval.score_all_frames_too': True, 'eval.metrics': ('davis_jf',)},
+    'only the',
+    {'eval.max_frames_per_sequence': 4},
+  ),
+  (
+    'video',
+    'train',
+    {'data.instance_id_order': 'track', 'eval.one_class_per_track': True},
+    'makes instance-0 pixels void',
+  ),
+  (
+    'video',
+    'eval',
+    {'eval.single_frames': True, 'eval.use_gt_cond_frames': True},
+    'set one of them',
+  ),
+  ('', 'eval', {'task': 'panoptic', 'eval.metrics': ('stq',)}, 'cannot produce'),
+  ('', 'train', {'data.scale_jitter': (2.0, 1.0)}, 'must be 0 < min <= max'),
+)
+
+
+def _config(name: str):
+  return davis.get_config() if name == 'davis' else shapes.get_config(name)
+
+
+@pytest.mark.parametrize(
+  'name, field, value, allowed', _ENUMERATED, ids=[f'{c[1]}={c[2]}' for c in _ENUMERATED]
+)
+def test_misspelt_enumerated_field_names_its_values(
+  name, field, value, allowed, tmp_path, monkeypatch
+):
+  """The error names the field, the value and the allowed values; the check writes nothing."""
+  monkeypatch.chdir(tmp_path)
+  config = _config(name)
+  _set(config, field, value)
+  with pytest.raises(ValueError) as error:
+    registries.check_config(config, 'train_and_eval')
+  message = str(error.value)
+  assert f'config.{field}={value!r}' in message, message
+  assert allowed in message, message
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('rule', _CROSS_FIELD, ids=['+'.join(rule[2]) for rule in _CROSS_FIELD])
+def test_broken_cross_field_rule_names_every_field(rule, tmp_path, monkeypatch):
+  name, mode, fields, text, *context = rule
+  monkeypatch.chdir(tmp_path)
+  config = _config(name)
+  for field, value in {**(context[0] if context else {}), **fields}.items():
+    _set(config, field, value)
+  with pytest.raises(ValueError) as error:
+    registries.check_config(config, mode)
+  message = str(error.value)
+  assert text in message, message
+  for field in fields:  # by its last name at least ('config.init_from.format=... / mode=...')
+    assert field.split('.')[-1] in message, (field, message)
+  assert not os.listdir(tmp_path)
+
+
+def test_one_pass_at_start_refuses_a_misspelt_sampler_before_the_workdir(tmp_path, jax_cache):
+  """The main command with a misspelt sampler ends within 30 s, naming the field and the
+  samplers, and creates no workdir."""
+  workdir = tmp_path / 'W'
+  command = [
+    sys.executable,
+    '-m',
+    'pix2seq_d.main',
+    '--config=configs/shapes.py',
+    '--config.diffusion.sampler=ddin',
+    f'--workdir={workdir}',
+  ]
+  code, log = run(command, jax_cache, timeout=30)
+  assert code != 0, log
+  assert "config.diffusion.sampler='ddin': use one of 'ddim', 'ddpm'." in log, log
+  assert not workdir.exists()

@@ -151,5 +151,5 @@ def test_bicubic_training_resize_is_sharper_and_stays_in_range():
   assert not np.allclose(bilinear, bicubic), entropy
   # Across the edge the cubic kernel rises more steeply than the linear one.
   assert np.abs(np.diff(bicubic[0, 20, :, 0])).max() > np.abs(np.diff(bilinear[0, 20, :, 0])).max()
-  with pytest.raises(ValueError, match="resize method 'area'"):
+  with pytest.raises(ValueError, match="train_resize_method='area': use one of 'bilinear'"):
     augment.resample_images(tf.constant(image), geometry, (40, 40), PAD_VALUE, method='area')

@@ -58,6 +58,7 @@ def test_shipped_configs_pass(make, mode):
     ('train.end_lr_factor', -1.0, 'config.train.end_lr_factor=-1.0: must be >= 0'),
     ('train.weight_decay', -0.1, 'config.train.weight_decay=-0.1: must be >= 0'),
     ('eval.min_pixels', -1, 'config.eval.min_pixels=-1: must be >= 0'),
+    ('mesh.fsdp', 0, 'config.mesh.fsdp=0, config.mesh.model=1: each must be a positive size'),
     ('eval.num_image_summaries', -1, 'config.eval.num_image_summaries=-1: must be >= 0'),
     (
       'diffusion.schedule',
@@ -447,6 +448,7 @@ _CROSS_FIELD = (
   ),
   ('', 'eval', {'task': 'panoptic', 'eval.metrics': ('stq',)}, 'cannot produce'),
   ('', 'train', {'data.scale_jitter': (2.0, 1.0)}, 'must be 0 < min <= max'),
+  ('', 'train', {'mesh.data': -1, 'mesh.fsdp': -1}, 'at most one may be -1'),
 )
 
 

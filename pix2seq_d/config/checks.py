@@ -18,7 +18,7 @@ functions that take a field's value directly (a sampler name, a crowd rule) guar
 """
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Number
 from typing import Any
 
@@ -68,6 +68,17 @@ def check_scale_range(scale_range) -> None:
   low, high = (float(v) for v in scale_range)
   if low <= 0 or high < low:
     _fail('data.scale_jitter', tuple(scale_range), 'must be 0 < min <= max.')
+
+
+def check_mesh(sizes: Mapping[str, int]) -> None:
+  """config.mesh {axis: size}: each a positive size, at most one -1 (it takes the devices the
+  others leave); how many devices there are is checked when the mesh is built."""
+  described = ', '.join(f'config.mesh.{axis}={size}' for axis, size in sizes.items())
+  fills = [axis for axis, size in sizes.items() if size == -1]
+  if len(fills) > 1 or any(size == 0 or size < -1 for size in sizes.values()):
+    raise ValueError(
+      f'{described}: each must be a positive size, and at most one may be -1 (fill).'
+    )
 
 
 def _value(config, field: str):
@@ -258,6 +269,7 @@ def check_config(config, mode: str, known: Registries) -> None:
   for field in _FRACTIONS:
     _check_interval(config, field, 0, 1, closed_high=True)
   _check_positive(config, 'diffusion.b_scale')
+  check_mesh({axis: config.mesh[axis] for axis in config.mesh})
   if config.train.batch_size % config.train.microbatches:
     _fail(
       'train.microbatches',

@@ -35,6 +35,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from pix2seq_d.config import checks
+
 MESH_AXES = ('data', 'fsdp', 'model')
 # The batch dimension is split over both data-parallel axes.
 BATCH_AXES = ('data', 'fsdp')
@@ -81,11 +83,8 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> jax.s
   num_devices = len(devices) if devices is not None else jax.device_count()
   sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
   described = ', '.join(f'config.mesh.{axis}={size}' for axis, size in sizes.items())
+  checks.check_mesh(sizes)
   fill = [axis for axis, size in sizes.items() if size == -1]
-  if len(fill) > 1 or any(size == 0 or size < -1 for size in sizes.values()):
-    raise ValueError(
-      f'{described}: each must be a positive size, and at most one may be -1 (fill).'
-    )
   known = math.prod(size for size in sizes.values() if size != -1)
   if fill:
     if num_devices % known:

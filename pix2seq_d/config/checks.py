@@ -36,10 +36,10 @@ class Registries:
     lr_schedules: config.train.lr_schedule's values.
     check_model: config.model -> None; raises ValueError for sizes (or dtypes, attention, remat
       policies) that cannot build a model; config.model.num_classes = 0 passes (from the data).
-    check_data: config -> None; raises ValueError for a config.data field the dataset code
-      cannot use (config.data.name and its '/config' suffix, the roots, the id order, the crowd
-      rule, the resize method). Called in the modes that read a dataset: it may import
-      TensorFlow, which --mode=summary never needs.
+    check_data: config -> None; raises ValueError for what only the dataset code knows (the
+      '/config' suffix of a generated set's config.data.name, TFDS davis's resolutions). Called
+      last, in the modes that read a dataset: it imports TensorFlow, which --mode=summary never
+      needs.
   """
 
   check_task: Callable[[Any], tuple[str, Sequence[str]]]
@@ -49,6 +49,18 @@ class Registries:
   lr_schedules: Sequence[str]
   check_model: Callable[[Any], None]
   check_data: Callable[[Any], None]
+
+
+# config.data's fields of fixed values: the config's own schema, kept here and read by the data
+# code, rather than asked of data/: every module there imports TensorFlow (seconds of start-up
+# and its log lines before the error; absent from the GPU image), which this pass must not need.
+DATA_GENERATED = ('shapes', 'shapes_video', 'shapes_step')  # embedded sets: name[/config]
+DATA_FOLDERS = ('coco_folder', 'davis', 'kitti_step')  # a folder of one's own (data.*_root)
+DATA_TFDS_COCO = 'coco/2017_panoptic'
+NOT_COCO = DATA_GENERATED + ('davis', 'kitti_step')  # names that never read data.coco_root
+INSTANCE_ID_ORDERS = ('random', 'shuffle', 'track', 'location')
+CROWD_RULES = ('void', 'segment')
+RESIZE_METHODS = ('bilinear', 'bicubic')
 
 
 def _fail(field: str, value, why: str) -> None:
@@ -79,6 +91,40 @@ def check_mesh(sizes: Mapping[str, int]) -> None:
     raise ValueError(
       f'{described}: each must be a positive size, and at most one may be -1 (fill).'
     )
+
+
+def check_data_name(config) -> None:
+  """config.data.name: a generated set (with any '/config'; its suffix is the data code's to
+  check), a folder's name or the TFDS COCO name."""
+  name = config.data.name
+  if not name:
+    raise ValueError('config.data.name is empty; use e.g. "shapes" or "coco/2017_panoptic".')
+  if name.partition('/')[0] not in DATA_GENERATED:
+    names = (DATA_TFDS_COCO, *DATA_FOLDERS, *(f'{base}[/config]' for base in DATA_GENERATED))
+    check_choice('data.name', name, names)
+
+
+def _check_data(config) -> None:
+  """config.data's names, roots and fields of fixed values."""
+  data = config.data
+  check_data_name(config)
+  unused = []
+  if data.coco_root and data.name.split('/')[0] in NOT_COCO:
+    unused.append(('coco_root', 'coco_folder'))
+  if data.davis_root and data.name != 'davis':
+    unused.append(('davis_root', 'davis'))
+  if data.step_root and data.name != 'kitti_step':
+    unused.append(('step_root', 'kitti_step'))
+  for field, name in unused:
+    _fail(
+      f'data.{field}',
+      data[field],
+      f'is not read with config.data.name={data.name!r}. Set --config.data.name={name} to '
+      f'use that folder, or leave config.data.{field} empty.',
+    )
+  check_choice('data.instance_id_order', data.instance_id_order, INSTANCE_ID_ORDERS)
+  check_choice('data.train_crowd', data.train_crowd, CROWD_RULES)
+  check_choice('data.train_resize_method', data.train_resize_method, RESIZE_METHODS)
 
 
 def _value(config, field: str):
@@ -286,6 +332,7 @@ def check_config(config, mode: str, known: Registries) -> None:
     _check_training(config)
   _check_follower(config, mode)
   _check_init_from(config)
+  _check_data(config)
 
   if config.model.num_classes == 0 and mode == 'summary':
     _fail(

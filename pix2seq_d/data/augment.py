@@ -32,9 +32,9 @@ _MAX_HUE_DELTA = 0.5  # tf.image.adjust_hue accepts deltas in [-0.5, 0.5] (a ful
 _NUM_COLOR_OPS = 4  # brightness, contrast, saturation, hue.
 
 
-# tf.raw_ops.ScaleAndTranslate kernel of each resize method ('triangle' is bilinear).
-_RESIZE_KERNELS = {'bilinear': 'triangle', 'bicubic': 'keyscubic'}
-RESIZE_METHODS = tuple(_RESIZE_KERNELS)  # config.data.train_resize_method's values
+# tf.raw_ops.ScaleAndTranslate kernel of each resize method, in config/checks.py's order
+# ('triangle' is bilinear).
+_RESIZE_KERNELS = dict(zip(checks.RESIZE_METHODS, ('triangle', 'keyscubic'), strict=True))
 
 
 def _as_pair(size) -> tuple[int, int]:
@@ -124,7 +124,7 @@ def resample_images(
   `pad_value` exactly.
   """
   target_h, target_w = _as_pair(target_size)
-  checks.check_choice('data.train_resize_method', method, RESIZE_METHODS)
+  checks.check_choice('data.train_resize_method', method, checks.RESIZE_METHODS)
   clip_to_unit = images.dtype == tf.uint8
   if clip_to_unit:
     images = tf.cast(images, tf.float32) / 255.0

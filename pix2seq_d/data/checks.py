@@ -1,24 +1,19 @@
 """The dataset's part of the one validation pass (config/checks.py asks it through `Registries`):
-every config.data field the dataset code reads that can be checked without reading data.
+what only the dataset code knows and can check without reading data. It imports TensorFlow, so
+the pass calls it last (config/checks.py checks config.data's names, roots and enumerated
+fields itself).
 
   check_config(config)   # raises ValueError naming the field and its allowed values
 """
 
 from __future__ import annotations
 
-from pix2seq_d.config import checks
-from pix2seq_d.data import augment, davis, instance_ids, pipeline, registry
+from pix2seq_d.data import davis, registry
 
 
 def check_config(config) -> None:
-  """Raises ValueError naming the first config.data field the dataset code cannot use."""
+  """Raises ValueError naming config.data.name's unknown '/config' suffix, or a resolution that
+  TFDS davis lacks."""
   registry.check_name(config)
-  registry.check_roots(config)
-  data = config.data
-  checks.check_choice(
-    'data.instance_id_order', data.instance_id_order, instance_ids.INSTANCE_ID_ORDERS
-  )
-  checks.check_choice('data.train_crowd', data.train_crowd, pipeline.CROWD_RULES)
-  checks.check_choice('data.train_resize_method', data.train_resize_method, augment.RESIZE_METHODS)
-  if data.name == 'davis':
+  if config.data.name == 'davis':
     davis.check_resolution(config)

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from pix2seq_d.config import checks
 
-INSTANCE_ID_ORDERS = ('random', 'shuffle', 'track', 'location')
+INSTANCE_ID_ORDERS = checks.INSTANCE_ID_ORDERS
 
 
 def location_grid(capacity: int) -> tuple[int, int]:

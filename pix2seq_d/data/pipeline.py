@@ -214,7 +214,7 @@ def _count_dropped(stats: PipelineStats, dropped: tf.Tensor, example_id: tf.Tens
   return tf.cond(dropped > 0, record, lambda: dropped)
 
 
-CROWD_RULES = ('void', 'segment')
+CROWD_RULES = checks.CROWD_RULES
 
 
 def training_label(

@@ -10,8 +10,6 @@ from pix2seq_d.config import checks
 from pix2seq_d.data.source import Source
 
 _SHAPES_NAMES = ('shapes', 'shapes_video')
-_FOLDER_NAMES = ('davis', 'kitti_step', 'shapes_step')  # names that never read coco_root
-_FOLDERS = ('coco_folder', 'davis', 'kitti_step')  # a folder of one's own, no '/config'
 
 
 def _builder_configs(base: str) -> tuple[str, ...]:
@@ -27,37 +25,12 @@ def _builder_configs(base: str) -> tuple[str, ...]:
 def check_name(config) -> None:
   """Raises ValueError naming config.data.name and the names (with their '/config' suffixes)
   that a Source is built for; reads no data (the one rule, at start and in `get_source`)."""
-  from pix2seq_d.data import coco
-
+  checks.check_data_name(config)
   name = config.data.name
-  if not name:
-    raise ValueError('config.data.name is empty; use e.g. "shapes" or "coco/2017_panoptic".')
-  generated = _SHAPES_NAMES + ('shapes_step',)
   base = name.partition('/')[0]
-  if base in generated:
+  if base in checks.DATA_GENERATED:
     names = (base,) + tuple(f'{base}/{c}' for c in _builder_configs(base))
     checks.check_choice('data.name', name, names)
-    return
-  names = (coco.TFDS_NAME, *_FOLDERS, *(f'{b}[/config]' for b in generated))
-  checks.check_choice('data.name', name, names)
-
-
-def check_roots(config) -> None:
-  """Raises ValueError naming a data root (coco_root, davis_root, step_root) that
-  config.data.name never reads, and the name that would read it."""
-  data = config.data
-  unused = []
-  if data.coco_root and data.name.split('/')[0] in _SHAPES_NAMES + _FOLDER_NAMES:
-    unused.append(('coco_root', 'coco_folder'))
-  if data.davis_root and data.name != 'davis':
-    unused.append(('davis_root', 'davis'))
-  if data.step_root and data.name != 'kitti_step':
-    unused.append(('step_root', 'kitti_step'))
-  for field, name in unused:
-    raise ValueError(
-      f'config.data.{field}={data[field]!r}: is not read with config.data.name={data.name!r}. '
-      f'Set --config.data.name={name} to use that folder, or leave config.data.{field} empty.'
-    )
 
 
 def resolved_name(config) -> str:
@@ -65,7 +38,7 @@ def resolved_name(config) -> str:
   name = config.data.name
   if not name:
     raise ValueError('config.data.name is empty; use e.g. "shapes" or "coco/2017_panoptic".')
-  if config.data.coco_root and name.split('/')[0] not in _SHAPES_NAMES + _FOLDER_NAMES:
+  if config.data.coco_root and name.split('/')[0] not in checks.NOT_COCO:
     # A COCO-format folder was given: that is the dataset, whatever TFDS name the config has.
     return 'coco_folder'
   return name

@@ -45,6 +45,7 @@ def _model_without_batch_statistics(config):
   return model
 
 
+@pytest.mark.slow
 def test_microbatched_update_equals_the_full_batch_update():
   seed = _seed()
   batch_size, count = 8, 4
@@ -98,6 +99,7 @@ def _compiled_temp_bytes(batch_size, microbatches):
   return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_step_memory_follows_the_microbatch_not_the_batch():
   # Microbatches of 4 at two global batches: the compiled step's temporaries barely differ,
   # although the batch is 4x larger (one pass over 16 rows needs about 3x those of 4 rows).

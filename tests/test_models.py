@@ -158,6 +158,7 @@ def _tiny_model_grads(policy):
   return jax.tree.leaves(nnx.grad(loss)(model))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'policy', ['nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable']
 )

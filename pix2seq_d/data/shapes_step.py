@@ -117,12 +117,18 @@ def config_name_of(name: str) -> str:
   return config_name
 
 
-def folder(config) -> str:
-  """The written folder of config.data.name (written on first use)."""
+def written_folder(config) -> tuple[str, bool]:
+  """(the folder of config.data.name, whether it is completely written); writes nothing."""
   config_name = config_name_of(config.data.name)
   data_dir = config.data.data_dir or os.path.expanduser('~/tensorflow_datasets')
   root = os.path.join(data_dir, 'shapes_step', config_name, VERSION)
-  if os.path.isfile(os.path.join(root, _DONE)):
+  return root, os.path.isfile(os.path.join(root, _DONE))
+
+
+def folder(config) -> str:
+  """The written folder of config.data.name (written on first use)."""
+  root, written = written_folder(config)
+  if written:
     return root
   parent = os.path.dirname(root)
   os.makedirs(parent, exist_ok=True)
@@ -132,7 +138,7 @@ def folder(config) -> str:
     if not os.path.isfile(os.path.join(root, _DONE)):
       for staging in glob.glob(os.path.join(parent, _STAGING_PREFIX + '*')) if locked else ():
         shutil.rmtree(staging)
-      write_folder(root, CONFIGS[config_name])
+      write_folder(root, CONFIGS[config_name_of(config.data.name)])
   return root
 
 

@@ -109,7 +109,9 @@ def _generated(config) -> Survey:
     from pix2seq_d.data import shapes_step
 
     sizes = shapes_step.CONFIGS[shapes_step.config_name_of(name)]
-    return Survey(name, {'train': sizes.num_train, 'val': sizes.num_val}, 'written on first use')
+    root, written = shapes_step.written_folder(config)
+    note = f'written in {root}' if written else 'written on first use'
+    return Survey(name, {'train': sizes.num_train, 'val': sizes.num_val}, note)
   from pix2seq_d.data import shapes
 
   builder = shapes.make_builder(name, config.data.data_dir)

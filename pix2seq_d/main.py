@@ -112,9 +112,11 @@ def main(argv) -> None:
     sys.stderr.write(f'error: {error}\n')
     sys.exit(1)
   if FLAGS.mode == 'summary':
+    from pix2seq_d.loops import run as run_lib
     from pix2seq_d.tools import summary
 
-    print(summary.model_summary(config), flush=True)
+    run = run_lib.open_run(config, FLAGS.workdir or '', data=None)  # reads and writes nothing
+    print(summary.model_summary(run.config, run.task), flush=True)
     return
   if FLAGS.mode == 'plan':
     if not FLAGS.workdir:

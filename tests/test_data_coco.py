@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from configs import coco as coco_configs
 from pix2seq_d.data import coco, coco_folder, eval_pipeline, pipeline
 from pix2seq_d.data.iterator import TooManyBrokenExamplesError
+from pix2seq_d.tasks.registry import get_task
 
 SAMPLE_ROOT = os.path.join(os.path.dirname(__file__), 'data', 'coco_panoptic_sample')
 SPLIT = 'val2017'
@@ -315,7 +316,7 @@ def test_corrupt_example_is_skipped_in_training_and_raises_in_eval(tmp_path):
   # a limit of 3 in a row is never reached, however many batches go by.
   config.data.max_skips_in_a_row = 3
 
-  train = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  train = get_task(config).train_iterator(process_index=0, process_count=1)
   for _ in range(12):
     batch = next(train)
     assert batch['image'].shape == (2, 128, 128, 3) and batch['label'].shape == (2, 64, 64, 2)
@@ -459,7 +460,7 @@ def test_every_example_broken_stops_training_with_a_clear_error(tmp_path):
     (root / SPLIT / image['file_name']).write_bytes(b'broken')
   config = small_folder_config(root, tmp_path / 'tfds')
   config.data.max_skips_in_a_row = 7
-  train = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  train = get_task(config).train_iterator(process_index=0, process_count=1)
   outcome = []
 
   def first_batch():

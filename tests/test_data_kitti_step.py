@@ -21,8 +21,9 @@ from step_layout import (
   write_step_folder,
 )
 
-from pix2seq_d.data import kitti_step, pipeline
+from pix2seq_d.data import kitti_step
 from pix2seq_d.formats import step_png
+from pix2seq_d.tasks.registry import get_task
 
 
 def _decoded(source, split):
@@ -156,9 +157,7 @@ def test_a_short_training_sequence_is_named_and_gives_no_window(tmp_path, caplog
     'sequence 0000 of split train has 2 frames, fewer than config.data.video_window=3'
     in caplog.text
   )
-  batch = next(
-    pipeline.make_train_iterator(config, source=source, process_index=0, process_count=1)
-  )
+  batch = next(get_task(config).train_iterator(source=source, process_index=0, process_count=1))
   assert batch['image'].shape == (2, 64, 208, 3) and batch['cond_label'].shape == (2, 32, 104, 4)
 
 
@@ -198,7 +197,7 @@ def test_a_split_without_any_window_stops_training_before_reading(tmp_path):
     match=r"config.data.train_split 'train' of 'kitti_step': its longest sequence has 2 frames, "
     r'fewer than config.data.video_window=3',
   ):
-    pipeline.make_train_iterator(config, source=source, process_index=0, process_count=1)
+    get_task(config).train_iterator(source=source, process_index=0, process_count=1)
 
 
 @pytest.mark.slow
@@ -243,7 +242,7 @@ def test_a_process_whose_share_has_no_window_stops_instead_of_waiting(tmp_path):
   # The split has a window (checked before reading); each of two processes reads one sequence.
   outcomes = [
     _first_batch_or_error(
-      pipeline.make_train_iterator(config, source=source, process_index=k, process_count=2)
+      get_task(config).train_iterator(source=source, process_index=k, process_count=2)
     )
     for k in range(2)
   ]
@@ -255,7 +254,7 @@ def test_a_process_whose_share_has_no_window_stops_instead_of_waiting(tmp_path):
   unknown = dataclasses.replace(source, clip_lengths={})
   config.data.video_window = 6
   error = _first_batch_or_error(
-    pipeline.make_train_iterator(config, source=unknown, process_index=0, process_count=1)
+    get_task(config).train_iterator(source=unknown, process_index=0, process_count=1)
   )
   assert isinstance(error, Exception) and 'Frames in the longest:] [5]' in str(error)
 
@@ -274,8 +273,8 @@ def test_training_windows_decode_only_their_frames_and_equal_whole_clip_windows(
   whole = dataclasses.replace(source, frame_keys=())  # decode whole sequences, then cut
   for position in (0, 5):
     streams = [
-      pipeline.make_train_iterator(
-        config, source=s, process_index=0, process_count=1, start_position=position
+      get_task(config).train_iterator(
+        source=s, process_index=0, process_count=1, start_position=position
       )
       for s in (source, whole)
     ]
@@ -379,7 +378,7 @@ def test_the_authors_training_ids_of_the_kitti_step_config(tmp_path):
   assert (config.data.instance_id_order, config.data.train_crowd) == ('track', 'segment')
   stuff = {(0, 0), (1, 0), (11, 0), (CAR + 1, 0)}  # void, road, sky, the crowd of cars
   seen = set()
-  iterator = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  iterator = get_task(config).train_iterator(process_index=0, process_count=1)
   for batch in itertools.islice(iterator, 6):
     for label, cond in zip(batch['label'], batch['cond_label'], strict=True):
       frames = [label, cond[..., :2], cond[..., 2:]]  # the target frame and the two before it
@@ -399,4 +398,4 @@ def test_track_ids_are_refused_where_a_dataset_has_none(shapes_config):
   config.data.instance_id_order = 'track'
   config.eval.one_class_per_track = False
   with pytest.raises(ValueError, match="instance_id_order='track' .* 'shapes_video/tiny' has none"):
-    pipeline.make_train_iterator(config, process_index=0, process_count=1)
+    get_task(config).train_iterator(process_index=0, process_count=1)

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from pix2seq_d.config import data_facts
 from pix2seq_d.data import eval_pipeline, pipeline, registry, shapes, splits
 from pix2seq_d.tasks import registry as task_registry
+from pix2seq_d.tasks.registry import get_task
 
 SKY = shapes.SKY_LABEL
 
@@ -66,7 +67,7 @@ def test_train_batches_are_reproducible_and_differ_per_process(shapes_config):
   config.data.color_jitter_strength = 1.0
 
   def first_batches(process_index):
-    iterator = pipeline.make_train_iterator(config, process_index=process_index, process_count=2)
+    iterator = get_task(config).train_iterator(process_index=process_index, process_count=2)
     return [next(iterator) for _ in range(2)]
 
   first, again, other = first_batches(0), first_batches(0), first_batches(1)
@@ -90,8 +91,8 @@ def test_resumed_stream_continues_the_uninterrupted_one(shapes_config, arg, proc
   resumed_after = int(np.random.default_rng().integers(1, 6))
   print(f'resumed after {resumed_after} batches, {process_count} process(es), {arg or "images"}')
   for process_index in range(process_count):
-    make = lambda start, i=process_index: pipeline.make_train_iterator(
-      config, process_index=i, process_count=process_count, start_position=start
+    make = lambda start, i=process_index: get_task(config).train_iterator(
+      process_index=i, process_count=process_count, start_position=start
     )
     uninterrupted = make(0)
     before = [next(uninterrupted) for _ in range(resumed_after)]
@@ -114,7 +115,7 @@ def test_instance_permutation_changes_every_epoch(shapes_config):
   config.data.instance_id_order = 'random'  # the paper's ids (configs/shapes.py: by location)
   config.data.train_split = 'train[:1]'  # every batch holds the same example from 2 epochs.
   config.train.batch_size = 2
-  iterator = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  iterator = get_task(config).train_iterator(process_index=0, process_count=1)
   mappings = set()
   for batch in itertools.islice(iterator, 3):
     np.testing.assert_array_equal(batch['image'][0], batch['image'][1])
@@ -141,7 +142,7 @@ def test_too_many_segments_keep_the_largest_and_are_counted(shapes_config, shape
   num_segments = counts[position[index]]
   assert num_segments > 3
 
-  iterator = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  iterator = get_task(config).train_iterator(process_index=0, process_count=1)
   batch = next(iterator)
   mask_instance = raw['instance'][1::2, 1::2, 0]  # nearest 64 -> 32.
   ids, sizes = np.unique(mask_instance, return_counts=True)
@@ -163,9 +164,7 @@ def test_crowd_is_void_or_a_segment_for_training_and_kept_in_orig_label(shapes_c
     return {**example, 'crowd': tf.cast(tf.equal(example['semantic'], SKY), tf.int32)}
 
   source = _with_decode(base, sky_is_crowd)
-  batch = next(
-    pipeline.make_train_iterator(config, process_index=0, process_count=1, source=source)
-  )
+  batch = next(get_task(config).train_iterator(process_index=0, process_count=1, source=source))
   assert not (batch['label'][..., 0] == SKY).any()
   assert (batch['label'][..., 0] == 0).any()
   assert ((batch['label'][..., 0] == 0) == (batch['label'][..., 1] == 0)).all()
@@ -185,9 +184,7 @@ def test_crowd_is_void_or_a_segment_for_training_and_kept_in_orig_label(shapes_c
 
   # config.data.train_crowd='segment': the crowd is trained as a segment of its class.
   config.data.train_crowd = 'segment'
-  batch = next(
-    pipeline.make_train_iterator(config, process_index=0, process_count=1, source=source)
-  )
+  batch = next(get_task(config).train_iterator(process_index=0, process_count=1, source=source))
   sky = batch['label'][..., 0] == SKY
   assert sky.any() and (batch['label'][..., 1][sky] > 0).all()
   for label in batch['label']:  # one id per image for its sky
@@ -253,7 +250,7 @@ def test_error_examples_are_skipped_in_training_and_raise_in_eval(shapes_config)
     }
 
   source = _with_decode(base, break_some)
-  iterator = pipeline.make_train_iterator(config, process_index=0, process_count=1, source=source)
+  iterator = get_task(config).train_iterator(process_index=0, process_count=1, source=source)
   for batch in itertools.islice(iterator, 4):
     assert not (batch['image'] == 1.0).all(axis=(1, 2, 3)).any()
   assert iterator.skipped > 0
@@ -282,7 +279,7 @@ def test_video_train_batches_condition_on_earlier_frames(shapes_config):
   config.train.batch_size = 8
   config.diffusion.frames_dropout = 0.0
   batches = list(
-    itertools.islice(pipeline.make_train_iterator(config, process_index=0, process_count=1), 2)
+    itertools.islice(get_task(config).train_iterator(process_index=0, process_count=1), 2)
   )
   for batch in batches:
     assert batch['cond_label'].shape == (8, 32, 32, 4) and batch['cond_label'].dtype == np.int32
@@ -299,7 +296,7 @@ def test_video_train_batches_condition_on_earlier_frames(shapes_config):
 
   for dropout, expect in ((1.0, 'all'), (0.5, 'some')):
     config.diffusion.frames_dropout = dropout
-    batch = next(pipeline.make_train_iterator(config, process_index=0, process_count=1))
+    batch = next(get_task(config).train_iterator(process_index=0, process_count=1))
     empty = ~batch['cond_label'].reshape(8, -1, 2, 2).any(axis=(1, 3))  # (B, frames)
     if expect == 'all':
       assert empty.all()
@@ -341,24 +338,20 @@ def test_video_eval_yields_whole_clips_per_process(shapes_config, shapes_data_di
 def test_bad_configs_give_clear_errors(shapes_config):
   config = shapes_config()
   with pytest.raises(ValueError, match='config.train.batch_size = 8'):
-    pipeline.make_train_iterator(config, process_index=0, process_count=3)
+    get_task(config).train_iterator(process_index=0, process_count=3)
   with pytest.raises(ValueError, match='config.eval.batch_size'):
     eval_pipeline.make_eval_iterator(config, process_index=0, process_count=3)
-  with pytest.raises(ValueError, match='video'):
-    eval_pipeline.make_video_eval_iterator(config, process_index=0, process_count=1)
-  with pytest.raises(ValueError, match='holds clips; make_eval_iterator reads images'):
-    eval_pipeline.make_eval_iterator(shapes_config('video'), process_index=0, process_count=1)
 
 
 def test_the_task_must_fit_the_dataset(shapes_config):
   video = shapes_config('video')
   video.task = 'panoptic'
   with pytest.raises(ValueError, match="config.task='panoptic' does not fit.*a video dataset"):
-    task_registry.check_source(task_registry.get_task(video), registry.get_source(video))
+    task_registry.get_task(video).check_source(registry.get_source(video), training=False)
   image = shapes_config()
   image.task = 'video_panoptic'
   with pytest.raises(ValueError, match="config.task='video_panoptic' does not fit.*an image"):
-    task_registry.check_source(task_registry.get_task(image), registry.get_source(image))
+    task_registry.get_task(image).check_source(registry.get_source(image), training=False)
 
 
 def test_num_classes_is_the_datasets_or_taken_from_it(shapes_config):

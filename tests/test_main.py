@@ -64,6 +64,17 @@ def _predict_inputs(tmp_path, names):
   return folder
 
 
+def _categories_only(workdir):
+  """A workdir with the categories.json of a training run (the shapes set's) and nothing else:
+  what --mode=predict reads first, before its inputs and any weight."""
+  from pix2seq_d.data import shapes
+  from pix2seq_d.runtime import workdir_files
+
+  workdir.mkdir()
+  workdir_files.write_categories(str(workdir), shapes.CATEGORIES)
+  return workdir
+
+
 def _pq_args(tmp_path, damage):
   """PQ CLI arguments: the sample's gt as predictions, damaged by `damage(pred_json, folder)`."""
   folder = tmp_path / 'pred'
@@ -273,7 +284,7 @@ CASES = {
   ),
   'predict on images sharing a stem': (
     lambda t, d: main_command(
-      t / 'run',
+      _categories_only(t / 'run'),
       d,
       f'--config.predict.input={_predict_inputs(t, ["a.jpg", "a.png"])}',
       f'--config.predict.output={t / "out"}',

@@ -8,7 +8,8 @@
    (loops/registries.py builds it) and imports none of it.
 3. The task is chosen in one place: only tasks/registry.py reads `config.task` (config/defaults.py
    defines the field, in one line), and no module asks whether a run or a dataset is a video
-   with an `is_video` flag.
+   with an `is_video` flag. Image versus video is the task's to say: outside tasks/ nothing reads
+   a source's `clips` or the task's `reads_clips`, or looks for a batch's 'cond_label'.
 4. The package root holds main.py (and __init__.py) only; every other module sits in its
    concern's folder.
 
@@ -164,17 +165,48 @@ def test_config_imports_none_of_what_it_configures():
   assert not imported, sorted(imported)
 
 
+def _reads_config_task(tree: ast.AST) -> bool:
+  """Whether the module reads or writes `<...>config.task` (messages may name the field)."""
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Attribute) and node.attr == 'task':
+      owner = node.value
+      name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, 'id', '')
+      if name == 'config':
+        return True
+  return False
+
+
 def test_the_task_is_chosen_in_one_place():
-  pattern = re.compile(r'config\.task\b|is_video')
+  readers, flags = set(), {}
+  for name, path in _modules().items():
+    with open(path) as f:
+      text = f.read()
+    if _reads_config_task(ast.parse(text, path)):
+      readers.add(name)
+    if 'is_video' in text:
+      flags[name] = [line.strip() for line in text.splitlines() if 'is_video' in line]
+  # config/defaults.py defines the field; tasks/registry.py is the only module that reads it.
+  assert readers == {'pix2seq_d.config.defaults', 'pix2seq_d.tasks.registry'}, readers
+  assert not flags, flags
+
+
+def test_a_planted_config_task_read_is_found():
+  assert _reads_config_task(ast.parse('if self.config.task == "x": pass'))
+  assert _reads_config_task(ast.parse('name = config.task'))
+  assert not _reads_config_task(ast.parse("raise ValueError(f'config.task={name!r}')"))
+
+
+def test_image_versus_video_is_the_tasks_question():
+  pattern = re.compile(r"\.clips\b|\breads_clips\b|'cond_label'\s+(not\s+)?in\b")
   found = {}
   for name, path in _modules().items():
+    if folder_of(name) == 'tasks':
+      continue
     with open(path) as f:
       lines = [line.strip() for line in f if pattern.search(line)]
     if lines:
       found[name] = lines
-  defined = found.pop('pix2seq_d.config.defaults')
-  assert defined == ["config.task = 'panoptic'"], defined
-  assert set(found) == {'pix2seq_d.tasks.registry'}, found
+  assert not found, found
 
 
 def test_the_package_root_holds_only_the_entry_point():

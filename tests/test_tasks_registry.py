@@ -4,9 +4,9 @@ benchmark and memory plans synthesise, equal to what the input pipeline yields."
 import pytest
 
 from configs import shapes
-from pix2seq_d.data import pipeline
 from pix2seq_d.evaluation import registry as evaluators
 from pix2seq_d.tasks import registry
+from pix2seq_d.tasks.registry import get_task
 
 
 def test_every_task_is_found_by_its_name_and_feeds_known_evaluators():
@@ -31,7 +31,7 @@ def test_an_unknown_task_is_named_with_the_known_ones():
 def test_train_batch_spec_is_what_the_pipeline_yields(shapes_config, arg):
   config = shapes_config(arg)
   task = registry.get_task(config)
-  batch = next(pipeline.make_train_iterator(config, process_index=0, process_count=1))
+  batch = next(get_task(config).train_iterator(process_index=0, process_count=1))
   spec = task.train_batch_spec(config.train.batch_size)
   arrays = {name: value for name, value in batch.items() if name in spec}
   assert set(arrays) == set(spec)

@@ -57,7 +57,9 @@ def time_decode(source: Source, split: str, num_examples: int) -> float:
 def time_train_pipeline(config, steps: int, warmup: int) -> tuple[float, float]:
   """Returns (seconds to the first batch, seconds for `steps` batches after `warmup` more)."""
   start = time.perf_counter()
-  iterator = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  iterator = pipeline.make_train_iterator(
+    config, pipeline.image_stream, process_index=0, process_count=1
+  )
   next(iterator)
   first_batch = time.perf_counter() - start
   for _ in range(warmup):

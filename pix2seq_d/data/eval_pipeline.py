@@ -171,7 +171,6 @@ def make_eval_iterator(
     'error' is set or whose original size exceeds config.data.eval_orig_size.
   """
   source = source or registry.get_source(config)
-  pipeline.require_clips(source, False, 'make_eval_iterator')
   pipeline.check_source(config, source)
   dataset, batch_size, num_batches = _read_share(
     config, source, process_index, process_count, _eval_image_fn(config), 'examples'
@@ -271,7 +270,6 @@ def make_video_eval_iterator(
     raises ValueError for a clip whose 'error' is set.
   """
   source = source or registry.get_source(config)
-  pipeline.require_clips(source, True, 'make_video_eval_iterator')
   pipeline.check_source(config, source)
   dataset, batch_size, num_batches = _read_share(
     config, source, process_index, process_count, _video_eval_fn(config), 'clips'

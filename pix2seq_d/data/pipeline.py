@@ -10,7 +10,7 @@ the shuffle buffer: TFDS image features are decoded after shuffling, then the so
 makes the canonical example (source.py).
 
 Training batches ('image' float32 (B, H, W, 3) in [0, 1], 'label' int32 (B, Hm, Wm, 2) =
-[semantic, instance]; video adds 'cond_label'):
+[semantic, instance]; windows of clips add 'cond_label'):
 - Crowd rule (config.data.train_crowd): crowd pixels become void (0, 0) for training (and in the
   mask-size eval 'label'), or, with 'segment', each crowd region is trained as a segment of its
   class (a metric that scores crowd pixels by class, as STQ's IoU, wants them predicted); only
@@ -24,10 +24,12 @@ Training batches ('image' float32 (B, H, W, 3) in [0, 1], 'label' int32 (B, Hm, 
   message each time one is met, so once per epoch); evaluation raises ValueError instead. When
   config.data.max_skips_in_a_row broken examples come in a row (no good one between them: every
   example broken, or nearly), the iterator raises TooManyBrokenExamplesError naming the last one.
-- Clips (a source of videos, `Source.clips`): windows of config.data.video_window frames, the
-  last is the target; 'cond_label' (B, Hm, Wm, 2 * num_cond_frames) = [sem_{t-2}, inst_{t-2},
-  sem_{t-1}, inst_{t-1}] share the target's spatial augmentation and instance permutation, and
-  each is replaced by zeros with probability config.diffusion.frames_dropout.
+- The task says what a training example is (`make_train_iterator`'s `stream`): an image
+  (`image_stream`), or a window of config.data.video_window frames of a clip
+  (`clip_window_stream`) whose last frame is the target and whose 'cond_label'
+  (B, Hm, Wm, 2 * num_cond_frames) = [sem_{t-2}, inst_{t-2}, sem_{t-1}, inst_{t-1}] shares the
+  target's spatial augmentation and instance permutation, each frame replaced by zeros with
+  probability frames_dropout.
 
 Evaluation batches: eval_pipeline.py. Per-process shares of a split: splits.py. The iterator and
 its counters: iterator.py.
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -142,13 +145,13 @@ def check_source(config, source: Source) -> None:
       )
 
 
-def check_train_windows(config, source: Source, split: str) -> None:
+def check_train_windows(config, source: Source, split: str, num_cond_frames: int) -> None:
   """Raises ValueError when no clip of the training `split` holds config.data.video_window
   frames, where the source knows the lengths (`Source.clip_lengths`): such a split gives no
   training window, and the endless stream would read it round and round for ever, waiting for
   one. Checked before anything is read."""
   lengths = source.clip_lengths.get(split)
-  if not source.clips or not lengths:
+  if not lengths:
     return
   window = int(config.data.video_window)
   longest = max(lengths.values())
@@ -157,21 +160,8 @@ def check_train_windows(config, source: Source, split: str) -> None:
       f'config.data.train_split {split!r} of {source.name!r}: its longest sequence has '
       f'{longest} frames, fewer than config.data.video_window={window}, so it gives no training '
       f'window. Train on a split with longer sequences or lower --config.data.video_window (at '
-      f'least config.diffusion.num_cond_frames + 1 = {config.diffusion.num_cond_frames + 1}).'
+      f'least config.diffusion.num_cond_frames + 1 = {num_cond_frames + 1}).'
     )
-
-
-def require_clips(source: Source, clips: bool, function: str) -> None:
-  """Raises ValueError when `source` holds images where `function` reads clips, or the reverse."""
-  if source.clips != clips:
-    raise ValueError(
-      f'Dataset {source.name!r} holds {"clips" if source.clips else "images"}; {function} reads '
-      f'{"clips" if clips else "images"}.'
-    )
-
-
-def _id_key(source: Source) -> str:
-  return 'video_id' if source.clips else 'image_id'
 
 
 def _drop_broken(dataset: tf.data.Dataset, stats: PipelineStats, id_key: str) -> tf.data.Dataset:
@@ -273,6 +263,7 @@ def dataset_info(config, source: Source | None = None) -> DatasetInfo:
 
 def make_train_iterator(
   config,
+  stream: TrainStream,
   *,
   process_index: int | None = None,
   process_count: int | None = None,
@@ -290,15 +281,17 @@ def make_train_iterator(
   the last batch handed out: save it with a checkpoint and pass it back here on resume.
 
   Args:
-    config: the experiment config (data, model, train, diffusion, seed).
+    config: the experiment config (data, model, train, seed).
+    stream: what the task trains on (`Task.train_stream`): `image_stream`, or
+      `clip_window_stream(...)`'s windows of clips with their conditioning frames.
     process_index, process_count: default jax.process_index() / jax.process_count().
     source: a Source to read instead of registry.get_source(config).
     start_position: the first element of this process's stream to use (0 = from the start).
 
   Returns:
     A DataIterator of {'image': float32 (B, H, W, 3) in [0, 1], 'label': int32 (B, Hm, Wm, 2)}
-    with B = config.train.batch_size // process_count; video adds 'cond_label' int32
-    (B, Hm, Wm, 2 * config.diffusion.num_cond_frames).
+    with B = config.train.batch_size // process_count; `clip_window_stream` adds 'cond_label'
+    int32 (B, Hm, Wm, 2 * num_cond_frames).
   """
   process_index, process_count = splits.processes(process_index, process_count)
   source = source or registry.get_source(config)
@@ -309,7 +302,6 @@ def make_train_iterator(
     config.train.batch_size, process_count, 'config.train.batch_size'
   )
   split = source.split(config.data.train_split)
-  check_train_windows(config, source, split)
   instruction, size = splits.process_read_instruction(
     source.builder, split, process_index, process_count
   )
@@ -328,43 +320,17 @@ def make_train_iterator(
     start_position,
   )
   shuffle_seed = int(_derived_seed(config, process_index, _SHUFFLE_STREAM)[0])
-  parallel = config.data.num_parallel_calls
   stats = PipelineStats(config.data.max_skips_in_a_row)
-  id_key = _id_key(source)
 
   dataset, finish = read(source, instruction, shuffle_seed)
   dataset = dataset.shuffle(
     max(config.data.shuffle_buffer, 1), seed=shuffle_seed, reshuffle_each_iteration=True
   )
   dataset = dataset.repeat()
-  if source.clips:
-    # A source that keeps its frames encoded (`Source.frame_keys`) is cut into windows first, so
-    # only a window's frames are decoded and a resume skips windows without decoding them.
-    frame_keys = source.frame_keys or _CLIP_FRAME_KEYS + (('track',) if source.track_ids else ())
-    if not source.frame_keys:
-      dataset = dataset.map(finish, num_parallel_calls=parallel)
-    dataset = _drop_broken(dataset, stats, id_key)
-    where = (
-      f'training split {split} of {source.name}, the {size} clips of process '
-      f'{process_index}/{process_count}'
-    )
-    dataset = _refuse_windowless(dataset, config, frame_keys[0], size, where)
-    window_seed = int(_derived_seed(config, process_index, _WINDOW_SHUFFLE_STREAM)[0])
-    dataset = _video_windows(dataset, config, window_seed, frame_keys)
-    dataset = dataset.enumerate().skip(start_position)
-    if source.frame_keys:
-      dataset = dataset.map(
-        lambda position, window: (position, finish(window)), num_parallel_calls=parallel
-      )
-    preprocess = _video_train_fn(config, stats)
-  else:
-    # Numbered before decoding, so that a resume skips raw records without decoding them.
-    dataset = dataset.enumerate().skip(start_position)
-    dataset = dataset.map(
-      lambda position, raw: (position, finish(raw)), num_parallel_calls=parallel
-    )
-    dataset = _drop_broken(dataset, stats, id_key)
-    preprocess = _image_train_fn(config, stats)
+  context = StreamContext(
+    config, source, finish, stats, split, size, process_index, process_count, start_position
+  )
+  dataset, preprocess = stream(dataset, context)
 
   # A stateless seed per element: its position in this process's endless stream, folded into a
   # base seed from (config.seed, process): reproducible, different every epoch and on every
@@ -375,9 +341,78 @@ def make_train_iterator(
     seed = tf.random.experimental.stateless_fold_in(base_seed, position)
     return {**preprocess(example, seed), POSITION_KEY: position}
 
-  dataset = dataset.map(with_seed, num_parallel_calls=parallel)
+  dataset = dataset.map(with_seed, num_parallel_calls=config.data.num_parallel_calls)
   dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(config.data.prefetch)
   return DataIterator(dataset, stats, start_position=start_position)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamContext:
+  """What `make_train_iterator` hands a training stream: the config, the source and its
+  `finish` (raw example -> canonical, `read`), the broken-example counters, and this process's
+  share of the training split (`size` examples) and stream position to start from."""
+
+  config: Any
+  source: Source
+  finish: Callable[[dict], dict]
+  stats: PipelineStats
+  split: str
+  size: int
+  process_index: int
+  process_count: int
+  start_position: int
+
+
+# A training stream: (shuffled, repeated raw examples, context) -> ((position, example) pairs from
+# context.start_position on, the per-element preprocessing (example, seed) -> batch row). The task
+# says which one it trains on (`Task.train_stream`).
+Preprocess = Callable[[dict, tf.Tensor], dict]
+TrainStream = Callable[[tf.data.Dataset, StreamContext], tuple[tf.data.Dataset, Preprocess]]
+
+
+def image_stream(dataset: tf.data.Dataset, context: StreamContext):
+  """Images: numbered before decoding, so that a resume skips raw records without decoding
+  them; each becomes {'image', 'label'} (`TrainStream`)."""
+  dataset = dataset.enumerate().skip(context.start_position)
+  finish = context.finish
+  dataset = dataset.map(
+    lambda position, raw: (position, finish(raw)),
+    num_parallel_calls=context.config.data.num_parallel_calls,
+  )
+  dataset = _drop_broken(dataset, context.stats, 'image_id')
+  return dataset, _image_train_fn(context.config, context.stats)
+
+
+def clip_window_stream(num_cond_frames: int, frames_dropout: float) -> TrainStream:
+  """Clips cut into windows of config.data.video_window frames: each window becomes the last
+  frame's {'image', 'label'} and 'cond_label', the ids of the `num_cond_frames` frames before
+  it, each replaced by zeros with probability `frames_dropout` (`TrainStream`)."""
+
+  def stream(dataset: tf.data.Dataset, context: StreamContext):
+    config, source, finish = context.config, context.source, context.finish
+    check_train_windows(config, source, context.split, num_cond_frames)
+    parallel = config.data.num_parallel_calls
+    # A source that keeps its frames encoded (`Source.frame_keys`) is cut into windows first,
+    # so only a window's frames are decoded and a resume skips windows without decoding them.
+    frame_keys = source.frame_keys or _CLIP_FRAME_KEYS + (('track',) if source.track_ids else ())
+    if not source.frame_keys:
+      dataset = dataset.map(finish, num_parallel_calls=parallel)
+    dataset = _drop_broken(dataset, context.stats, 'video_id')
+    where = (
+      f'training split {context.split} of {source.name}, the {context.size} clips of process '
+      f'{context.process_index}/{context.process_count}'
+    )
+    dataset = _refuse_windowless(dataset, config, frame_keys[0], context.size, where)
+    window_seed = int(_derived_seed(config, context.process_index, _WINDOW_SHUFFLE_STREAM)[0])
+    dataset = _video_windows(dataset, config, window_seed, frame_keys)
+    dataset = dataset.enumerate().skip(context.start_position)
+    if source.frame_keys:
+      dataset = dataset.map(
+        lambda position, window: (position, finish(window)), num_parallel_calls=parallel
+      )
+    return dataset, _video_train_fn(config, context.stats, num_cond_frames, frames_dropout)
+
+  return stream
 
 
 # The per-frame features of a decoded (canonical) clip.
@@ -447,7 +482,7 @@ def _video_windows(
   config.data.video_clips_interleaved clips and then shuffled in a buffer of
   config.data.video_window_shuffle_buffer, so a batch mixes many clips.
   """
-  window = config.data.video_window  # >= num_cond_frames + 1: the video task's check_config
+  window = config.data.video_window  # > the conditioning frames: the video task's check_config
 
   def windows_of(clip):
     num_frames = tf.shape(clip[frame_keys[0]], out_type=tf.int64)[0]
@@ -478,15 +513,16 @@ def _video_windows(
   )
 
 
-def _video_train_fn(config, stats: PipelineStats) -> Callable[[dict, tf.Tensor], dict]:
+def _video_train_fn(
+  config, stats: PipelineStats, num_cond: int, frames_dropout: float
+) -> Callable[[dict, tf.Tensor], dict]:
   kwargs = augment_kwargs(config)
   crowd_rule = config.data.train_crowd
   max_instances = config.model.max_instances
   id_order = config.data.instance_id_order
   # The authors' KITTI-STEP ids start from the dataset's track ids, stuff and crowd without one.
   instance_key = 'track' if id_order == 'track' else 'instance'
-  num_cond = config.diffusion.num_cond_frames
-  frames_dropout = float(config.diffusion.frames_dropout)
+  frames_dropout = float(frames_dropout)
   mask_h, mask_w = (int(v) for v in config.model.mask_size)
 
   def preprocess(window, seed):

@@ -27,12 +27,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import jax
 from absl import logging
-from clu import metric_writers
 
-from pix2seq_d.loops import setup as setup_lib
-from pix2seq_d.loops import state as state_lib
+from pix2seq_d.loops import run as run_lib
 from pix2seq_d.parallel import distributed, hosts
 from pix2seq_d.runtime import checkpoints, preemption, workdir_files, workdir_lock
 
@@ -58,20 +55,16 @@ def run(config, workdir: str) -> dict | None:
   if not follow and not checkpoints.saved_steps(workdir):
     # Checked before anything is built: an eval of the wrong folder leaves it as it was.
     raise FileNotFoundError(f'--mode=eval: no checkpoint in {workdir}; train first.')
-  setup = setup_lib.data_and_task(config, training=False)
-  config = setup.config
+  run = run_lib.open_run(config, workdir, data='eval')
   # Results could not be added to a broken eval_results.json: found before any evaluation.
   evaluated = {record['step'] for record in workdir_files.read_results_history(workdir)}
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  state, state_shardings, _, eval_graphdef, _ = state_lib.build_train_state(
-    config, setup.mesh, abstract=True
-  )
-  run_eval = setup.evaluation(eval_graphdef, state_shardings, workdir, writer)
+  writer = run.writer()
+  run_eval = run.evaluation(writer)
   distributed.wait_for_peers('checkpoints')
-  manager = checkpoints.CheckpointManager(workdir, read_only=True)
+  manager = run.checkpoints(read_only=True)
 
   def evaluate_step(step: int) -> dict:
-    return run_eval(*state_lib.restore_ema(manager, step, state), step)
+    return run_eval(*run.restore_ema(manager, step), step)
 
   try:
     if not follow:
@@ -80,7 +73,7 @@ def run(config, workdir: str) -> dict | None:
         raise FileNotFoundError(f'--mode=eval: no complete checkpoint in {workdir}; train first.')
       logging.info('Evaluating the checkpoint of step %d in %s.', step, workdir)
       return evaluate_step(step)
-    return follow_run(config, workdir, manager, evaluate_step, evaluated)
+    return follow_run(run.config, workdir, manager, evaluate_step, evaluated)
   finally:
     manager.close()
     writer.close()

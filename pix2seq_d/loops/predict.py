@@ -24,13 +24,11 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from etils import epath
 
-from pix2seq_d.config import data_facts
-from pix2seq_d.loops import state as state_lib
+from pix2seq_d.loops import run as run_lib
 from pix2seq_d.parallel import sharding
-from pix2seq_d.runtime import checkpoints, preemption, workdir_files
-from pix2seq_d.tasks import base, registry
+from pix2seq_d.runtime import preemption
+from pix2seq_d.tasks import base
 
 
 @dataclasses.dataclass
@@ -58,34 +56,28 @@ def load_predictor(config, workdir: str) -> Predictor:
   Raises:
     FileNotFoundError: no categories.json or no checkpoint in `workdir`.
   """
-  categories = workdir_files.read_categories(workdir)
-  config = data_facts.apply(
-    config, categories, str(epath.Path(workdir) / workdir_files.CATEGORIES_FILE)
-  )
-  task = registry.get_task(config)
-  mesh = sharding.make_mesh(config.mesh)
-  state, state_shardings, _, eval_graphdef, _ = state_lib.build_train_state(
-    config, mesh, abstract=True
-  )
+  return restore_predictor(run_lib.open_run(config, workdir, data='workdir'))
+
+
+def restore_predictor(run: run_lib.Run) -> Predictor:
+  """The Predictor of the newest checkpoint of `run`'s workdir (FileNotFoundError: none)."""
+  workdir = run.workdir
   # Read-only and the EMA weights only: safe beside a training run writing the same workdir.
-  manager = checkpoints.CheckpointManager(workdir, read_only=True)
+  manager = run.checkpoints(read_only=True)
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f'--mode=predict: no checkpoint in {workdir}.')
-  params, model_state = state_lib.restore_ema(manager, step, state)
+  params, model_state = run.restore_ema(manager, step)
   manager.close()
-  predict_fn = state_lib.jit_predict(
-    task, eval_graphdef, state_shardings.ema_params, state_shardings.ema_model_state, mesh
-  )
   return Predictor(
-    config,
-    task,
-    predict_fn,
+    run.config,
+    run.task,
+    run.predict_fn(),
     params,
     model_state,
     step,
-    categories,
-    mesh,
+    list(run.categories),
+    run.mesh,
   )
 
 
@@ -97,8 +89,9 @@ def run(config, workdir: str) -> str:
     raise ValueError('--mode=predict needs --config.predict.output=DIR.')
   if not config.predict.input:
     raise ValueError('--mode=predict needs --config.predict.input=PATH.')
-  sources = registry.get_task(config).predict_sources(config.predict.input)
-  predictor = load_predictor(config, workdir)
+  run = run_lib.open_run(config, workdir, data='workdir')
+  sources = run.task.predict_sources(config.predict.input)  # before any weight is read
+  predictor = restore_predictor(run)
   task, categories, rows = predictor.task, predictor.categories, predictor.batch_size
   task.prepare_predict(sources, categories)  # given masks: checked before any sampling
   files = task.prediction_files(output, categories)

@@ -29,9 +29,11 @@ from pix2seq_d.tasks import base as task_base
 from pix2seq_d.tasks import registry
 
 
-def build_model(config, *, rngs: nnx.Rngs) -> p2s.Pix2SeqD:
-  """The model of `config` with the denoiser inputs its task conditions on."""
-  return p2s.build_model(config, rngs=rngs, cond_channels=registry.get_task(config).cond_channels())
+def build_model(config, *, rngs: nnx.Rngs, task: task_base.Task | None = None) -> p2s.Pix2SeqD:
+  """The model of `config` with the denoiser inputs `task` conditions on (default: the
+  configured task)."""
+  task = task or registry.get_task(config)
+  return p2s.build_model(config, rngs=rngs, cond_channels=task.cond_channels())
 
 
 def class_sized_axes(config) -> dict[tuple[str, ...], int]:
@@ -97,14 +99,24 @@ def init_sharded(
   return state, shardings
 
 
-def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False):
+def _init_fn(config, tx: optax.GradientTransformation, task: task_base.Task | None):
+  """() -> the fresh TrainState of `config` (deterministic: seeded by config.seed)."""
+  rngs = lambda: nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  return lambda: steps.create_train_state(build_model(config, rngs=rngs(), task=task), tx)
+
+
+def build_train_state(
+  config, mesh: jax.sharding.Mesh, *, abstract: bool = False, task: task_base.Task | None = None
+):
   """Abstract model -> shardings -> train state initialised on the mesh.
 
   Args:
     config: the experiment config.
     mesh: the device mesh.
     abstract: return the state as sharded `jax.ShapeDtypeStruct`s without allocating it (for
-      lowering, cost and memory analysis).
+      lowering, cost and memory analysis, and to restore a checkpoint into: `init_state` makes
+      the fresh state of a run that restores none).
+    task: the task the model serves (its conditioning inputs); default the configured task's.
 
   Returns:
     (state, state_shardings, train_graphdef, eval_graphdef, tx): the TrainState born sharded,
@@ -112,8 +124,7 @@ def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False
   """
   tx = steps.make_optimizer(config.train)
   rngs = lambda: nnx.Rngs(params=config.seed, dropout=config.seed + 1)
-  new_model = lambda: build_model(config, rngs=rngs())
-  abstract_model = nnx.eval_shape(new_model)
+  abstract_model = nnx.eval_shape(lambda: build_model(config, rngs=rngs(), task=task))
   abstract_model.train()
   train_graphdef = nnx.graphdef(abstract_model)
   # Sampling has no backward pass, so rematerialisation would only recompute (and nnx.remat
@@ -122,10 +133,10 @@ def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False
   eval_config = config.copy_and_resolve_references()
   for part in eval_config.model.remat:
     eval_config.model.remat[part] = 'none'
-  eval_model = nnx.eval_shape(lambda: build_model(eval_config, rngs=rngs()))
+  eval_model = nnx.eval_shape(lambda: build_model(eval_config, rngs=rngs(), task=task))
   eval_model.eval()
   eval_graphdef = nnx.graphdef(eval_model)
-  init_fn = lambda: steps.create_train_state(new_model(), tx)
+  init_fn = _init_fn(config, tx, task)
   if abstract:
     abstract_state = jax.eval_shape(init_fn)
     state_shardings = sharding.state_shardings(abstract_state, mesh)
@@ -133,6 +144,17 @@ def build_train_state(config, mesh: jax.sharding.Mesh, *, abstract: bool = False
   else:
     state, state_shardings = init_sharded(init_fn, mesh)
   return state, state_shardings, train_graphdef, eval_graphdef, tx
+
+
+def init_state(
+  config,
+  tx: optax.GradientTransformation,
+  state_shardings: Any,
+  task: task_base.Task | None = None,
+) -> steps.TrainState:
+  """The fresh train state of `config` born into `state_shardings` (those of
+  `build_train_state(..., abstract=True)`): the same values as `build_train_state` allocates."""
+  return jax.jit(_init_fn(config, tx, task), out_shardings=state_shardings)()
 
 
 def restore_ema(manager, step: int, abstract_state: Any) -> tuple[Any, Any]:
@@ -172,6 +194,7 @@ def jit_train_step(
   graphdef: nnx.GraphDef,
   state_shardings: Any,
   mesh: jax.sharding.Mesh,
+  task: task_base.Task | None = None,
 ) -> Callable:
   """`steps.train_step` compiled for `mesh`: (state, batch, key) -> (state, metrics).
 
@@ -185,9 +208,12 @@ def jit_train_step(
     graphdef: the model's graphdef in training mode.
     state_shardings: from `init_sharded` / `sharding.state_shardings`.
     mesh: the device mesh.
+    task: what the denoiser is conditioned on (`Task.train_conditioning`); default: the
+      configured task.
   """
   replicated = NamedSharding(mesh, PartitionSpec())
-  step = functools.partial(steps.train_step, graphdef, config=config, tx=tx)
+  condition = (task or registry.get_task(config)).train_conditioning
+  step = functools.partial(steps.train_step, graphdef, config=config, tx=tx, condition=condition)
   return under_mesh(
     jax.jit(
       step,

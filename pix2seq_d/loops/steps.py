@@ -8,6 +8,7 @@ models/sampling.py, called by the tasks' predict functions.
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -101,16 +102,19 @@ def diffusion_loss(
   key: jax.Array,
   config,
   draws: tuple[jax.Array, jax.Array] | None = None,
+  cond: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The Pix2Seq-D loss of one batch.
 
   Args:
     model: the model in training mode.
-    batch: 'image' (B, H, W, 3) float in [0, 1], 'label' (B, Hm, Wm, 2) int ids, and for video
-      'cond_label' (B, Hm, Wm, 2 * frames) int ids of earlier frames.
+    batch: 'image' (B, H, W, 3) float in [0, 1] and 'label' (B, Hm, Wm, 2) int ids (other arrays
+      are the task's, read through `cond`).
     key: PRNG key of t and the noise (`draw_noise`).
     config: the experiment config (diffusion and model sections are read).
     draws: (t, noise) to use instead of drawing them from `key`.
+    cond: (B, Hm, Wm, C) the denoiser's conditioning inputs (`Task.train_conditioning`: the
+      earlier frames' bits of a video), or None.
 
   Returns:
     (loss, aux) where loss is the weighted softmax cross-entropy plus, when
@@ -126,9 +130,7 @@ def diffusion_loss(
   x_t = schedules.q_sample(x0, gamma, noise)
   encoded = model.encode(batch['image'])
 
-  extra = []
-  if 'cond_label' in batch:
-    extra.append(bits.label_to_bits(batch['cond_label'].astype(jnp.int32), d.b_scale))
+  extra = [] if cond is None else [cond]
   if d.self_cond:
     # A stop-gradient x0 estimate for the first `rate` of the batch, zeros for the rest.
     num_sc = int(batch_size * d.self_cond_rate)
@@ -184,8 +186,12 @@ def train_step(
   *,
   config,
   tx: optax.GradientTransformation,
+  condition: Callable[[dict[str, jax.Array]], jax.Array | None] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser update and EMA update; returns the new state and scalar metrics.
+
+  `condition` (the task's `train_conditioning`) gives the denoiser's conditioning inputs of a
+  (micro)batch; None conditions on nothing but the image.
 
   With config.train.microbatches = k > 1 the batch is split into k microbatches
   (`split_microbatches`) whose gradients are summed in a `lax.scan`, so only one microbatch's
@@ -200,7 +206,8 @@ def train_step(
     # The model is merged inside the differentiated function so that BatchNorm statistics and
     # RNG counters are updated at this trace level.
     model = nnx.merge(graphdef, params, model_state, copy=True)
-    loss, aux = diffusion_loss(model, micro_batch, micro_key, config)
+    cond = None if condition is None else condition(micro_batch)
+    loss, aux = diffusion_loss(model, micro_batch, micro_key, config, cond=cond)
     return loss, (aux, nnx.state(model, nnx.Not(nnx.Param)))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -1,9 +1,7 @@
-"""The training loop, in sections that read top to bottom:
-
-mesh -> data and task -> abstract state -> shardings -> jitted init -> restore -> jitted step ->
-loop with periodic logging, image summaries, checkpoints and evaluation (evaluate.py, with the
-evaluators of config.eval.metrics). Images and videos run through this same loop: the task
-(tasks/registry.py) says what differs.
+"""The training loop: the run (run.py: mesh, dataset, task, abstract state) -> its state, restored
+or fresh -> the jitted step -> the loop with periodic logging, image summaries, checkpoints and
+evaluation (evaluate.py, with the evaluators of config.eval.metrics). Images and videos run
+through this same loop: the task (tasks/registry.py) says what differs.
 """
 
 import json
@@ -12,20 +10,16 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from etils import epath
 
 from pix2seq_d.config import fields
-from pix2seq_d.data import pipeline
-from pix2seq_d.loops import setup as setup_lib
-from pix2seq_d.loops import state as state_lib
+from pix2seq_d.loops import run as run_lib
 from pix2seq_d.parallel import distributed, sharding
 from pix2seq_d.runtime import (
   checkpoints,
-  init_from,
   preemption,
   stream_positions,
-  tf_weights,
   workdir_files,
   workdir_lock,
 )
@@ -216,57 +210,38 @@ def _check_num_steps(config, workdir: str, mode: str) -> None:
 
 
 def _run(config, workdir: str, mode: str) -> dict | None:
-  # ------------------------------------------------------------------ mesh and data
   _check_num_steps(config, workdir, mode)
-  setup = setup_lib.data_and_task(config, training=True)
-  config, source, info, task, mesh = setup.config, setup.source, setup.info, setup.task, setup.mesh
+  run = run_lib.open_run(config, workdir, data='train')
   # An evaluation's results could not be added to a broken eval_results.json: found now.
   workdir_files.read_results_history(workdir)
   if jax.process_index() == 0:
-    workdir_files.write_categories(workdir, info.categories)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-
-  # ------------------------------------------------ state, shardings, checkpoints
-  state, state_shardings, train_graphdef, eval_graphdef, tx = state_lib.build_train_state(
-    config, mesh
-  )
-  abstract_state = sharding.with_shardings(jax.eval_shape(lambda: state), state_shardings)
+    workdir_files.write_categories(workdir, run.categories)
+  writer = run.writer()
   # The checkpoint manager's start is the first collective; data and state took each process
   # its own time.
   distributed.wait_for_peers('checkpoints')
-  manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints)
-  restored = manager.restore_latest(abstract_state)
-  if restored is not None:
-    state, start_step = restored
-    logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
+  manager = run.checkpoints()
+  state, start_step = run.start_state(manager)
+  if start_step:
     writer = skip_replayed_summaries(writer, workdir, start_step)
-  else:
-    start_step = 0
-    if config.init_from.path and config.init_from.format == 'tf':
-      state = tf_weights.restore_encoder(
-        config.init_from.path,
-        state,
-        config.model.resnet.stage_sizes,
-        config.model.encoder.num_layers,
-      )
-    elif config.init_from.path:
-      state = init_from.restore_for_init(
-        config.init_from.path,
-        state,
-        config.init_from.mode,
-        class_sized=state_lib.class_sized_axes(config),
-      )
-      logging.info('Initialised (%s) from %s.', config.init_from.mode, config.init_from.path)
+  evaluation = run.evaluation(writer)
+  state, step, preempted, record = _train(run, state, start_step, manager, writer, evaluation)
+  if mode == 'train_and_eval' and not preempted:
+    record = evaluation(state.ema_params, state.ema_model_state, step)
+  manager.close()
+  writer.flush()
+  writer.close()
+  return record
 
-  evaluation = setup.evaluation(eval_graphdef, state_shardings, workdir, writer)
 
-  def run_eval(state, step):
-    return evaluation(state.ema_params, state.ema_model_state, step)
-
-  # ------------------------------------------------------------------------ loop
-  train_step = state_lib.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
-  train_iter = pipeline.make_train_iterator(
-    config, source=source, start_position=_resume_position(config, workdir, start_step)
+def _train(run, state, start_step: int, manager, writer, evaluation):
+  """Trains from `start_step` to config.train.num_steps (or a preemption) with periodic logging,
+  image summaries, checkpoints and evaluations; returns (state, last step, preempted, the last
+  evaluation's record or None)."""
+  config, workdir = run.config, run.workdir
+  train_step = run.train_step()
+  train_iter = run.task.train_iterator(
+    run.source, start_position=_resume_position(config, workdir, start_step)
   )
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(
@@ -298,7 +273,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   for step in range(start_step + 1, last_step + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = next(train_iter)
-      global_batch = sharding.make_global_batch(batch, mesh)
+      global_batch = sharding.make_global_batch(batch, run.mesh)
       state, metrics = train_step(state, global_batch, jax.random.fold_in(key, step))
     pending.append((step, metrics['loss']))
     last_metrics = metrics
@@ -317,7 +292,8 @@ def _run(config, workdir: str, mode: str) -> dict | None:
       if hasattr(train_iter, 'skipped') and train_iter.skipped:
         writer.write_scalars(step, {'train/skipped_examples': train_iter.skipped})
     if step % config.train.image_summary_every == 0 and jax.process_index() == 0:
-      writer.write_images(step, {'train/input_gt': task.train_pictures(batch, info.categories)})
+      pictures = run.task.train_pictures(batch, run.categories)
+      writer.write_images(step, {'train/input_gt': pictures})
     if step % config.train.checkpoint_every == 0 or step == num_steps or preempted:
       check_losses()
       manager.save(step, state, force=preempted or step == num_steps)
@@ -329,14 +305,9 @@ def _run(config, workdir: str, mode: str) -> dict | None:
       logging.warning('Preemption requested: saved step %d, exiting.', step)
       break
     if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
-      record = run_eval(state, step)
+      record = evaluation(state.ema_params, state.ema_model_state, step)
   # Stop the endless training input pipeline: its tf.data threads would otherwise keep filling
   # buffers during evaluation and delay the interpreter's exit.
   del train_iter
   manager.wait_until_finished()
-  if mode == 'train_and_eval' and not preempted:
-    record = run_eval(state, step)
-  manager.close()
-  writer.flush()
-  writer.close()
-  return record
+  return state, step, preempted, record

@@ -89,19 +89,12 @@ def sample_bits(
 
 
 def sample_ids(
-  model: p2s.Pix2SeqD,
-  images: jax.Array,
-  key: jax.Array,
-  config,
-  cond_label: jax.Array | None = None,
-  steps: int | None = None,
-  num_samples: int = 1,
-  refine: tuple[jax.Array, float] | None = None,
-  given: tuple[jax.Array, jax.Array] | None = None,
+  model: p2s.Pix2SeqD, images: jax.Array, key: jax.Array, config, *args, **kwargs
 ) -> jax.Array:
   """Samples and decodes masks: images (B, H, W, 3) -> (B * K, Hm, Wm, 2) int32 [semantic,
-  instance] ids (`sample_bits`, then the bits thresholded and clamped to the id ranges)."""
-  analog = sample_bits(model, images, key, config, cond_label, steps, num_samples, refine, given)
+  instance] ids. The other arguments (cond_label, steps, num_samples, refine, given) are
+  `sample_bits`'s; the bits are thresholded and clamped to the id ranges."""
+  analog = sample_bits(model, images, key, config, *args, **kwargs)
   return bits.bits_to_panoptic(analog, config.model.num_classes, config.model.max_instances)
 
 

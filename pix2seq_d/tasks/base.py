@@ -3,8 +3,10 @@
 The loops (training, the one evaluation loop, the one predict runner) call a task and nothing
 else for these questions; tasks/registry.py picks the task once, from the config's `task`:
 
-  what the model reads     `cond_channels` (denoiser inputs beyond the noisy mask and the image
-                           features), `train_batch_spec` (the training batch's arrays)
+  what the model reads     `check_source` (the dataset holds what it reads), `train_iterator`
+                           (its training batches), `train_batch_spec` (their arrays),
+                           `cond_channels` and `train_conditioning` (denoiser inputs beyond the
+                           noisy mask and the image features), `sample_input_spec`
   which metrics it feeds   `metrics` (names of evaluation/registry.py's evaluators)
   sampling                 `sample`: the pure predict function loops/state.py jits, on a dict of
                            batch-sharded inputs from `eval_inputs` or `predict_inputs`
@@ -167,7 +169,7 @@ class Task(abc.ABC):
   Attributes:
     name: the value of the config's `task` field that selects it.
     metrics: the evaluators (config.eval.metrics) it can feed.
-    reads_clips: whether its examples are clips (a dataset's `Source.clips`).
+    reads_clips: whether its examples are clips (a dataset's `Source.clips`), not images.
     picture_tag: the TensorBoard tag of its evaluation pictures.
   """
 
@@ -186,9 +188,51 @@ class Task(abc.ABC):
 
   # ------------------------------------------------------------------------------- model
 
+  def check_source(self, source, *, training: bool) -> None:
+    """Raises ValueError naming config.task and config.data.name when the dataset (a
+    data/source.py `Source`) holds images and the task reads clips, or the reverse; `training`:
+    the run trains on it (a task may check its training split too)."""
+    if source.clips != self.reads_clips:
+      raise ValueError(
+        f'config.task={self.name!r} does not fit config.data.name={source.name!r} '
+        f'({"a video" if source.clips else "an image"} dataset).'
+      )
+
+  def train_stream(self):
+    """What a training example is, for data/pipeline.py's `make_train_iterator`: an image."""
+    from pix2seq_d.data import pipeline  # TensorFlow only where a dataset is read.
+
+    return pipeline.image_stream
+
+  def train_iterator(
+    self,
+    source=None,
+    *,
+    start_position: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+  ):
+    """Endless, resumable training batches of `source` (default: config.data's) for this
+    process (data/pipeline.py's `make_train_iterator`), with the arrays of `train_batch_spec`."""
+    from pix2seq_d.data import pipeline
+
+    return pipeline.make_train_iterator(
+      self.config,
+      self.train_stream(),
+      source=source,
+      start_position=start_position,
+      process_index=process_index,
+      process_count=process_count,
+    )
+
   def cond_channels(self) -> int:
     """Denoiser input channels beyond the noisy mask and the image features."""
     return 0
+
+  def train_conditioning(self, batch: dict[str, jax.Array]) -> jax.Array | None:
+    """The denoiser's conditioning inputs for a training batch, (B, Hm, Wm, `cond_channels`)
+    analog bits, or None (images condition on nothing but the image). Traced in the train step."""
+    return None
 
   def train_batch_spec(self, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The arrays of `rows` rows of a training batch (what the input pipeline yields): 'image'
@@ -215,6 +259,11 @@ class Task(abc.ABC):
     )
 
   # ---------------------------------------------------------------------------- sampling
+
+  def sample_input_spec(self, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The arrays of `rows` rows of `sample`'s inputs: 'image' float32 (rows, H, W, 3)."""
+    height, width = self.config.model.image_size
+    return {'image': jax.ShapeDtypeStruct((rows, height, width, 3), np.float32)}
 
   @abc.abstractmethod
   def sample(self, graphdef, params, model_state, inputs: dict[str, jax.Array], key) -> jax.Array:

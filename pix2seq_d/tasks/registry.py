@@ -1,7 +1,6 @@
 """config.task -> its Task (tasks/base.py): the one place that reads config.task.
 
   task = registry.get_task(config)
-  registry.check_source(task, source)   # the dataset holds what the task reads
   name, metrics = registry.check_config(config)   # part of config/checks.py's pass
 
 Every other module asks the task.
@@ -39,13 +38,3 @@ def check_config(config) -> tuple[str, tuple[str, ...]]:
   task = get_task(config)
   task.check_config()
   return task.name, task.metrics
-
-
-def check_source(task: base.Task, source) -> None:
-  """Raises ValueError naming config.task and config.data.name when the dataset holds images and
-  the task reads clips, or the reverse."""
-  if source.clips != task.reads_clips:
-    raise ValueError(
-      f'config.task={task.name!r} does not fit config.data.name={source.name!r} '
-      f'({"a video" if source.clips else "an image"} dataset).'
-    )

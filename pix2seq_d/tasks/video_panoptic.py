@@ -112,8 +112,38 @@ class VideoPanoptic(base.Task):
         'config.eval.use_gt_cond_frames=True on the ground truth: set one of them.'
       )
 
+  def check_source(self, source, *, training: bool) -> None:
+    """Also, when training: a training split that gives no window of frames is refused."""
+    super().check_source(source, training=training)
+    if training:
+      from pix2seq_d.data import pipeline  # TensorFlow only where a dataset is read.
+
+      split = source.split(self.config.data.train_split)
+      pipeline.check_train_windows(
+        self.config, source, split, self.config.diffusion.num_cond_frames
+      )
+
+  def train_stream(self):
+    """Windows of config.data.video_window frames, conditioned on the
+    config.diffusion.num_cond_frames before the target, each dropped (zeros) with probability
+    config.diffusion.frames_dropout."""
+    from pix2seq_d.data import pipeline
+
+    d = self.config.diffusion
+    return pipeline.clip_window_stream(int(d.num_cond_frames), float(d.frames_dropout))
+
   def cond_channels(self) -> int:
     return bits.MASK_BITS * self.config.diffusion.num_cond_frames
+
+  def train_conditioning(self, batch: dict[str, jax.Array]) -> jax.Array:
+    """The analog bits of 'cond_label', the earlier frames' ids."""
+    return bits.label_to_bits(batch['cond_label'].astype(np.int32), self.config.diffusion.b_scale)
+
+  def sample_input_spec(self, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """'frames' float32 (rows, T, H, W, 3), clips of T = config.eval.video_length_bucket."""
+    height, width = self.config.model.image_size
+    frames = int(self.config.eval.video_length_bucket)
+    return {'frames': jax.ShapeDtypeStruct((rows, frames, height, width, 3), np.float32)}
 
   def train_batch_spec(self, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The image batch and 'cond_label' int32 (rows, Hm, Wm, 2 * num_cond_frames) = the ids of

@@ -117,16 +117,20 @@ def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndar
 
 
 def synthetic_sample_inputs(config, batch_size: int, seed: int = 1) -> dict[str, np.ndarray]:
-  """This process's rows of random sampler inputs: images (b, H, W, 3) for an image task, clips
-  of config.eval.video_length_bucket frames (b, T, H, W, 3) for a video task."""
-  task = registry.get_task(config)
+  """This process's rows of random sampler inputs, uniform in [0, 1), with the arrays of
+  `Task.sample_input_spec`: images (b, H, W, 3) for an image task, clips of
+  config.eval.video_length_bucket frames (b, T, H, W, 3) for a video task."""
   rows = batch_size // jax.process_count()
   rng = np.random.default_rng(seed + jax.process_index())
-  height, width = config.model.image_size
-  frames = int(config.eval.video_length_bucket) if task.reads_clips else None
-  shape = (rows, height, width, 3) if frames is None else (rows, frames, height, width, 3)
-  images = rng.random(shape, dtype=np.float32)
-  return {'frames': images} if frames is not None else {'image': images}
+  return {
+    name: rng.random(spec.shape, dtype=np.float32)
+    for name, spec in registry.get_task(config).sample_input_spec(rows).items()
+  }
+
+
+def images_per_row(inputs: dict[str, np.ndarray]) -> int:
+  """Images in one row of sampler inputs: 1 for (b, H, W, 3), T for clips (b, T, H, W, 3)."""
+  return int(np.prod(next(iter(inputs.values())).shape[1:-3], dtype=np.int64))
 
 
 def model_flops_per_image(config, mesh, batch: dict, key: jax.Array) -> float:
@@ -166,7 +170,8 @@ def residual_gib(config, batch: dict) -> float:
   scheduling (XLA:CPU's compiled memory analysis does not show rematerialisation's savings).
   Parameters used by the backward pass are included.
   """
-  model = nnx.eval_shape(lambda: state_lib.build_model(config, rngs=nnx.Rngs(0)))
+  task = registry.get_task(config)
+  model = nnx.eval_shape(lambda: state_lib.build_model(config, rngs=nnx.Rngs(0), task=task))
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
@@ -174,7 +179,8 @@ def residual_gib(config, batch: dict) -> float:
   def backward_closure(params, rest, batch, key):
     def loss(params):
       merged = nnx.merge(graphdef, params, rest, copy=True)
-      return steps.diffusion_loss(merged, batch, key, config)[0]
+      cond = task.train_conditioning(batch)
+      return steps.diffusion_loss(merged, batch, key, config, cond=cond)[0]
 
     return jax.vjp(loss, params)[1]
 
@@ -336,7 +342,7 @@ def bench_sample(config, mesh, *, repeats: int) -> dict:
   )
   local = synthetic_sample_inputs(config, batch_size)
   inputs = sharding.make_global_batch(local, mesh)
-  frames = next(iter(local.values())).shape[1] if task.reads_clips else 1
+  frames = images_per_row(local)
   args = (state.ema_params, state.ema_model_state, inputs, jax.random.key(0))
   start = time.perf_counter()
   compiled = predict.lower(*args).compile()

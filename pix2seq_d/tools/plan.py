@@ -26,6 +26,7 @@ import jax
 from pix2seq_d.config import defaults as config_defaults
 from pix2seq_d.config import fields
 from pix2seq_d.data import survey as survey_lib
+from pix2seq_d.loops import run as run_lib
 from pix2seq_d.parallel import sharding
 from pix2seq_d.runtime import checkpoints
 from pix2seq_d.tools import benchmark, summary
@@ -68,9 +69,9 @@ def mesh_lines(config, mesh) -> list[str]:
   return lines
 
 
-def model_lines(config) -> list[str]:
-  """Parameters and forward FLOPs per image."""
-  text = summary.model_summary(config).splitlines()
+def model_lines(config, task=None) -> list[str]:
+  """Parameters and forward FLOPs per image (`task`: the run's, as in `summary.model_summary`)."""
+  text = summary.model_summary(config, task).splitlines()
   params = int(text[-1].split()[-1])
   return [f'{params:,} parameters ({params / 1e6:.2f}M)', *text[-3:-1]]
 
@@ -153,17 +154,17 @@ def plan(config, workdir: str, write: Callable[[str], None] = print) -> bool:
       write(f'  {line}')
 
   section('config', lambda: config_differences(config))
-  mesh = None
+  run = None
 
   def mesh_section() -> list[str]:
-    nonlocal mesh
-    mesh = sharding.make_mesh(config.mesh)
-    return mesh_lines(config, mesh)
+    nonlocal run
+    run = run_lib.open_run(config, workdir, data=None)  # reads and writes nothing
+    return mesh_lines(config, run.mesh)
 
   section('mesh', mesh_section)
-  section('model', lambda: model_lines(config))
-  if mesh is not None:
-    section('memory', lambda: memory_lines(config, mesh, bool(config.plan.compile)))
+  if run is not None:
+    section('model', lambda: model_lines(config, run.task))
+    section('memory', lambda: memory_lines(config, run.mesh, bool(config.plan.compile)))
   section('data', lambda: data_lines(config))
   section('checkpoint', lambda: checkpoint_lines(config, workdir))
   write('plan: ' + ('every check passed' if ok else 'errors above; a run would stop'))

@@ -53,8 +53,7 @@ def _positive_ints(values, flag: str) -> list[int]:
 def run_points(config, workdir: str, points: list[Point], output_dir: str) -> None:
   """Evaluates every point whose results are not in output_dir yet (module docstring)."""
   from pix2seq_d.loops import registries
-  from pix2seq_d.loops import setup as setup_lib
-  from pix2seq_d.loops import state as state_lib
+  from pix2seq_d.loops import run as run_lib
   from pix2seq_d.runtime import checkpoints, workdir_files
 
   todo = [p for p in points if not _results_path(output_dir, p).exists()]
@@ -74,15 +73,12 @@ def run_points(config, workdir: str, points: list[Point], output_dir: str) -> No
       if point.num_samples > 1 and 'pq_single' not in point_config.eval.metrics:
         point_config.eval.metrics = tuple(point_config.eval.metrics) + ('pq_single',)
       registries.check_config(point_config, 'eval')
-      setup = setup_lib.data_and_task(point_config, training=False)
-      state, shardings, _, graphdef, _ = state_lib.build_train_state(
-        setup.config, setup.mesh, abstract=True
-      )
-      if weights is None:  # the sampler's settings leave the weights' shapes as they are
-        weights = state_lib.restore_ema(manager, step, state)
       folder = os.path.join(output_dir, point.name)
+      run = run_lib.open_run(point_config, folder, data='eval')  # results go to its folder
+      if weights is None:  # the sampler's settings leave the weights' shapes as they are
+        weights = run.restore_ema(manager, step)
       logging.info('Point %s: %d sample(s) of %d %s steps.', *_describe(point))
-      setup.evaluation(graphdef, shardings, folder, None)(*weights, step)
+      run.evaluation(None)(*weights, step)
       assert os.path.exists(os.path.join(folder, workdir_files.RESULTS_FILE))
   finally:
     manager.close()

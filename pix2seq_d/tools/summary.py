@@ -63,17 +63,18 @@ def flops_config(config):
   return counted
 
 
-def flops_model(config) -> p2s.Pix2SeqD:
-  """The abstract model of `flops_config(config)`, in evaluation mode."""
+def flops_model(config, task=None) -> p2s.Pix2SeqD:
+  """The abstract model of `flops_config(config)`, in evaluation mode, with the conditioning
+  inputs of `task` (default: the configured task's)."""
   counted = flops_config(config)
-  model = nnx.eval_shape(lambda: state_lib.build_model(counted, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: state_lib.build_model(counted, rngs=nnx.Rngs(0), task=task))
   model.eval()
   return model
 
 
-def forward_flops(config) -> dict[str, float]:
+def forward_flops(config, task=None) -> dict[str, float]:
   """Forward FLOPs per image: one encoder pass, one denoiser pass, and a full sampling run."""
-  model = flops_model(config)
+  model = flops_model(config, task)
   graphdef, state = nnx.split(model)
   h, w = layers.static_tuple(config.model.image_size)
   hm, wm = layers.static_tuple(config.model.mask_size)
@@ -101,16 +102,17 @@ def forward_flops(config) -> dict[str, float]:
   return {'encoder': encoder, 'denoiser_step': denoiser, 'sampling': encoder + steps * denoiser}
 
 
-def part_flops(config, forward: dict[str, float] | None = None) -> dict[str, float]:
+def part_flops(config, forward: dict[str, float] | None = None, task=None) -> dict[str, float]:
   """Forward FLOPs per image of each part, from XLA's cost analysis of the part alone.
 
   Keys: 'resnet', 'encoder_transformer', 'fusion', 'transunet_convs' (the denoiser step without
   its bottleneck), 'transunet_transformer' (the bottleneck: projections, attention, MLPs), and
   'attention_core' (the Q K^T and P V matmuls inside both transformers, counted as 2 FLOPs per
   multiply-add: 4 L S D per attention layer; the other parts include these).
-  `forward` is `forward_flops(config)` when the caller already has it.
+  `forward` is `forward_flops(config)` when the caller already has it; `task` as in
+  `flops_model`.
   """
-  model = flops_model(config)
+  model = flops_model(config, task)
   graphdef, state = nnx.split(model)
   h, w = layers.static_tuple(config.model.image_size)
   hm, wm = layers.static_tuple(config.model.mask_size)
@@ -125,7 +127,7 @@ def part_flops(config, forward: dict[str, float] | None = None) -> dict[str, flo
   fusion_flops = _flops(
     lambda s, f: nnx.merge(graphdef, s).fusion(f), state, list(stages[:-1]) + [top]
   )
-  denoiser_flops = (forward or forward_flops(config))['denoiser_step']
+  denoiser_flops = (forward or forward_flops(config, task))['denoiser_step']
   bottleneck = model.denoiser.bottleneck
   d = config.model.denoiser
   bottleneck_flops, core = 0.0, 0.0
@@ -152,15 +154,17 @@ def part_flops(config, forward: dict[str, float] | None = None) -> dict[str, flo
   }
 
 
-def model_summary(config) -> str:
-  """The text `--mode=summary` prints; its last line is `total params: N`."""
-  model = nnx.eval_shape(lambda: state_lib.build_model(config, rngs=nnx.Rngs(0)))
+def model_summary(config, task=None) -> str:
+  """The text `--mode=summary` prints; its last line is `total params: N`. `task`: the run's
+  (its conditioning inputs are parameters of the denoiser); default the configured task's."""
+  model = nnx.eval_shape(lambda: state_lib.build_model(config, rngs=nnx.Rngs(0), task=task))
   lines = [f'{"module":<48} {"params":>14}', '-' * 63]
   for path, count in parameter_rows(model):
     top = path.split('/')[0]
     label = f'{path} ({TOP_LEVEL[top]})' if path in TOP_LEVEL else f'  {path}'
     lines.append(f'{label:<48} {count:>14,}')
-  flops = forward_flops(config)
+  flops = forward_flops(config, task)
+  parts = part_flops(config, flops, task)
   steps = config.diffusion.steps
   lines += [
     '-' * 63,
@@ -170,7 +174,7 @@ def model_summary(config) -> str:
     f'{flops["denoiser_step"] / 1e9:,.1f}, sampling with {steps} steps '
     f'{flops["sampling"] / 1e9:,.1f}',
     'forward GFLOPs per image by part: '
-    + ', '.join(f'{name} {value / 1e9:,.1f}' for name, value in part_flops(config, flops).items()),
+    + ', '.join(f'{name} {value / 1e9:,.1f}' for name, value in parts.items()),
     f'total params: {layers.count_params(model)}',
   ]
   return '\n'.join(lines)

@@ -46,14 +46,7 @@ def get_config(arg=None):
   config.eval.void_instance_zero = False
 
   if arg == 'runlocal':
-    model.image_size = (64, 128)
-    model.mask_size = (32, 64)
-    config_defaults.shrink_to_tiny_model(model)
-    train.batch_size = 2
-    train.num_steps = 4
-    train.log_every = 1
-    train.checkpoint_every = 2
-    config.diffusion.steps = 2
+    config_defaults.smoke_run(config, image_size=(64, 128), mask_size=(32, 64))
     config.eval.batch_size = 2
   elif arg:
     raise ValueError(f"configs/cityscapes.py: unknown arg {arg!r}; use '' or 'runlocal'.")

@@ -22,11 +22,7 @@ def get_config(arg=None):
     config.data.scale_jitter = (1.0, 1.0)
     config.data.color_jitter_strength = 0.0
   elif arg == 'runlocal':
-    config.model.image_size = (128, 128)
-    config.model.mask_size = (64, 64)
-    config.train.batch_size = 2
-    config.train.num_steps = 4
-    config.train.log_every = 1
+    config_defaults.smoke_run(config, image_size=(128, 128), mask_size=(64, 64), tiny_model=False)
     config.eval.batch_size = 2
     config.eval.num_examples = 2
   elif arg:

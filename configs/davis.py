@@ -21,6 +21,7 @@ def get_config(arg=None):
   the authors' video sampling: 100 + 100 DDIM steps, td 0) or 'runlocal' (smoke run)."""
   config = config_defaults.get_base_config()
   config.task = 'video_panoptic'
+  config_defaults.video_fine_tune(config)
   config.eval.metrics = ('davis_jf',)
 
   model = config.model
@@ -35,20 +36,8 @@ def get_config(arg=None):
   data.name = 'davis'
   data.train_split = 'train'
   data.eval_split = 'val'
-  data.scale_jitter = (1.0, 1.0)
-  data.color_jitter_strength = 0.0
   data.instance_id_order = 'shuffle'  # compact ids 1..N, shuffled per training window.
-  data.train_resize_method = 'bicubic'
   data.shuffle_buffer = 100  # DAVIS 2017 train has 60 videos.
-
-  train = config.train
-  train.batch_size = 32
-  train.num_steps = 50_000
-  train.learning_rate = 3e-5
-  train.lr_schedule = 'constant'
-  train.warmup_steps = 0
-  train.ema_decay = 0.99
-  train.checkpoint_every = 1_000
 
   config.eval.batch_size = 2
   config.eval.min_pixels = 0
@@ -56,19 +45,11 @@ def get_config(arg=None):
   config.eval.video_length_bucket = 16
 
   if arg == 'runlocal':
-    model.image_size = (128, 256)
-    model.mask_size = (64, 128)
-    train.batch_size = 2
-    train.num_steps = 4
-    train.log_every = 1
+    config_defaults.smoke_run(config, image_size=(128, 256), mask_size=(64, 128), tiny_model=False)
     config.eval.batch_size = 1
     config.eval.num_examples = 1
   elif arg == 'authors':
-    # The authors' video inference; ours (20 + 20 steps, td 1, the defaults) scored higher on
-    # both embedded video sets at a third of the time (docs/experiments.md: video sampling steps).
-    config.diffusion.steps = 100
-    config.diffusion.steps_later_frames = 100
-    config.diffusion.td = 0.0
+    config_defaults.authors_video_sampling(config.diffusion)
   elif arg:
     raise ValueError(f"configs/davis.py: unknown arg {arg!r}; use '', 'authors' or 'runlocal'.")
   return config

@@ -24,6 +24,7 @@ def get_config(arg=None):
   """Returns the KITTI-STEP config; `arg` is '' or 'runlocal' (smoke run)."""
   config = config_defaults.get_base_config()
   config.task = 'video_panoptic'
+  config_defaults.video_fine_tune(config)
   config.eval.metrics = ('stq', 'pq')
 
   model = config.model
@@ -36,15 +37,12 @@ def get_config(arg=None):
   data.name = 'kitti_step'
   data.train_split = 'train'
   data.eval_split = 'val'
-  data.scale_jitter = (1.0, 1.0)
-  data.color_jitter_strength = 0.0
   # The authors' training ids (their data/video.py process_instance_id_map): a person or car
   # keeps its track id through a shuffle of 1..(the window's largest track id); stuff, crowd and
   # void have id 0. Ours elsewhere, 'shuffle', gives every segment (stuff and crowd too) an id
   # 1..N; it needs eval.one_class_per_track=False all the same (docs/experiments.md: the authors'
   # protocol).
   data.instance_id_order = 'track'
-  data.train_resize_method = 'bicubic'
   # The authors train crowd regions (person or car without a track id) as their class: STQ's IoU
   # scores those pixels by class.
   data.train_crowd = 'segment'
@@ -55,21 +53,7 @@ def get_config(arg=None):
   data.video_window_shuffle_buffer = 512
   data.eval_orig_size = (384, 1248)  # KITTI frames are at most 376x1242.
 
-  train = config.train
-  train.batch_size = 32
-  train.num_steps = 50_000
-  train.learning_rate = 3e-5  # the authors sweep 1e-5 and 3e-5.
-  train.lr_schedule = 'constant'
-  train.warmup_steps = 0
-  train.ema_decay = 0.99
-  train.checkpoint_every = 1_000
-
-  # The authors' video inference: 100 sampling steps for every frame, no time difference (the
-  # defaults, 20 + 20 steps with td 1, scored higher on the shapes video sets at a third of the
-  # time: docs/experiments.md, video sampling steps).
-  config.diffusion.steps = 100
-  config.diffusion.steps_later_frames = 100
-  config.diffusion.td = 0.0
+  config_defaults.authors_video_sampling(config.diffusion)
   config.eval.batch_size = 2
   # As the authors' evaluation: a track is an id seen in one of the two conditioning frames; an id
   # that comes back later is a new object. No minimum segment size.
@@ -88,14 +72,7 @@ def get_config(arg=None):
   config.eval.max_frames_per_sequence = 100
 
   if arg == 'runlocal':
-    model.image_size = (64, 208)
-    model.mask_size = (32, 104)
-    config_defaults.shrink_to_tiny_model(model)
-    train.batch_size = 2
-    train.num_steps = 4
-    train.log_every = 1
-    train.checkpoint_every = 2
-    config.diffusion.steps = 2
+    config_defaults.smoke_run(config, image_size=(64, 208), mask_size=(32, 104))
     config.diffusion.steps_later_frames = 1
     config.eval.batch_size = 1
     config.eval.video_length_bucket = 4

@@ -1,5 +1,7 @@
 """Post-processing from mask-size ids to original-size panoptic maps."""
 
+import dataclasses
+
 import numpy as np
 
 from pix2seq_d.formats import coco_panoptic
@@ -33,9 +35,8 @@ def test_postprocess_crops_padding_and_resizes_to_original():
   pred[:10, :15, 0] = content
   pred[:10, :15, 1] = content + 10
   pred[10:, :, :] = (5, 1)  # garbage in the padding must not leak into the output.
-  sem, inst = postprocess.postprocess(
-    pred, (32, 32), (20, 30), orig, num_classes=6, max_instances=16, min_pixels=0
-  )
+  options = postprocess.Options((32, 32), num_classes=6, max_instances=16, min_pixels=0)
+  sem, inst = postprocess.postprocess(pred, (20, 30), orig, options)
   assert sem.shape == orig and inst.shape == orig
   expected = postprocess.resize_nearest(content, orig)
   np.testing.assert_array_equal(sem, expected)
@@ -47,15 +48,9 @@ def test_postprocess_merges_each_stuff_class_into_one_segment():
   semantic = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
   instance = np.array([[3, 4, 5, 6], [3, 4, 5, 6]])
   is_thing = coco_panoptic.is_thing_table([{'isthing': 1}, {'isthing': 0}])
+  options = postprocess.Options((2, 4), num_classes=3, max_instances=8, min_pixels=0)
   sem, inst = postprocess.postprocess(
-    np.stack([semantic, instance], -1),
-    (2, 4),
-    (2, 4),
-    (2, 4),
-    num_classes=3,
-    max_instances=8,
-    min_pixels=0,
-    is_thing=is_thing,
+    np.stack([semantic, instance], -1), (2, 4), (2, 4), options, is_thing
   )
   np.testing.assert_array_equal(sem, semantic)
   np.testing.assert_array_equal(inst, [[3, 4, 5, 5], [3, 4, 5, 5]])  # things stay apart.
@@ -69,23 +64,21 @@ def test_instance_zero_keeps_its_voted_class_as_the_authors_cityscapes_evaluatio
   semantic = np.array([[1, 1, 2, 2, 3], [1, 1, 2, 3, 3], [2, 2, 2, 1, 0]])
   instance = np.array([[4, 4, 0, 0, 0], [4, 4, 0, 0, 0], [0, 0, 0, 0, 0]])
   pred = np.stack([semantic, instance], -1)
-  sizes = dict(padded_size=(3, 5), unpadded_size=(3, 5), orig_size=(3, 5))
-  options = dict(num_classes=4, max_instances=8, min_pixels=2)
-  ours = postprocess.postprocess(pred, **sizes, **options)
+  options = postprocess.Options((3, 5), num_classes=4, max_instances=8, min_pixels=2)
+  theirs = dataclasses.replace(options, void_instance_zero=False)
+  ours = postprocess.postprocess(pred, (3, 5), (3, 5), options)
   # Ours: id 4 takes class 1; the 11 pixels of id 0 become void.
   np.testing.assert_array_equal(ours[0], np.where(instance == 4, 1, 0))
   np.testing.assert_array_equal(ours[1], np.where(instance == 4, 4, 0))
-  sem, inst = postprocess.postprocess(pred, **sizes, **options, void_instance_zero=False)
+  sem, inst = postprocess.postprocess(pred, (3, 5), (3, 5), theirs)
   # id 0's classes: 2 x6, 3 x3, 1 x1, 0 x1 -> 2 everywhere id 0 was, as one more segment (id 5).
   np.testing.assert_array_equal(sem, np.where(instance == 4, 1, 2))
   np.testing.assert_array_equal(inst, np.where(instance == 4, 4, 5))
   # Too few id-0 pixels, or a void vote: they stay void.
-  few = postprocess.postprocess(
-    pred, **sizes, **{**options, 'min_pixels': 12}, void_instance_zero=False
-  )
+  few = postprocess.postprocess(pred, (3, 5), (3, 5), dataclasses.replace(theirs, min_pixels=12))
   assert (few[0][instance == 0] == 0).all() and (few[1][instance == 0] == 0).all()
   void_vote = np.stack([np.where(instance == 0, 0, semantic), instance], -1)
-  voided = postprocess.postprocess(void_vote, **sizes, **options, void_instance_zero=False)
+  voided = postprocess.postprocess(void_vote, (3, 5), (3, 5), theirs)
   assert (voided[0][instance == 0] == 0).all() and (voided[1][instance == 0] == 0).all()
 
 
@@ -129,12 +122,11 @@ def test_clip_postprocessing_votes_a_class_per_track_life():
   semantic = np.array([1, 1, 0, 0, 0, 3])[:, None, None] * np.ones((1, 1, 2), np.int64)
   instance = np.array([2, 2, 0, 0, 0, 2])[:, None, None] * np.ones((1, 1, 2), np.int64)
   pred = np.stack([semantic, instance], -1)
-  options = dict(num_classes=4, max_instances=4, min_pixels=0)
-  sem, inst = postprocess.postprocess_clip(pred, (1, 2), (1, 2), (1, 2), **options)
+  options = postprocess.Options((1, 2), num_classes=4, max_instances=4, min_pixels=0)
+  sem, inst = postprocess.postprocess_clip(pred, (1, 2), (1, 2), options)
   assert sem[5, 0, 0] == 1 and inst[5, 0, 0] == 2
-  sem, inst = postprocess.postprocess_clip(
-    pred, (1, 2), (1, 2), (1, 2), new_track_after=2, **options
-  )
+  split = dataclasses.replace(options, new_track_after=2)
+  sem, inst = postprocess.postprocess_clip(pred, (1, 2), (1, 2), split)
   np.testing.assert_array_equal(sem[:, 0, 0], [1, 1, 0, 0, 0, 3])
   np.testing.assert_array_equal(inst[:, 0, 0], [2, 2, 0, 0, 0, 3])  # 3: above the clip's ids
 
@@ -167,16 +159,15 @@ _CLIP_INSTANCE = np.array([[[5, 5, 0, 0]], [[5, 5, 0, 0]]])
 def _postprocess_clip(semantic, instance, one_class_per_track, min_pixels=0):
   """The maps `postprocess_clip` gives a clip already at its original size."""
   size = semantic.shape[1:]
-  return postprocess.postprocess_clip(
-    np.stack([semantic, instance], -1),
-    size,
-    size,
+  options = postprocess.Options(
     size,
     num_classes=len(_CLIP_IS_THING),
     max_instances=8,
     min_pixels=min_pixels,
-    is_thing=_CLIP_IS_THING,
     one_class_per_track=one_class_per_track,
+  )
+  return postprocess.postprocess_clip(
+    np.stack([semantic, instance], -1), size, size, options, _CLIP_IS_THING
   )
 
 

@@ -160,36 +160,29 @@ class CocoPanopticFolder(LocalFilesBuilder):
     '1.1.0': "Metadata 'max_image_size' per split; config names hash every file's stamps.",
   }
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the features; categories are stored in the metadata at preparation."""
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=__doc__,
-      features=tfds.features.FeaturesDict(
+  def _features(self) -> dict:
+    """One example per image; categories are stored in the metadata at preparation."""
+    return {
+      'image_id': np.int64,
+      'height': np.int64,
+      'width': np.int64,
+      # The image file's bytes as they are, or b'' when it could not be decoded.
+      'image/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'image/filename': tfds.features.Text(),
+      # The panoptic PNG's bytes, or b'' when it could not be decoded.
+      'panoptic/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'panoptic/filename': tfds.features.Text(),
+      'segments': tfds.features.Sequence(
         {
-          'image_id': np.int64,
-          'height': np.int64,
-          'width': np.int64,
-          # The image file's bytes as they are, or b'' when it could not be decoded.
-          'image/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
-          'image/filename': tfds.features.Text(),
-          # The panoptic PNG's bytes, or b'' when it could not be decoded.
-          'panoptic/encoded': tfds.features.Tensor(shape=(), dtype=np.object_),
-          'panoptic/filename': tfds.features.Text(),
-          'segments': tfds.features.Sequence(
-            {
-              'id': np.int64,
-              'category_id': np.int64,
-              'label': np.int64,  # index of category_id in the JSON category list.
-              'is_crowd': np.bool_,
-              'area': np.int64,
-            }
-          ),
-          'error': tfds.features.Text(),
+          'id': np.int64,
+          'category_id': np.int64,
+          'label': np.int64,  # index of category_id in the JSON category list.
+          'is_crowd': np.bool_,
+          'area': np.int64,
         }
       ),
-      metadata=tfds.core.MetadataDict(),
-    )
+      'error': tfds.features.Text(),
+    }
 
   def _split_generators(self, dl_manager):
     """Reads and checks each split's JSON; all splits must share one category list.

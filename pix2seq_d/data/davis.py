@@ -143,26 +143,21 @@ class DavisFolder(LocalFilesBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Encoded frames, object-id PNGs, errors.'}
+  HAS_METADATA = False
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the features: one example per video."""
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=__doc__,
-      features=tfds.features.FeaturesDict(
-        {
-          'video_id': np.int64,  # position in the sorted list of the root's videos.
-          'video/name': tfds.features.Text(),
-          'height': np.int64,
-          'width': np.int64,
-          # Per frame, the JPEG's bytes as they are, or b'' when it could not be decoded.
-          'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-          # Per frame, the object ids as a grayscale PNG, or b'' when missing or unreadable.
-          'segmentations': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-          'error': tfds.features.Text(),
-        }
-      ),
-    )
+  def _features(self) -> dict:
+    """One example per video."""
+    return {
+      'video_id': np.int64,  # position in the sorted list of the root's videos.
+      'video/name': tfds.features.Text(),
+      'height': np.int64,
+      'width': np.int64,
+      # Per frame, the JPEG's bytes as they are, or b'' when it could not be decoded.
+      'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+      # Per frame, the object ids as a grayscale PNG, or b'' when missing or unreadable.
+      'segmentations': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+      'error': tfds.features.Text(),
+    }
 
   def _split_generators(self, dl_manager):
     """Reads each split's video list."""

@@ -258,24 +258,17 @@ class StepFolder(LocalFilesBuilder):
     '1.1.0': 'A fourth label channel: the track id of thing pixels as the map gives it.',
   }
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _features(self) -> dict:
     """One example per sequence; metadata: per split the sequence lengths and largest frame."""
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=__doc__,
-      features=tfds.features.FeaturesDict(
-        {
-          'video_id': np.int64,  # position in the sorted sequences of the split
-          'video/name': tfds.features.Text(),
-          # Per frame, the PNG's bytes as they are.
-          'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-          # Per frame, a 16-bit PNG of [semantic, instance, crowd, track].
-          'labels': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-          'error': tfds.features.Text(),
-        }
-      ),
-      metadata=tfds.core.MetadataDict(),
-    )
+    return {
+      'video_id': np.int64,  # position in the sorted sequences of the split
+      'video/name': tfds.features.Text(),
+      # Per frame, the PNG's bytes as they are.
+      'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+      # Per frame, a 16-bit PNG of [semantic, instance, crowd, track].
+      'labels': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+      'error': tfds.features.Text(),
+    }
 
   def _split_generators(self, dl_manager):
     del dl_manager  # local files only.

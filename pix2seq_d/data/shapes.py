@@ -99,19 +99,14 @@ class ShapesConfig(tfds.core.BuilderConfig):
   seed: int = 0  # generation seed; examples are seeded by (seed, split, index).
 
 
+# The scene of both builders' '128px' configs: objects grow with the image, up to 48 px.
+_128PX = {'height': 128, 'width': 128, 'max_size': 48.0}
 _IMAGE_CONFIGS = [
   ShapesConfig(name='default', description='64x64 images, 3000 train / 300 test.'),
   ShapesConfig(
     name='tiny', description='64x64 images, 64 train / 24 test (tests).', num_train=64, num_test=24
   ),
-  ShapesConfig(
-    name='128px',
-    description='128x128 images, 3000 train / 300 test.',
-    height=128,
-    width=128,
-    min_size=16.0,
-    max_size=48.0,
-  ),
+  ShapesConfig(name='128px', description='128x128 images, 3000 train / 300 test.', **_128PX),
 ]
 _VIDEO_CONFIGS = [
   ShapesConfig(
@@ -131,14 +126,11 @@ _VIDEO_CONFIGS = [
   ShapesConfig(
     name='128px',
     description='8 frames of 128x128, 64 train / 16 test clips.',
-    height=128,
-    width=128,
     num_train=64,
     num_test=16,
     num_frames=8,
-    min_size=16.0,
-    max_size=48.0,
     max_speed=6.0,
+    **_128PX,
   ),
 ]
 

@@ -21,6 +21,7 @@ The semantic label of categories[k] is k + 1; 0 is void.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import errno
@@ -30,7 +31,7 @@ import os
 import shutil
 from collections.abc import Callable, Mapping
 from stat import S_ISDIR
-from typing import Any
+from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 from absl import logging
@@ -90,7 +91,31 @@ class Source:
 
 
 class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
-  """A GeneratorBasedBuilder that reads local files only (no downloads, no checksums file)."""
+  """A GeneratorBasedBuilder that reads local files only (no downloads, no checksums file).
+
+  A subclass states its features (`_features`); the docstring of its module describes the
+  dataset.
+
+  Attributes:
+    HAS_METADATA: whether preparation stores `info.metadata` (categories, sizes, ...); False
+      where the prepared data has none, since with it loading reads a metadata file.
+  """
+
+  HAS_METADATA: ClassVar[bool] = True
+
+  @abc.abstractmethod
+  def _features(self) -> dict[str, Any]:
+    """The feature of each field of an example, as `tfds.features.FeaturesDict` takes them."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    """The features, the module's docstring and, with `HAS_METADATA`, the metadata that
+    `_split_generators` fills."""
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=inspect.getmodule(type(self)).__doc__,
+      features=tfds.features.FeaturesDict(self._features()),
+      metadata=tfds.core.MetadataDict() if self.HAS_METADATA else None,
+    )
 
   @tfds.core.utils.classproperty
   @classmethod

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -34,7 +35,7 @@ import jax
 import numpy as np
 
 from pix2seq_d.evaluation.base import Panoptic
-from pix2seq_d.tasks import pictures
+from pix2seq_d.tasks import pictures, postprocess
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +273,12 @@ class Task(abc.ABC):
     loops/state.py); `graphdef` is the model's in evaluation mode."""
 
   # -------------------------------------------------------------------------- evaluation
+
+  @functools.cached_property
+  def postprocess_options(self) -> postprocess.Options:
+    """The config's post-processing settings, read at the first use: a config that check_config
+    rejects may lack what they need."""
+    return postprocess.Options.from_config(self.config)
 
   @abc.abstractmethod
   def eval_iterator(self, source):

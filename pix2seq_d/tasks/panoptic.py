@@ -215,15 +215,9 @@ class ImagePanoptic(base.Task):
     return [int(row) for row in np.flatnonzero(batch['valid'])]
 
   def _postprocess(self, pred, unpadded_size, orig_size, is_thing) -> Panoptic:
-    semantic, instance = postprocess.postprocess(
-      pred,
-      unpadded_size=unpadded_size,
-      orig_size=orig_size,
-      is_thing=is_thing,
-      void_instance_zero=self.config.eval.void_instance_zero,
-      **postprocess.config_options(self.config),
+    return Panoptic(
+      *postprocess.postprocess(pred, unpadded_size, orig_size, self.postprocess_options, is_thing)
     )
-    return Panoptic(semantic, instance)
 
   def _merged(self, pred: np.ndarray) -> samples.Merge | None:
     """One image's row of `sample`: None for one (Hm, Wm, 2) sample, the Merge of K samples."""

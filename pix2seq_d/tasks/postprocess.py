@@ -1,8 +1,13 @@
 """Post-processing: from the model's mask-size ids to original-size panoptic maps.
 
 Runs on the host in numpy, one image (or one clip) at a time, because every image has its own
-original size. `postprocess` is the image task's, `postprocess_clip` the video task's.
+original size. `postprocess` is the image task's, `postprocess_clip` the video task's; both take
+the experiment's `Options`.
 """
+
+from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -147,58 +152,76 @@ def to_original_size(
   return resize(full, orig_size)
 
 
-def config_options(config) -> dict:
-  """The settings both tasks post-process with, from the experiment config, as keyword
-  arguments of `postprocess` and `postprocess_clip`: padded_size (H, W) of the model input,
-  num_classes, max_instances (config.model) and min_pixels (config.eval)."""
-  model = config.model
-  return {
-    'padded_size': tuple(int(v) for v in model.image_size),
-    'num_classes': model.num_classes,
-    'max_instances': model.max_instances,
-    'min_pixels': config.eval.min_pixels,
-  }
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The settings of an experiment's post-processing, read once from its config.
+
+  Attributes:
+    padded_size: (H, W) of the model input (config.model.image_size).
+    num_classes, max_instances: the id ranges (config.model).
+    min_pixels: the smallest segment (image) or track (clip) kept (config.eval).
+    void_instance_zero: images: whether instance-0 pixels become void (ours) or one voted
+      segment (config.eval; see `postprocess`).
+    new_track_after: clips: see `split_tracks` (config.eval; 0: an id is one track over a clip).
+    one_class_per_track: clips: vote one class per track (ours) or keep each pixel's class
+      (config.eval; see `postprocess_clip`).
+  """
+
+  padded_size: tuple[int, int]
+  num_classes: int
+  max_instances: int
+  min_pixels: int
+  void_instance_zero: bool = True
+  new_track_after: int = 0
+  one_class_per_track: bool = True
+
+  @classmethod
+  def from_config(cls, config) -> Options:
+    """The options of an experiment config (its model and eval sections)."""
+    model, evaluation = config.model, config.eval
+    return cls(
+      padded_size=tuple(int(v) for v in model.image_size),
+      num_classes=model.num_classes,
+      max_instances=model.max_instances,
+      min_pixels=evaluation.min_pixels,
+      void_instance_zero=evaluation.void_instance_zero,
+      new_track_after=evaluation.new_track_after,
+      one_class_per_track=evaluation.one_class_per_track,
+    )
 
 
 def postprocess(
   pred: np.ndarray,
-  padded_size: tuple[int, int],
   unpadded_size: tuple[int, int],
   orig_size: tuple[int, int],
-  *,
-  num_classes: int,
-  max_instances: int,
-  min_pixels: int,
+  options: Options,
   is_thing: np.ndarray | None = None,
-  void_instance_zero: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Mask-size prediction -> original-size (semantic, instance).
 
   Nearest resize to the padded input size, crop of the padding, nearest resize to the original
   size, majority vote of the class per instance with the min-pixel rule, and, when `is_thing` is
   given, one segment per stuff class. Pixels predicted with instance 0 become void, or, without
-  `void_instance_zero`, vote one class among themselves as the authors' post-processing does
-  (their `majority_vote_postprocess` counts id 0 like any id) and form one segment of it under a
-  fresh id (`vote_instance_zero`).
+  `options.void_instance_zero`, vote one class among themselves as the authors' post-processing
+  does (their `majority_vote_postprocess` counts id 0 like any id) and form one segment of it
+  under a fresh id (`vote_instance_zero`).
 
   Args:
     pred: (Hm, Wm, 2) int [semantic, instance] decoded from bits.
-    padded_size: (H, W) of the model input.
     unpadded_size: (h, w) of the resized image inside the padded input.
     orig_size: (Ho, Wo) of the original image.
-    num_classes, max_instances: id ranges.
-    min_pixels: smallest segment kept (at original size).
+    options: padded_size, the id ranges, min_pixels (at original size) and void_instance_zero.
     is_thing: (num_classes,) bool per semantic id, or None to keep stuff segments apart.
-    void_instance_zero: whether instance-0 pixels become void (ours) or one voted segment.
 
   Returns:
     (semantic, instance), each (Ho, Wo) int32.
   """
-  full = to_original_size(pred, padded_size, unpadded_size, orig_size)
+  num_classes, min_pixels = options.num_classes, options.min_pixels
+  full = to_original_size(pred, options.padded_size, unpadded_size, orig_size)
   semantic, instance = majority_vote(
-    full[..., 0], full[..., 1], num_classes, max_instances, min_pixels
+    full[..., 0], full[..., 1], num_classes, options.max_instances, min_pixels
   )
-  if not void_instance_zero:
+  if not options.void_instance_zero:
     semantic, instance = vote_instance_zero(
       full[..., 0], full[..., 1], semantic, instance, num_classes, min_pixels
     )
@@ -323,49 +346,43 @@ def keep_pixel_classes(
 
 def postprocess_clip(
   pred: np.ndarray,
-  padded_size: tuple[int, int],
   unpadded_size: tuple[int, int],
   orig_size: tuple[int, int],
-  *,
-  num_classes: int,
-  max_instances: int,
-  min_pixels: int,
+  options: Options,
   is_thing: np.ndarray | None = None,
-  new_track_after: int = 0,
-  one_class_per_track: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Mask-size predictions of a clip -> original-size (semantic, instance) per frame.
 
-  An id that reappears after `new_track_after` frames without it becomes a new track
+  An id that reappears after `options.new_track_after` frames without it becomes a new track
   (`split_tracks`). Each frame is resized as an image is (`to_original_size`). With
-  `one_class_per_track`, the class vote (`majority_vote`) then runs over each track's frames with
-  class 0 a class like the others (DAVIS objects have it), so a track keeps one class over time,
-  and instance-0 pixels become void; without it, each pixel keeps its predicted class, instance
-  id as predicted, as the authors' evaluation (`keep_pixel_classes`). Tracks with fewer than
-  `min_pixels` pixels over the clip become void. With `is_thing`, each stuff class is then one
-  segment per frame (`merge_stuff`), as the image task makes it.
+  `options.one_class_per_track`, the class vote (`majority_vote`) then runs over each track's
+  frames with class 0 a class like the others (DAVIS objects have it), so a track keeps one class
+  over time, and instance-0 pixels become void; without it, each pixel keeps its predicted class,
+  instance id as predicted, as the authors' evaluation (`keep_pixel_classes`). Tracks with fewer
+  than `options.min_pixels` pixels over the clip become void. With `is_thing`, each stuff class is
+  then one segment per frame (`merge_stuff`), as the image task makes it.
 
   Args:
     pred: (T, Hm, Wm, 2) int [semantic, instance] of the clip's real frames.
-    padded_size: (H, W) of the model input; unpadded_size: (h, w) of the frames inside it.
+    unpadded_size: (h, w) of the frames inside the padded input.
     orig_size: (Ho, Wo) of the original frames.
-    num_classes, max_instances: the id ranges; min_pixels: the smallest track kept.
+    options: padded_size, the id ranges, min_pixels (the smallest track kept), new_track_after
+      and one_class_per_track.
     is_thing: (num_classes,) bool per semantic id, or None to keep stuff segments apart.
-    new_track_after: see `split_tracks` (0: an id is one track over the clip).
-    one_class_per_track: vote one class per track (ours) or keep each pixel's class (authors').
 
   Returns:
     (semantic, instance), each (T, Ho, Wo) int32; instance ids of split tracks (and, without
-    `one_class_per_track`, of split ids and stuff) may exceed max_instances - 1.
+    `one_class_per_track`, of split ids and stuff) may exceed options.max_instances - 1.
   """
+  num_classes, min_pixels = options.num_classes, options.min_pixels
   pred = np.asarray(pred).astype(np.int64)
-  instance = np.clip(pred[..., 1], 0, max_instances - 1)
-  tracks = np.stack([pred[..., 0], split_tracks(instance, new_track_after)], axis=-1)
+  instance = np.clip(pred[..., 1], 0, options.max_instances - 1)
+  tracks = np.stack([pred[..., 0], split_tracks(instance, options.new_track_after)], axis=-1)
   full = np.stack(
-    [to_original_size(frame, padded_size, unpadded_size, orig_size) for frame in tracks]
+    [to_original_size(frame, options.padded_size, unpadded_size, orig_size) for frame in tracks]
   )
-  if one_class_per_track:
-    num_ids = max(max_instances, int(full[..., 1].max(initial=0)) + 1)
+  if options.one_class_per_track:
+    num_ids = max(options.max_instances, int(full[..., 1].max(initial=0)) + 1)
     semantic, instance = majority_vote(
       full[..., 0], full[..., 1], num_classes, num_ids, min_pixels, class_zero_is_void=False
     )

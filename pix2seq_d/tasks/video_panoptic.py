@@ -196,16 +196,11 @@ class VideoPanoptic(base.Task):
     return inputs
 
   def _postprocess(self, pred, unpadded_size, orig_size, is_thing) -> Panoptic:
-    semantic, instance = postprocess.postprocess_clip(
-      pred,
-      unpadded_size=unpadded_size,
-      orig_size=orig_size,
-      is_thing=is_thing,
-      new_track_after=self.config.eval.new_track_after,
-      one_class_per_track=self.config.eval.one_class_per_track,
-      **postprocess.config_options(self.config),
+    return Panoptic(
+      *postprocess.postprocess_clip(
+        pred, unpadded_size, orig_size, self.postprocess_options, is_thing
+      )
     )
-    return Panoptic(semantic, instance)
 
   def eval_examples(self, batch, pred, categories) -> Iterator[base.Example]:
     """One Example per valid clip: its first config.eval.max_frames_per_sequence frames (all

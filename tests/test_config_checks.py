@@ -27,7 +27,30 @@ from pix2seq_d.loops import registries
 )
 @pytest.mark.parametrize('mode', ['train', 'eval', 'train_and_eval', 'predict', 'summary'])
 def test_shipped_configs_pass(make, mode):
-  registries.check_config(make(), mode)
+  config = make()
+  if mode == 'predict':  # what the predict command line names
+    config.predict.input, config.predict.output = '/data/images', '/data/out'
+  registries.check_config(config, mode)
+
+
+@pytest.mark.parametrize(
+  'make, root',
+  [
+    (kitti_step.get_config, 'step_root'),
+    (cityscapes.get_config, 'coco_root'),
+    (lambda: cityscapes.get_config('runlocal'), 'coco_root'),
+  ],
+)
+@pytest.mark.parametrize('mode', ['train', 'eval', 'train_and_eval', 'summary', 'plan'])
+def test_configs_of_ones_own_folder_pass_with_it_and_name_it_without(make, root, mode):
+  """The folder is the command line's: without it a mode that reads the data stops at once,
+  naming the field; summary and plan (which reports missing data itself) do not need it."""
+  config = make()
+  if mode in config_checks.READS_DATA:
+    with pytest.raises(ValueError, match=f"config.data.{root}='': .* set --config.data.{root}"):
+      registries.check_config(config, mode)
+  config.data[root] = '/data/folder'
+  registries.check_config(config, mode)
 
 
 @pytest.mark.parametrize(
@@ -159,8 +182,11 @@ def test_eval_mode_does_not_check_training_fields():
 def test_num_classes_zero_is_derived_in_every_mode_that_reads_the_data():
   config = shapes.get_config()
   config.model.num_classes = 0
-  for mode in ('train', 'eval', 'train_and_eval', 'predict'):
+  for mode in ('train', 'eval', 'train_and_eval'):
     registries.check_config(config, mode)
+  predict = config.copy_and_resolve_references()
+  predict.predict.input, predict.predict.output = '/data/images', '/data/out'
+  registries.check_config(predict, 'predict')
   with pytest.raises(ValueError, match='config.model.num_classes=0: --mode=summary'):
     registries.check_config(config, 'summary')
   categories = [{'id': i, 'name': str(i), 'isthing': 1} for i in range(7)]
@@ -449,6 +475,12 @@ _CROSS_FIELD = (
   ('', 'eval', {'task': 'panoptic', 'eval.metrics': ('stq',)}, 'cannot produce'),
   ('', 'train', {'data.scale_jitter': (2.0, 1.0)}, 'must be 0 < min <= max'),
   ('', 'train', {'mesh.data': -1, 'mesh.fsdp': -1}, 'at most one may be -1'),
+  ('', 'train', {'data.name': 'kitti_step', 'data.step_root': ''}, 'reads a folder of your own'),
+  ('', 'eval', {'data.name': 'coco_folder', 'data.coco_root': ''}, 'reads a folder of your own'),
+  ('', 'predict', {'predict.input': ''}, 'needs --config.predict.input', {'predict.output': '/o'}),
+  ('', 'predict', {'predict.output': ''}, 'needs --config.predict.output', {'predict.input': '/i'}),
+  ('', 'train', {'predict.input': '/data/images'}, 'read by --mode=predict only'),
+  ('', 'eval', {'predict.output': '/data/out'}, 'read by --mode=predict only'),
 )
 
 

@@ -280,7 +280,7 @@ CASES = {
   ),
   'predict without input': (
     lambda t, d: main_command(t / 'run', d, mode='predict'),
-    '--mode=predict needs --config.predict.output=DIR',
+    "config.predict.input='': --mode=predict needs --config.predict.input=PATH",
   ),
   'predict on images sharing a stem': (
     lambda t, d: main_command(
@@ -324,6 +324,7 @@ CASES = {
 
 # Refused before the run starts: the workdir is not even created.
 BEFORE_THE_RUN = (
+  'predict without input',
   'keep_checkpoints=0',
   'checkpoint_every=0',
   'log_every=0',

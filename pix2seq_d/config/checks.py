@@ -127,6 +127,31 @@ def _check_data(config) -> None:
   check_choice('data.train_resize_method', data.train_resize_method, RESIZE_METHODS)
 
 
+# config.data.name -> the folder field it cannot read without (davis reads TFDS without one).
+REQUIRED_ROOTS = {'coco_folder': 'coco_root', 'kitti_step': 'step_root'}
+READS_DATA = ('train', 'eval', 'train_and_eval')  # the modes that read config.data's dataset
+
+
+def _check_inputs(config, mode: str) -> None:
+  """What `mode` reads must be named: a dataset of one's own its folder, --mode=predict its
+  input and output; predict's fields set in another mode would be ignored, so they are refused.
+  (Whether the paths exist is checked by the code that reads them, still before any step.)"""
+  data = config.data
+  root = REQUIRED_ROOTS.get(data.name)
+  if mode in READS_DATA and root and not data[root]:
+    _fail(
+      f'data.{root}',
+      '',
+      f'config.data.name={data.name!r} reads a folder of your own: set --config.data.{root}=ROOT.',
+    )
+  for field, what in (('input', 'PATH'), ('output', 'DIR')):
+    value = config.predict[field]
+    if mode == 'predict' and not value:
+      _fail(f'predict.{field}', value, f'--mode=predict needs --config.predict.{field}={what}.')
+    if mode != 'predict' and value:
+      _fail(f'predict.{field}', value, f'is read by --mode=predict only, not by --mode={mode}.')
+
+
 def _value(config, field: str):
   value = config
   for name in field.split('.'):
@@ -333,6 +358,7 @@ def check_config(config, mode: str, known: Registries) -> None:
   _check_follower(config, mode)
   _check_init_from(config)
   _check_data(config)
+  _check_inputs(config, mode)
 
   if config.model.num_classes == 0 and mode == 'summary':
     _fail(

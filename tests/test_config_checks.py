@@ -481,6 +481,7 @@ _CROSS_FIELD = (
   ('', 'predict', {'predict.output': ''}, 'needs --config.predict.output', {'predict.input': '/i'}),
   ('', 'train', {'predict.input': '/data/images'}, 'read by --mode=predict only'),
   ('', 'eval', {'predict.output': '/data/out'}, 'read by --mode=predict only'),
+  ('', 'train_and_eval', {'predict.given': '/data/given.json'}, 'read by --mode=predict only'),
 )
 
 

@@ -144,9 +144,9 @@ def _check_inputs(config, mode: str) -> None:
       '',
       f'config.data.name={data.name!r} reads a folder of your own: set --config.data.{root}=ROOT.',
     )
-  for field, what in (('input', 'PATH'), ('output', 'DIR')):
+  for field, what in (('input', 'PATH'), ('output', 'DIR'), ('given', None)):
     value = config.predict[field]
-    if mode == 'predict' and not value:
+    if mode == 'predict' and what and not value:
       _fail(f'predict.{field}', value, f'--mode=predict needs --config.predict.{field}={what}.')
     if mode != 'predict' and value:
       _fail(f'predict.{field}', value, f'is read by --mode=predict only, not by --mode={mode}.')

@@ -1,20 +1,21 @@
 """A run: what every mode builds once from the config and the workdir, and then shares.
 
-  run = run_lib.open_run(config, workdir, data='train')   # 'eval': the eval split; None: no data
+  run = run_lib.open_run(config, workdir, data='train')   # or 'eval', 'workdir', None
   manager = run.checkpoints()
   state, start_step = run.start_state(manager)             # restored, or fresh
   train_step, evaluate = run.train_step(), run.evaluation(run.writer())
 
 Order: mesh -> dataset (categories) or the workdir's categories.json -> the config with the
-dataset's class count -> the task (picked once, here) -> the abstract train state and its
-shardings. Nothing is allocated until a mode asks: a resumed run restores into the abstract state
-(`start_state`), so no fresh state is alive beside the restored one, and eval and predict read the
-EMA weights alone (`restore_ema`).
+dataset's class count -> the task (picked once, here); the abstract train state and its
+shardings are traced when a mode first asks (`Run.model`). Nothing is allocated until a mode
+asks: a resumed run restores into the abstract state (`start_state`), so no fresh state is alive
+beside the restored one, and eval and predict read the EMA weights alone (`restore_ema`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ DATA = ('train', 'eval', 'workdir')
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """The mesh, the task, the dataset and the abstract train state of one run.
+  """The mesh, the task and the dataset of one run, and its abstract train state.
 
   Attributes:
     config: the experiment config with the dataset's class count applied; the task holds it.
@@ -47,10 +48,9 @@ class Run:
     categories: the dataset's categories (category k has semantic id k + 1); None for a run
       that reads neither a dataset nor the workdir (plan, summary).
     source: the dataset (data/source.py), or None for a run that reads none.
-    abstract_state: the TrainState as sharded `jax.ShapeDtypeStruct`s (nothing allocated).
-    state_shardings: its NamedSharding tree.
-    train_graphdef, eval_graphdef: the model's graphdefs in training and evaluation mode.
-    tx: the optimiser.
+
+  The train state's parts are traced on first use (`model`), so a mode that never asks (the
+  summary) does not pay for tracing the whole model.
   """
 
   config: Any
@@ -59,11 +59,33 @@ class Run:
   task: task_base.Task
   categories: tuple | None
   source: Any
-  abstract_state: Any
-  state_shardings: Any
-  train_graphdef: Any
-  eval_graphdef: Any
-  tx: Any
+
+  @functools.cached_property
+  def model(self) -> tuple:
+    """`state.build_train_state(..., abstract=True)`: (the TrainState as sharded
+    `jax.ShapeDtypeStruct`s (nothing allocated), its NamedSharding tree, the model's graphdefs in
+    training and evaluation mode, the optimiser)."""
+    return state_lib.build_train_state(self.config, self.mesh, abstract=True, task=self.task)
+
+  @property
+  def abstract_state(self) -> Any:
+    return self.model[0]
+
+  @property
+  def state_shardings(self) -> Any:
+    return self.model[1]
+
+  @property
+  def train_graphdef(self) -> Any:
+    return self.model[2]
+
+  @property
+  def eval_graphdef(self) -> Any:
+    return self.model[3]
+
+  @property
+  def tx(self) -> Any:
+    return self.model[4]
 
   def writer(self):
     """The clu metric writer of the workdir (TensorBoard on process 0, logging elsewhere)."""
@@ -176,19 +198,4 @@ def open_run(config, workdir: str, *, data: str | None) -> Run:
   task = task_registry.get_task(config)
   if source is not None:
     task.check_source(source, training=data == 'train')
-  state, shardings, train_graphdef, eval_graphdef, tx = state_lib.build_train_state(
-    config, mesh, abstract=True, task=task
-  )
-  return Run(
-    config=config,
-    workdir=workdir,
-    mesh=mesh,
-    task=task,
-    categories=None if categories is None else tuple(categories),
-    source=source,
-    abstract_state=state,
-    state_shardings=shardings,
-    train_graphdef=train_graphdef,
-    eval_graphdef=eval_graphdef,
-    tx=tx,
-  )
+  return Run(config, workdir, mesh, task, None if categories is None else tuple(categories), source)

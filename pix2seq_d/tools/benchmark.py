@@ -211,13 +211,14 @@ def per_device_gib(tree) -> float:
   return total / GIB
 
 
-def bench_memory(config, mesh, *, compile_step: bool = True) -> dict:
+def bench_memory(config, mesh, *, compile_step: bool = True, model: tuple | None = None) -> dict:
   """The train state's size (all devices and per device) and the activations the step keeps
   (all devices together, GiB), and unless `compile_step` is False the compiled (never run) step's
-  per-device analysis. Everything is abstract: no array is allocated, not even the batch."""
-  state, state_shardings, train_graphdef, _, tx = state_lib.build_train_state(
-    config, mesh, abstract=True
-  )
+  per-device analysis. Everything is abstract: no array is allocated, not even the batch.
+  `model`: `state.build_train_state(config, mesh, abstract=True)` when the caller has it (a
+  run's `Run.model`), else built here."""
+  model = model or state_lib.build_train_state(config, mesh, abstract=True)
+  state, state_shardings, train_graphdef, _, tx = model
   spec = registry.get_task(config).train_batch_spec(config.train.batch_size)
   microbatches = int(config.train.microbatches)
   # With accumulation only one microbatch's activations are alive at a time.

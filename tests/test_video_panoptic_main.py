@@ -101,5 +101,8 @@ def test_the_full_config_summary_at_384x1248(jax_cache):
   )
   assert code == 0, log[-3000:]
   assert 'image (384, 1248), mask (192, 624)' in log
-  total = int(log.strip().splitlines()[-1].split(': ')[1])
+  # The summary is stdout (first in `log`), the log lines stderr.
+  (total,) = [
+    int(line.split(': ')[1]) for line in log.splitlines() if line.startswith('total params: ')
+  ]
   assert 94_000_000 < total < 95_500_000  # the COCO model + 32 conditioning input channels

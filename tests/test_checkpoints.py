@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from configs import shapes
+from pix2seq_d.loops import run as run_lib
 from pix2seq_d.loops import state as state_lib
 from pix2seq_d.loops import steps
 from pix2seq_d.parallel import sharding
@@ -115,6 +116,39 @@ def test_round_trip_is_bitwise_keeps_newest_and_resumes_latest(tmp_path, mesh, i
     rng_key.get_value().dtype
     == image_abstract.model_state['encoder']['dropout']['rngs']['key'].get_value().dtype
   )
+  manager.close()
+
+
+def test_a_run_starts_as_build_train_state_and_resumes_the_saved_state_into_its_abstract_one(
+  tmp_path, monkeypatch
+):
+  """Run.start_state: without a checkpoint the fresh state equals the one build_train_state
+  allocates; with one, the newest is restored bitwise into the run's abstract state (whose
+  shardings it keeps), with no fresh state built."""
+  seed = int(np.random.default_rng().integers(2**31))
+  print(f'seed {seed}')
+  config = _config()
+  run = run_lib.open_run(config, str(tmp_path), data=None)
+  manager = run.checkpoints()
+  fresh, step = run.start_state(manager)
+  assert step == 0
+  _assert_equal(fresh, state_lib.build_train_state(config, run.mesh)[0])
+
+  saved, _ = _random_state(run.abstract_state, seed, run.mesh)
+  manager.save(7, saved, force=True)
+  manager.wait_until_finished()
+  built = []  # each fresh state the resume builds (it must build none)
+  init_state = state_lib.init_state
+  monkeypatch.setattr(
+    state_lib, 'init_state', lambda *args, **kwargs: built.append(1) or init_state(*args, **kwargs)
+  )
+  restored, step = run.start_state(manager)
+  assert step == 7 and not built
+  _assert_equal(restored, saved)
+  for leaf, expected in zip(
+    jax.tree.leaves(restored), jax.tree.leaves(run.state_shardings), strict=True
+  ):
+    assert leaf.sharding == expected
   manager.close()
 
 

@@ -129,7 +129,7 @@ def test_a_run_starts_as_build_train_state_and_resumes_the_saved_state_into_its_
   print(f'seed {seed}')
   config = _config()
   run = run_lib.open_run(config, str(tmp_path), data=None)
-  manager = run.checkpoints()
+  manager = run.checkpoint_manager()
   fresh, step = run.start_state(manager)
   assert step == 0
   _assert_equal(fresh, state_lib.build_train_state(config, run.mesh)[0])

@@ -61,7 +61,7 @@ def run(config, workdir: str) -> dict | None:
   writer = run.writer()
   run_eval = run.evaluation(writer)
   distributed.wait_for_peers('checkpoints')
-  manager = run.checkpoints(read_only=True)
+  manager = run.checkpoint_manager(read_only=True)
 
   def evaluate_step(step: int) -> dict:
     return run_eval(*run.restore_ema(manager, step), step)

@@ -63,7 +63,7 @@ def restore_predictor(run: run_lib.Run) -> Predictor:
   """The Predictor of the newest checkpoint of `run`'s workdir (FileNotFoundError: none)."""
   workdir = run.workdir
   # Read-only and the EMA weights only: safe beside a training run writing the same workdir.
-  manager = run.checkpoints(read_only=True)
+  manager = run.checkpoint_manager(read_only=True)
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f'--mode=predict: no checkpoint in {workdir}.')

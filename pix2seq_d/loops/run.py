@@ -1,7 +1,7 @@
 """A run: what every mode builds once from the config and the workdir, and then shares.
 
   run = run_lib.open_run(config, workdir, data='train')   # or 'eval', 'workdir', None
-  manager = run.checkpoints()
+  manager = run.checkpoint_manager()
   state, start_step = run.start_state(manager)             # restored, or fresh
   train_step, evaluate = run.train_step(), run.evaluation(run.writer())
 
@@ -91,7 +91,7 @@ class Run:
     """The clu metric writer of the workdir (TensorBoard on process 0, logging elsewhere)."""
     return metric_writers.create_default_writer(self.workdir, just_logging=jax.process_index() > 0)
 
-  def checkpoints(self, *, read_only: bool = False) -> checkpoints.CheckpointManager:
+  def checkpoint_manager(self, *, read_only: bool = False) -> checkpoints.CheckpointManager:
     """The workdir's checkpoints; `read_only` for a reader beside a training run."""
     if read_only:
       return checkpoints.CheckpointManager(self.workdir, read_only=True)

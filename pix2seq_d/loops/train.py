@@ -220,7 +220,7 @@ def _run(config, workdir: str, mode: str) -> dict | None:
   # The checkpoint manager's start is the first collective; data and state took each process
   # its own time.
   distributed.wait_for_peers('checkpoints')
-  manager = run.checkpoints()
+  manager = run.checkpoint_manager()
   state, start_step = run.start_state(manager)
   if start_step:
     writer = skip_replayed_summaries(writer, workdir, start_step)

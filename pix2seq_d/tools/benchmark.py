@@ -162,7 +162,7 @@ def peak_memory_gib(compiled) -> tuple[float, str]:
   return total / GIB, 'memory_analysis'
 
 
-def residual_gib(config, batch: dict) -> float:
+def residual_gib(config, batch: dict, task=None) -> float:
   """GiB of activations the train step keeps for its backward pass (all devices together).
 
   The leaves of the loss's VJP closure, traced abstractly: what the rematerialisation policies
@@ -170,7 +170,7 @@ def residual_gib(config, batch: dict) -> float:
   scheduling (XLA:CPU's compiled memory analysis does not show rematerialisation's savings).
   Parameters used by the backward pass are included.
   """
-  task = registry.get_task(config)
+  task = task or registry.get_task(config)
   model = nnx.eval_shape(lambda: state_lib.build_model(config, rngs=nnx.Rngs(0), task=task))
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -211,15 +211,18 @@ def per_device_gib(tree) -> float:
   return total / GIB
 
 
-def bench_memory(config, mesh, *, compile_step: bool = True, model: tuple | None = None) -> dict:
+def bench_memory(
+  config, mesh, *, compile_step: bool = True, model: tuple | None = None, task=None
+) -> dict:
   """The train state's size (all devices and per device) and the activations the step keeps
   (all devices together, GiB), and unless `compile_step` is False the compiled (never run) step's
   per-device analysis. Everything is abstract: no array is allocated, not even the batch.
   `model`: `state.build_train_state(config, mesh, abstract=True)` when the caller has it (a
-  run's `Run.model`), else built here."""
+  run's `Run.model`), else built here; `task`: the run's (default: the configured task)."""
   model = model or state_lib.build_train_state(config, mesh, abstract=True)
   state, state_shardings, train_graphdef, _, tx = model
-  spec = registry.get_task(config).train_batch_spec(config.train.batch_size)
+  task = task or registry.get_task(config)
+  spec = task.train_batch_spec(config.train.batch_size)
   microbatches = int(config.train.microbatches)
   # With accumulation only one microbatch's activations are alive at a time.
   one_microbatch = {
@@ -232,7 +235,7 @@ def bench_memory(config, mesh, *, compile_step: bool = True, model: tuple | None
     'state_gib': _tree_gib(state),
     'state_gib_per_device': per_device_gib(state),
     'batch_gib': _tree_gib(spec),
-    'residual_gib': residual_gib(config, one_microbatch),
+    'residual_gib': residual_gib(config, one_microbatch, task),
   }
   if not compile_step:
     return record
@@ -242,7 +245,7 @@ def bench_memory(config, mesh, *, compile_step: bool = True, model: tuple | None
   }
   start = time.perf_counter()
   compiled = (
-    state_lib.jit_train_step(config, tx, train_graphdef, state_shardings, mesh)
+    state_lib.jit_train_step(config, tx, train_graphdef, state_shardings, mesh, task)
     .lower(state, batch, jax.random.key(0))
     .compile()
   )

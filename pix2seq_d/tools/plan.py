@@ -80,10 +80,10 @@ def _size(gib: float) -> str:
   return f'{gib:.2f} GiB' if gib >= 1 else f'{gib * 1024:.1f} MiB'
 
 
-def memory_lines(config, mesh, compile_step: bool, model: tuple | None = None) -> list[str]:
-  """Per-device memory of the train step, from abstract arrays (nothing allocated); `model` as
-  in `benchmark.bench_memory`."""
-  record = benchmark.bench_memory(config, mesh, compile_step=compile_step, model=model)
+def memory_lines(config, mesh, compile_step: bool, model=None, task=None) -> list[str]:
+  """Per-device memory of the train step, from abstract arrays (nothing allocated); `model` and
+  `task` as in `benchmark.bench_memory`."""
+  record = benchmark.bench_memory(config, mesh, compile_step=compile_step, model=model, task=task)
   parallel = sharding.data_parallel_size(mesh)
   state = record['state_gib_per_device']
   # The batch and the kept activations split over the data-parallel devices.
@@ -166,7 +166,7 @@ def plan(config, workdir: str, write: Callable[[str], None] = print) -> bool:
   if run is not None:
     section('model', lambda: model_lines(config, run.task))
     compile_step = bool(config.plan.compile)
-    section('memory', lambda: memory_lines(config, run.mesh, compile_step, run.model))
+    section('memory', lambda: memory_lines(config, run.mesh, compile_step, run.model, run.task))
   section('data', lambda: data_lines(config))
   section('checkpoint', lambda: checkpoint_lines(config, workdir))
   write('plan: ' + ('every check passed' if ok else 'errors above; a run would stop'))

@@ -134,7 +134,7 @@ def test_a_run_starts_as_build_train_state_and_resumes_the_saved_state_into_its_
   assert step == 0
   _assert_equal(fresh, state_lib.build_train_state(config, run.mesh)[0])
 
-  saved, _ = _random_state(run.abstract_state, seed, run.mesh)
+  saved, _ = _random_state(run.model.state, seed, run.mesh)
   manager.save(7, saved, force=True)
   manager.wait_until_finished()
   built = []  # each fresh state the resume builds (it must build none)
@@ -146,7 +146,7 @@ def test_a_run_starts_as_build_train_state_and_resumes_the_saved_state_into_its_
   assert step == 7 and not built
   _assert_equal(restored, saved)
   for leaf, expected in zip(
-    jax.tree.leaves(restored), jax.tree.leaves(run.state_shardings), strict=True
+    jax.tree.leaves(restored), jax.tree.leaves(run.model.shardings), strict=True
   ):
     assert leaf.sharding == expected
   manager.close()

@@ -61,31 +61,10 @@ class Run:
   source: Any
 
   @functools.cached_property
-  def model(self) -> tuple:
-    """`state.build_train_state(..., abstract=True)`: (the TrainState as sharded
-    `jax.ShapeDtypeStruct`s (nothing allocated), its NamedSharding tree, the model's graphdefs in
-    training and evaluation mode, the optimiser)."""
+  def model(self) -> state_lib.TrainStateParts:
+    """The train state as sharded `jax.ShapeDtypeStruct`s (nothing allocated), its shardings,
+    the model's graphdefs and the optimiser (`state.build_train_state(..., abstract=True)`)."""
     return state_lib.build_train_state(self.config, self.mesh, abstract=True, task=self.task)
-
-  @property
-  def abstract_state(self) -> Any:
-    return self.model[0]
-
-  @property
-  def state_shardings(self) -> Any:
-    return self.model[1]
-
-  @property
-  def train_graphdef(self) -> Any:
-    return self.model[2]
-
-  @property
-  def eval_graphdef(self) -> Any:
-    return self.model[3]
-
-  @property
-  def tx(self) -> Any:
-    return self.model[4]
 
   def writer(self):
     """The clu metric writer of the workdir (TensorBoard on process 0, logging elsewhere)."""
@@ -100,12 +79,12 @@ class Run:
   def start_state(self, manager: checkpoints.CheckpointManager) -> tuple[Any, int]:
     """(train state, its step): the latest checkpoint restored into the abstract state, else
     a fresh state (step 0) with config.init_from's weights when it names any."""
-    restored = manager.restore_latest(self.abstract_state)
+    restored = manager.restore_latest(self.model.state)
     if restored is not None:
       logging.info('Resumed from the checkpoint of step %d in %s.', restored[1], self.workdir)
       return restored
     config = self.config
-    state = state_lib.init_state(config, self.tx, self.state_shardings, self.task)
+    state = state_lib.init_state(config, self.model.tx, self.model.shardings, self.task)
     init = config.init_from
     if init.path and init.format == 'tf':
       state = tf_weights.restore_encoder(
@@ -120,21 +99,23 @@ class Run:
 
   def restore_ema(self, manager: checkpoints.CheckpointManager, step: int) -> tuple[Any, Any]:
     """(ema_params, ema_model_state) of checkpoint `step`, read alone onto their shardings."""
-    return state_lib.restore_ema(manager, step, self.abstract_state)
+    return state_lib.restore_ema(manager, step, self.model.state)
 
   def train_step(self) -> Callable:
     """The jitted (state, batch, key) -> (state, metrics) (`state.jit_train_step`)."""
+    model = self.model
     return state_lib.jit_train_step(
-      self.config, self.tx, self.train_graphdef, self.state_shardings, self.mesh, self.task
+      self.config, model.tx, model.train_graphdef, model.shardings, self.mesh, self.task
     )
 
   def predict_fn(self) -> Callable:
     """The task's jitted sampler (params, model_state, inputs, key) -> ids."""
+    model = self.model
     return state_lib.jit_predict(
       self.task,
-      self.eval_graphdef,
-      self.state_shardings.ema_params,
-      self.state_shardings.ema_model_state,
+      model.eval_graphdef,
+      model.shardings.ema_params,
+      model.shardings.ema_model_state,
       self.mesh,
     )
 

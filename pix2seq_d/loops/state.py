@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -105,9 +105,19 @@ def _init_fn(config, tx: optax.GradientTransformation, task: task_base.Task | No
   return lambda: steps.create_train_state(build_model(config, rngs=rngs(), task=task), tx)
 
 
+class TrainStateParts(NamedTuple):
+  """What `build_train_state` returns (a tuple: callers may unpack it)."""
+
+  state: Any  # the TrainState, or its sharded `jax.ShapeDtypeStruct`s
+  shardings: Any  # its NamedSharding tree
+  train_graphdef: nnx.GraphDef  # the model in training mode
+  eval_graphdef: nnx.GraphDef  # in evaluation mode (no rematerialisation)
+  tx: optax.GradientTransformation
+
+
 def build_train_state(
   config, mesh: jax.sharding.Mesh, *, abstract: bool = False, task: task_base.Task | None = None
-):
+) -> TrainStateParts:
   """Abstract model -> shardings -> train state initialised on the mesh.
 
   Args:
@@ -143,7 +153,7 @@ def build_train_state(
     state = sharding.with_shardings(abstract_state, state_shardings)
   else:
     state, state_shardings = init_sharded(init_fn, mesh)
-  return state, state_shardings, train_graphdef, eval_graphdef, tx
+  return TrainStateParts(state, state_shardings, train_graphdef, eval_graphdef, tx)
 
 
 def init_state(

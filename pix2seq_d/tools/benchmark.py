@@ -212,7 +212,12 @@ def per_device_gib(tree) -> float:
 
 
 def bench_memory(
-  config, mesh, *, compile_step: bool = True, model: tuple | None = None, task=None
+  config,
+  mesh,
+  *,
+  compile_step: bool = True,
+  model: state_lib.TrainStateParts | None = None,
+  task=None,
 ) -> dict:
   """The train state's size (all devices and per device) and the activations the step keeps
   (all devices together, GiB), and unless `compile_step` is False the compiled (never run) step's
